@@ -1,0 +1,219 @@
+"""A synthetic domain-shift video set: classes defined by motion, domains by appearance.
+
+Every video shows one moving "actor" (a striped disc) over a static scene. The **class** is how the
+actor moves (:data:`MOTIONS`); the actor's look is drawn from the same distribution in both domains.
+The **domain** is the scene's appearance (:data:`APPEARANCES`): source videos have smooth bright
+backgrounds with little clutter and little noise; target videos have textured, darker, colour-cast
+backgrounds, more static clutter and more sensor noise. So the background tokens carry the domain
+shift and the moving tokens carry the class: the situation LMFT is built for.
+
+Videos are real H.264 mp4 files written with PyAV, listed in ``DIR/manifest.csv`` (the manifest
+format of :mod:`lmft_core.manifest`). Source videos split into ``train``/``val``; target videos into
+``train`` (used unlabelled) and ``test``; target rows carry labels for evaluation only. The output
+is a deterministic function of :class:`DemoDataConfig` (frames are bit-identical for a seed).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from lmft_core.manifest import write_manifest
+
+MARKER = ".lmft_demo_data.json"
+
+# --- motions: one per class --------------------------------------------------------------------
+# A motion maps (time s in seconds, unit-scale params) to the actor's centre (x, y) in [0, 1]
+# frame coordinates and its radius scale (1 = base radius).
+Motion = Callable[[float, dict], tuple[float, float, float]]
+
+
+def _wave(s: float, p: dict) -> tuple[float, float, float]:
+    return p["cx"] + 0.28 * math.sin(2 * math.pi * p["freq"] * s + p["phase"]), p["cy"], 1.0
+
+
+def _jump(s: float, p: dict) -> tuple[float, float, float]:
+    return p["cx"], p["cy"] + 0.25 - 0.5 * abs(math.sin(math.pi * p["freq"] * s + p["phase"])), 1.0
+
+
+def _spin(s: float, p: dict) -> tuple[float, float, float]:
+    a = 2 * math.pi * p["freq"] * s + p["phase"]
+    return p["cx"] + 0.22 * math.cos(a), p["cy"] + 0.22 * math.sin(a), 1.0
+
+
+def _walk(s: float, p: dict) -> tuple[float, float, float]:
+    u = (p["freq"] * s / 2 + p["phase"] / (2 * math.pi)) % 1.0
+    q = 2 * min(u, 1 - u)  # back and forth along a diagonal
+    return 0.2 + 0.6 * q, 0.7 - 0.4 * q, 1.0
+
+
+def _clap(s: float, p: dict) -> tuple[float, float, float]:
+    return p["cx"], p["cy"], 1.0 + 0.6 * math.sin(2 * math.pi * p["freq"] * s + p["phase"])
+
+
+MOTIONS: dict[str, Motion] = {"wave": _wave, "jump": _jump, "spin": _spin, "walk": _walk, "clap": _clap}
+
+
+# --- appearances: one per domain ---------------------------------------------------------------
+@dataclass(frozen=True)
+class Appearance:
+    """How a domain's scenes look."""
+
+    texture: bool  # checkerboard texture instead of a smooth gradient
+    brightness: float  # global gain
+    clutter: int  # static shapes in the background
+    noise_std: float  # per-frame Gaussian sensor noise, in [0, 1] units
+    color_cast: tuple[float, float, float]  # per-channel gain
+
+
+APPEARANCES: dict[str, Appearance] = {
+    "source": Appearance(texture=False, brightness=1.0, clutter=2, noise_std=0.01, color_cast=(1.0, 1.0, 1.0)),
+    "target": Appearance(texture=True, brightness=0.6, clutter=8, noise_std=0.05, color_cast=(1.1, 0.9, 0.75)),
+}
+
+
+@dataclass(frozen=True)
+class DemoDataConfig:
+    """What :func:`generate_demo_data` writes. ``videos_per_class`` counts per class and domain."""
+
+    seed: int = 0
+    classes: tuple[str, ...] = ("wave", "jump", "spin", "walk", "clap")
+    videos_per_class: int = 12
+    num_frames: int = 48
+    width: int = 160
+    height: int = 128
+    fps: int = 15
+    source_val_fraction: float = 0.25
+    target_test_fraction: float = 0.5
+
+    def __post_init__(self) -> None:
+        unknown = [c for c in self.classes if c not in MOTIONS]
+        if unknown:
+            raise ValueError(f"demo_data.classes: unknown motion(s) {unknown}; known: {sorted(MOTIONS)}")
+        if self.width % 2 or self.height % 2:
+            raise ValueError(f"demo_data: width and height must be even for H.264, got {self.width}x{self.height}")
+        if self.videos_per_class < 2:
+            raise ValueError("demo_data.videos_per_class must be >= 2 (each domain needs two splits)")
+
+    @classmethod
+    def preset(cls, name: str) -> "DemoDataConfig":
+        """Named presets: ``tiny`` (tests, a few seconds) and ``demo`` (the default)."""
+        presets = {
+            "tiny": cls(classes=("wave", "jump", "walk"), videos_per_class=4, num_frames=16, width=64, height=48),
+            "demo": cls(),
+        }
+        if name not in presets:
+            raise ValueError(f"unknown demo-data preset {name!r}; known: {sorted(presets)}")
+        return presets[name]
+
+
+def _split_of(domain: str, index: int, n: int, cfg: DemoDataConfig) -> str:
+    if domain == "source":
+        n_val = max(1, round(n * cfg.source_val_fraction))
+        return "val" if index >= n - n_val else "train"
+    n_test = max(1, round(n * cfg.target_test_fraction))
+    return "test" if index >= n - n_test else "train"
+
+
+def render_video(cfg: DemoDataConfig, domain: str, label: str, index: int) -> np.ndarray:
+    """Frames of one video, uint8 (num_frames, height, width, 3). Deterministic for its arguments."""
+    d_idx, c_idx = list(APPEARANCES).index(domain), list(MOTIONS).index(label)
+    rng = np.random.default_rng([cfg.seed, d_idx, c_idx, index])
+    app = APPEARANCES[domain]
+    h, w = cfg.height, cfg.width
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    yy, xx = yy / h, xx / w
+
+    # Static scene.
+    c0, c1 = rng.uniform(0.55, 0.95, 3), rng.uniform(0.55, 0.95, 3)
+    if app.texture:
+        cell = rng.integers(6, 14)
+        checker = ((np.arange(h)[:, None] // cell + np.arange(w)[None, :] // cell) % 2).astype(np.float32)
+        scene = c0 * checker[..., None] + (c1 * 0.6) * (1 - checker[..., None])
+    else:
+        scene = c0 * (1 - yy[..., None]) + c1 * yy[..., None]
+    for _ in range(app.clutter):
+        x0, y0 = rng.uniform(0, 0.85), rng.uniform(0, 0.85)
+        bw, bh = rng.uniform(0.05, 0.2), rng.uniform(0.05, 0.2)
+        box = (xx >= x0) & (xx < x0 + bw) & (yy >= y0) & (yy < y0 + bh)
+        scene[box] = rng.uniform(0.1, 0.9, 3)
+    scene = scene * app.brightness * np.asarray(app.color_cast, dtype=np.float32)
+
+    # The actor.
+    actor_color = rng.uniform(0.0, 1.0, 3)
+    light, dark = 0.3 + 0.7 * actor_color, 0.15 * actor_color  # stripes: visible on any scene
+    radius = 0.11 * rng.uniform(0.9, 1.1)
+    params = {"cx": rng.uniform(0.4, 0.6), "cy": rng.uniform(0.4, 0.6), "freq": rng.uniform(0.8, 1.2),
+              "phase": rng.uniform(0, 2 * math.pi), "seed": int(rng.integers(1 << 31))}
+    motion = MOTIONS[label]
+    aspect = w / h
+    frames = np.empty((cfg.num_frames, h, w, 3), dtype=np.uint8)
+    for t in range(cfg.num_frames):
+        cx, cy, scale = motion(t / cfg.fps, params)
+        dx, dy = (xx - cx) * aspect, yy - cy
+        r = radius * scale
+        dist = np.sqrt(dx * dx + dy * dy)
+        disc = np.clip((r - dist) * h, 0.0, 1.0)[..., None]  # anti-aliased edge
+        stripe = (np.sin(dx / r * 3 * math.pi) > 0)[..., None]
+        frame = scene * (1 - disc) + np.where(stripe, light, dark) * disc
+        frame = frame + rng.normal(0.0, app.noise_std, frame.shape)
+        frames[t] = np.clip(frame * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    return frames
+
+
+def write_mp4(frames: np.ndarray, path: Path, fps: int) -> None:
+    """Encode uint8 frames (T, H, W, 3) as an H.264 mp4 (yuv420p, near-lossless)."""
+    import av
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.mp4")
+    with av.open(str(tmp), mode="w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height = frames.shape[2], frames.shape[1]
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"crf": "12", "preset": "veryfast"}
+        stream.codec_context.thread_count = 1
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    tmp.replace(path)
+
+
+def generate_demo_data(cfg: DemoDataConfig, output: str | Path) -> Path:
+    """Write the video set and ``output/manifest.csv``; return the manifest path.
+
+    A non-empty ``output`` that is not an earlier output of this function is refused. An earlier
+    output made with the same config is reused as it is; one made with another config is replaced.
+    """
+    output = Path(output)
+    marker = output / MARKER
+    config_json = json.dumps(dataclasses.asdict(cfg), sort_keys=True)
+    manifest_path = output / "manifest.csv"
+    if output.exists() and any(output.iterdir()):
+        if not marker.is_file():
+            raise FileExistsError(f"{output} is not empty and is not an lmft demo-data folder (no {MARKER}); "
+                                  "choose an empty or new folder")
+        if marker.read_text() == config_json and manifest_path.is_file():
+            return manifest_path
+        for child in output.iterdir():
+            shutil.rmtree(child) if child.is_dir() else child.unlink()
+    output.mkdir(parents=True, exist_ok=True)
+    marker.write_text(config_json)  # claim the folder first; the manifest, written last, marks completion
+    rows = []
+    for domain in APPEARANCES:
+        for label in cfg.classes:
+            for i in range(cfg.videos_per_class):
+                rel = Path(domain) / label / f"{label}_{i:03d}.mp4"
+                write_mp4(render_video(cfg, domain, label, i), output / rel, cfg.fps)
+                rows.append({"path": output.resolve() / rel, "label": label, "domain": domain,
+                             "split": _split_of(domain, i, cfg.videos_per_class, cfg)})
+    return write_manifest(rows, manifest_path)
