@@ -1,0 +1,87 @@
+"""MLflow tracking: one place that knows where runs are stored and how they are logged.
+
+By default runs go to an embedded store inside the work directory: ``<workdir>/mlflow.db``
+(SQLite) with artifacts under ``<workdir>/mlartifacts``. Browse them with
+``mlflow ui --backend-store-uri sqlite:///<workdir>/mlflow.db``. Set ``[tracking] uri`` (or the
+``MLFLOW_TRACKING_URI`` environment variable) to log to a tracking server instead.
+
+Logging uses :class:`mlflow.MlflowClient` with explicit run ids (no per-thread "active run"), so
+a run id can be passed to Ray workers; only rank 0 logs.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    """``uri``: MLflow tracking URI ("" = ``$MLFLOW_TRACKING_URI`` or the embedded store in the workdir)."""
+
+    uri: str = ""
+    experiment: str = "lmft"
+
+    def resolve_uri(self, workdir: Path) -> str:
+        return self.uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(workdir).resolve() / 'mlflow.db'}"
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (for logging nested configs as MLflow params)."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = value
+    return out
+
+
+class Run:
+    """An open MLflow run; log params, metrics (names carry units) and artifacts to it."""
+
+    def __init__(self, client, run_id: str):
+        self.client, self.run_id = client, run_id
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        for key, value in flatten(params).items():
+            self.client.log_param(self.run_id, key, str(value)[:6000])
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
+        for key, value in metrics.items():
+            self.client.log_metric(self.run_id, key, float(value), step=step)
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        for key, value in tags.items():
+            self.client.set_tag(self.run_id, key, str(value))
+
+
+@contextmanager
+def start_run(cfg: TrackingConfig, workdir: str | Path, run_name: str, parent_run_id: str | None = None) -> Iterator[Run]:
+    """Open a run in ``cfg.experiment`` (created on first use); mark it FAILED if the body raises."""
+    from mlflow import MlflowClient
+
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    client = MlflowClient(tracking_uri=cfg.resolve_uri(workdir))
+    experiment = client.get_experiment_by_name(cfg.experiment)
+    if experiment is None:
+        experiment_id = client.create_experiment(cfg.experiment, artifact_location=(workdir.resolve() / "mlartifacts").as_uri())
+    else:
+        experiment_id = experiment.experiment_id
+    tags = {"mlflow.parentRunId": parent_run_id} if parent_run_id else None
+    run = client.create_run(experiment_id, run_name=run_name, tags=tags)
+    status = "FAILED"
+    try:
+        yield Run(client, run.info.run_id)
+        status = "FINISHED"
+    finally:
+        client.set_terminated(run.info.run_id, status=status)

@@ -1,0 +1,66 @@
+"""Profiles and typed configs: loading, overrides, and errors that name the file, section and key."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+
+from lmft_core.config import ClipConfig, ConfigError, available_profiles, from_dict, load_profile, parse_override
+from lmft_core.demo_data import DemoDataConfig
+
+
+def test_named_profiles_exist_and_carry_their_launch_command():
+    assert {"demo", "paper"} <= set(available_profiles())
+    for name in ("demo", "paper"):
+        profile = load_profile(name)
+        assert profile.path.read_text().startswith("# Launch: ")
+    assert load_profile("paper").clip == ClipConfig(num_frames=16, image_size=224, tubelet=2, patch=16)
+
+
+def test_clip_grid():
+    assert ClipConfig().grid == (8, 14, 14) and ClipConfig().num_tokens == 1568
+    assert ClipConfig(num_frames=8, image_size=64).grid == (4, 4, 4)
+
+
+def test_overrides_parse_as_toml_and_fall_back_to_strings():
+    profile = load_profile("demo", ["clip.num_frames=8", "demo_data.classes=['wave', 'jump']", "tracking.uri=http://x:5000"])
+    assert profile.clip.num_frames == 8
+    assert profile.section("demo_data", DemoDataConfig).classes == ("wave", "jump")
+    assert profile.sections["tracking"]["uri"] == "http://x:5000"
+    assert parse_override("a.b=0.5") == ("a", "b", 0.5)
+    with pytest.raises(ConfigError, match="section.key=value"):
+        parse_override("nodot=1")
+
+
+def test_errors_name_file_section_and_key(tmp_path):
+    with pytest.raises(ConfigError, match=r"demo.toml \[demo_data\]: unknown key\(s\) \['colour'\]"):
+        load_profile("demo", ["demo_data.colour=1"]).section("demo_data", DemoDataConfig)
+    with pytest.raises(ConfigError, match=r"\[demo_data\]\.seed: expected int, got 'x'"):
+        load_profile("demo", ["demo_data.seed='x'"]).section("demo_data", DemoDataConfig)
+    with pytest.raises(ConfigError, match="not a multiple of clip.patch"):
+        load_profile("demo", ["clip.image_size=60"])
+    with pytest.raises(ConfigError, match="unknown profile 'nope'"):
+        load_profile("nope")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[clip\n")
+    with pytest.raises(ConfigError, match="bad.toml"):
+        load_profile(bad)
+
+
+@dataclass
+class Inner:
+    x: float = 1.0
+
+
+@dataclass
+class Outer:
+    inner: Inner
+    name: str | None = None
+    sizes: tuple[int, ...] = ()
+
+
+def test_from_dict_coerces_nested_and_optional():
+    built = from_dict(Outer, {"inner": {"x": 2}, "sizes": [1, 2]})
+    assert built == Outer(inner=Inner(x=2.0), name=None, sizes=(1, 2))
+    assert isinstance(built.inner.x, float)
