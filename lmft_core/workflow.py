@@ -46,7 +46,7 @@ def run_full(profile: Profile, workdir: str | Path, manifest: str | Path | None 
 
     with start_run(tracking, workdir, run_name=f"full-{profile.name}") as run:
         run.set_tags({"lmft.profile": profile.name, "lmft.manifest": checked.path.resolve()})
-        run.log_params({"profile": profile.sections, "manifest": str(checked.path.resolve())})
+        run.log_params({**profile.sections, "manifest": str(checked.path.resolve())})
         run.log_metrics({
             "data/videos": len(checked.rows),
             "data/classes": len(checked.classes),
