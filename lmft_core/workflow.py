@@ -1,9 +1,10 @@
-"""The main job: data -> manifest check -> preprocessing, recorded in MLflow.
+"""The main job: data -> manifest check -> preprocessing (Ray Data), recorded in MLflow.
 
 Layout of the work directory (``--workdir``, default ``outputs/``)::
 
     <workdir>/data/          generated demo videos and their manifest.csv (when no --manifest is given)
-    <workdir>/shards/        Parquet shards, metadata and rejects written by preprocessing
+    <workdir>/shards/<hash>/ Parquet shards, metadata.json and rejects.csv written by preprocessing
+                             (one folder per preprocessing configuration; shards/LATEST names the newest)
     <workdir>/mlflow.db      the embedded MLflow store (runs, params, metrics)
     <workdir>/mlartifacts/   MLflow artifacts (manifest, profile, preprocessing metadata and rejects)
 
@@ -20,13 +21,14 @@ from pathlib import Path
 from lmft_core.config import Profile
 from lmft_core.demo_data import DemoDataConfig, generate_demo_data
 from lmft_core.manifest import load_manifest
+from lmft_core.preprocess import PreprocessSummary, run_preprocess
 from lmft_core.tracking import TrackingConfig, start_run
 
 
 @dataclass(frozen=True)
 class FullRunResult:
     manifest: Path
-    shards: Path
+    preprocess: PreprocessSummary
     run_id: str
     tracking_uri: str
 
@@ -54,6 +56,12 @@ def run_full(profile: Profile, workdir: str | Path, manifest: str | Path | None 
         })
         run.log_artifact(checked.path, "inputs")
         run.log_artifact(profile.path, "inputs")
-        shards = workdir / "shards"
-        return FullRunResult(manifest=checked.path, shards=shards, run_id=run.run_id,
+
+        summary = run_preprocess(checked.path, workdir / "shards", profile)
+        print(summary)
+        run.log_metrics(summary.metrics())
+        run.set_tags({"lmft.shards": summary.output_dir, "lmft.untrained_clip": summary.untrained_clip})
+        run.log_artifact(summary.metadata_path, "preprocess")
+        run.log_artifact(summary.rejects_path, "preprocess")
+        return FullRunResult(manifest=checked.path, preprocess=summary, run_id=run.run_id,
                              tracking_uri=tracking.resolve_uri(workdir))

@@ -1,4 +1,4 @@
-"""The main lmft job: demo data (or your manifest) -> validation -> preprocessing, logged to MLflow.
+"""The main lmft job: demo data (or your manifest) -> validation -> preprocessing on Ray Data, logged to MLflow.
 
     python pipelines/full.py                                  # laptop: demo profile, local Ray, outputs/
     python pipelines/full.py --profile paper --manifest m.csv --workdir /shared/lmft
@@ -15,6 +15,8 @@ from pathlib import Path
 
 from lmft_core.config import ConfigError, available_profiles, load_profile
 from lmft_core.manifest import ManifestError
+from lmft_core.preprocess import PreprocessError
+from lmft_core.pseudo_labels import WeightsError
 from lmft_core.workflow import run_full
 
 
@@ -28,10 +30,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         profile = load_profile(args.profile, args.overrides)
         result = run_full(profile, args.workdir, args.manifest)
-    except (ConfigError, ManifestError, FileExistsError) as e:
+    except (ConfigError, ManifestError, FileExistsError, PreprocessError, WeightsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"[lmft] manifest: {result.manifest}\n[lmft] shards: {result.shards}\n"
+    print(f"[lmft] manifest: {result.manifest}\n[lmft] shards: {result.preprocess.output_dir}\n"
           f"[lmft] MLflow run {result.run_id}: mlflow ui --backend-store-uri {result.tracking_uri}")
     return 0
 

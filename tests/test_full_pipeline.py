@@ -18,7 +18,7 @@ TINY = ["demo_data.classes=['wave', 'jump']", "demo_data.videos_per_class=2", "d
 
 
 @pytest.fixture(scope="module")
-def full_run(tmp_path_factory):
+def full_run(tmp_path_factory, ray_local):
     workdir = tmp_path_factory.mktemp("full")
     return workdir, run_full(load_profile("demo", TINY), workdir)
 
@@ -31,8 +31,14 @@ def test_outputs_and_mlflow_run(full_run):
     assert run.data.params["demo_data.videos_per_class"] == "2"
     assert run.data.params["clip.num_frames"] == "16"
     assert run.data.metrics["data/videos"] == 8 and run.data.metrics["data/classes"] == 2
-    artifacts = {a.path for a in MlflowClient(tracking_uri=result.tracking_uri).list_artifacts(result.run_id, "inputs")}
-    assert artifacts == {"inputs/manifest.csv", "inputs/demo.toml"}
+    client = MlflowClient(tracking_uri=result.tracking_uri)
+    assert {a.path for a in client.list_artifacts(result.run_id, "inputs")} == {"inputs/manifest.csv", "inputs/demo.toml"}
+    assert {a.path for a in client.list_artifacts(result.run_id, "preprocess")} == {"preprocess/metadata.json", "preprocess/rejects.csv"}
+    # every manifest row is in the shards (the demo videos are all good) and the summary says so
+    assert run.data.metrics["preprocess/shard_rows"] == 8 and run.data.metrics["preprocess/rejects"] == 0
+    assert run.data.metrics["preprocess/videos_per_s"] > 0
+    assert run.data.tags["lmft.untrained_clip"] == "True"
+    assert result.preprocess.output_dir.parent == workdir / "shards"
 
 
 def test_bad_manifest_fails_before_anything_is_written(tmp_path):

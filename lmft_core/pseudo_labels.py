@@ -1,0 +1,246 @@
+"""Zero-shot CLIP pseudo-labels for video clips, through open_clip.
+
+For a clip of T frames (uint8 (T, S, S, 3), see :mod:`lmft_core.video`) and K classes:
+
+1. frames -> CLIP input: resized to the model's input size when S differs (bicubic, antialiased),
+   scaled to [0, 1] and normalised with the model's mean and std;
+2. ``f_i = normalize(encode_image(frame_i))`` for each frame, ``v = normalize(mean_i f_i)``
+   (image embeddings averaged over time);
+3. ``w_k = normalize(encode_text(template.format(action=prompt_name(class_k))))``;
+4. ``probs = softmax(logit_scale.exp() * v @ w.T)`` over the K classes; the pseudo-label is the
+   argmax and its confidence the max probability.
+
+The confidence filter (gamma_c) is applied at training time, so sweeping it never re-runs this.
+
+Weights: ``pretrained`` is an open_clip tag (``"openai"``: downloaded and cached by open_clip), a
+local checkpoint file, or empty for **random initialisation** (seeded by ``init_seed`` so every
+worker builds the same model). Random weights give meaningless labels; :func:`weights_identity`
+says so (``untrained: true``) and the preprocessing metadata and summary repeat it.
+Architectures that open_clip does not ship are given as a model-config JSON file (``model_config``;
+the model name is then the file's stem).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from lmft_core.config import ConfigError
+from lmft_core.manifest import prompt_name
+
+PRECISIONS = ("fp32", "bf16")
+
+
+class WeightsError(RuntimeError):
+    """CLIP weights could not be loaded; the message says how to pass a local checkpoint."""
+
+
+@dataclass(frozen=True)
+class PseudoLabelConfig:
+    """The ``[pseudo_labels]`` profile section.
+
+    ``model``: open_clip model name (``ViT-B-16``). ``pretrained``: open_clip tag (``openai``), path
+    to a local checkpoint, or ``""`` for random initialisation (untrained: for offline demos and
+    tests only). ``model_config``: optional open_clip model-config JSON for an architecture open_clip
+    does not ship (its stem must equal ``model``). ``cache_dir``: where open_clip caches downloaded
+    weights (``""``: its default). ``prompt_template`` must contain ``{action}``. ``precision``:
+    ``fp32`` or ``bf16`` (autocast). ``init_seed`` seeds random initialisation.
+    """
+
+    model: str = "ViT-B-16"
+    pretrained: str = "openai"
+    model_config: str = ""
+    cache_dir: str = ""
+    prompt_template: str = "a video of a person {action}"
+    precision: str = "fp32"
+    init_seed: int = 0
+
+    def __post_init__(self) -> None:
+        if "{action}" not in self.prompt_template:
+            raise ConfigError(f"pseudo_labels.prompt_template {self.prompt_template!r} has no {{action}} placeholder")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"pseudo_labels.precision must be one of {list(PRECISIONS)}, got {self.precision!r}")
+        if self.model_config and Path(self.model_config).stem != self.model:
+            raise ConfigError(f"pseudo_labels.model_config {self.model_config!r}: its file stem must equal pseudo_labels.model={self.model!r}")
+
+    @property
+    def untrained(self) -> bool:
+        return not self.pretrained
+
+    def prompts(self, classes: Sequence[str]) -> list[str]:
+        return [self.prompt_template.format(action=prompt_name(c)) for c in classes]
+
+
+def _register_model_config(cfg: PseudoLabelConfig) -> None:
+    import open_clip
+
+    if cfg.model_config:
+        path = Path(cfg.model_config)
+        if not path.is_file():
+            raise ConfigError(f"pseudo_labels.model_config: file not found: {path}")
+        if open_clip.get_model_config(cfg.model) != json.loads(path.read_text()):
+            open_clip.add_model_config(path)
+    if cfg.model not in open_clip.list_models():
+        raise ConfigError(f"pseudo_labels.model: open_clip has no model {cfg.model!r} (open_clip.list_models(); or give pseudo_labels.model_config)")
+
+
+def _is_path(pretrained: str) -> bool:
+    return os.sep in pretrained or Path(pretrained).suffix in (".pt", ".pth", ".bin", ".safetensors", ".npz")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def weights_identity(cfg: PseudoLabelConfig) -> dict[str, object]:
+    """Which CLIP weights ``cfg`` names, for metadata and the output's config hash.
+
+    ``kind`` is ``tag`` (open_clip tag, with its download source), ``file`` (with its sha256) or
+    ``untrained`` (random init). Raises :class:`ConfigError` for an unknown model, tag or missing file.
+    """
+    import open_clip
+
+    _register_model_config(cfg)
+    ident: dict[str, object] = {"model": cfg.model, "pretrained": cfg.pretrained, "untrained": cfg.untrained}
+    if cfg.model_config:
+        ident["model_config_sha256"] = _sha256(Path(cfg.model_config))
+    if cfg.untrained:
+        ident.update(kind="untrained", init_seed=cfg.init_seed,
+                     note="random initialisation: the pseudo-labels come from an untrained CLIP and carry no information")
+    elif open_clip.get_pretrained_cfg(cfg.model, cfg.pretrained):
+        pcfg = open_clip.get_pretrained_cfg(cfg.model, cfg.pretrained)
+        ident.update(kind="tag", source=pcfg.get("hf_hub") or pcfg.get("url") or "")
+    elif _is_path(cfg.pretrained):
+        path = Path(cfg.pretrained)
+        if not path.is_file():
+            raise ConfigError(f"pseudo_labels.pretrained: checkpoint file not found: {path}")
+        ident.update(kind="file", path=str(path.resolve()), sha256=_sha256(path))
+    else:
+        raise ConfigError(
+            f"pseudo_labels.pretrained={cfg.pretrained!r} is neither an open_clip tag of {cfg.model!r} "
+            f"{open_clip.list_pretrained_tags_by_model(cfg.model)} nor a checkpoint path")
+    return ident
+
+
+def _weights_error(cfg: PseudoLabelConfig, error: BaseException) -> WeightsError:
+    import open_clip
+
+    pcfg = open_clip.get_pretrained_cfg(cfg.model, cfg.pretrained) if cfg.pretrained else {}
+    where = f" (hf-hub: {pcfg['hf_hub']})" if pcfg and pcfg.get("hf_hub") else (f" ({pcfg['url']})" if pcfg and pcfg.get("url") else "")
+    return WeightsError(
+        f"could not load open_clip weights for model {cfg.model!r} with pretrained={cfg.pretrained!r}{where}: {error}\n"
+        f"Without network access, fetch the checkpoint on a machine that has it{where} and pass the local file: "
+        f"--set pseudo_labels.pretrained=/path/to/open_clip_pytorch_model.bin "
+        f"(or pseudo_labels.pretrained=\"\" for an untrained CLIP, demo only)")
+
+
+def fetch_pretrained(cfg: PseudoLabelConfig) -> str:
+    """Download (or find in open_clip's cache) the checkpoint of a pretrained tag; return its path.
+
+    Raises :class:`WeightsError` (saying how to pass a local checkpoint) when it cannot be had.
+    """
+    import open_clip
+    from open_clip.pretrained import download_pretrained
+
+    try:
+        return download_pretrained(open_clip.get_pretrained_cfg(cfg.model, cfg.pretrained), cache_dir=cfg.cache_dir or None)
+    except Exception as e:  # noqa: BLE001 - network and hub errors of many kinds
+        raise _weights_error(cfg, e) from None
+
+
+def build_clip_model(cfg: PseudoLabelConfig, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """The open_clip model of ``cfg`` in eval mode, weights loaded through open_clip's own API."""
+    import open_clip
+
+    _register_model_config(cfg)
+    try:
+        with torch.random.fork_rng(devices=[]):  # seeded random init that leaves the caller's RNG alone
+            torch.manual_seed(cfg.init_seed)
+            model = open_clip.create_model(cfg.model, pretrained=cfg.pretrained or None, device=device,
+                                           cache_dir=cfg.cache_dir or None)
+    except Exception as e:  # noqa: BLE001 - open_clip raises RuntimeError for download and load failures
+        raise _weights_error(cfg, e) from None
+    return model.eval()
+
+
+class ClipZeroShot:
+    """Zero-shot classifier of clips over ``classes`` (see the module docstring for the maths)."""
+
+    def __init__(self, cfg: PseudoLabelConfig, classes: Sequence[str], device: str | torch.device = "cpu"):
+        import open_clip
+
+        self.cfg, self.classes, self.device = cfg, tuple(classes), torch.device(device)
+        self.model = build_clip_model(cfg, self.device)
+        pp = open_clip.get_model_preprocess_cfg(self.model)
+        size = pp["size"]
+        self.input_size = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
+        self.mean = torch.tensor(pp["mean"], device=self.device).view(1, 3, 1, 1)
+        self.std = torch.tensor(pp["std"], device=self.device).view(1, 3, 1, 1)
+        tokenizer = open_clip.get_tokenizer(cfg.model)
+        with torch.no_grad(), self._autocast():
+            text = self.model.encode_text(tokenizer(cfg.prompts(self.classes)).to(self.device))
+        self.text = F.normalize(text.float(), dim=-1)  # (K, D)
+        self.logit_scale = float(self.model.logit_scale.detach().exp())
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16")
+
+    def image_inputs(self, frames: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """uint8 (N, S, S, 3) -> normalised float (N, 3, *input_size)."""
+        x = torch.as_tensor(frames, device=self.device).permute(0, 3, 1, 2).float().div_(255.0)
+        if tuple(x.shape[-2:]) != self.input_size:
+            x = F.interpolate(x, size=self.input_size, mode="bicubic", antialias=True, align_corners=False).clamp_(0, 1)
+        return (x - self.mean) / self.std
+
+    @torch.no_grad()
+    def probs(self, clips: np.ndarray | torch.Tensor) -> np.ndarray:
+        """uint8 clips (B, T, S, S, 3) -> float32 class probabilities (B, K), rows summing to 1."""
+        b, t = clips.shape[:2]
+        x = self.image_inputs(clips.reshape(b * t, *clips.shape[2:]))
+        with self._autocast():
+            f = self.model.encode_image(x)
+        f = F.normalize(f.float(), dim=-1).view(b, t, -1)
+        v = F.normalize(f.mean(dim=1), dim=-1)
+        return torch.softmax(self.logit_scale * v @ self.text.T, dim=-1).cpu().numpy().astype(np.float32)
+
+
+# A CLIP small enough for tests and CPU benchmarks (about 1.6 M parameters, 32 px input).
+TINY_CLIP_CONFIG: dict = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
+
+
+def save_random_checkpoint(directory: str | Path, name: str = "lmft-tiny-clip", model_config: dict | None = None,
+                           seed: int = 0) -> PseudoLabelConfig:
+    """Write a randomly initialised open_clip model as a checkpoint a user would pass.
+
+    Writes ``directory/<name>.json`` (the architecture, default :data:`TINY_CLIP_CONFIG`) and
+    ``directory/<name>.pt`` (its state dict); returns the config that loads them through the same
+    ``pretrained=<path>`` option used for real weights. For tests and offline benchmarks.
+    """
+    import open_clip
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    config_path, weights_path = directory / f"{name}.json", directory / f"{name}.pt"
+    config_path.write_text(json.dumps(model_config or TINY_CLIP_CONFIG))
+    open_clip.add_model_config(config_path)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = open_clip.create_model(name)
+    torch.save(model.state_dict(), weights_path)
+    return PseudoLabelConfig(model=name, pretrained=str(weights_path), model_config=str(config_path))

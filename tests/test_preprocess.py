@@ -1,0 +1,224 @@
+"""The Ray Data preprocessing stage end to end: shard schema and contents, rejects accounting on real
+broken files, metadata, idempotent and partial re-runs, configuration isolation, the rejects limit."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from lmft_core.config import load_profile
+from lmft_core.energy import motion_energy
+from lmft_core.manifest import ManifestError, load_manifest, write_manifest
+from lmft_core.preprocess import PreprocessError, resolve_output, run_preprocess, shard_schema, unpack_array
+from lmft_core.pseudo_labels import ClipZeroShot, save_random_checkpoint
+from lmft_core.video import sample_frame_indices
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_VIDEOS = REPO.parent / "shared" / "videos"
+BROKEN = {  # video_id -> what the reason says
+    "real/moviepy__doc_result_empty_0bytes.webm": "empty file",
+    "real/decord__tests__corrupted.mp4": "could not decode frames",
+    "real/derived__mmaction2_demo_truncated50pct_nomoov.mp4": "decord cannot open",
+}
+SHORT = {"real/decord__tests__video_90.mov", "real/mmpose__demo__demo.mp4"}  # 3 and 5 frames < 8
+
+
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory):
+    return save_random_checkpoint(tmp_path_factory.mktemp("clip"), seed=0)
+
+
+def overrides(tiny_clip, *extra: str) -> list[str]:
+    return ["clip.num_frames=8", "clip.image_size=32", "clip.patch=8",
+            f'pseudo_labels.model="{tiny_clip.model}"', f'pseudo_labels.model_config="{tiny_clip.model_config}"',
+            f'pseudo_labels.pretrained="{tiny_clip.pretrained}"',
+            "preprocess.decode_batch_size=4", "preprocess.clip_batch_size=8", "preprocess.rows_per_shard=8",
+            "preprocess.max_rejected_fraction=0.5", "preprocess.decode_timeout_s=60.0", *extra]
+
+
+def real_rows(names):
+    return [{"path": str(SHARED_VIDEOS / n), "label": None, "domain": "target", "split": "train",
+             "video_id": f"real/{n}"} for n in names]
+
+
+@pytest.fixture(scope="module")
+def mixed_manifest(tiny_demo, tmp_path_factory) -> Path:
+    """The tiny demo set plus every real and broken file of ../shared/videos as unlabelled target rows."""
+    demo = load_manifest(tiny_demo)
+    rows = [{"path": r.path, "label": r.label, "domain": r.domain, "split": r.split, "video_id": r.video_id}
+            for r in demo.rows]
+    files = sorted(p.name for p in SHARED_VIDEOS.iterdir() if p.suffix != ".md")
+    assert len(files) == 13
+    return write_manifest(rows + real_rows(files), tmp_path_factory.mktemp("mixed") / "manifest.csv")
+
+
+@pytest.fixture(scope="module")
+def first_run(ray_local, mixed_manifest, tiny_clip, tmp_path_factory):
+    profile = load_profile("demo", overrides(tiny_clip))
+    out = tmp_path_factory.mktemp("shards")
+    return run_preprocess(mixed_manifest, out, profile), profile, out
+
+
+def read_shards(out: Path) -> pa.Table:
+    return pa.concat_tables([pq.read_table(f) for f in sorted((out / "shards").glob("*.parquet"))])
+
+
+def test_shard_schema_and_contents(first_run, mixed_manifest, tiny_clip):
+    summary, _, _ = first_run
+    manifest = load_manifest(mixed_manifest)
+    table = read_shards(summary.output_dir)
+    assert table.schema.remove_metadata() == shard_schema(store_frames=True)
+    assert table.num_rows == len(manifest.rows) - len(BROKEN) == summary.shard_rows
+    d = {c: table.column(c).to_pylist() for c in ("video_id", "label", "label_index", "num_video_frames", "short_video", "decoder")}
+    frames = unpack_array(table, "frames", np.uint8)
+    energy = unpack_array(table, "energy", np.float32)
+    probs = unpack_array(table, "clip_probs", np.float32)
+    indices = unpack_array(table, "frame_indices", np.int64)
+    assert frames.shape == (table.num_rows, 8, 32, 32, 3) and energy.shape == (table.num_rows, 4, 4, 4)
+    assert probs.shape == (table.num_rows, len(manifest.classes))
+    # energy is the motion energy of the stored frames; frame indices follow the sampling rule
+    np.testing.assert_array_equal(energy, motion_energy(frames, 2, 8))
+    for i, n in enumerate(d["num_video_frames"]):
+        assert indices[i].tolist() == sample_frame_indices(n, 8)[0].tolist()
+    assert {v for v, s in zip(d["video_id"], d["short_video"]) if s} == SHORT
+    assert {v for v, dec in zip(d["video_id"], d["decoder"]) if dec == "pyav"} == {"real/moviepy__pigs_in_a_polka.gif"}
+    for vid, label, idx in zip(d["video_id"], d["label"], d["label_index"]):
+        row = next(r for r in manifest.rows if r.video_id == vid)
+        assert label == row.label and idx == manifest.label_index(row.label)
+    # CLIP columns: the actor's probabilities equal a local computation on the stored frames
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    np.testing.assert_array_equal(table.column("pseudo_label").to_numpy(), probs.argmax(axis=1))
+    np.testing.assert_allclose(table.column("pseudo_confidence").to_numpy(), probs.max(axis=1))
+    np.testing.assert_allclose(probs, ClipZeroShot(tiny_clip, manifest.classes).probs(frames), atol=1e-5)
+
+
+def test_rejects_accounting_on_real_broken_files(first_run, mixed_manifest):
+    summary, _, _ = first_run
+    with (summary.output_dir / "rejects.csv").open(newline="") as f:
+        rejects = list(csv.DictReader(f))
+    assert list(rejects[0]) == ["video_id", "path", "domain", "split", "label", "reason"]
+    assert {r["video_id"] for r in rejects} == set(BROKEN)
+    for r in rejects:
+        assert BROKEN[r["video_id"]] in r["reason"] and r["path"].startswith(str(SHARED_VIDEOS))
+    shard_ids = read_shards(summary.output_dir).column("video_id").to_pylist()
+    manifest_ids = {r.video_id for r in load_manifest(mixed_manifest).rows}
+    assert len(shard_ids) + len(rejects) == len(manifest_ids) == summary.videos_in
+    assert set(shard_ids) | {r["video_id"] for r in rejects} == manifest_ids
+    assert summary.rejects == 3 and summary.rejected_fraction == pytest.approx(3 / len(manifest_ids))
+
+
+def test_metadata_and_summary(first_run, mixed_manifest, tiny_clip):
+    summary, profile, out = first_run
+    meta = json.loads(summary.metadata_path.read_text())
+    manifest = load_manifest(mixed_manifest)
+    assert meta["classes"] == list(manifest.classes) and meta["profile"] == "demo"
+    assert meta["counts"] == {"manifest_rows": 37, "shard_rows": 34, "rejects": 3, "short_videos": 2, "pyav_decoded": 1}
+    assert meta["clip_model"]["kind"] == "file" and meta["clip_model"]["untrained"] is False
+    assert meta["clip_model"]["path"] == str(Path(tiny_clip.pretrained).resolve())
+    assert meta["resolved_config"]["clip"] == {"num_frames": 8, "image_size": 32, "tubelet": 2, "patch": 8}
+    assert {"torch", "open_clip_torch", "decord", "av", "ray", "pyarrow"} <= set(meta["library_versions"])
+    assert meta["prompts"][0] == f"a video of a person {manifest.classes[0]}"
+    assert resolve_output(out) == summary.output_dir == out / summary.config_hash
+    # source accuracy: pseudo-label == label on source rows
+    t = read_shards(summary.output_dir)
+    src = [(y, p) for dom, y, p in zip(t.column("domain").to_pylist(), t.column("label_index").to_pylist(),
+                                       t.column("pseudo_label").to_pylist()) if dom == "source"]
+    assert summary.source_clip_accuracy == pytest.approx(sum(y == p for y, p in src) / len(src))
+    assert meta["source_clip_accuracy"] == pytest.approx(summary.source_clip_accuracy)
+    assert summary.metrics()["preprocess/videos_per_s"] > 0 and "UNTRAINED" not in str(summary)
+    assert "pseudo-labels come from an UNTRAINED CLIP" in str(dataclasses.replace(summary, untrained_clip=True))
+
+
+def test_rerun_skips_done_work_and_redoes_only_what_is_missing(first_run, mixed_manifest, tmp_path):
+    summary, profile, out = first_run
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    target = copy / summary.config_hash
+    before = {f.name: f.stat().st_mtime_ns for f in (target / "shards").glob("*.parquet")}
+    again = run_preprocess(mixed_manifest, copy, profile)
+    assert again.output_dir == target and again.processed == 0 and again.already_done == 37
+    assert {f.name: f.stat().st_mtime_ns for f in (target / "shards").glob("*.parquet")} == before
+
+    # An interrupted run: one complete shard file left in staging (salvaged, not redone), one shard
+    # file cut short (its videos are redone) and one reject lost (redone).
+    first, second = sorted((target / "shards").glob("*.parquet"))[:2]
+    staged = target / "_staging" / "crashed" / "shards"
+    staged.mkdir(parents=True)
+    first.rename(staged / first.name)
+    lost_table = pq.read_table(second)
+    (staged / "cut.parquet").write_bytes(second.read_bytes()[: second.stat().st_size // 2])
+    second.unlink()
+    with (target / "rejects.csv").open(newline="") as f:
+        rejects = list(csv.DictReader(f))
+    with (target / "rejects.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rejects[0]))
+        w.writeheader()
+        w.writerows(rejects[1:])
+    redo = run_preprocess(mixed_manifest, copy, profile)
+    assert redo.processed == lost_table.num_rows + 1 and redo.shard_rows == 34 and redo.rejects == 3
+    assert (target / "shards" / first.name).is_file() and not (target / "_staging").exists()
+    table = read_shards(target)
+    ids = table.column("video_id").to_pylist()
+    for i, vid in enumerate(lost_table.column("video_id").to_pylist()):  # redone: the same results
+        j = ids.index(vid)
+        assert table.column("frames")[j].as_py() == lost_table.column("frames")[i].as_py()
+        assert table.column("energy")[j].as_py() == lost_table.column("energy")[i].as_py()
+        np.testing.assert_allclose(table.column("clip_probs")[j].as_py(), lost_table.column("clip_probs")[i].as_py(), atol=1e-6)
+
+
+def test_other_config_gets_its_own_output_and_reject_limit(ray_local, tiny_clip, tmp_path):
+    """Another configuration never mixes with an earlier output; too many rejects fail the run clearly."""
+    from pipelines.preprocess import main
+
+    manifest = write_manifest(
+        [{"path": str(SHARED_VIDEOS / "moviepy__clip1024.flv"), "label": "wave", "domain": "source", "split": "train"}]
+        + real_rows(["mmaction2__tests__test.avi", "moviepy__doc_result_empty_0bytes.webm",
+                     "decord__tests__corrupted.mp4"]),
+        tmp_path / "m.csv")
+    out = tmp_path / "out"
+    args = ["--manifest", str(manifest), "--output", str(out), "--profile", "demo"]
+    sets = [a for o in overrides(tiny_clip, "preprocess.max_rejected_fraction=0.25") for a in ("--set", o)]
+    assert main(args + sets) == 2  # 2 of 4 rejected > 25%: the run fails, its output is kept
+    first = resolve_output(out)
+    assert json.loads((first / "metadata.json").read_text())["counts"]["rejects"] == 2
+    with pytest.raises(PreprocessError, match=r"2 of 4 videos \(50.0%\) were rejected, above preprocess.max_rejected_fraction=0.25"):
+        run_preprocess(manifest, out, load_profile("demo", overrides(tiny_clip, "preprocess.max_rejected_fraction=0.25")))
+    sets = [a for o in overrides(tiny_clip, "preprocess.max_rejected_fraction=0.5") for a in ("--set", o)]
+    assert main(args + sets) == 0  # the limit is not part of the output's identity: nothing redone
+    assert resolve_output(out) == first
+    other = run_preprocess(manifest, out, load_profile("demo", overrides(tiny_clip, "clip.num_frames=4",
+                                                                            "preprocess.store_frames=false")))
+    assert other.output_dir != first and other.processed == 4 and resolve_output(out) == other.output_dir
+    assert pq.read_table(next((other.output_dir / "shards").glob("*.parquet"))).schema.remove_metadata() == shard_schema(False)
+    assert unpack_array(read_shards(first), "frame_indices", np.int64).shape[1] == 8  # the first output untouched
+
+
+def test_bad_manifest_fails_before_any_work(tmp_path, tiny_clip):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("path,label,domain,split\nmissing.mp4,wave,source,train\n")
+    with pytest.raises(ManifestError, match="line 2: file not found"):
+        run_preprocess(bad, tmp_path / "out", load_profile("demo", overrides(tiny_clip)))
+    assert not (tmp_path / "out").exists()
+
+
+def test_decode_batch_of_only_broken_files_gives_an_empty_table_and_rejects(tmp_path):
+    from lmft_core.config import ClipConfig
+    from lmft_core.preprocess import _decoded_schema, decode_batch
+
+    rows = real_rows(["moviepy__doc_result_empty_0bytes.webm", "decord__tests__corrupted.mp4"])
+    batch = pa.Table.from_pylist([{**r, "label_index": None} for r in rows], schema=pa.schema(shard_schema().field(i) for i in range(6)))
+    out = decode_batch(batch, ClipConfig(num_frames=8, image_size=32, patch=8), 60.0, str(tmp_path))
+    assert out.num_rows == 0 and out.schema == _decoded_schema(True)
+    (written,) = tmp_path.glob("*.csv")
+    with written.open(newline="") as f:
+        assert [r["video_id"] for r in csv.DictReader(f)] == [r["video_id"] for r in rows]
+    again = decode_batch(batch, ClipConfig(num_frames=8, image_size=32, patch=8), 60.0, str(tmp_path))
+    assert again.num_rows == 0 and len(list(tmp_path.glob("*.csv"))) == 1  # a retried task rewrites the same file

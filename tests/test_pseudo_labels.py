@@ -1,0 +1,116 @@
+"""CLIP zero-shot pseudo-labels against a direct open_clip computation, and weights handling."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import open_clip
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lmft_core.config import ConfigError
+from lmft_core.pseudo_labels import (ClipZeroShot, PseudoLabelConfig, WeightsError, build_clip_model, fetch_pretrained,
+                                     save_random_checkpoint, weights_identity)
+
+CLASSES = ("ride_bike", "jump", "wave")
+
+
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory) -> PseudoLabelConfig:
+    return save_random_checkpoint(tmp_path_factory.mktemp("clip"), seed=0)
+
+
+def direct_probs(weights_path: str, model_name: str, clips: np.ndarray, prompts: list[str]) -> np.ndarray:
+    """The same maths written straight against open_clip, with its own preprocessing transform."""
+    from PIL import Image
+
+    model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=weights_path)
+    model.eval()
+    tok = open_clip.get_tokenizer(model_name)
+    with torch.no_grad():
+        text = model.encode_text(tok(prompts))
+        text = text / text.norm(dim=-1, keepdim=True)
+        out = []
+        for clip in clips:
+            imgs = torch.stack([preprocess(Image.fromarray(f)) for f in clip])
+            f = model.encode_image(imgs)
+            f = f / f.norm(dim=-1, keepdim=True)
+            v = f.mean(dim=0)
+            v = v / v.norm()
+            out.append((model.logit_scale.exp() * v @ text.T).softmax(dim=-1).numpy())
+    return np.stack(out)
+
+
+def test_probabilities_equal_a_direct_open_clip_computation(tiny_clip):
+    clips = np.random.default_rng(0).integers(0, 256, (3, 4, 32, 32, 3), dtype=np.uint8)  # at CLIP's input size
+    zs = ClipZeroShot(tiny_clip, CLASSES)
+    got = zs.probs(clips)
+    prompts = ["a video of a person ride bike", "a video of a person jump", "a video of a person wave"]
+    assert zs.cfg.prompts(CLASSES) == prompts
+    expected = direct_probs(tiny_clip.pretrained, tiny_clip.model, clips, prompts)
+    assert got.shape == (3, 3) and got.dtype == np.float32
+    np.testing.assert_allclose(got.sum(axis=1), 1.0, atol=1e-6)
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_checkpoint_weights_are_the_ones_loaded(tiny_clip):
+    saved = torch.load(tiny_clip.pretrained, weights_only=True)
+    model = build_clip_model(tiny_clip)
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, saved[k])
+    other = save_random_checkpoint(tiny_clip.pretrained.rsplit("/", 1)[0] + "/other", seed=1)
+    assert not torch.equal(build_clip_model(other).state_dict()["text_projection"], saved["text_projection"])
+
+
+def test_frames_of_another_size_are_resized_for_clip(tiny_clip):
+    zs = ClipZeroShot(tiny_clip, CLASSES)
+    clips = np.random.default_rng(1).integers(0, 256, (2, 4, 64, 64, 3), dtype=np.uint8)
+    x = zs.image_inputs(clips[0])
+    assert x.shape == (4, 3, 32, 32)
+    ref = F.interpolate(torch.from_numpy(clips[0]).permute(0, 3, 1, 2).float() / 255, size=(32, 32), mode="bicubic",
+                        antialias=True).clamp(0, 1)
+    torch.testing.assert_close(x, (ref - zs.mean) / zs.std)
+    assert zs.probs(clips).shape == (2, 3)
+
+
+def test_untrained_clip_is_said_plainly_and_seeded():
+    cfg = PseudoLabelConfig(model="ViT-S-32", pretrained="")
+    ident = weights_identity(cfg)
+    assert ident["untrained"] is True and ident["kind"] == "untrained" and "untrained CLIP" in ident["note"]
+    torch.manual_seed(123)
+    before = torch.rand(1)
+    a = build_clip_model(cfg).state_dict()["text_projection"]
+    b = build_clip_model(cfg).state_dict()["text_projection"]
+    torch.manual_seed(123)
+    assert torch.equal(a, b) and torch.equal(torch.rand(1), before)  # same model every time; caller's RNG untouched
+
+
+def test_weights_identity_hashes_checkpoint_files(tiny_clip):
+    ident = weights_identity(tiny_clip)
+    assert ident["kind"] == "file" and len(ident["sha256"]) == 64 and ident["untrained"] is False
+    assert weights_identity(dataclasses.replace(tiny_clip))["sha256"] == ident["sha256"]
+    tag = weights_identity(PseudoLabelConfig())
+    assert tag["kind"] == "tag" and "openai" in str(tag["source"])
+
+
+def test_bad_weights_and_configs_fail_clearly(tiny_clip, tmp_path, monkeypatch):
+    with pytest.raises(ConfigError, match="checkpoint file not found"):
+        weights_identity(dataclasses.replace(tiny_clip, pretrained=str(tmp_path / "missing.pt")))
+    with pytest.raises(ConfigError, match="neither an open_clip tag"):
+        weights_identity(PseudoLabelConfig(pretrained="no-such-tag"))
+    with pytest.raises(ConfigError, match="no model"):
+        weights_identity(PseudoLabelConfig(model="no-such-model"))
+    with pytest.raises(ConfigError, match="action"):
+        PseudoLabelConfig(prompt_template="a photo of {}")
+
+    def offline(*args, **kwargs):
+        raise OSError("Name or service not known")
+
+    monkeypatch.setattr("open_clip.pretrained.download_pretrained", offline)
+    monkeypatch.setattr("open_clip.factory.download_pretrained", offline)
+    for attempt in (fetch_pretrained, build_clip_model):
+        with pytest.raises(WeightsError, match=r"pseudo_labels.pretrained=/path/to/open_clip_pytorch_model.bin") as e:
+            attempt(PseudoLabelConfig())
+        assert "timm/vit_base_patch16_clip_224.openai" in str(e.value) and "Name or service not known" in str(e.value)

@@ -1,0 +1,126 @@
+"""Decoding: deterministic sampling, resizing, the decord/PyAV split and isolation, on real files."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lmft_core.video import DecodeError, IsolatedDecoder, decode_clip, resize_frames, sample_frame_indices
+
+
+def write_video(path: Path, frames: np.ndarray, fps: int = 10) -> Path:
+    import av
+
+    with av.open(str(path), mode="w") as c:
+        s = c.add_stream("libx264", rate=fps)
+        s.width, s.height, s.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        s.options = {"crf": "0", "preset": "ultrafast"}
+        for f in frames:
+            for p in s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    return path
+
+
+def test_sampling_is_segment_midpoints():
+    idx, short = sample_frame_indices(160, 16)
+    assert idx.tolist() == list(range(5, 160, 10)) and not short
+    idx, short = sample_frame_indices(300, 16)
+    assert idx.tolist() == [int((i + 0.5) * 300 / 16) for i in range(16)]
+
+
+def test_short_video_repeats_frames_in_order_and_is_flagged():
+    idx, short = sample_frame_indices(5, 8)
+    assert short and idx.tolist() == [0, 0, 1, 2, 2, 3, 4, 4]
+    assert np.all(np.diff(idx) >= 0) and set(idx.tolist()) == set(range(5))
+    idx, short = sample_frame_indices(8, 8)
+    assert idx.tolist() == list(range(8)) and not short
+    with pytest.raises(DecodeError, match="no frames"):
+        sample_frame_indices(0, 8)
+
+
+def test_resize_short_side_then_center_crop():
+    frames = np.zeros((1, 40, 80, 3), dtype=np.uint8)
+    frames[:, :, 20:60] = 255  # the centre square of a 2:1 frame is white, the side borders black
+    out = resize_frames(frames, 20)
+    assert out.shape == (1, 20, 20, 3)
+    # only the centre square survives (nothing stretched, borders cropped); the outermost columns
+    # carry a little of the black border through the bilinear filter
+    assert out[:, :, 1:-1].min() >= 250 and out.min() >= 200
+    tall = resize_frames(np.full((2, 90, 30, 3), 7, np.uint8), 16)
+    assert tall.shape == (2, 16, 16, 3) and np.all(tall == 7)
+
+
+def test_decode_clip_samples_the_stated_frames(tmp_path):
+    # Frame k has brightness 10 * k: the decoded clip must show the sampled indices' brightness.
+    n = 20
+    frames = np.stack([np.full((48, 64, 3), 10 * k, np.uint8) for k in range(n)])
+    path = write_video(tmp_path / "ramp.mp4", frames)
+    clip = decode_clip(str(path), 8, 32)
+    assert clip.decoder == "decord" and clip.num_video_frames == n and not clip.short
+    assert clip.frames.shape == (8, 32, 32, 3) and clip.frames.dtype == np.uint8
+    np.testing.assert_allclose(clip.frames.reshape(8, -1).mean(axis=1), 10 * clip.frame_indices, atol=3)
+    assert clip.frame_indices.tolist() == sample_frame_indices(n, 8)[0].tolist()
+
+
+REAL = {
+    # file: (expected decoder or None for a reject, number of frames, short for 16-frame clips)
+    "decord__examples__flipping_a_pancake.mkv": ("decord", 310, False),
+    "mmaction2__tests__test.avi": ("decord", 164, False),
+    "moviepy__clip1024.flv": ("decord", 174, False),
+    "moviepy__big_buck_bunny_432_433.webm": ("decord", 24, False),
+    "decord__tests__video_90.mov": ("decord", 3, True),
+    "mmpose__demo__demo.mp4": ("decord", 5, True),
+    "moviepy__pigs_in_a_polka.gif": ("pyav", 30, False),
+}
+BROKEN = {
+    "moviepy__doc_result_empty_0bytes.webm": "empty file",
+    "decord__tests__corrupted.mp4": "could not decode frames",
+    "derived__mmaction2_demo_truncated50pct_nomoov.mp4": "decord cannot open",
+}
+
+
+def test_real_and_broken_files_through_the_isolated_decoder(shared_videos):
+    with IsolatedDecoder(timeout_s=60) as dec:
+        for name, (decoder, n, short) in REAL.items():
+            clip = dec.decode(str(shared_videos / name), 16, 32)
+            assert (clip.decoder, clip.num_video_frames, clip.short) == (decoder, n, short), name
+            assert clip.frames.shape == (16, 32, 32, 3)
+            assert clip.frame_indices.tolist() == sample_frame_indices(n, 16)[0].tolist()
+        for name, reason in BROKEN.items():
+            with pytest.raises(DecodeError, match=reason):
+                dec.decode(str(shared_videos / name), 16, 32)
+        # the child survives rejects: a good file still decodes afterwards
+        assert dec.decode(str(shared_videos / "mmaction2__tests__test.avi"), 8, 32).frames.shape == (8, 32, 32, 3)
+
+
+def test_rotated_clip_comes_back_portrait_before_the_crop(shared_videos):
+    clip = decode_clip(str(shared_videos / "decord__tests__video_90.mov"), 4, 32)
+    assert clip.frames.shape == (4, 32, 32, 3)
+
+
+def test_a_crash_or_a_hang_costs_one_video(tmp_path, monkeypatch, shared_videos):
+    good = str(shared_videos / "moviepy__clip1024.flv")
+    with IsolatedDecoder(timeout_s=1.5) as dec:
+        dec.decode(good, 4, 32)
+        # Crash: kill the child while it works on a file (as a decoder segfault would).
+        proc = dec._proc
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        with pytest.raises(DecodeError, match="decoder process died"):
+            dec.decode(good, 4, 32)
+        assert dec.decode(good, 4, 32).frames.shape == (4, 32, 32, 3)  # a fresh child serves the next video
+        # Hang: a fifo that is never written blocks the decoder's open() for ever.
+        fifo = tmp_path / "hang.mp4"
+        os.mkfifo(fifo)
+        t0 = time.perf_counter()
+        with pytest.raises(DecodeError, match="timed out"):
+            dec.decode(str(fifo), 4, 32)
+        assert time.perf_counter() - t0 < 10
+        assert dec.decode(good, 4, 32).frames.shape == (4, 32, 32, 3)
