@@ -1,0 +1,269 @@
+"""Attention over the kept tokens of a batch of videos, with no attention across videos.
+
+The kept tokens of B videos are held in one of two layouts (:class:`TokenLayout`):
+
+- **packed**: one sequence of ``L = sum(lengths)`` tokens, video after video, with ``offsets``
+  (``cu_seqlens``, shape ``(B + 1,)``); attention is block-diagonal, nothing is padded;
+- **padded**: ``(B, L_max)`` with a key mask (the baseline that packing is measured against); with
+  every token kept and no mask this is the plain batched ViT.
+
+Attention backends are registered by name (:data:`ATTENTION_BACKENDS`); each takes ``q, k, v`` of
+shape ``(L, H, d)`` (packed) or ``(B, L_max, H, d)`` (padded) and returns the same shape.
+
+=============== ====== ============================================================================
+name            layout where it runs
+=============== ====== ============================================================================
+``sdpa_split``  packed CPU and GPU, forward and backward: one fused SDPA call per video
+``sdpa_nested`` packed CPU and GPU, forward and backward: SDPA over nested jagged tensors
+``flex``        packed GPU under ``torch.compile`` (document mask); CPU runs forward only, eagerly
+``varlen``      packed GPU only: FlashAttention varlen kernels (``torch.nn.attention.varlen``)
+``dense_mask``  packed reference: one SDPA over all L tokens with an (L, L) block-diagonal mask
+``padded``      padded baseline: SDPA over (B, L_max) with a key-padding mask
+=============== ====== ============================================================================
+
+``auto`` resolves to the first available backend of :data:`AUTO_ORDER` for the device type: on GPU
+``varlen``, ``flex``, ``sdpa_nested``; on CPU ``sdpa_split`` (measured faster there than nested
+tensors, whose CPU path is the unfused math kernel; see docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+Layout = Literal["packed", "padded"]
+
+# SDPA on jagged tensors without a fused CPU kernel converts them to the older strided layout
+# internally, which warns on every call; the warning is about that internal step, not our use.
+warnings.filterwarnings("ignore", message="The PyTorch API of nested tensors is in prototype stage")
+
+
+@dataclass
+class TokenLayout:
+    """Where the kept tokens of B videos sit in the token tensor the blocks run on.
+
+    ``lengths`` (B,) and ``offsets`` (B + 1,) are int64 on the tokens' device; ``token_video`` (L,)
+    is the video index of each packed token; ``pad_mask`` (B, L_max) marks the real tokens of the
+    padded layout (None when no token is dropped: the plain batched ViT). ``cache`` holds per-batch
+    objects a backend builds once and reuses in every block (a block mask, a dense mask).
+    """
+
+    layout: Layout
+    lengths: Tensor
+    offsets: Tensor
+    max_len: int
+    token_video: Tensor
+    pad_mask: Tensor | None = None
+    cache: dict = field(default_factory=dict)
+
+    @property
+    def batch_size(self) -> int:
+        return self.lengths.numel()
+
+    @classmethod
+    def from_keep(cls, keep: Tensor, layout: Layout) -> TokenLayout:
+        """Layout for keep mask ``keep`` (B, N) bool; every video must keep at least one token."""
+        if keep.dim() != 2 or keep.dtype != torch.bool:
+            raise ValueError(f"keep must be a (B, N) bool tensor, got {tuple(keep.shape)} {keep.dtype}")
+        lengths = keep.sum(1)
+        if bool((lengths == 0).any()):
+            empty = torch.nonzero(lengths == 0).flatten().tolist()
+            raise ValueError(f"video(s) {empty} keep no token; the first temporal segment must always be kept")
+        offsets = F.pad(lengths.cumsum(0), (1, 0))
+        token_video = torch.repeat_interleave(torch.arange(len(lengths), device=keep.device), lengths)
+        max_len = int(lengths.max())
+        pad_mask = None
+        if layout == "padded" and not bool(keep.all()):
+            pad_mask = torch.arange(max_len, device=keep.device)[None, :] < lengths[:, None]
+        return cls(layout, lengths, offsets, max_len, token_video, pad_mask)
+
+    def gather(self, x: Tensor, keep: Tensor) -> Tensor:
+        """Kept tokens of ``x`` (B, N, D) in this layout: (L, D) packed or (B, L_max, D) padded."""
+        if self.layout == "padded" and self.pad_mask is None:
+            return x
+        packed = x[keep]  # row-major: video after video, each in token order
+        if self.layout == "packed":
+            return packed
+        out = x.new_zeros(self.batch_size, self.max_len, x.shape[-1])
+        out[self.pad_mask] = packed
+        return out
+
+    def mean(self, tokens: Tensor) -> Tensor:
+        """Per-video mean of ``tokens`` ((L, D) or (B, L_max, D)) over its kept tokens -> (B, D)."""
+        if self.layout == "padded":
+            if self.pad_mask is None:
+                return tokens.mean(1)
+            return (tokens * self.pad_mask[..., None]).sum(1) / self.lengths[:, None]
+        sums = tokens.new_zeros(self.batch_size, tokens.shape[-1]).index_add_(0, self.token_video, tokens)
+        return sums / self.lengths[:, None]
+
+    def per_video(self, values: Tensor) -> Tensor:
+        """Broadcast per-video ``values`` (B,) onto the token tensor: (L, 1) or (B, 1, 1)."""
+        if self.layout == "packed":
+            return values[self.token_video][:, None]
+        return values[:, None, None]
+
+
+AttentionFn = Callable[[Tensor, Tensor, Tensor, TokenLayout], Tensor]
+
+
+@dataclass(frozen=True)
+class AttentionBackend:
+    """A registered attention implementation.
+
+    ``unavailable(device)`` returns why the backend cannot train (forward and backward) on that
+    device, or None when it can; ``auto`` only picks available backends.
+    """
+
+    name: str
+    layout: Layout
+    fn: AttentionFn
+    unavailable: Callable[[torch.device], str | None]
+
+    def __call__(self, q: Tensor, k: Tensor, v: Tensor, tokens: TokenLayout) -> Tensor:
+        return self.fn(q, k, v, tokens)
+
+
+ATTENTION_BACKENDS: dict[str, AttentionBackend] = {}
+AUTO_ORDER = {"cuda": ("varlen", "flex", "sdpa_nested"), "cpu": ("sdpa_split", "sdpa_nested")}
+
+
+def _everywhere(device: torch.device) -> str | None:
+    return None
+
+
+def register_attention(name: str, layout: Layout, unavailable: Callable[[torch.device], str | None] = _everywhere):
+    """Decorator registering an attention function ``fn(q, k, v, tokens) -> out`` under ``name``."""
+
+    def wrap(fn: AttentionFn) -> AttentionFn:
+        if name in ATTENTION_BACKENDS or name == "auto":
+            raise ValueError(f"attention backend {name!r} is already registered")
+        ATTENTION_BACKENDS[name] = AttentionBackend(name, layout, fn, unavailable)
+        return fn
+
+    return wrap
+
+
+def resolve_attention(name: str, device: torch.device | str) -> AttentionBackend:
+    """The backend called ``name``; ``"auto"`` picks the first available of :data:`AUTO_ORDER`."""
+    device = torch.device(device)
+    if name == "auto":
+        order = AUTO_ORDER.get(device.type, ("sdpa_nested",))
+        for candidate in order:
+            backend = ATTENTION_BACKENDS[candidate]
+            if backend.unavailable(device) is None:
+                return backend
+        raise RuntimeError(f"no attention backend of {order} is available on {device}")
+    if name not in ATTENTION_BACKENDS:
+        raise ValueError(f"unknown attention backend {name!r}; registered: {sorted(ATTENTION_BACKENDS)} or 'auto'")
+    return ATTENTION_BACKENDS[name]
+
+
+def _heads_first_nested(x: Tensor, offsets: Tensor, max_len: int) -> Tensor:
+    """(L, H, d) -> nested jagged (B, H, j, d); the values must be contiguous (see NOTES.md)."""
+    nested = torch.nested.nested_tensor_from_jagged(x.contiguous(), offsets, min_seqlen=1, max_seqlen=max_len)
+    return nested.transpose(1, 2)
+
+
+@register_attention("sdpa_nested", "packed")
+def sdpa_nested(q: Tensor, k: Tensor, v: Tensor, tokens: TokenLayout) -> Tensor:
+    """Block-diagonal attention as SDPA over nested jagged tensors; (L, H, d) -> (L, H, d)."""
+    nq, nk, nv = (_heads_first_nested(t, tokens.offsets, tokens.max_len) for t in (q, k, v))
+    return F.scaled_dot_product_attention(nq, nk, nv).transpose(1, 2).values()
+
+
+@register_attention("sdpa_split", "packed")
+def sdpa_split(q: Tensor, k: Tensor, v: Tensor, tokens: TokenLayout) -> Tensor:
+    """Block-diagonal attention as one fused SDPA call per video on views of the packed tensors.
+
+    (L, H, d) -> (L, H, d). On CPU this reaches the fused flash kernel (nested tensors fall back to
+    the unfused math path there); B small calls per block.
+    """
+    if "split_sizes" not in tokens.cache:
+        tokens.cache["split_sizes"] = tokens.lengths.tolist()
+    sizes = tokens.cache["split_sizes"]
+    parts = [
+        F.scaled_dot_product_attention(*(t.transpose(0, 1) for t in qkv)).transpose(0, 1)
+        for qkv in zip(q.split(sizes), k.split(sizes), v.split(sizes))
+    ]
+    return torch.cat(parts)
+
+
+def _cuda_only(device: torch.device) -> str | None:
+    return None if device.type == "cuda" else f"needs a CUDA device, got {device}"
+
+
+@functools.cache
+def _compiled_flex() -> Callable:
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention)
+
+
+@register_attention("flex", "packed", _cuda_only)
+def flex(q: Tensor, k: Tensor, v: Tensor, tokens: TokenLayout) -> Tensor:
+    """flex_attention with a document mask, compiled on GPU and eager (forward only) on CPU."""
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    if "block_mask" not in tokens.cache:
+        video = tokens.token_video
+
+        def same_video(b, h, q_idx, kv_idx):
+            return video[q_idx] == video[kv_idx]
+
+        n = video.numel()
+        tokens.cache["block_mask"] = create_block_mask(same_video, None, None, n, n, device=q.device)
+    attend = _compiled_flex() if q.is_cuda else flex_attention
+    out = attend(*(t.transpose(0, 1)[None] for t in (q, k, v)), block_mask=tokens.cache["block_mask"])
+    return out[0].transpose(0, 1)
+
+
+def _varlen_unavailable(device: torch.device) -> str | None:
+    try:
+        from torch.nn.attention.varlen import varlen_attn  # noqa: F401
+    except ImportError:
+        return "torch.nn.attention.varlen is not in this torch"
+    if device.type != "cuda":
+        return f"FlashAttention varlen needs a CUDA device, got {device}"
+    if torch.cuda.get_device_capability(device) < (8, 0):
+        return "FlashAttention varlen needs compute capability 8.0 or newer"
+    return None
+
+
+@register_attention("varlen", "packed", _varlen_unavailable)
+def varlen(q: Tensor, k: Tensor, v: Tensor, tokens: TokenLayout) -> Tensor:
+    """FlashAttention varlen over cu_seqlens; runs in bf16 (fp32 inputs are cast and cast back)."""
+    from torch.nn.attention.varlen import varlen_attn
+
+    reason = _varlen_unavailable(q.device)
+    if reason:
+        raise RuntimeError(f"attention backend 'varlen': {reason}")
+    dtype = q.dtype if q.dtype in (torch.float16, torch.bfloat16) else torch.bfloat16
+    cu = tokens.offsets.to(torch.int32)
+    half = [t.to(dtype).contiguous() for t in (q, k, v)]
+    return varlen_attn(*half, cu, cu, tokens.max_len, tokens.max_len).to(q.dtype)
+
+
+@register_attention("dense_mask", "packed")
+def dense_mask(q: Tensor, k: Tensor, v: Tensor, tokens: TokenLayout) -> Tensor:
+    """Reference: SDPA over all L tokens with an (L, L) block-diagonal mask; cost grows as L^2."""
+    if "dense_mask" not in tokens.cache:
+        video = tokens.token_video
+        tokens.cache["dense_mask"] = video[:, None] == video[None, :]
+    out = F.scaled_dot_product_attention(*(t.transpose(0, 1) for t in (q, k, v)), attn_mask=tokens.cache["dense_mask"])
+    return out.transpose(0, 1)
+
+
+@register_attention("padded", "padded")
+def padded(q: Tensor, k: Tensor, v: Tensor, tokens: TokenLayout) -> Tensor:
+    """Baseline: SDPA over (B, L_max, H, d) with a key-padding mask (none when all tokens are kept)."""
+    mask = None if tokens.pad_mask is None else tokens.pad_mask[:, None, None, :]
+    out = F.scaled_dot_product_attention(*(t.transpose(1, 2) for t in (q, k, v)), attn_mask=mask)
+    return out.transpose(1, 2)
