@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import os
+import runpy
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_VIDEOS = REPO.parent / "shared" / "videos"
+
+
+def entry_main(script: str) -> Callable[[list[str]], int]:
+    """``main`` of the entry script ``pipelines/<script>.py``, loaded by path (``pipelines`` is no package)."""
+    return runpy.run_path(str(REPO / "pipelines" / f"{script}.py"))["main"]
 
 
 @pytest.fixture(scope="session")

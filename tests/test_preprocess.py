@@ -21,6 +21,8 @@ from lmft_core.preprocess import PreprocessError, resolve_output, run_preprocess
 from lmft_core.pseudo_labels import ClipZeroShot, save_random_checkpoint
 from lmft_core.video import sample_frame_indices
 
+from conftest import entry_main
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_VIDEOS = REPO.parent / "shared" / "videos"
 BROKEN = {  # video_id -> what the reason says
@@ -176,8 +178,7 @@ def test_rerun_skips_done_work_and_redoes_only_what_is_missing(first_run, mixed_
 
 def test_other_config_gets_its_own_output_and_reject_limit(ray_local, tiny_clip, tmp_path):
     """Another configuration never mixes with an earlier output; too many rejects fail the run clearly."""
-    from pipelines.preprocess import main
-
+    main = entry_main("preprocess")
     manifest = write_manifest(
         [{"path": str(SHARED_VIDEOS / "moviepy__clip1024.flv"), "label": "wave", "domain": "source", "split": "train"}]
         + real_rows(["mmaction2__tests__test.avi", "moviepy__doc_result_empty_0bytes.webm",
