@@ -26,6 +26,18 @@ from typing import Any, TypeVar
 
 PROFILE_DIR = Path(__file__).parent / "profiles"
 
+# The sections a profile may have, and the component each configures (one place to list them).
+SECTIONS = {
+    "clip": "clip geometry (ClipConfig)",
+    "demo_data": "generated demo data (lmft_core.demo_data.DemoDataConfig)",
+    "tracking": "MLflow (lmft_core.tracking.TrackingConfig)",
+    "pseudo_labels": "zero-shot CLIP pseudo-labels (lmft_core.pseudo_labels.PseudoLabelConfig)",
+    "preprocess": "the Ray Data preprocessing stage (lmft_core.preprocess.PreprocessConfig)",
+    "model": "the video ViT (lmft_core.model.ModelConfig)",
+    "selector": "the token selector (lmft_core.model.SelectorConfig)",
+    "policy": "the learned threshold policy (lmft_core.model.PolicyConfig)",
+}
+
 T = TypeVar("T")
 
 
@@ -129,6 +141,8 @@ class Profile:
 
     def section(self, name: str, cls: type[T]) -> T:
         """The ``[name]`` section built as ``cls`` (defaults for an absent section)."""
+        if name not in SECTIONS:
+            raise KeyError(f"{name!r} is not a profile section; known: {sorted(SECTIONS)}")
         return from_dict(cls, self.sections.get(name), f"{self.path} [{name}]")
 
     @property
@@ -160,6 +174,9 @@ def load_profile(name_or_path: str | Path = "paper", overrides: list[str] | tupl
     for override in overrides:
         section, key, value = parse_override(override)
         sections.setdefault(section, {})[key] = value
+    unknown = sorted(set(sections) - set(SECTIONS))
+    if unknown:
+        raise ConfigError(f"{path}: unknown section(s) {unknown} (from the file or --set); known: {sorted(SECTIONS)}")
     profile = Profile(name=path.stem, path=path, sections=sections)
     profile.clip  # validate the geometry eagerly
     return profile

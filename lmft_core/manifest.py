@@ -102,7 +102,7 @@ def load_manifest(path: str | Path, check_files: bool = True) -> Manifest:
     root = path.resolve().parent
     problems: list[str] = []
     raw: list[tuple[int, dict[str, str]]] = []
-    with path.open(newline="", encoding="utf-8") as f:
+    with path.open(newline="", encoding="utf-8-sig") as f:  # -sig: spreadsheets often write a BOM
         reader = csv.DictReader(f)
         header = [h.strip() for h in (reader.fieldnames or [])]
         missing = [c for c in REQUIRED_COLUMNS if c not in header]

@@ -42,6 +42,12 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def artifact_location(uri: str, workdir: Path) -> str | None:
+    """Where a new experiment keeps artifacts: beside an embedded store, else the server's default."""
+    local = uri.startswith(("sqlite:", "file:")) or "://" not in uri
+    return (Path(workdir).resolve() / "mlartifacts").as_uri() if local else None
+
+
 class Run:
     """An open MLflow run; log params, metrics (names carry units) and artifacts to it."""
 
@@ -71,10 +77,11 @@ def start_run(cfg: TrackingConfig, workdir: str | Path, run_name: str, parent_ru
 
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    client = MlflowClient(tracking_uri=cfg.resolve_uri(workdir))
+    uri = cfg.resolve_uri(workdir)
+    client = MlflowClient(tracking_uri=uri)
     experiment = client.get_experiment_by_name(cfg.experiment)
     if experiment is None:
-        experiment_id = client.create_experiment(cfg.experiment, artifact_location=(workdir.resolve() / "mlartifacts").as_uri())
+        experiment_id = client.create_experiment(cfg.experiment, artifact_location=artifact_location(uri, workdir))
     else:
         experiment_id = experiment.experiment_id
     tags = {"mlflow.parentRunId": parent_run_id} if parent_run_id else None

@@ -40,6 +40,8 @@ def test_errors_name_file_section_and_key(tmp_path):
         load_profile("demo", ["demo_data.seed='x'"]).section("demo_data", DemoDataConfig)
     with pytest.raises(ConfigError, match="not a multiple of clip.patch"):
         load_profile("demo", ["clip.image_size=60"])
+    with pytest.raises(ConfigError, match=r"demo.toml: unknown section\(s\) \['preprocss'\]"):
+        load_profile("demo", ["preprocss.decode_batch_size=4"])
     with pytest.raises(ConfigError, match="unknown profile 'nope'"):
         load_profile("nope")
     bad = tmp_path / "bad.toml"

@@ -56,3 +56,14 @@ def test_bad_profile_setting_is_a_clear_error(tmp_path):
     proc = subprocess.run([sys.executable, str(REPO / "pipelines" / "full.py"), "--workdir", str(tmp_path / "w"),
                            "--set", "demo_data.videos_per_clas=3"], capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 2 and "unknown key(s) ['videos_per_clas']" in proc.stderr
+
+
+def test_artifacts_beside_the_embedded_store_only(tmp_path, monkeypatch):
+    from lmft_core.tracking import TrackingConfig, artifact_location
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    embedded = TrackingConfig().resolve_uri(tmp_path)
+    assert embedded == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
+    assert artifact_location(embedded, tmp_path) == (tmp_path.resolve() / "mlartifacts").as_uri()
+    assert artifact_location("http://mlflow.internal:5000", tmp_path) is None  # the server stores them
+    assert TrackingConfig(uri="http://x:5000").resolve_uri(tmp_path) == "http://x:5000"

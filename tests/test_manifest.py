@@ -81,6 +81,24 @@ def test_empty_domain(tmp_path):
     assert e.value.problems == ["domain 'target' has no rows"]
 
 
+def test_unreadable_file(tmp_path, monkeypatch):
+    """As root every file is readable, so the permission check is driven through os.access."""
+    import lmft_core.manifest as manifest_module
+
+    path = _write(tmp_path, GOOD)
+    real_access = manifest_module.os.access
+    monkeypatch.setattr(manifest_module.os, "access", lambda p, mode: not str(p).endswith("a.mp4") and real_access(p, mode))
+    with pytest.raises(ManifestError) as e:
+        load_manifest(path)
+    assert e.value.problems == [f"line 2: file not readable: {tmp_path.resolve() / 'a.mp4'}"]
+
+
+def test_byte_order_mark_is_accepted(tmp_path):
+    path = _write(tmp_path, GOOD)
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    assert len(load_manifest(path).rows) == 3
+
+
 def test_path_that_is_not_a_regular_file(tmp_path):
     path = _write(tmp_path, GOOD, files=("b.mp4", "c.mp4"))
     (tmp_path / "a.mp4").mkdir()
