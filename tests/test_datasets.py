@@ -383,6 +383,20 @@ def test_daily_da_relative_paths_only_no_name_lookup(daily_root, tiny_videos, tm
     assert list(problems(e)) == ["video listed but absent"] and "jump/OldSchool_jump_f_nm_np1_fr_bad_26.avi" in problems(e)["video listed but absent"][0]
 
 
+def test_two_videos_with_one_video_id_are_reported_before_writing(daily_root, tiny_videos, tmp_path):
+    root = tmp_path / "daily"
+    shutil.copytree(daily_root, root)
+    place(tiny_videos, root / "ARID" / "raw" / "data" / "Drink" / "Drink_10_1.avi")  # beside Drink_10_1.mp4
+    with daily_list(root, "arid", "test").open("a") as f:
+        f.write("9\t0\tDrink/Drink_10_1.avi\n")
+    out = tmp_path / "m.csv"
+    with pytest.raises(DatasetError) as e:
+        build_manifest(DatasetConfig("daily_da", root, "arid", "mit", out))
+    assert list(problems(e)) == ["duplicate video id"]
+    assert "'arid/Drink/Drink_10_1'" in problems(e)["duplicate video id"][0]
+    assert not out.exists()
+
+
 # ---------------------------------------------------------------- ActorShift
 
 ACTOR = {

@@ -14,7 +14,7 @@ Terms (used by every benchmark module):
 
 Every problem found (missing root, missing split file or video folder, malformed line, video listed but
 absent, ambiguous video name, class that does not map, label contradicting the video's class folder,
-video listed twice, target class no source video has) is collected and raised at once as a :class:`DatasetError` whose report gives counts
+video listed twice, two videos with one video id, target class no source video has) is collected and raised at once as a :class:`DatasetError` whose report gives counts
 and first examples per kind. With ``skip_missing`` the rows whose video is absent are left out of the
 manifest and written, with their reason, to ``<output>.skipped.csv``; every other problem still fails.
 """
@@ -403,17 +403,19 @@ def build_manifest(cfg: DatasetConfig) -> BuildResult:
     source_classes = {e.label for e in kept if e.side == "source"}
     for label, n in Counter(e.label for e in kept if e.side == "target" and e.label not in source_classes).items():
         report.add("target class without source videos", f"{n} target video(s) of class {label!r}, which no source video has")
+    video_ids: dict[str, _Entry] = {}
+    for e in kept:  # x.avi beside x.mp4, or same-named videos outside the folder, would collide
+        vid = f"{e.domain}/{_relative_stem(e.path, e.video_dir)}"
+        if vid in video_ids:
+            report.add("duplicate video id", f"{e.where}: {e.path} gets video id {vid!r}, as {video_ids[vid].path} "
+                       f"({video_ids[vid].where}) does")
+        video_ids[vid] = e
     if report:
         raise DatasetError(report)
 
     output = Path(cfg.output)
-    write_manifest(({
-        "path": e.path.resolve(),
-        "label": e.label,
-        "domain": e.side,
-        "split": e.split,
-        "video_id": f"{e.domain}/{_relative_stem(e.path, e.video_dir)}",
-    } for e in kept), output)
+    write_manifest(({"path": e.path.resolve(), "label": e.label, "domain": e.side, "split": e.split, "video_id": vid}
+                    for vid, e in video_ids.items()), output)
     load_manifest(output, check_files=False)  # the written file is a valid manifest
     if cfg.skip_missing:
         skipped = _write_skipped(missing, skipped_path(output))
