@@ -28,6 +28,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from lmft_core.atomic import atomic_write
+
 REQUIRED_COLUMNS = ("path", "label", "domain", "split")
 COLUMNS = (*REQUIRED_COLUMNS, "video_id")
 DOMAINS = ("source", "target")
@@ -162,8 +164,7 @@ def write_manifest(rows: Iterable[Mapping[str, object]], path: str | Path) -> Pa
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     root = path.resolve().parent
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", newline="", encoding="utf-8") as f:
+    with atomic_write(path, newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
         writer.writeheader()
         for rec in rows:
@@ -181,7 +182,6 @@ def write_manifest(rows: Iterable[Mapping[str, object]], path: str | Path) -> Pa
                 "split": rec["split"],
                 "video_id": rec.get("video_id") or default_video_id(p.as_posix(), root),
             })
-    os.replace(tmp, path)
     return path
 
 

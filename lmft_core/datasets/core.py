@@ -28,6 +28,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lmft_core.atomic import atomic_write
 from lmft_core.manifest import DOMAINS, load_manifest, write_manifest
 
 DATA_DIR = Path(__file__).parent / "data"
@@ -308,13 +309,11 @@ def _check_folder(table: ClassTable, spec: DomainSpec, entry: _Entry, report: Pr
 
 
 def _write_skipped(entries: list[tuple[_Entry, str]], path: Path) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", newline="", encoding="utf-8") as f:
+    with atomic_write(path, newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(SKIPPED_COLUMNS)
         for e, reason in entries:
             writer.writerow([e.split_file, e.line, e.listed, e.side, e.split, e.label or "", reason])
-    os.replace(tmp, path)
     return path
 
 

@@ -1,0 +1,20 @@
+"""atomic_write: all or nothing."""
+
+from __future__ import annotations
+
+import pytest
+
+from lmft_core.atomic import atomic_write
+
+
+def test_replaces_whole_file_or_leaves_the_old_one(tmp_path):
+    path = tmp_path / "sub" / "f.txt"
+    with atomic_write(path) as f:
+        f.write("first")
+    assert path.read_text() == "first"
+    with pytest.raises(RuntimeError):
+        with atomic_write(path) as f:
+            f.write("half")
+            raise RuntimeError("crash mid-write")
+    assert path.read_text() == "first"
+    assert [p.name for p in path.parent.iterdir()] == ["f.txt"]  # no temporary file left behind
