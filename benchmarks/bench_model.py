@@ -63,6 +63,11 @@ class Setup:
     warmup: int = 1
     bf16: bool = False
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The compute dtype attention sees (bf16 under autocast), which ``auto`` dispatches on."""
+        return torch.bfloat16 if self.bf16 else torch.float32
+
     def model_config(self) -> ModelConfig:
         clip = ClipConfig(num_frames=self.num_frames, image_size=self.image_size)
         return ModelConfig(size=self.size, num_classes=100, clip=clip, drop_path=0.0)
@@ -122,7 +127,7 @@ def build(setup: Setup, ratios: tuple[float, ...], attention: str):
         kept = keep.flatten(1).float().mean(1).cpu()
         gflops = selection_flops(config, keep).double().mean().item() / 1e9
         for path in ("packed", "padded"):
-            backend = "padded" if path == "padded" else resolve_attention(attention, device).name
+            backend = "padded" if path == "padded" else resolve_attention(attention, device, setup.dtype).name
             plain = path == "padded" and bool(keep.all())
             cases.append(Case(ratio, path, backend, None if plain else keep, kept, gflops))
     return model, video, labels, cases
@@ -165,14 +170,15 @@ def time_cases(setup: Setup, ratios: tuple[float, ...], attention: str) -> dict[
 def compare_backends(setup: Setup, ratios: tuple[float, ...]) -> str:
     """Step seconds of every packed attention backend that trains on the setup's device."""
     device = torch.device(setup.device)
-    names = [n for n, b in ATTENTION_BACKENDS.items() if b.layout == "packed" and b.unavailable(device) is None]
+    names = [n for n, b in ATTENTION_BACKENDS.items()
+             if b.layout == "packed" and b.unavailable(device) is None and b.supports(setup.dtype)]
     model, video, labels, cases = build(setup, ratios, "auto")
     packed = [c for c in cases if c.path == "packed"]
     runs = [replace(c, backend=name) for c in packed for name in names]
     best = round_robin(setup, model, video, labels, runs)
     per_case = [best[i : i + len(names)] for i in range(0, len(runs), len(names))]
     rows = [[f"{c.ratio:.2f}", *(f"{t:.3f}" for t in times)] for c, times in zip(packed, per_case)]
-    auto = resolve_attention("auto", device).name
+    auto = resolve_attention("auto", device, setup.dtype).name
     title = (f"Packed attention backends, **{setup.size}** (same clips and masks; s/step; `auto` picks `{auto}` "
              f"on {device.type}):")
     table = markdown_table(["keep ratio", *names], rows)

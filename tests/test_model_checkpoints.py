@@ -168,3 +168,31 @@ def test_shape_mismatch_is_an_error(hf_model, tmp_path):
     wrong = VideoViT(model_config_from_hf(tmp_path, embed_dim=96, num_heads=4))
     with pytest.raises(CheckpointError, match=r"shape mismatch .*patch_embed.proj.weight"):
         load_videomae(wrong, tmp_path)
+
+
+def test_load_report_is_logged_at_warning_unless_everything_loaded(hf_model, tmp_path, caplog):
+    """A complete load logs at INFO; a fresh head, a missing or an unexpected tensor at WARNING."""
+    import logging
+
+    hf_model.save_pretrained(tmp_path / "hf")
+    caplog.set_level(logging.INFO, logger="lmft_core.model")
+
+    def levels_of(config) -> list[int]:
+        caplog.clear()
+        model = build_model(config)
+        return [r.levelno for r in caplog.records if r.name == "lmft_core.model" and str(config.pretrained) in r.getMessage()]
+
+    complete = model_config_from_hf(tmp_path / "hf", pretrained=str(tmp_path / "hf"))
+    assert levels_of(complete) == [logging.INFO]
+    fresh = model_config_from_hf(tmp_path / "hf", num_classes=3, pretrained=str(tmp_path / "hf"))
+    assert levels_of(fresh) == [logging.WARNING]
+
+    own = VideoViT(model_config_from_hf(tmp_path / "hf")).state_dict()
+    extra = dict(own, **{"blocks.0.attn.extra": torch.zeros(2)})
+    torch.save(extra, tmp_path / "extra.pth")
+    assert levels_of(model_config_from_hf(tmp_path / "hf", pretrained=str(tmp_path / "extra.pth"))) == [logging.WARNING]
+    partial = {k: v for k, v in own.items() if k != "fc_norm.weight"}
+    torch.save(partial, tmp_path / "partial.pth")
+    config = model_config_from_hf(tmp_path / "hf", pretrained=str(tmp_path / "partial.pth"))
+    assert levels_of(config) == [logging.WARNING]
+    assert "missing (1): fc_norm.weight" in caplog.text

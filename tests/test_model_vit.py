@@ -202,9 +202,11 @@ def test_registries_and_auto_backend():
     assert resolve_attention("auto", "cpu").name == "sdpa_split"  # trains on CPU
     assert resolve_attention("flex", "cpu").unavailable(torch.device("cpu"))
     assert resolve_attention("varlen", "cpu").unavailable(torch.device("cpu"))
+    with pytest.raises(TypeError, match="attention backend 'varlen' computes in fp16/bf16 only"):
+        make()(videos(1), attention="varlen")  # fp32: refused on every device, never cast
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match="attention backend 'varlen'.*CUDA device"):
-            make()(videos(1), attention="varlen")
+            make().bfloat16()(videos(1).bfloat16(), attention="varlen")
 
 
 def test_vit_b16_parameter_count_matches_videomae():

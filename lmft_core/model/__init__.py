@@ -51,13 +51,15 @@ log = logging.getLogger(__name__)
 def build_model(config: ModelConfig) -> VideoViT:
     """Build the model; with ``config.pretrained`` set, load those VideoMAE weights and log the report.
 
-    The :class:`LoadReport` is kept as ``model.load_report`` (None without weights).
+    The report is logged at WARNING when a tensor is missing or unexpected or the head is fresh,
+    at INFO when everything loaded. The :class:`LoadReport` is kept as ``model.load_report`` (None
+    without weights).
     """
     model = VideoViT(config)
     model.load_report = None
     if config.pretrained:
-        model.load_report = load_videomae(model, config.pretrained)
-        log.info("%s", model.load_report.summary())
+        report = model.load_report = load_videomae(model, config.pretrained)
+        log.log(logging.INFO if report.complete else logging.WARNING, "%s", report.summary())
     return model
 
 

@@ -16,14 +16,17 @@ name            layout where it runs
 ``sdpa_split``  packed CPU and GPU, forward and backward: one fused SDPA call per video
 ``sdpa_nested`` packed CPU and GPU, forward and backward: SDPA over nested jagged tensors
 ``flex``        packed GPU under ``torch.compile`` (document mask); CPU runs forward only, eagerly
-``varlen``      packed GPU only: FlashAttention varlen kernels (``torch.nn.attention.varlen``)
+``varlen``      packed GPU only, fp16/bf16 only: FlashAttention varlen kernels (``torch.nn.attention.varlen``)
 ``dense_mask``  packed reference: one SDPA over all L tokens with an (L, L) block-diagonal mask
 ``padded``      padded baseline: SDPA over (B, L_max) with a key-padding mask
 =============== ====== ============================================================================
 
-``auto`` resolves to the first available backend of :data:`AUTO_ORDER` for the device type: on GPU
-``varlen``, ``flex``, ``sdpa_nested``; on CPU ``sdpa_split`` (measured faster there than nested
-tensors, whose CPU path is the unfused math kernel; see docs/benchmarks.md).
+``auto`` resolves to the first backend of :data:`AUTO_ORDER` for the device type that is available
+there and supports the compute dtype (:func:`choose_backend`): on GPU ``varlen`` (only for fp16/bf16,
+e.g. under autocast), then ``flex``, ``sdpa_nested``; on CPU ``sdpa_split`` (measured faster there
+than nested tensors, whose CPU path is the unfused math kernel; see docs/benchmarks.md). fp32
+training on GPU therefore runs ``flex`` in fp32. ``varlen`` never casts: called with fp32 inputs it
+raises instead of silently computing in bf16.
 """
 
 from __future__ import annotations
@@ -119,13 +122,18 @@ class AttentionBackend:
     """A registered attention implementation.
 
     ``unavailable(device)`` returns why the backend cannot train (forward and backward) on that
-    device, or None when it can; ``auto`` only picks available backends.
+    device, or None when it can; ``dtypes`` are the input dtypes it computes in (None: any);
+    ``auto`` only picks available backends that support the compute dtype.
     """
 
     name: str
     layout: Layout
     fn: AttentionFn
     unavailable: Callable[[torch.device], str | None]
+    dtypes: tuple[torch.dtype, ...] | None = None
+
+    def supports(self, dtype: torch.dtype) -> bool:
+        return self.dtypes is None or dtype in self.dtypes
 
     def __call__(self, q: Tensor, k: Tensor, v: Tensor, tokens: TokenLayout) -> Tensor:
         return self.fn(q, k, v, tokens)
@@ -139,28 +147,47 @@ def _everywhere(device: torch.device) -> str | None:
     return None
 
 
-def register_attention(name: str, layout: Layout, unavailable: Callable[[torch.device], str | None] = _everywhere):
+def register_attention(
+    name: str,
+    layout: Layout,
+    unavailable: Callable[[torch.device], str | None] = _everywhere,
+    dtypes: tuple[torch.dtype, ...] | None = None,
+):
     """Decorator registering an attention function ``fn(q, k, v, tokens) -> out`` under ``name``."""
 
     def wrap(fn: AttentionFn) -> AttentionFn:
         if name in ATTENTION_BACKENDS or name == "auto":
             raise ValueError(f"attention backend {name!r} is already registered")
-        ATTENTION_BACKENDS[name] = AttentionBackend(name, layout, fn, unavailable)
+        ATTENTION_BACKENDS[name] = AttentionBackend(name, layout, fn, unavailable, dtypes)
         return fn
 
     return wrap
 
 
-def resolve_attention(name: str, device: torch.device | str) -> AttentionBackend:
-    """The backend called ``name``; ``"auto"`` picks the first available of :data:`AUTO_ORDER`."""
+def compute_dtype(x: Tensor) -> torch.dtype:
+    """The dtype attention will see for activations ``x``: the autocast dtype when autocast is on."""
+    if torch.is_autocast_enabled(x.device.type):
+        return torch.get_autocast_dtype(x.device.type)
+    return x.dtype
+
+
+def choose_backend(device_type: str, dtype: torch.dtype, available: Callable[[str], bool]) -> str:
+    """Name ``auto`` resolves to: the first of :data:`AUTO_ORDER` [device_type] that is ``available``
+    (a predicate on backend names) and supports ``dtype``. A pure function of its arguments."""
+    order = AUTO_ORDER.get(device_type, ("sdpa_nested",))
+    for candidate in order:
+        if ATTENTION_BACKENDS[candidate].supports(dtype) and available(candidate):
+            return candidate
+    raise RuntimeError(f"no attention backend of {order} is available on {device_type} for {dtype}")
+
+
+def resolve_attention(name: str, device: torch.device | str, dtype: torch.dtype = torch.float32) -> AttentionBackend:
+    """The backend called ``name``; ``"auto"`` is :func:`choose_backend` for ``device`` and the
+    compute ``dtype`` (see :func:`compute_dtype`)."""
     device = torch.device(device)
     if name == "auto":
-        order = AUTO_ORDER.get(device.type, ("sdpa_nested",))
-        for candidate in order:
-            backend = ATTENTION_BACKENDS[candidate]
-            if backend.unavailable(device) is None:
-                return backend
-        raise RuntimeError(f"no attention backend of {order} is available on {device}")
+        chosen = choose_backend(device.type, dtype, lambda n: ATTENTION_BACKENDS[n].unavailable(device) is None)
+        return ATTENTION_BACKENDS[chosen]
     if name not in ATTENTION_BACKENDS:
         raise ValueError(f"unknown attention backend {name!r}; registered: {sorted(ATTENTION_BACKENDS)} or 'auto'")
     return ATTENTION_BACKENDS[name]
@@ -207,19 +234,63 @@ def _compiled_flex() -> Callable:
     return torch.compile(flex_attention)
 
 
+FLEX_BLOCK_SIZE = 128  # flex_attention's default sparse block size (tokens per q and kv block)
+
+
+def document_block_mask(tokens: TokenLayout, block_size: int = FLEX_BLOCK_SIZE):
+    """flex_attention ``BlockMask`` of the block-diagonal (document) mask, built from the offsets.
+
+    Never materialises the (L, L) token mask: with ``n = ceil(L / block_size)`` blocks it builds
+    (n, n) block tables. q block i (tokens ``[i*bs, min((i+1)*bs, L))``) spans videos ``v0..v1``
+    and so meets exactly the kv blocks overlapping tokens ``[offsets[v0], offsets[v1 + 1])``; a
+    pair of blocks is *full* (no mask needed) when both are complete and lie in the same single
+    video, otherwise *partial* (``mask_mod`` decides per token). Equals ``create_block_mask`` with
+    the same mask_mod (tested), which evaluates all L x L entries.
+    """
+    from torch.nn.attention.flex_attention import BlockMask
+
+    video, offsets = tokens.token_video, tokens.offsets
+    n_tokens = video.numel()
+    n = -(-n_tokens // block_size)
+    starts = torch.arange(n, device=video.device) * block_size
+    ends = (starts + block_size).clamp(max=n_tokens)
+    first, last = video[starts], video[ends - 1]
+    lo = offsets[first] // block_size  # first kv block meeting q block i
+    hi = (offsets[last + 1] - 1) // block_size  # last kv block meeting q block i
+    j = torch.arange(n, device=video.device)
+    touch = (j[None] >= lo[:, None]) & (j[None] <= hi[:, None])
+    whole = (first == last) & ((ends - starts) == block_size)  # complete block inside one video
+    full = whole[:, None] & whole[None] & (first[:, None] == first[None])
+    partial = touch & ~full
+
+    def tables(m: Tensor) -> tuple[Tensor, Tensor]:
+        num = m.sum(-1, dtype=torch.int32)
+        idx = torch.argsort(m.to(torch.int8), dim=-1, descending=True, stable=True).to(torch.int32)
+        return num[None, None], idx[None, None]
+
+    def same_video(b, h, q_idx, kv_idx):  # the kernels bound indices to the sequence (modulo L)
+        return video[q_idx] == video[kv_idx]
+
+    num, idx = tables(partial)
+    full_num, full_idx = tables(full)
+    return BlockMask.from_kv_blocks(
+        num, idx, full_num, full_idx, BLOCK_SIZE=block_size, mask_mod=same_video, seq_lengths=(n_tokens, n_tokens)
+    )
+
+
 @register_attention("flex", "packed", _cuda_only)
 def flex(q: Tensor, k: Tensor, v: Tensor, tokens: TokenLayout) -> Tensor:
-    """flex_attention with a document mask, compiled on GPU and eager (forward only) on CPU."""
-    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+    """flex_attention with a document mask, compiled on GPU and eager (forward only) on CPU.
+
+    (L, H, d) -> (L, H, d). The block mask is built once per batch from the offsets
+    (:func:`document_block_mask`, O((L / 128)^2) entries). A new L re-specialises the compiled
+    kernel once; torch.compile's automatic dynamic shapes then treat L as dynamic, so later
+    lengths reuse it.
+    """
+    from torch.nn.attention.flex_attention import flex_attention
 
     if "block_mask" not in tokens.cache:
-        video = tokens.token_video
-
-        def same_video(b, h, q_idx, kv_idx):
-            return video[q_idx] == video[kv_idx]
-
-        n = video.numel()
-        tokens.cache["block_mask"] = create_block_mask(same_video, None, None, n, n, device=q.device)
+        tokens.cache["block_mask"] = document_block_mask(tokens)
     attend = _compiled_flex() if q.is_cuda else flex_attention
     out = attend(*(t.transpose(0, 1)[None] for t in (q, k, v)), block_mask=tokens.cache["block_mask"])
     return out[0].transpose(0, 1)
@@ -237,18 +308,27 @@ def _varlen_unavailable(device: torch.device) -> str | None:
     return None
 
 
-@register_attention("varlen", "packed", _varlen_unavailable)
+HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
+@register_attention("varlen", "packed", _varlen_unavailable, dtypes=HALF_DTYPES)
 def varlen(q: Tensor, k: Tensor, v: Tensor, tokens: TokenLayout) -> Tensor:
-    """FlashAttention varlen over cu_seqlens; runs in bf16 (fp32 inputs are cast and cast back)."""
+    """FlashAttention varlen over cu_seqlens; (L, H, d) -> (L, H, d), fp16/bf16 only.
+
+    fp32 inputs raise (no silent cast to bf16): train under autocast, or use ``flex``/``auto``.
+    """
     from torch.nn.attention.varlen import varlen_attn
 
+    if q.dtype not in HALF_DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
+        raise TypeError(
+            f"attention backend 'varlen' computes in fp16/bf16 only, got q/k/v {q.dtype}/{k.dtype}/{v.dtype}; "
+            "use autocast, or attention 'flex' or 'auto' for fp32"
+        )
     reason = _varlen_unavailable(q.device)
     if reason:
         raise RuntimeError(f"attention backend 'varlen': {reason}")
-    dtype = q.dtype if q.dtype in (torch.float16, torch.bfloat16) else torch.bfloat16
     cu = tokens.offsets.to(torch.int32)
-    half = [t.to(dtype).contiguous() for t in (q, k, v)]
-    return varlen_attn(*half, cu, cu, tokens.max_len, tokens.max_len).to(q.dtype)
+    return varlen_attn(q.contiguous(), k.contiguous(), v.contiguous(), cu, cu, tokens.max_len, tokens.max_len)
 
 
 @register_attention("dense_mask", "packed")

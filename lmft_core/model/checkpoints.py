@@ -67,6 +67,11 @@ class LoadReport:
     dropped: list[str] = field(default_factory=list)
     fresh_head: bool = False
 
+    @property
+    def complete(self) -> bool:
+        """Every model tensor loaded, none unexpected, head kept (dropped decoder keys are expected)."""
+        return not (self.missing or self.unexpected or self.fresh_head)
+
     def summary(self, max_keys: int = 20) -> str:
         """Readable report; each key list shows at most ``max_keys`` names."""
         lines = [f"{self.path}: {self.format} checkpoint, {len(self.loaded)} tensors loaded"]

@@ -6,7 +6,9 @@ trained by REINFORCE. With the logit-normal density,
     log pi(tau) = log N(logit(tau); mu, sigma^2) - log(tau) - log(1 - tau),
 
 the surrogate loss ``-(R - b) * log pi(tau)`` has the policy gradient as its gradient, ``b`` being
-a moving baseline ``b <- m*b + (1 - m)*R`` (m = 0.9). The reward of one step sums over the domains
+a moving baseline ``b <- m*b + (1 - m)*R`` (m = 0.9). The paper does not state b's start: here the
+first reward initialises it (``b = R_1``), so the first advantage ``R_1 - b`` is 0 and the first
+step leaves mu and sigma unchanged. The reward of one step sums over the domains
 d in {source, target}: ``R = sum_d (-lambda_L * loss_d - (1 - rho_d))`` with ``rho_d`` the mean
 discard rate of domain d's batch. At test time the threshold is the deterministic
 ``tau_hat = mean_k sigmoid(mu + sigma * eps_k)`` over K = 100 seeded normal samples, computed once
@@ -53,7 +55,7 @@ class ThresholdPolicy(nn.Module):
     """Logit-normal distribution over the threshold tau, trained by REINFORCE.
 
     Parameters ``mu`` and ``log_sigma`` (scalars). Buffers: ``baseline`` (NaN until the first
-    reward, which initialises it), ``tau_hat`` and ``tau_hat_at`` (the (mu, log_sigma) it was
+    reward, which initialises it: ``b = R_1``, so the first advantage is 0), ``tau_hat`` and ``tau_hat_at`` (the (mu, log_sigma) it was
     computed from).
     """
 

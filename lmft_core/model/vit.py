@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lmft_core.config import ClipConfig, ConfigError
-from lmft_core.model.attention import ATTENTION_BACKENDS, AttentionBackend, TokenLayout, resolve_attention
+from lmft_core.model.attention import ATTENTION_BACKENDS, AttentionBackend, TokenLayout, compute_dtype, resolve_attention
 
 
 @dataclass(frozen=True)
@@ -243,7 +243,7 @@ class VideoViT(nn.Module):
     def features(self, video: Tensor, keep: Tensor | None = None, attention: str | None = None) -> Tensor:
         """Pooled, normalised features (B, D) of the kept tokens (see :meth:`forward`)."""
         x = self.embed(video)
-        backend = resolve_attention(attention or self.config.attention, x.device)
+        backend = resolve_attention(attention or self.config.attention, x.device, compute_dtype(x))
         if keep is None:
             keep = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
         else:
