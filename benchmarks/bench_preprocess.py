@@ -83,7 +83,7 @@ def ray_throughput(datasets: list[tuple[str, Path, list[str], bool]], workers: i
             if whole_stage:
                 half = f"{workers / 2:g}"  # decode tasks and the CLIP actor share the N CPUs
                 whole = load_profile("demo", [*overrides, f"preprocess.decode_num_cpus={half}",
-                                              f"preprocess.clip_num_cpus={half}"])
+                                              f"preprocess.labeler_num_cpus={half}"])
                 t0 = time.perf_counter()
                 summary = run_preprocess(manifest_path, out_root / f"w{workers}", whole)
                 row[-1] = summary.processed / (time.perf_counter() - t0)

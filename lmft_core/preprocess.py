@@ -17,7 +17,9 @@ folder, so outputs never mix; ``<output>/LATEST`` names the newest)::
 
 Every manifest row ends in exactly one of shards or rejects (checked at the end of every run).
 A re-run with the same manifest and configuration skips the videos already in shards or rejects
-(including the complete files an interrupted run left in staging).
+(including the complete files an interrupted run left in staging), except rejects whose reason is
+transient (a decoding timeout, reason starting with ``transient``): those are tried again, and the
+new outcome (a shard row or a new reject) replaces the old record.
 Shard files appear under ``shards/`` only complete (written in staging, then renamed). On a
 cluster, ``<output>`` must be storage every node can write (NFS or a mounted bucket).
 """
@@ -46,7 +48,7 @@ from lmft_core.config import ClipConfig, ConfigError, Profile
 from lmft_core.energy import motion_energy
 from lmft_core.manifest import Manifest, load_manifest
 from lmft_core.pseudo_labels import PseudoLabelConfig, weights_identity
-from lmft_core.video import DecodeError, IsolatedDecoder
+from lmft_core.video import DecodeError, IsolatedDecoder, is_transient_reason
 
 SCHEMA_VERSION = 1
 REJECT_COLUMNS = ("video_id", "path", "domain", "split", "label", "reason")
@@ -63,9 +65,9 @@ class PreprocessConfig:
     ``store_frames``: keep the sampled uint8 frames in the shards (training then never decodes).
     ``max_rejected_fraction``: the run fails when rejects / manifest rows exceeds it.
     ``decode_*``: videos per decode task, CPUs per task, per-video time limit, memory per task.
-    ``clip_*``: videos per CLIP forward, actors, CPUs and GPUs per actor (``clip_num_gpus``
-    absent: 1 per actor when the cluster has GPUs, else 0). ``rows_per_shard``: minimum rows per
-    Parquet file.
+    ``labeler_*``: the CLIP pseudo-labeler (:class:`ClipLabeler`): videos per CLIP forward, actors,
+    CPUs and GPUs per actor (``labeler_num_gpus`` absent: 1 per actor when the cluster has GPUs,
+    else 0). ``rows_per_shard``: minimum rows per Parquet file.
     """
 
     store_frames: bool = True
@@ -74,19 +76,19 @@ class PreprocessConfig:
     decode_num_cpus: float = 1.0
     decode_timeout_s: float = 60.0
     decode_memory_mb: int = 1024
-    clip_batch_size: int = 8
-    clip_num_actors: int = 1
-    clip_num_cpus: float = 1.0
-    clip_num_gpus: float | None = None
+    labeler_batch_size: int = 8
+    labeler_num_actors: int = 1
+    labeler_num_cpus: float = 1.0
+    labeler_num_gpus: float | None = None
     rows_per_shard: int = 64
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.max_rejected_fraction <= 1.0:
             raise ConfigError(f"preprocess.max_rejected_fraction must be in [0, 1], got {self.max_rejected_fraction}")
-        for name in ("decode_batch_size", "decode_memory_mb", "clip_batch_size", "clip_num_actors", "rows_per_shard"):
+        for name in ("decode_batch_size", "decode_memory_mb", "labeler_batch_size", "labeler_num_actors", "rows_per_shard"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"preprocess.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("decode_num_cpus", "clip_num_cpus", "decode_timeout_s"):
+        for name in ("decode_num_cpus", "labeler_num_cpus", "decode_timeout_s"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"preprocess.{name} must be > 0, got {getattr(self, name)}")
 
@@ -344,7 +346,7 @@ def config_hash(content: dict) -> str:
 
 
 def done_video_ids(out: Path) -> tuple[list[str], list[dict]]:
-    """(video ids in committed shards, reject records) of an output folder."""
+    """(video ids in committed shards, reject records) of an output folder (transient rejects included)."""
     shards = sorted((out / "shards").glob("*.parquet"))
     ids = [v for f in shards for v in pq.read_table(f, columns=["video_id"]).column("video_id").to_pylist()]
     return ids, _read_csv(out / "rejects.csv")
@@ -401,17 +403,17 @@ def _run_pipeline(todo: pa.Table, manifest: Manifest, clip: ClipConfig, labels: 
     ray = _ensure_ray()
     import ray.data
 
-    num_gpus = pre.clip_num_gpus
+    num_gpus = pre.labeler_num_gpus
     if num_gpus is None:
         num_gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
     (staging / "rejects").mkdir(parents=True)
     ds = decoded_dataset(todo, clip, pre, staging / "rejects")
     ds = ds.map_batches(
-        ClipLabeler, batch_size=pre.clip_batch_size, batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=pre.clip_num_actors),
-        num_cpus=pre.clip_num_cpus, num_gpus=num_gpus,
+        ClipLabeler, batch_size=pre.labeler_batch_size, batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=pre.labeler_num_actors),
+        num_cpus=pre.labeler_num_cpus, num_gpus=num_gpus,
         fn_constructor_kwargs={"cfg": labels, "classes": manifest.classes, "store_frames": pre.store_frames,
-                               "num_threads": max(1, int(pre.clip_num_cpus))},
+                               "num_threads": max(1, int(pre.labeler_num_cpus))},
     )
     ds.write_parquet(str(staging / "shards"), min_rows_per_file=pre.rows_per_shard)
 
@@ -421,7 +423,9 @@ def _commit(out: Path) -> None:
 
     Runs after a pipeline and at the start of every run (salvaging what a crashed run finished). A
     file that cannot be read (a write cut short) is dropped: its videos are redone. Rows already
-    committed are never committed twice. Each file appears in ``shards/`` by an atomic rename.
+    committed are never committed twice. Each file appears in ``shards/`` by an atomic rename. A
+    retried transient reject is replaced by the new outcome: dropped when the video is now in a
+    shard, replaced by the new reject record otherwise.
     """
     shards = out / "shards"
     shards.mkdir(exist_ok=True)
@@ -440,13 +444,18 @@ def _commit(out: Path) -> None:
             pq.write_table(table.filter(keep), tmp)
             os.replace(tmp, shards / f.name)
         done.update(ids)
-    rejects = _read_csv(out / "rejects.csv")
-    seen = {r["video_id"] for r in rejects} | done
+    rejects = [r for r in _read_csv(out / "rejects.csv") if r["video_id"] not in done]  # retried, now decoded
+    position = {r["video_id"]: i for i, r in enumerate(rejects)}
     for f in sorted((out / "_staging").glob("*/rejects/*.csv")):
         for r in _read_csv(f):
-            if r["video_id"] not in seen:
+            vid = r["video_id"]
+            if vid in done:
+                continue
+            if vid not in position:
+                position[vid] = len(rejects)
                 rejects.append(r)
-                seen.add(r["video_id"])
+            elif is_transient_reason(rejects[position[vid]]["reason"]):
+                rejects[position[vid]] = r  # the retry's outcome replaces the transient record
     _write_csv_atomic(rejects, out / "rejects.csv")
     shutil.rmtree(out / "_staging", ignore_errors=True)
 
@@ -509,7 +518,8 @@ def run_preprocess(manifest_path: str | Path, output_dir: str | Path, profile: P
             raise PreprocessError(f"{out}: another preprocessing run is writing there") from None
         _commit(out)  # salvage what an interrupted earlier run finished
         shard_ids, rejects = done_video_ids(out)
-        done = set(shard_ids) | {r["video_id"] for r in rejects}
+        # transient rejects (timeouts) are retried: perhaps with a larger preprocess.decode_timeout_s
+        done = set(shard_ids) | {r["video_id"] for r in rejects if not is_transient_reason(r["reason"])}
         todo_rows = [r for r in manifest.rows if r.video_id not in done]
         if todo_rows:
             if not labels.untrained and content["pseudo_labels"]["weights"]["kind"] == "tag":

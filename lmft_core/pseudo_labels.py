@@ -18,6 +18,13 @@ worker builds the same model). Random weights give meaningless labels; :func:`we
 says so (``untrained: true``) and the preprocessing metadata and summary repeat it.
 Architectures that open_clip does not ship are given as a model-config JSON file (``model_config``;
 the model name is then the file's stem).
+
+Activation: OpenAI's CLIP weights were trained with QuickGELU (``x * sigmoid(1.702 x)``), but
+open_clip builds ``ViT-B-16`` with standard GELU (and only warns when the tag says otherwise).
+:func:`uses_quick_gelu` decides: the model config's ``quick_gelu`` (``ViT-B-16-quickgelu``) or the
+pretrained tag's; :func:`build_clip_model` then forces QuickGELU. A local checkpoint file carries no
+tag, so OpenAI weights given as a file need a ``-quickgelu`` model name (the ``paper`` profile uses
+``ViT-B-16-quickgelu``).
 """
 
 from __future__ import annotations
@@ -47,7 +54,8 @@ class WeightsError(RuntimeError):
 class PseudoLabelConfig:
     """The ``[pseudo_labels]`` profile section.
 
-    ``model``: open_clip model name (``ViT-B-16``). ``pretrained``: open_clip tag (``openai``), path
+    ``model``: open_clip model name (``ViT-B-16-quickgelu``: ViT-B/16 with the QuickGELU activation
+    OpenAI's weights need). ``pretrained``: open_clip tag (``openai``), path
     to a local checkpoint, or ``""`` for random initialisation (untrained: for offline demos and
     tests only). ``model_config``: optional open_clip model-config JSON for an architecture open_clip
     does not ship (its stem must equal ``model``). ``cache_dir``: where open_clip caches downloaded
@@ -55,7 +63,7 @@ class PseudoLabelConfig:
     ``fp32`` or ``bf16`` (autocast). ``init_seed`` seeds random initialisation.
     """
 
-    model: str = "ViT-B-16"
+    model: str = "ViT-B-16-quickgelu"
     pretrained: str = "openai"
     model_config: str = ""
     cache_dir: str = ""
@@ -92,6 +100,17 @@ def _register_model_config(cfg: PseudoLabelConfig) -> None:
         raise ConfigError(f"pseudo_labels.model: open_clip has no model {cfg.model!r} (open_clip.list_models(); or give pseudo_labels.model_config)")
 
 
+def uses_quick_gelu(cfg: PseudoLabelConfig) -> bool:
+    """Whether the model of ``cfg`` must use QuickGELU: its open_clip model config says so
+    (``*-quickgelu``) or the pretrained tag's config does (``ViT-B-16`` + ``openai``). No download."""
+    import open_clip
+
+    _register_model_config(cfg)
+    model_cfg = open_clip.get_model_config(cfg.model) or {}
+    tag_cfg = open_clip.get_pretrained_cfg(cfg.model, cfg.pretrained) if cfg.pretrained else {}
+    return bool(model_cfg.get("quick_gelu", False) or (tag_cfg or {}).get("quick_gelu", False))
+
+
 def _is_path(pretrained: str) -> bool:
     return os.sep in pretrained or Path(pretrained).suffix in (".pt", ".pth", ".bin", ".safetensors", ".npz")
 
@@ -108,12 +127,13 @@ def weights_identity(cfg: PseudoLabelConfig) -> dict[str, object]:
     """Which CLIP weights ``cfg`` names, for metadata and the output's config hash.
 
     ``kind`` is ``tag`` (open_clip tag, with its download source), ``file`` (with its sha256) or
-    ``untrained`` (random init). Raises :class:`ConfigError` for an unknown model, tag or missing file.
+    ``untrained`` (random init); ``quick_gelu`` the activation (:func:`uses_quick_gelu`). Raises :class:`ConfigError` for an unknown model, tag or missing file.
     """
     import open_clip
 
     _register_model_config(cfg)
-    ident: dict[str, object] = {"model": cfg.model, "pretrained": cfg.pretrained, "untrained": cfg.untrained}
+    ident: dict[str, object] = {"model": cfg.model, "pretrained": cfg.pretrained, "untrained": cfg.untrained,
+                                "quick_gelu": uses_quick_gelu(cfg)}
     if cfg.model_config:
         ident["model_config_sha256"] = _sha256(Path(cfg.model_config))
     if cfg.untrained:
@@ -143,7 +163,19 @@ def _weights_error(cfg: PseudoLabelConfig, error: BaseException) -> WeightsError
         f"could not load open_clip weights for model {cfg.model!r} with pretrained={cfg.pretrained!r}{where}: {error}\n"
         f"Without network access, fetch the checkpoint on a machine that has it{where} and pass the local file: "
         f"--set pseudo_labels.pretrained=/path/to/open_clip_pytorch_model.bin "
-        f"(or pseudo_labels.pretrained=\"\" for an untrained CLIP, demo only)")
+        f"(or pseudo_labels.pretrained=\"\" for an untrained CLIP, demo only){_file_advice(cfg)}")
+
+
+def _file_advice(cfg: PseudoLabelConfig) -> str:
+    """A file carries no tag: weights that need QuickGELU need a model name that builds it."""
+    import open_clip
+
+    if not uses_quick_gelu(cfg) or (open_clip.get_model_config(cfg.model) or {}).get("quick_gelu", False):
+        return ""
+    name = f"{cfg.model}-quickgelu"
+    model = name if name in open_clip.list_models() else "a model config with quick_gelu=true"
+    return (f". These weights need the QuickGELU activation, which a local file cannot tell open_clip: "
+            f"also pass --set pseudo_labels.model={model}")
 
 
 def fetch_pretrained(cfg: PseudoLabelConfig) -> str:
@@ -161,15 +193,19 @@ def fetch_pretrained(cfg: PseudoLabelConfig) -> str:
 
 
 def build_clip_model(cfg: PseudoLabelConfig, device: str | torch.device = "cpu") -> torch.nn.Module:
-    """The open_clip model of ``cfg`` in eval mode, weights loaded through open_clip's own API."""
+    """The open_clip model of ``cfg`` in eval mode, weights loaded through open_clip's own API.
+
+    QuickGELU is forced when :func:`uses_quick_gelu` says so (open_clip itself only warns).
+    """
     import open_clip
 
     _register_model_config(cfg)
+    quick_gelu = uses_quick_gelu(cfg)
     try:
         with torch.random.fork_rng(devices=[]):  # seeded random init that leaves the caller's RNG alone
             torch.manual_seed(cfg.init_seed)
             model = open_clip.create_model(cfg.model, pretrained=cfg.pretrained or None, device=device,
-                                           cache_dir=cfg.cache_dir or None)
+                                           cache_dir=cfg.cache_dir or None, force_quick_gelu=quick_gelu)
     except Exception as e:  # noqa: BLE001 - open_clip raises RuntimeError for download and load failures
         raise _weights_error(cfg, e) from None
     return model.eval()

@@ -17,7 +17,12 @@ A clip is ``num_frames`` RGB frames sampled from one video and resized to ``imag
 - **Isolation** (:class:`IsolatedDecoder`): decord can crash the process or hang on damaged files,
   so decoding runs in a long-lived child interpreter (restarted after a crash, a timeout or
   ``max_videos_per_child`` videos); a crash or hang costs one video, reported as a
-  :class:`DecodeError`, never the caller.
+  :class:`DecodeError`, never the caller. A child that died while idle (between videos, e.g.
+  killed for memory) is replaced before the next video is sent; it costs no video.
+- **Transient failures**: a timeout may pass with a larger ``timeout_s`` or on a less loaded machine,
+  so its :class:`DecodeError` is ``transient`` and its reason starts with :data:`TRANSIENT_PREFIX`
+  (:func:`is_transient_reason`); preprocessing retries such rejects on the next run. Every other
+  reason (empty, corrupt, truncated file, decoder crash on the file) is permanent.
 
 This module imports no torch, so the decoder child stays light.
 """
@@ -35,14 +40,26 @@ from pathlib import Path
 import numpy as np
 
 DECODERS = ("decord", "pyav")
+TRANSIENT_PREFIX = "transient (retried on the next run): "
+
+
+def is_transient_reason(reason: str) -> bool:
+    """Whether a reject reason is transient (a timeout: retried on the next run) rather than permanent."""
+    return reason.startswith(TRANSIENT_PREFIX)
 
 
 class DecodeError(RuntimeError):
-    """A video could not be decoded; ``reason`` is the one-line cause stored in the rejects table."""
+    """A video could not be decoded; ``reason`` is the one-line cause stored in the rejects table.
 
-    def __init__(self, reason: str):
+    ``transient=True`` (a timeout) prefixes the reason with :data:`TRANSIENT_PREFIX`.
+    """
+
+    def __init__(self, reason: str, transient: bool = False):
+        if transient and not is_transient_reason(reason):
+            reason = TRANSIENT_PREFIX + reason
         super().__init__(reason)
         self.reason = reason
+        self.transient = transient
 
 
 @dataclass(frozen=True)
@@ -192,8 +209,9 @@ class IsolatedDecoder:
     The child is a fresh interpreter (``python -m lmft_core.video REQ_FD REPLY_FD``; no fork of a
     threaded Ray worker) that serves videos one at a time over two pipes. :meth:`decode` returns a
     :class:`DecodedClip` or raises :class:`DecodeError`: a decode failure, a child crash, or a
-    timeout (the child is then killed and a fresh one started for the next video). The child is also
-    replaced after ``max_videos_per_child`` videos (decord leaks memory on some files).
+    timeout (the child is then killed and a fresh one started for the next video). A child found dead
+    before a video is sent (it died while idle) is replaced without cost to that video. The child is
+    also replaced after ``max_videos_per_child`` videos (decord leaks memory on some files).
     ``isolate=False`` decodes in this process (benchmarks, debugging).
     """
 
@@ -241,19 +259,37 @@ class IsolatedDecoder:
         self._replies.close()
         return code
 
+    def _send(self, request: tuple) -> None:
+        """Deliver ``request`` to a live child. A child that died while idle (found dead before the
+        send, or a broken pipe during it) is replaced and the request sent once more: that death
+        happened before this video reached the child, so it is not this video's failure."""
+        if self._proc is not None and self._served >= self.max_videos_per_child:
+            self._stop()
+        if self._proc is not None and self._proc.poll() is not None:
+            self._stop(kill=True)  # died while idle (killed for memory, ...)
+        for attempt in range(2):
+            if self._proc is None:
+                self._start()
+            try:
+                self._requests.send(request)
+                self._served += 1
+                return
+            except OSError as e:  # BrokenPipeError: the child died between the check and the send
+                code = self._stop(kill=True)
+                if attempt == 1:
+                    raise DecodeError(f"could not hand the video to a fresh decoder process (exit code {code}): "
+                                      f"{_one_line(e)}", transient=True) from None
+
     def decode(self, path: str, num_frames: int, image_size: int) -> DecodedClip:
         if not self.isolate:
             return decode_clip(path, num_frames, image_size)
-        if self._proc is not None and self._served >= self.max_videos_per_child:
-            self._stop()
-        if self._proc is None:
-            self._start()
-        self._served += 1
+        self._send((path, num_frames, image_size))
+        # From here on the request was delivered: a death or hang counts against this file.
         try:
-            self._requests.send((path, num_frames, image_size))
             if not self._replies.poll(self.timeout_s):
                 self._stop(kill=True)
-                raise DecodeError(f"decoding timed out after {self.timeout_s:g} s (decoder hang?); decoder process killed")
+                raise DecodeError(f"decoding timed out after {self.timeout_s:g} s (decoder hang?); decoder process "
+                                  f"killed; raise preprocess.decode_timeout_s if the file is just slow", transient=True)
             status, payload = self._replies.recv()
         except (EOFError, OSError):
             code = self._stop(kill=True)

@@ -19,12 +19,10 @@ from lmft_core.energy import motion_energy
 from lmft_core.manifest import ManifestError, load_manifest, write_manifest
 from lmft_core.preprocess import PreprocessError, resolve_output, run_preprocess, shard_schema, unpack_array
 from lmft_core.pseudo_labels import ClipZeroShot, save_random_checkpoint
-from lmft_core.video import sample_frame_indices
+from lmft_core.video import is_transient_reason, sample_frame_indices
 
-from conftest import entry_main
+from conftest import SHARED_VIDEOS, entry_main
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED_VIDEOS = REPO.parent / "shared" / "videos"
 BROKEN = {  # video_id -> what the reason says
     "real/moviepy__doc_result_empty_0bytes.webm": "empty file",
     "real/decord__tests__corrupted.mp4": "could not decode frames",
@@ -42,7 +40,7 @@ def overrides(tiny_clip, *extra: str) -> list[str]:
     return ["clip.num_frames=8", "clip.image_size=32", "clip.patch=8",
             f'pseudo_labels.model="{tiny_clip.model}"', f'pseudo_labels.model_config="{tiny_clip.model_config}"',
             f'pseudo_labels.pretrained="{tiny_clip.pretrained}"',
-            "preprocess.decode_batch_size=4", "preprocess.clip_batch_size=8", "preprocess.rows_per_shard=8",
+            "preprocess.decode_batch_size=4", "preprocess.labeler_batch_size=8", "preprocess.rows_per_shard=8",
             "preprocess.max_rejected_fraction=0.5", "preprocess.decode_timeout_s=60.0", *extra]
 
 
@@ -223,3 +221,43 @@ def test_decode_batch_of_only_broken_files_gives_an_empty_table_and_rejects(tmp_
         assert [r["video_id"] for r in csv.DictReader(f)] == [r["video_id"] for r in rows]
     again = decode_batch(batch, ClipConfig(num_frames=8, image_size=32, patch=8), 60.0, str(tmp_path))
     assert again.num_rows == 0 and len(list(tmp_path.glob("*.csv"))) == 1  # a retried task rewrites the same file
+
+
+def test_timeout_rejects_are_retried_on_the_next_run(ray_local, tiny_clip, tmp_path):
+    """A timeout is transient: a re-run (here with a larger preprocess.decode_timeout_s) tries the video
+    again; permanent rejects (an empty file) are not retried."""
+    good, empty = "mmaction2__tests__test.avi", "moviepy__doc_result_empty_0bytes.webm"
+    source = {"path": str(SHARED_VIDEOS / "moviepy__clip1024.flv"), "label": "wave", "domain": "source",
+              "split": "train", "video_id": "src/clip1024"}
+    manifest = write_manifest([source] + real_rows([good, empty]), tmp_path / "m.csv")
+    out = tmp_path / "out"
+
+    def run(timeout_s: float):
+        return run_preprocess(manifest, out, load_profile("demo", overrides(
+            tiny_clip, f"preprocess.decode_timeout_s={timeout_s}", "preprocess.max_rejected_fraction=1.0")))
+
+    def rejects(summary) -> dict[str, str]:
+        with summary.rejects_path.open(newline="") as f:
+            return {r["video_id"]: r["reason"] for r in csv.DictReader(f)}
+
+    # 1 ms cannot even start the decoder child: every video times out (transient rejects)
+    first = run(0.001)
+    assert first.processed == 3 and first.shard_rows == 0 and first.rejects == 3
+    reasons = rejects(first)
+    assert set(reasons) == {"src/clip1024", f"real/{good}", f"real/{empty}"}
+    assert all(is_transient_reason(r) and r.startswith("transient") and "timed out" in r for r in reasons.values())
+
+    # re-run with a sensible limit: all are retried; the good files land in the shards, the empty one
+    # becomes a permanent reject that replaces its transient record (each video in exactly one place)
+    second = run(60.0)
+    assert second.output_dir == first.output_dir  # the time limit is not part of the output's identity
+    assert second.processed == 3 and second.already_done == 0
+    assert second.shard_rows == 2 and second.rejects == 1
+    assert sorted(read_shards(second.output_dir).column("video_id").to_pylist()) == [f"real/{good}", "src/clip1024"]
+    reasons = rejects(second)
+    assert list(reasons) == [f"real/{empty}"] and "empty file" in reasons[f"real/{empty}"]
+    assert not is_transient_reason(reasons[f"real/{empty}"])
+
+    # a permanent reject is done: nothing is retried
+    third = run(60.0)
+    assert third.processed == 0 and third.already_done == 3 and (third.shard_rows, third.rejects) == (2, 1)

@@ -10,9 +10,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lmft_core.config import ConfigError
+from lmft_core.config import ConfigError, load_profile
 from lmft_core.pseudo_labels import (ClipZeroShot, PseudoLabelConfig, WeightsError, build_clip_model, fetch_pretrained,
-                                     save_random_checkpoint, weights_identity)
+                                     save_random_checkpoint, uses_quick_gelu, weights_identity)
 
 CLASSES = ("ride_bike", "jump", "wave")
 
@@ -114,3 +114,56 @@ def test_bad_weights_and_configs_fail_clearly(tiny_clip, tmp_path, monkeypatch):
         with pytest.raises(WeightsError, match=r"pseudo_labels.pretrained=/path/to/open_clip_pytorch_model.bin") as e:
             attempt(PseudoLabelConfig())
         assert "timm/vit_base_patch16_clip_224.openai" in str(e.value) and "Name or service not known" in str(e.value)
+
+
+def activations(model: torch.nn.Module) -> set[str]:
+    """Class names of the MLP activations of ``model``'s transformer blocks."""
+    return {type(m.mlp.gelu).__name__ for m in model.modules() if hasattr(m, "mlp") and hasattr(m.mlp, "gelu")}
+
+
+def test_quick_gelu_decision_for_tags_and_model_names():
+    # OpenAI weights were trained with QuickGELU; open_clip's plain ViT-B-16 config says GELU.
+    assert open_clip.get_model_config("ViT-B-16").get("quick_gelu", False) is False
+    assert uses_quick_gelu(PseudoLabelConfig(model="ViT-B-16", pretrained="openai"))
+    assert uses_quick_gelu(PseudoLabelConfig(model="ViT-B-16-quickgelu", pretrained="openai"))
+    assert uses_quick_gelu(PseudoLabelConfig(model="ViT-B-16-quickgelu", pretrained=""))  # from the model config
+    assert not uses_quick_gelu(PseudoLabelConfig(model="ViT-B-16", pretrained="laion2b_s34b_b88k"))
+    assert not uses_quick_gelu(PseudoLabelConfig(model="ViT-B-16", pretrained=""))
+    assert weights_identity(PseudoLabelConfig(model="ViT-B-16", pretrained="openai"))["quick_gelu"] is True
+    # the paper profile names the QuickGELU architecture, so a local OpenAI file also gets it
+    paper = load_profile("paper").section("pseudo_labels", PseudoLabelConfig)
+    assert paper.model == "ViT-B-16-quickgelu" and paper.pretrained == "openai"
+    assert open_clip.get_model_config(paper.model)["quick_gelu"] is True
+
+
+def test_a_quick_gelu_tag_builds_quick_gelu_modules(tiny_clip, monkeypatch):
+    """A pretrained tag whose config says quick_gelu (as ``openai`` does) gets QuickGELU in every block,
+    though the model config says GELU; loaded through open_clip's tag path from a local checkpoint."""
+    from open_clip import pretrained as pretrained_registry
+    from open_clip.transformer import QuickGELU
+
+    assert activations(build_clip_model(tiny_clip)) == {"GELU"}  # the tiny config itself: standard GELU
+    tag = {"url": "https://example.invalid/tiny.pt", "hf_hub": "", "quick_gelu": True, "mean": None, "std": None}
+    monkeypatch.setitem(pretrained_registry._PRETRAINED, tiny_clip.model, {"quickgelu_tag": tag})
+    monkeypatch.setattr("open_clip.factory.download_pretrained", lambda cfg, cache_dir=None: tiny_clip.pretrained)
+    cfg = dataclasses.replace(tiny_clip, pretrained="quickgelu_tag")
+    assert uses_quick_gelu(cfg)
+    model = build_clip_model(cfg)
+    assert activations(model) == {"QuickGELU"}
+    assert isinstance(model.visual.transformer.resblocks[0].mlp.gelu, QuickGELU)
+    x = torch.linspace(-3, 3, 7)
+    torch.testing.assert_close(model.visual.transformer.resblocks[0].mlp.gelu(x), x * torch.sigmoid(1.702 * x))
+    saved = torch.load(tiny_clip.pretrained, weights_only=True)
+    torch.testing.assert_close(model.state_dict()["text_projection"], saved["text_projection"])
+
+
+def test_offline_advice_for_a_plain_vit_b_16_with_openai_names_the_quickgelu_model(monkeypatch):
+    def offline(*args, **kwargs):
+        raise OSError("Name or service not known")
+
+    monkeypatch.setattr("open_clip.pretrained.download_pretrained", offline)
+    with pytest.raises(WeightsError, match="pseudo_labels.model=ViT-B-16-quickgelu"):
+        fetch_pretrained(PseudoLabelConfig(model="ViT-B-16", pretrained="openai"))
+    with pytest.raises(WeightsError) as e:
+        fetch_pretrained(PseudoLabelConfig())  # already the QuickGELU model: no model advice
+    assert "pseudo_labels.model=" not in str(e.value)

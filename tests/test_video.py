@@ -4,28 +4,15 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from lmft_core.video import DecodeError, IsolatedDecoder, decode_clip, resize_frames, sample_frame_indices
-
-
-def write_video(path: Path, frames: np.ndarray, fps: int = 10) -> Path:
-    import av
-
-    with av.open(str(path), mode="w") as c:
-        s = c.add_stream("libx264", rate=fps)
-        s.width, s.height, s.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
-        s.options = {"crf": "0", "preset": "ultrafast"}
-        for f in frames:
-            for p in s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
-                c.mux(p)
-        for p in s.encode():
-            c.mux(p)
-    return path
+from lmft_core.demo_data import write_mp4
+from lmft_core.video import (DecodeError, IsolatedDecoder, decode_clip, is_transient_reason, resize_frames,
+                             sample_frame_indices)
 
 
 def test_sampling_is_segment_midpoints():
@@ -61,7 +48,8 @@ def test_decode_clip_samples_the_stated_frames(tmp_path):
     # Frame k has brightness 10 * k: the decoded clip must show the sampled indices' brightness.
     n = 20
     frames = np.stack([np.full((48, 64, 3), 10 * k, np.uint8) for k in range(n)])
-    path = write_video(tmp_path / "ramp.mp4", frames)
+    path = tmp_path / "ramp.mp4"
+    write_mp4(frames, path, fps=10)
     clip = decode_clip(str(path), 8, 32)
     assert clip.decoder == "decord" and clip.num_video_frames == n and not clip.short
     assert clip.frames.shape == (8, 32, 32, 3) and clip.frames.dtype == np.uint8
@@ -101,26 +89,67 @@ def test_real_and_broken_files_through_the_isolated_decoder(shared_videos):
 
 
 def test_rotated_clip_comes_back_portrait_before_the_crop(shared_videos):
-    clip = decode_clip(str(shared_videos / "decord__tests__video_90.mov"), 4, 32)
+    """The file's frames are stored landscape (320 x 568) with a 90-degree rotation tag: decord applies the tag,
+    so the clip equals PyAV's raw frames turned a quarter clockwise, then resized and cropped."""
+    import av
+
+    path = shared_videos / "decord__tests__video_90.mov"
+    with av.open(str(path)) as c:
+        raw = np.stack([f.to_ndarray(format="rgb24") for f in c.decode(c.streams.video[0])])
+    assert raw.shape == (3, 320, 568, 3)  # stored landscape: H < W
+    clip = decode_clip(str(path), 4, 32)
     assert clip.frames.shape == (4, 32, 32, 3)
+    rotated = np.ascontiguousarray(np.rot90(raw, k=-1, axes=(1, 2)))  # portrait, H=568 > W=320
+    assert rotated.shape == (3, 568, 320, 3)
+    expected = resize_frames(rotated[clip.frame_indices], 32)
+    assert np.abs(clip.frames.astype(int) - expected).mean() < 1.0
+    # the crop of the unrotated frames is a different picture: the check above depends on the rotation
+    assert np.abs(clip.frames.astype(int) - resize_frames(raw[clip.frame_indices], 32)).mean() > 10
 
 
-def test_a_crash_or_a_hang_costs_one_video(tmp_path, monkeypatch, shared_videos):
+def test_a_child_that_died_while_idle_costs_no_video(shared_videos):
     good = str(shared_videos / "moviepy__clip1024.flv")
-    with IsolatedDecoder(timeout_s=1.5) as dec:
+    with IsolatedDecoder(timeout_s=30) as dec:
         dec.decode(good, 4, 32)
-        # Crash: kill the child while it works on a file (as a decoder segfault would).
+        # Killed between videos (as the OOM killer would): the next good file still decodes.
         proc = dec._proc
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
-        with pytest.raises(DecodeError, match="decoder process died"):
-            dec.decode(good, 4, 32)
-        assert dec.decode(good, 4, 32).frames.shape == (4, 32, 32, 3)  # a fresh child serves the next video
-        # Hang: a fifo that is never written blocks the decoder's open() for ever.
-        fifo = tmp_path / "hang.mp4"
-        os.mkfifo(fifo)
+        assert dec.decode(good, 4, 32).frames.shape == (4, 32, 32, 3)
+        assert dec._proc is not proc and dec._proc.poll() is None
+        # The child dies between the liveness check and the send (the check cannot see it): the send
+        # breaks the pipe, a fresh child is started and the video sent again.
+        proc = dec._proc
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        proc.poll = lambda: None  # hide the death from the check before the send
+        assert dec.decode(good, 4, 32).frames.shape == (4, 32, 32, 3)
+        assert dec._proc is not proc
+
+
+def test_a_crash_or_a_hang_costs_one_video(tmp_path, shared_videos):
+    good = str(shared_videos / "moviepy__clip1024.flv")
+    # A fifo that is never written blocks the decoder's open() for ever: a file that hangs the decoder.
+    fifo = tmp_path / "hang.mp4"
+    os.mkfifo(fifo)
+    with IsolatedDecoder(timeout_s=30) as dec:
+        dec.decode(good, 4, 32)
+        # Crash: the child dies while it works on a file (as a decoder segfault would).
+        proc = dec._proc
+        killer = threading.Timer(0.5, os.kill, (proc.pid, signal.SIGKILL))
+        killer.start()
         t0 = time.perf_counter()
-        with pytest.raises(DecodeError, match="timed out"):
+        with pytest.raises(DecodeError, match="decoder process died") as e:
+            dec.decode(str(fifo), 4, 32)
+        killer.join()
+        assert time.perf_counter() - t0 < 10 and not is_transient_reason(e.value.reason)
+        assert dec.decode(good, 4, 32).frames.shape == (4, 32, 32, 3)  # a fresh child serves the next video
+        # Hang: the time limit kills the child; the reject is transient (retried on the next run).
+        dec.timeout_s = 1.5
+        t0 = time.perf_counter()
+        with pytest.raises(DecodeError, match="timed out") as e:
             dec.decode(str(fifo), 4, 32)
         assert time.perf_counter() - t0 < 10
+        assert e.value.transient and is_transient_reason(e.value.reason)
+        assert e.value.reason.startswith("transient") and "preprocess.decode_timeout_s" in e.value.reason
         assert dec.decode(good, 4, 32).frames.shape == (4, 32, 32, 3)
