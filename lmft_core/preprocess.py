@@ -44,6 +44,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from lmft_core.atomic import atomic_write
 from lmft_core.config import ClipConfig, ConfigError, Profile
 from lmft_core.energy import motion_energy
 from lmft_core.manifest import Manifest, load_manifest
@@ -177,12 +178,10 @@ def _decoder(timeout_s: float) -> IsolatedDecoder:
 
 
 def _write_csv_atomic(rows: Sequence[dict], path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    with tmp.open("w", newline="", encoding="utf-8") as f:
+    with atomic_write(path, newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, fieldnames=REJECT_COLUMNS)
         w.writeheader()
         w.writerows(rows)
-    os.replace(tmp, path)
 
 
 def _read_csv(path: Path) -> list[dict]:
@@ -557,12 +556,10 @@ def run_preprocess(manifest_path: str | Path, output_dir: str | Path, profile: P
             "last_run": {"processed": summary.processed, "already_done": summary.already_done,
                          "elapsed_s": summary.elapsed_s, "videos_per_s": summary.videos_per_s},
         }
-        tmp = out / f".metadata.{uuid.uuid4().hex}.tmp"
-        tmp.write_text(json.dumps(metadata, indent=2, sort_keys=True))
-        os.replace(tmp, summary.metadata_path)
-        tmp = root / f".LATEST.{uuid.uuid4().hex}.tmp"
-        tmp.write_text(digest + "\n")
-        os.replace(tmp, root / "LATEST")
+        with atomic_write(summary.metadata_path) as f:
+            f.write(json.dumps(metadata, indent=2, sort_keys=True))
+        with atomic_write(root / "LATEST") as f:
+            f.write(digest + "\n")
     if summary.rejected_fraction > pre.max_rejected_fraction:
         reasons = "; ".join(f"{r['video_id']}: {r['reason'][:120]}" for r in rejects[:3])
         raise PreprocessError(
