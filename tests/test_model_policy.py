@@ -9,7 +9,7 @@ import torch
 from torch.distributions import Normal, SigmoidTransform, TransformedDistribution
 
 from lmft_core.config import ConfigError
-from lmft_core.model import PolicyConfig, SelectorConfig, ThresholdPolicy, build_selector, keep_above
+from lmft_core.model import PolicyConfig, SelectorConfig, ThresholdPolicy, keep_above
 
 GRID = (4, 4, 4)  # 64 tokens, 16 in the first temporal segment
 
@@ -128,7 +128,7 @@ def naive_threshold_keep(energy: torch.Tensor, tau: float) -> torch.Tensor:
 
 def test_threshold_selector_against_a_naive_loop():
     e = energies(3)
-    sel = build_selector(SelectorConfig(name="threshold", tau=0.6))(e)
+    sel = SelectorConfig(name="threshold", tau=0.6).build()(e)
     assert torch.equal(sel.keep, naive_threshold_keep(e, 0.6))
     assert sel.tau.item() == pytest.approx(0.6)
     expected_rate = 1 - naive_threshold_keep(e, 0.6).flatten(1).float().mean(1)
@@ -137,24 +137,24 @@ def test_threshold_selector_against_a_naive_loop():
 
 def test_lmft_selector_uses_the_policy_threshold():
     policy = ThresholdPolicy()
-    select = build_selector(SelectorConfig(name="lmft"), policy)
+    select = SelectorConfig(name="lmft").build(policy)
     e = energies(2)
     sel = select(e, generator=torch.Generator().manual_seed(0))
     assert torch.equal(sel.keep, naive_threshold_keep(e, sel.tau.item()))
     policy.eval()
     assert select(e).tau.item() == policy.inference_tau().item()
     with pytest.raises(ValueError, match="needs a ThresholdPolicy"):
-        build_selector(SelectorConfig(name="lmft"))
+        SelectorConfig(name="lmft").build()
 
 
 def test_full_selector_keeps_everything():
-    sel = build_selector(SelectorConfig(name="full"))(energies(2))
+    sel = SelectorConfig(name="full").build()(energies(2))
     assert sel.keep.all() and torch.equal(sel.discard_rate, torch.zeros(2))
 
 
 def test_topk_selector_keeps_the_highest_energies():
     e = energies(3, seed=2)
-    sel = build_selector(SelectorConfig(name="topk", keep_ratio=0.5))(e)
+    sel = SelectorConfig(name="topk", keep_ratio=0.5).build()(e)
     assert sel.num_kept.tolist() == [32, 32, 32]
     for b in range(3):
         rest = e[b, 1:].flatten()
@@ -162,13 +162,13 @@ def test_topk_selector_keeps_the_highest_energies():
         assert sel.keep[b, 0].all()
         assert rest[kept_rest].min() > rest[~kept_rest].max()  # 16 highest of the other 48
         assert kept_rest.sum() == 16
-    small = build_selector(SelectorConfig(name="topk", keep_ratio=0.1))(e)
+    small = SelectorConfig(name="topk", keep_ratio=0.1).build()(e)
     assert small.num_kept.tolist() == [16, 16, 16]  # the first segment is kept beyond the budget
 
 
 def test_random_selector_rate_and_uniformity():
     """Habit 6: every droppable token is dropped with the same probability, within a stated tolerance."""
-    select = build_selector(SelectorConfig(name="random", drop_rate=0.3))
+    select = SelectorConfig(name="random", drop_rate=0.3).build()
     sel = select(energies(4000), generator=torch.Generator().manual_seed(0))
     n_drop = round(0.3 * 64)
     assert sel.keep[:, 0].all()
@@ -186,9 +186,9 @@ def test_random_selector_rate_and_uniformity():
 
 def test_random_selector_matches_another_selectors_rate():
     e = energies(50, seed=4)
-    matched = build_selector(SelectorConfig(name="random", match="threshold", tau=0.7))
+    matched = SelectorConfig(name="random", match="threshold", tau=0.7).build()
     sel = matched(e, generator=torch.Generator().manual_seed(0))
-    ref = build_selector(SelectorConfig(name="threshold", tau=0.7))(e)
+    ref = SelectorConfig(name="threshold", tau=0.7).build()(e)
     assert torch.equal(sel.num_kept, ref.num_kept)
     assert not torch.equal(sel.keep, ref.keep)
     assert sel.keep[:, 0].all()

@@ -13,7 +13,6 @@ from lmft_core.model import (
     SelectorConfig,
     TokenLayout,
     VideoViT,
-    build_selector,
     resolve_attention,
 )
 from lmft_core.model.vit import sinusoid_table
@@ -234,7 +233,7 @@ def test_golden_losses_of_a_tiny_seeded_run():
     torch.manual_seed(0)
     model = VideoViT(tiny_config(drop_path=0.1, head_init_scale=1.0)).train()
     policy = PolicyConfig().build()
-    select = build_selector(SelectorConfig(name="lmft"), policy)
+    select = SelectorConfig(name="lmft").build(policy)
     opt = torch.optim.AdamW([*model.parameters(), *policy.parameters()], lr=1e-3, weight_decay=0.05)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(4, 3, 8, 32, 32, generator=g)

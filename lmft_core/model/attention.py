@@ -70,6 +70,12 @@ class TokenLayout:
     def batch_size(self) -> int:
         return self.lengths.numel()
 
+    def cached(self, key: str, build: Callable[[], object]):
+        """``build()`` once per batch, then the same object in every block."""
+        if key not in self.cache:
+            self.cache[key] = build()
+        return self.cache[key]
+
     @classmethod
     def from_keep(cls, keep: Tensor, layout: Layout) -> TokenLayout:
         """Layout for keep mask ``keep`` (B, N) bool; every video must keep at least one token."""
@@ -213,9 +219,7 @@ def sdpa_split(q: Tensor, k: Tensor, v: Tensor, tokens: TokenLayout) -> Tensor:
     (L, H, d) -> (L, H, d). On CPU this reaches the fused flash kernel (nested tensors fall back to
     the unfused math path there); B small calls per block.
     """
-    if "split_sizes" not in tokens.cache:
-        tokens.cache["split_sizes"] = tokens.lengths.tolist()
-    sizes = tokens.cache["split_sizes"]
+    sizes = tokens.cached("split_sizes", tokens.lengths.tolist)
     parts = [
         F.scaled_dot_product_attention(*(t.transpose(0, 1) for t in qkv)).transpose(0, 1)
         for qkv in zip(q.split(sizes), k.split(sizes), v.split(sizes))
@@ -289,10 +293,9 @@ def flex(q: Tensor, k: Tensor, v: Tensor, tokens: TokenLayout) -> Tensor:
     """
     from torch.nn.attention.flex_attention import flex_attention
 
-    if "block_mask" not in tokens.cache:
-        tokens.cache["block_mask"] = document_block_mask(tokens)
+    block_mask = tokens.cached("block_mask", lambda: document_block_mask(tokens))
     attend = _compiled_flex() if q.is_cuda else flex_attention
-    out = attend(*(t.transpose(0, 1)[None] for t in (q, k, v)), block_mask=tokens.cache["block_mask"])
+    out = attend(*(t.transpose(0, 1)[None] for t in (q, k, v)), block_mask=block_mask)
     return out[0].transpose(0, 1)
 
 
@@ -334,10 +337,9 @@ def varlen(q: Tensor, k: Tensor, v: Tensor, tokens: TokenLayout) -> Tensor:
 @register_attention("dense_mask", "packed")
 def dense_mask(q: Tensor, k: Tensor, v: Tensor, tokens: TokenLayout) -> Tensor:
     """Reference: SDPA over all L tokens with an (L, L) block-diagonal mask; cost grows as L^2."""
-    if "dense_mask" not in tokens.cache:
-        video = tokens.token_video
-        tokens.cache["dense_mask"] = video[:, None] == video[None, :]
-    out = F.scaled_dot_product_attention(*(t.transpose(0, 1) for t in (q, k, v)), attn_mask=tokens.cache["dense_mask"])
+    video = tokens.token_video
+    mask = tokens.cached("dense_mask", lambda: video[:, None] == video[None, :])
+    out = F.scaled_dot_product_attention(*(t.transpose(0, 1) for t in (q, k, v)), attn_mask=mask)
     return out.transpose(0, 1)
 
 

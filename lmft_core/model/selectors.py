@@ -68,6 +68,10 @@ class SelectorConfig:
             if not 0.0 <= getattr(self, key) <= 1.0:
                 raise ConfigError(f"selector.{key} must be in [0, 1], got {getattr(self, key)}")
 
+    def build(self, policy: ThresholdPolicy | None = None) -> Selector:
+        """The selector named by ``name`` (``lmft`` needs the ``policy``)."""
+        return SELECTORS[self.name](self, policy)
+
 
 Selector = Callable[..., Selection]
 SELECTORS: dict[str, Callable[[SelectorConfig, ThresholdPolicy | None], Selector]] = {}
@@ -83,11 +87,6 @@ def register_selector(name: str):
         return factory
 
     return wrap
-
-
-def build_selector(config: SelectorConfig, policy: ThresholdPolicy | None = None) -> Selector:
-    """The selector named by ``config`` (``lmft`` needs the ``policy``)."""
-    return SELECTORS[config.name](config, policy)
 
 
 def _check_energy(energy: Tensor) -> None:
@@ -167,7 +166,7 @@ def random_keep(energy: Tensor, num_drop: Tensor, generator: torch.Generator | N
 
 @register_selector("random")
 def random(config: SelectorConfig, policy: ThresholdPolicy | None = None) -> Selector:
-    other = build_selector(replace(config, name=config.match, match=""), policy) if config.match else None
+    other = replace(config, name=config.match, match="").build(policy) if config.match else None
 
     def select(energy: Tensor, generator: torch.Generator | None = None) -> Selection:
         _check_energy(energy)

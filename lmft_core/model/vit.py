@@ -12,6 +12,7 @@ are (see :mod:`lmft_core.model.checkpoints`).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -20,6 +21,8 @@ from torch import Tensor, nn
 
 from lmft_core.config import ClipConfig, ConfigError
 from lmft_core.model.attention import ATTENTION_BACKENDS, AttentionBackend, TokenLayout, compute_dtype, resolve_attention
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -57,7 +60,7 @@ class ModelConfig:
     ``drop_path`` is the stochastic-depth rate of the last block (linear from 0 at the first).
     ``head_init_scale`` scales the freshly initialised head (VideoMAE fine-tuning: 0.001).
     LayerNorm epsilons: 1e-6 in VideoMAE; Hugging Face uses ``layer_norm_eps`` (1e-12) and 1e-5 for
-    ``fc_norm``. ``pretrained``: a VideoMAE checkpoint loaded by :func:`build_model` (empty: none).
+    ``fc_norm``. ``pretrained``: a VideoMAE checkpoint loaded by :meth:`build` (empty: none).
     """
 
     size: str = "vit_b16"
@@ -97,7 +100,19 @@ class ModelConfig:
         return replace(MODEL_SIZES[self.size], **overrides)
 
     def build(self) -> VideoViT:
-        return VideoViT(self)
+        """The model; with ``pretrained`` set, those VideoMAE weights loaded and the report logged.
+
+        The report is logged at WARNING when a tensor is missing or unexpected or the head is fresh,
+        at INFO when everything loaded, and kept as ``model.load_report`` (None without weights).
+        """
+        from lmft_core.model.checkpoints import load_videomae  # checkpoints imports this module
+
+        model = VideoViT(self)
+        model.load_report = None
+        if self.pretrained:
+            report = model.load_report = load_videomae(model, self.pretrained)
+            log.log(logging.INFO if report.complete else logging.WARNING, "%s", report.summary())
+        return model
 
 
 def sinusoid_table(num_positions: int, dim: int) -> Tensor:
