@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lmft_core.files import atomic_write
 from lmft_core.manifest import write_manifest
 
 MARKER = ".lmft_demo_data.json"
@@ -172,9 +173,7 @@ def write_mp4(frames: np.ndarray, path: Path, fps: int) -> None:
     """Encode uint8 frames (T, H, W, 3) as an H.264 mp4 (yuv420p, near-lossless)."""
     import av
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.mp4")
-    with av.open(str(tmp), mode="w") as container:
+    with atomic_write(path, "wb") as f, av.open(f, mode="w", format="mp4") as container:
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = "yuv420p"
@@ -185,7 +184,6 @@ def write_mp4(frames: np.ndarray, path: Path, fps: int) -> None:
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
-    tmp.replace(path)
 
 
 def generate_demo_data(cfg: DemoDataConfig, output: str | Path) -> Path:

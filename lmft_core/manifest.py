@@ -28,7 +28,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from lmft_core.atomic import atomic_write
+from lmft_core.files import atomic_write
 
 REQUIRED_COLUMNS = ("path", "label", "domain", "split")
 COLUMNS = (*REQUIRED_COLUMNS, "video_id")

@@ -44,7 +44,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lmft_core.atomic import atomic_write
+from lmft_core.files import atomic_write, file_sha256
 from lmft_core.config import ClipConfig, ConfigError, Profile
 from lmft_core.energy import motion_energy
 from lmft_core.manifest import Manifest, load_manifest
@@ -323,15 +323,11 @@ def library_versions() -> dict[str, str]:
     return out
 
 
-def _file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def resolved_config(manifest: Manifest, clip: ClipConfig, labels: PseudoLabelConfig, pre: PreprocessConfig) -> dict:
     """Everything that determines the shards' content; its hash names the output folder."""
     return {
         "schema_version": SCHEMA_VERSION,
-        "manifest_sha256": _file_sha256(manifest.path),
+        "manifest_sha256": file_sha256(manifest.path),
         "classes": list(manifest.classes),
         "clip": dataclasses.asdict(clip),
         "pseudo_labels": {"prompt_template": labels.prompt_template, "precision": labels.precision,

@@ -29,7 +29,6 @@ tag, so OpenAI weights given as a file need a ``-quickgelu`` model name (the ``p
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Sequence
@@ -41,6 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from lmft_core.config import ConfigError
+from lmft_core.files import file_sha256
 from lmft_core.manifest import prompt_name
 
 PRECISIONS = ("fp32", "bf16")
@@ -115,14 +115,6 @@ def _is_path(pretrained: str) -> bool:
     return os.sep in pretrained or Path(pretrained).suffix in (".pt", ".pth", ".bin", ".safetensors", ".npz")
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def weights_identity(cfg: PseudoLabelConfig) -> dict[str, object]:
     """Which CLIP weights ``cfg`` names, for metadata and the output's config hash.
 
@@ -135,18 +127,18 @@ def weights_identity(cfg: PseudoLabelConfig) -> dict[str, object]:
     ident: dict[str, object] = {"model": cfg.model, "pretrained": cfg.pretrained, "untrained": cfg.untrained,
                                 "quick_gelu": uses_quick_gelu(cfg)}
     if cfg.model_config:
-        ident["model_config_sha256"] = _sha256(Path(cfg.model_config))
+        ident["model_config_sha256"] = file_sha256(cfg.model_config)
+    pcfg = open_clip.get_pretrained_cfg(cfg.model, cfg.pretrained) if cfg.pretrained else None
     if cfg.untrained:
         ident.update(kind="untrained", init_seed=cfg.init_seed,
                      note="random initialisation: the pseudo-labels come from an untrained CLIP and carry no information")
-    elif open_clip.get_pretrained_cfg(cfg.model, cfg.pretrained):
-        pcfg = open_clip.get_pretrained_cfg(cfg.model, cfg.pretrained)
+    elif pcfg:
         ident.update(kind="tag", source=pcfg.get("hf_hub") or pcfg.get("url") or "")
     elif _is_path(cfg.pretrained):
         path = Path(cfg.pretrained)
         if not path.is_file():
             raise ConfigError(f"pseudo_labels.pretrained: checkpoint file not found: {path}")
-        ident.update(kind="file", path=str(path.resolve()), sha256=_sha256(path))
+        ident.update(kind="file", path=str(path.resolve()), sha256=file_sha256(path))
     else:
         raise ConfigError(
             f"pseudo_labels.pretrained={cfg.pretrained!r} is neither an open_clip tag of {cfg.model!r} "

@@ -28,7 +28,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lmft_core.atomic import atomic_write
+from lmft_core.files import atomic_write
 from lmft_core.manifest import DOMAINS, load_manifest, write_manifest
 
 DATA_DIR = Path(__file__).parent / "data"

@@ -1,7 +1,8 @@
-"""Atomic file writes: readers see the old file or the whole new one, never a partial file."""
+"""File helpers: atomic writes (readers see the old file or the whole new one) and content hashes."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import uuid
 from collections.abc import Iterator
@@ -25,3 +26,12 @@ def atomic_write(path: str | Path, mode: str = "w", **open_kwargs) -> Iterator[I
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes, read in 4 MiB chunks (checkpoints can be large)."""
+    h = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
