@@ -488,8 +488,9 @@ def _check_accounting(manifest: Manifest, shard_ids: list[str], rejects: list[di
         raise PreprocessError("preprocessing output does not account for every manifest row: " + "; ".join(problems))
 
 
-def run_preprocess(manifest_path: str | Path, output_dir: str | Path, profile: Profile) -> PreprocessSummary:
-    """Preprocess the videos of ``manifest_path`` into ``output_dir/<config hash>/`` (module docstring).
+def run_preprocess(manifest: Manifest | str | Path, output_dir: str | Path, profile: Profile) -> PreprocessSummary:
+    """Preprocess the videos of ``manifest`` (a validated :class:`Manifest` or its path) into
+    ``output_dir/<config hash>/`` (module docstring).
 
     The manifest and configuration are checked before any work (:class:`ManifestError`,
     :class:`ConfigError`, :class:`~lmft_core.pseudo_labels.WeightsError`). Raises
@@ -497,7 +498,8 @@ def run_preprocess(manifest_path: str | Path, output_dir: str | Path, profile: P
     (after writing the output, so a re-run with a higher limit redoes nothing).
     """
     t0 = time.perf_counter()
-    manifest = load_manifest(manifest_path)
+    if not isinstance(manifest, Manifest):
+        manifest = load_manifest(manifest)
     clip = profile.clip
     labels = profile.section("pseudo_labels", PseudoLabelConfig)
     pre = profile.section("preprocess", PreprocessConfig)

@@ -57,7 +57,7 @@ def run_full(profile: Profile, workdir: str | Path, manifest: str | Path | None 
         run.log_artifact(checked.path, "inputs")
         run.log_artifact(profile.path, "inputs")
 
-        summary = run_preprocess(checked.path, workdir / "shards", profile)
+        summary = run_preprocess(checked, workdir / "shards", profile)
         print(summary)
         run.log_metrics(summary.metrics())
         run.set_tags({"lmft.shards": summary.output_dir, "lmft.untrained_clip": summary.untrained_clip})
