@@ -32,7 +32,7 @@ SECTIONS = {
     "demo_data": "generated demo data (lmft_core.demo_data.DemoDataConfig)",
     "tracking": "MLflow (lmft_core.tracking.TrackingConfig)",
     "pseudo_labels": "zero-shot CLIP pseudo-labels (lmft_core.pseudo_labels.PseudoLabelConfig)",
-    "preprocess": "the Ray Data preprocessing stage (lmft_core.preprocess.PreprocessConfig)",
+    "preprocess": "the Ray Data preprocessing stage (lmft_core.preprocess.config.PreprocessConfig)",
     "model": "the video ViT (lmft_core.model.ModelConfig)",
     "selector": "the token selector (lmft_core.model.SelectorConfig)",
     "policy": "the learned threshold policy (lmft_core.model.PolicyConfig)",

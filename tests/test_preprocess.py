@@ -17,7 +17,8 @@ import pytest
 from lmft_core.config import load_profile
 from lmft_core.energy import motion_energy
 from lmft_core.manifest import ManifestError, load_manifest, write_manifest
-from lmft_core.preprocess import PreprocessError, resolve_output, run_preprocess, shard_schema, unpack_array
+from lmft_core.preprocess import PreprocessError, run_preprocess
+from lmft_core.shard_format import resolve_output, shard_schema, unpack_array
 from lmft_core.pseudo_labels import ClipZeroShot, save_random_checkpoint
 from lmft_core.video import is_transient_reason, sample_frame_indices
 
@@ -210,12 +211,12 @@ def test_bad_manifest_fails_before_any_work(tmp_path, tiny_clip):
 
 def test_decode_batch_of_only_broken_files_gives_an_empty_table_and_rejects(tmp_path):
     from lmft_core.config import ClipConfig
-    from lmft_core.preprocess import _decoded_schema, decode_batch
+    from lmft_core.preprocess.decode import decode_batch, decoded_schema
 
     rows = real_rows(["moviepy__doc_result_empty_0bytes.webm", "decord__tests__corrupted.mp4"])
     batch = pa.Table.from_pylist([{**r, "label_index": None} for r in rows], schema=pa.schema(shard_schema().field(i) for i in range(6)))
     out = decode_batch(batch, ClipConfig(num_frames=8, image_size=32, patch=8), 60.0, str(tmp_path))
-    assert out.num_rows == 0 and out.schema == _decoded_schema(True)
+    assert out.num_rows == 0 and out.schema == decoded_schema(True)
     (written,) = tmp_path.glob("*.csv")
     with written.open(newline="") as f:
         assert [r["video_id"] for r in csv.DictReader(f)] == [r["video_id"] for r in rows]

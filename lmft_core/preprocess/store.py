@@ -1,0 +1,136 @@
+"""The preprocessing output store: one folder per configuration, shards committed atomically, rejects.
+
+Layout of ``<output>/<config hash>/`` in :mod:`lmft_core.shard_format`; here: what names the folder
+(:func:`resolved_config`, :func:`config_hash`), what is done (:func:`done_video_ids`), how a run's staged
+files are committed (:func:`commit`), and the check that every manifest row is accounted for.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from lmft_core.config import ClipConfig
+from lmft_core.files import file_sha256
+from lmft_core.manifest import Manifest
+from lmft_core.preprocess.config import PreprocessConfig
+from lmft_core.preprocess.decode import PreprocessError, write_rejects_csv
+from lmft_core.pseudo_labels import PseudoLabelConfig, weights_identity
+from lmft_core.shard_format import SCHEMA_VERSION
+from lmft_core.video import is_transient_reason
+
+
+def read_rejects_csv(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    with path.open(newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def resolved_config(manifest: Manifest, clip: ClipConfig, labels: PseudoLabelConfig, pre: PreprocessConfig) -> dict:
+    """Everything that determines the shards' content; its hash names the output folder."""
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "manifest_sha256": file_sha256(manifest.path),
+        "classes": list(manifest.classes),
+        "clip": dataclasses.asdict(clip),
+        "pseudo_labels": {"prompt_template": labels.prompt_template, "precision": labels.precision,
+                          "weights": weights_identity(labels)},
+        "store_frames": pre.store_frames,
+    }
+
+
+def config_hash(content: dict) -> str:
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def done_video_ids(out: Path) -> tuple[list[str], list[dict]]:
+    """(video ids in committed shards, reject records) of an output folder (transient rejects included)."""
+    shards = sorted((out / "shards").glob("*.parquet"))
+    ids = [v for f in shards for v in pq.read_table(f, columns=["video_id"]).column("video_id").to_pylist()]
+    return ids, read_rejects_csv(out / "rejects.csv")
+
+
+def commit(out: Path) -> None:
+    """Move the complete shard files of every staged run into ``shards/`` and merge their rejects.
+
+    Runs after a pipeline and at the start of every run (salvaging what a crashed run finished). A
+    file that cannot be read (a write cut short) is dropped: its videos are redone. Rows already
+    committed are never committed twice. Each file appears in ``shards/`` by an atomic rename. A
+    retried transient reject is replaced by the new outcome: dropped when the video is now in a
+    shard, replaced by the new reject record otherwise.
+    """
+    shards = out / "shards"
+    shards.mkdir(exist_ok=True)
+    done = set(done_video_ids(out)[0])
+    for f in sorted((out / "_staging").glob("*/shards/*.parquet")):
+        try:
+            ids = pq.read_table(f, columns=["video_id"]).column("video_id").to_pylist()
+        except Exception:  # noqa: BLE001 - incomplete file of an interrupted write
+            continue
+        if done.isdisjoint(ids):
+            os.replace(f, shards / f.name)
+        elif not done.issuperset(ids):
+            table = pq.read_table(f)
+            keep = pa.array([v not in done for v in ids])
+            tmp = f.with_name(f".{f.name}.filtered")
+            pq.write_table(table.filter(keep), tmp)
+            os.replace(tmp, shards / f.name)
+        done.update(ids)
+    rejects = [r for r in read_rejects_csv(out / "rejects.csv") if r["video_id"] not in done]  # retried, now decoded
+    position = {r["video_id"]: i for i, r in enumerate(rejects)}
+    for f in sorted((out / "_staging").glob("*/rejects/*.csv")):
+        for r in read_rejects_csv(f):
+            vid = r["video_id"]
+            if vid in done:
+                continue
+            if vid not in position:
+                position[vid] = len(rejects)
+                rejects.append(r)
+            elif is_transient_reason(rejects[position[vid]]["reason"]):
+                rejects[position[vid]] = r  # the retry's outcome replaces the transient record
+    write_rejects_csv(rejects, out / "rejects.csv")
+    shutil.rmtree(out / "_staging", ignore_errors=True)
+
+
+def shard_stats(out: Path) -> dict:
+    """Counts over the committed shards: rows, short videos, PyAV-decoded, CLIP accuracy per domain."""
+    files = sorted((out / "shards").glob("*.parquet"))
+    cols = ["video_id", "domain", "label_index", "pseudo_label", "short_video", "decoder"]
+    t = pa.concat_tables([pq.read_table(f, columns=cols) for f in files]) if files else pa.table({c: [] for c in cols})
+    d = {c: t.column(c).to_pylist() for c in cols}
+
+    def accuracy(domain: str) -> float | None:
+        hits = [p == y for dom, y, p in zip(d["domain"], d["label_index"], d["pseudo_label"]) if dom == domain and y is not None]
+        return sum(hits) / len(hits) if hits else None
+
+    return {"rows": t.num_rows, "short_videos": sum(d["short_video"]), "pyav_decoded": d["decoder"].count("pyav"),
+            "source_clip_accuracy": accuracy("source"), "target_clip_accuracy": accuracy("target"),
+            "video_ids": d["video_id"]}
+
+
+def check_accounting(manifest: Manifest, shard_ids: list[str], rejects: list[dict]) -> None:
+    """Every manifest row in exactly one of shards or rejects, and nothing else; else PreprocessError."""
+    expected = {r.video_id for r in manifest.rows}
+    reject_ids = [r["video_id"] for r in rejects]
+    problems = []
+    for name, ids in (("shards", shard_ids), ("rejects", reject_ids)):
+        if len(ids) != len(set(ids)):
+            problems.append(f"duplicate video ids in {name}")
+        if set(ids) - expected:
+            problems.append(f"{name} hold video ids not in the manifest: {sorted(set(ids) - expected)[:5]}")
+    if set(shard_ids) & set(reject_ids):
+        problems.append(f"videos both in shards and rejects: {sorted(set(shard_ids) & set(reject_ids))[:5]}")
+    missing = expected - set(shard_ids) - set(reject_ids)
+    if missing:
+        problems.append(f"{len(missing)} manifest rows in neither shards nor rejects: {sorted(missing)[:5]}")
+    if problems:
+        raise PreprocessError("preprocessing output does not account for every manifest row: " + "; ".join(problems))
