@@ -41,6 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from lmft_core.registry import Registry
+
 Layout = Literal["packed", "padded"]
 
 # SDPA on jagged tensors without a fused CPU kernel converts them to the older strided layout
@@ -145,7 +147,7 @@ class AttentionBackend:
         return self.fn(q, k, v, tokens)
 
 
-ATTENTION_BACKENDS: dict[str, AttentionBackend] = {}
+ATTENTION_BACKENDS: Registry[AttentionBackend] = Registry("attention backend", reserved=("auto",))
 AUTO_ORDER = {"cuda": ("varlen", "flex", "sdpa_nested"), "cpu": ("sdpa_split", "sdpa_nested")}
 
 
@@ -162,9 +164,7 @@ def register_attention(
     """Decorator registering an attention function ``fn(q, k, v, tokens) -> out`` under ``name``."""
 
     def wrap(fn: AttentionFn) -> AttentionFn:
-        if name in ATTENTION_BACKENDS or name == "auto":
-            raise ValueError(f"attention backend {name!r} is already registered")
-        ATTENTION_BACKENDS[name] = AttentionBackend(name, layout, fn, unavailable, dtypes)
+        ATTENTION_BACKENDS.register(name, AttentionBackend(name, layout, fn, unavailable, dtypes))
         return fn
 
     return wrap

@@ -26,6 +26,7 @@ from torch import Tensor
 
 from lmft_core.config import ConfigError
 from lmft_core.model.policy import ThresholdPolicy
+from lmft_core.registry import Registry
 
 
 @dataclass
@@ -60,8 +61,7 @@ class SelectorConfig:
     match: str = ""
 
     def __post_init__(self) -> None:
-        if self.name not in SELECTORS:
-            raise ConfigError(f"selector.name {self.name!r} is not registered; known: {sorted(SELECTORS)}")
+        SELECTORS.check(self.name, "selector.name")
         if self.match and (self.name != "random" or self.match not in SELECTORS or self.match == "random"):
             raise ConfigError(f"selector.match={self.match!r} needs name='random' and another registered selector")
         for key in ("tau", "drop_rate", "keep_ratio"):
@@ -74,19 +74,12 @@ class SelectorConfig:
 
 
 Selector = Callable[..., Selection]
-SELECTORS: dict[str, Callable[[SelectorConfig, ThresholdPolicy | None], Selector]] = {}
+SELECTORS: Registry[Callable[[SelectorConfig, ThresholdPolicy | None], Selector]] = Registry("selector")
 
 
 def register_selector(name: str):
     """Decorator registering ``factory(config, policy) -> selector`` under ``name``."""
-
-    def wrap(factory):
-        if name in SELECTORS:
-            raise ValueError(f"selector {name!r} is already registered")
-        SELECTORS[name] = factory
-        return factory
-
-    return wrap
+    return SELECTORS.register(name)
 
 
 def _check_energy(energy: Tensor) -> None:

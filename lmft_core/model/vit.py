@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lmft_core.config import ClipConfig, ConfigError
+from lmft_core.registry import Registry
 from lmft_core.model.attention import ATTENTION_BACKENDS, AttentionBackend, TokenLayout, compute_dtype, resolve_attention
 
 log = logging.getLogger(__name__)
@@ -35,15 +36,12 @@ class ViTSize:
     mlp_ratio: float = 4.0
 
 
-MODEL_SIZES: dict[str, ViTSize] = {}
+MODEL_SIZES: Registry[ViTSize] = Registry("model size")
 
 
 def register_size(name: str, size: ViTSize) -> ViTSize:
     """Register a model size under ``name`` (an error if the name is taken)."""
-    if name in MODEL_SIZES:
-        raise ValueError(f"model size {name!r} is already registered")
-    MODEL_SIZES[name] = size
-    return size
+    return MODEL_SIZES.register(name, size)
 
 
 register_size("vit_b16", ViTSize(embed_dim=768, depth=12, num_heads=12))  # VideoMAE ViT-B/16
@@ -80,12 +78,8 @@ class ModelConfig:
     pretrained: str = ""
 
     def __post_init__(self) -> None:
-        if self.size not in MODEL_SIZES:
-            raise ConfigError(f"model.size {self.size!r} is not registered; known: {sorted(MODEL_SIZES)}")
-        if self.attention != "auto" and self.attention not in ATTENTION_BACKENDS:
-            raise ConfigError(
-                f"model.attention {self.attention!r} is not registered; known: {sorted(ATTENTION_BACKENDS)} or 'auto'"
-            )
+        MODEL_SIZES.check(self.size, "model.size")
+        ATTENTION_BACKENDS.check(self.attention, "model.attention", extra=("auto",))
         if self.num_classes <= 0:
             raise ConfigError(f"model.num_classes must be positive, got {self.num_classes}")
         if not 0.0 <= self.drop_path < 1.0:

@@ -1,0 +1,38 @@
+"""The one registry helper: registration, refusal of taken or reserved names, errors naming the field."""
+
+from __future__ import annotations
+
+import pytest
+
+from lmft_core.config import ConfigError
+from lmft_core.model import ATTENTION_BACKENDS, MODEL_SIZES, SELECTORS, ModelConfig, SelectorConfig
+from lmft_core.registry import Registry
+
+
+def test_register_direct_and_as_decorator():
+    reg: Registry[object] = Registry("widget", reserved=("auto",))
+    assert reg.register("a", 1) == 1
+
+    @reg.register("b")
+    def b():
+        return 2
+
+    assert dict(reg) == {"a": 1, "b": b} and b() == 2
+    with pytest.raises(ValueError, match="widget 'a' is already registered"):
+        reg.register("a", 3)
+    with pytest.raises(ValueError, match="widget 'auto' is already registered"):
+        reg.register("auto", 3)
+    assert reg.check("a", "x.name") == "a" and reg.check("auto", "x.name", extra=("auto",)) == "auto"
+    with pytest.raises(ConfigError, match=r"x.name 'c' is not a registered widget; known: \['a', 'b'\]"):
+        reg.check("c", "x.name")
+
+
+def test_the_model_registries_use_it():
+    for reg in (MODEL_SIZES, ATTENTION_BACKENDS, SELECTORS):
+        assert isinstance(reg, Registry)
+    with pytest.raises(ConfigError, match="model.size 'vit_huge' is not a registered model size"):
+        ModelConfig(size="vit_huge")
+    with pytest.raises(ConfigError, match=r"model.attention 'fast' is not a registered attention backend; known: .*'auto'"):
+        ModelConfig(attention="fast")
+    with pytest.raises(ConfigError, match="selector.name 'best' is not a registered selector"):
+        SelectorConfig(name="best")
