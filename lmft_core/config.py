@@ -26,17 +26,29 @@ from typing import Any, TypeVar
 
 PROFILE_DIR = Path(__file__).parent / "profiles"
 
-# The sections a profile may have, and the component each configures (one place to list them).
+# The sections a profile may have: name -> the dataclass that builds it ("module:Class", imported when a
+# profile loads, so that this module imports none of the components). One place to list them.
 SECTIONS = {
-    "clip": "clip geometry (ClipConfig)",
-    "demo_data": "generated demo data (lmft_core.demo_data.DemoDataConfig)",
-    "tracking": "MLflow (lmft_core.tracking.TrackingConfig)",
-    "pseudo_labels": "zero-shot CLIP pseudo-labels (lmft_core.pseudo_labels.PseudoLabelConfig)",
-    "preprocess": "the Ray Data preprocessing stage (lmft_core.preprocess.config.PreprocessConfig)",
-    "model": "the video ViT (lmft_core.model.ModelConfig)",
-    "selector": "the token selector (lmft_core.model.SelectorConfig)",
-    "policy": "the learned threshold policy (lmft_core.model.PolicyConfig)",
+    "clip": "lmft_core.config:ClipConfig",
+    "demo_data": "lmft_core.demo_data:DemoDataConfig",
+    "tracking": "lmft_core.tracking:TrackingConfig",
+    "pseudo_labels": "lmft_core.pseudo_labels:PseudoLabelConfig",
+    "preprocess": "lmft_core.preprocess.config:PreprocessConfig",
+    "model": "lmft_core.model.vit:ModelConfig",
+    "selector": "lmft_core.model.selectors:SelectorConfig",
+    "policy": "lmft_core.model.policy:PolicyConfig",
 }
+
+
+def section_class(name: str) -> type:
+    """The dataclass that the profile section ``name`` builds."""
+    import importlib
+
+    if name not in SECTIONS:
+        raise KeyError(f"{name!r} is not a profile section; known: {sorted(SECTIONS)}")
+    module, _, cls = SECTIONS[name].partition(":")
+    return getattr(importlib.import_module(module), cls)
+
 
 T = TypeVar("T")
 
@@ -139,11 +151,20 @@ class Profile:
     path: Path
     sections: dict[str, dict[str, Any]] = field(default_factory=dict)
 
-    def section(self, name: str, cls: type[T]) -> T:
-        """The ``[name]`` section built as ``cls`` (defaults for an absent section)."""
-        if name not in SECTIONS:
-            raise KeyError(f"{name!r} is not a profile section; known: {sorted(SECTIONS)}")
-        return from_dict(cls, self.sections.get(name), f"{self.path} [{name}]")
+    def section(self, name: str, cls: type[T] | None = None) -> T:
+        """The ``[name]`` section built as its registered dataclass (defaults for an absent section).
+
+        ``cls`` (optional) must be that class; it only lets a caller state the type it expects.
+        """
+        registered = section_class(name)
+        if cls is not None and cls is not registered:
+            raise TypeError(f"profile section [{name}] builds {registered.__name__}, not {cls.__name__}")
+        return from_dict(registered, self.sections.get(name), f"{self.path} [{name}]")
+
+    def validate(self) -> None:
+        """Build every section present (unknown keys, wrong types and bad values fail here, at load)."""
+        for name in self.sections:
+            self.section(name)
 
     @property
     def clip(self) -> ClipConfig:
@@ -178,7 +199,8 @@ def load_profile(name_or_path: str | Path = "paper", overrides: list[str] | tupl
     if unknown:
         raise ConfigError(f"{path}: unknown section(s) {unknown} (from the file or --set); known: {sorted(SECTIONS)}")
     profile = Profile(name=path.stem, path=path, sections=sections)
-    profile.clip  # validate the geometry eagerly
+    profile.clip  # the geometry first: other sections' errors assume it is sound
+    profile.validate()
     return profile
 
 

@@ -66,3 +66,23 @@ def test_from_dict_coerces_nested_and_optional():
     built = from_dict(Outer, {"inner": {"x": 2}, "sizes": [1, 2]})
     assert built == Outer(inner=Inner(x=2.0), name=None, sizes=(1, 2))
     assert isinstance(built.inner.x, float)
+
+
+@pytest.mark.parametrize("override,message", [
+    ("model.sise='vit_tiny'", r"demo.toml \[model\]: unknown key\(s\) \['sise'\]"),
+    ("selector.name='best'", r"\[selector\]: selector.name 'best' is not a registered selector"),
+    ("policy.baseline_momentum=2.0", r"\[policy\]: policy.baseline_momentum must be in \[0, 1\)"),
+    ("preprocess.rows_per_shard=0", r"\[preprocess\]: preprocess.rows_per_shard must be >= 1"),
+    ("demo_data.classes=['dance']", r"\[demo_data\]: demo_data.classes: unknown motion"),
+])
+def test_every_section_is_validated_when_the_profile_loads(override, message):
+    """A typo in any section fails at load, not when (hours later) the component is built."""
+    with pytest.raises(ConfigError, match=message):
+        load_profile("demo", [override])
+
+
+def test_section_builds_its_registered_class():
+    profile = load_profile("demo")
+    assert isinstance(profile.section("demo_data"), DemoDataConfig)
+    with pytest.raises(TypeError, match=r"\[demo_data\] builds DemoDataConfig, not ClipConfig"):
+        profile.section("demo_data", ClipConfig)
