@@ -52,6 +52,11 @@ def section_class(name: str) -> type:
 
 T = TypeVar("T")
 
+# Field metadata key: a config field whose value is derived from elsewhere (another section, the
+# shards' metadata) and that a profile section may therefore not set, e.g.
+# ``num_classes: int = field(default=0, metadata={DERIVED: "the shards' classes"})``.
+DERIVED = "derived_from"
+
 
 class ConfigError(ValueError):
     """A configuration value or key is wrong; the message names the file, section and field."""
@@ -97,7 +102,10 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "") -> T:
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(fields)}")
+        settable = sorted(n for n, f in fields.items() if DERIVED not in f.metadata)
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {settable}")
+    for name in sorted(set(data) & {n for n, f in fields.items() if DERIVED in f.metadata}):
+        raise ConfigError(f"{where}: {name!r} is not set in a profile section: it comes from {fields[name].metadata[DERIVED]}")
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for name, value in data.items():

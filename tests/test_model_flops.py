@@ -42,7 +42,7 @@ def test_selection_flops_per_video_and_monotone():
 
 
 def test_vit_b16_full_clip_closed_form():
-    cfg = ModelConfig(size="vit_b16", num_classes=400)
+    cfg = ModelConfig(size="vit_b16", num_classes=400, clip=ClipConfig())
     n, d = 1568, 768
     expected = 2 * n * d * 3 * 2 * 16 * 16 + 12 * (2 * n * 12 * d * d + 4 * n * n * d) + 2 * d * 400
     assert clip_flops(cfg, n) == expected

@@ -209,9 +209,9 @@ def test_configs_build_from_profile_tables():
     from lmft_core.config import from_dict
     from lmft_core.model import ModelConfig
 
-    model = from_dict(ModelConfig, {"size": "vit_tiny", "num_classes": 12, "clip": {"num_frames": 8, "image_size": 64},
-                                    "attention": "sdpa_split", "drop_path": 0, "embed_dim": 96}, "demo.toml [model]")
-    assert model.widths.embed_dim == 96 and model.clip.grid == (4, 4, 4) and model.drop_path == 0.0
+    model = from_dict(ModelConfig, {"size": "vit_tiny", "attention": "sdpa_split", "drop_path": 0, "embed_dim": 96},
+                      "demo.toml [model]")
+    assert model.widths.embed_dim == 96 and model.drop_path == 0.0 and (model.num_classes, model.clip) == (0, None)
     assert from_dict(PolicyConfig, {"mu": 0.1, "loss_weight": 5}).loss_weight == 5.0
     assert from_dict(SelectorConfig, {"name": "random", "match": "lmft"}).match == "lmft"
     with pytest.raises(ConfigError, match=r"demo.toml \[model\].*unknown key"):

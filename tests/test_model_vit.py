@@ -210,7 +210,7 @@ def test_registries_and_auto_backend():
 
 def test_vit_b16_parameter_count_matches_videomae():
     # counted from the widths: patch embed, 12 blocks (2 norms, qkv + q/v biases, proj, mlp), fc_norm, head
-    model = VideoViT(ModelConfig(size="vit_b16", num_classes=400))
+    model = VideoViT(ModelConfig(size="vit_b16", num_classes=400, clip=ClipConfig()))
     d, m, n = 768, 3072, 12
     block = 2 * 2 * d + (3 * d * d + 2 * d) + (d * d + d) + (d * m + m) + (m * d + d)
     expected = (3 * 2 * 16 * 16 * d + d) + n * block + 2 * d + (d * 400 + 400)
@@ -257,3 +257,17 @@ def test_golden_losses_of_a_tiny_seeded_run():
 # recorded on CPU (torch 2.15, 1 and 2 threads agree to 2e-7)
 GOLDEN_LOSSES = [1.5855629, 1.3399618, 1.0797240, 0.9542182]
 GOLDEN_TAUS = [0.6609043, 0.2987276, 0.4989401, 0.5479982]
+
+
+def test_clip_geometry_and_class_count_are_never_silent_defaults():
+    """A model's geometry comes from [clip] and its classes from the shards: no default decides a run."""
+    with pytest.raises(ConfigError, match="model.num_classes is not set"):
+        ModelConfig(size="vit_tiny", clip=CLIP).build()
+    with pytest.raises(ConfigError, match=r"model.clip is not set: a training run takes it from the profile's \[clip\]"):
+        VideoViT(ModelConfig(size="vit_tiny", num_classes=3))
+    from lmft_core.config import load_profile
+
+    with pytest.raises(ConfigError, match=r"\[model\]: 'num_classes' is not set in a profile section: it comes from the shards"):
+        load_profile("demo", ["model.num_classes=101"])
+    with pytest.raises(ConfigError, match=r"\[model\]: 'clip' is not set in a profile section: it comes from the profile's \[clip\]"):
+        load_profile("demo", ["model.clip={image_size=224}"])

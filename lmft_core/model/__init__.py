@@ -4,7 +4,7 @@ Typical use::
 
     from lmft_core.model import ModelConfig, PolicyConfig, SelectorConfig
 
-    model = ModelConfig(size="vit_b16", num_classes=101, pretrained="videomae_k400.pth").build()
+    model = ModelConfig(size="vit_b16", num_classes=101, clip=ClipConfig(), pretrained="videomae_k400.pth").build()
     policy = PolicyConfig().build()
     select = SelectorConfig(name="lmft").build(policy)
     sel = select(energy)                      # energy (B, N_t, N_h, N_w) -> Selection

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lmft_core.config import ClipConfig, ConfigError
+from lmft_core.config import DERIVED, ClipConfig, ConfigError
 from lmft_core.registry import Registry
 from lmft_core.model.attention import ATTENTION_BACKENDS, AttentionBackend, TokenLayout, compute_dtype, resolve_attention
 
@@ -53,6 +53,9 @@ register_size("vit_tiny", ViTSize(embed_dim=192, depth=4, num_heads=3))  # train
 class ModelConfig:
     """Builds a :class:`VideoViT` (TOML section ``[model]``).
 
+    ``num_classes`` and ``clip`` have no usable default and are not profile keys: a training run takes
+    the clip geometry from the profile's ``[clip]`` and the classes from the shards' metadata, and a
+    library user passes both; :meth:`build` refuses a config without them.
     ``size`` names a registered :class:`ViTSize`; ``embed_dim``/``depth``/``num_heads``/``mlp_ratio``
     override its fields when set. ``attention`` is a registered backend name or ``"auto"``.
     ``drop_path`` is the stochastic-depth rate of the last block (linear from 0 at the first).
@@ -62,8 +65,8 @@ class ModelConfig:
     """
 
     size: str = "vit_b16"
-    num_classes: int = 101
-    clip: ClipConfig = field(default_factory=ClipConfig)
+    num_classes: int = field(default=0, metadata={DERIVED: "the shards' metadata (their classes)"})
+    clip: ClipConfig | None = field(default=None, metadata={DERIVED: "the profile's [clip] section"})
     attention: str = "auto"
     drop_path: float = 0.1
     head_dropout: float = 0.0
@@ -80,7 +83,7 @@ class ModelConfig:
     def __post_init__(self) -> None:
         MODEL_SIZES.check(self.size, "model.size")
         ATTENTION_BACKENDS.check(self.attention, "model.attention", extra=("auto",))
-        if self.num_classes <= 0:
+        if self.num_classes < 0:
             raise ConfigError(f"model.num_classes must be positive, got {self.num_classes}")
         if not 0.0 <= self.drop_path < 1.0:
             raise ConfigError(f"model.drop_path must be in [0, 1), got {self.drop_path}")
@@ -93,6 +96,15 @@ class ModelConfig:
         overrides = {k: getattr(self, k) for k in ("embed_dim", "depth", "num_heads", "mlp_ratio") if getattr(self, k) is not None}
         return replace(MODEL_SIZES[self.size], **overrides)
 
+    def require_derived(self) -> None:
+        """Raise unless ``num_classes`` and ``clip`` are set (see the class docstring)."""
+        if self.num_classes <= 0:
+            raise ConfigError("model.num_classes is not set: a training run takes it from the shards' classes; "
+                              "a library user passes ModelConfig(num_classes=...)")
+        if self.clip is None:
+            raise ConfigError("model.clip is not set: a training run takes it from the profile's [clip]; "
+                              "a library user passes ModelConfig(clip=ClipConfig(...))")
+
     def build(self) -> VideoViT:
         """The model; with ``pretrained`` set, those VideoMAE weights loaded and the report logged.
 
@@ -101,6 +113,7 @@ class ModelConfig:
         """
         from lmft_core.model.checkpoints import load_videomae  # checkpoints imports this module
 
+        self.require_derived()
         model = VideoViT(self)
         model.load_report = None
         if self.pretrained:
@@ -204,6 +217,7 @@ class VideoViT(nn.Module):
 
     def __init__(self, config: ModelConfig):
         super().__init__()
+        config.require_derived()
         self.config = config
         w = config.widths
         clip = config.clip
