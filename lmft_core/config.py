@@ -37,6 +37,7 @@ SECTIONS = {
     "model": "lmft_core.model.vit:ModelConfig",
     "selector": "lmft_core.model.selectors:SelectorConfig",
     "policy": "lmft_core.model.policy:PolicyConfig",
+    "train": "lmft_core.train.config:TrainConfig",
 }
 
 

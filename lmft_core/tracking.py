@@ -55,12 +55,17 @@ class Run:
         self.client, self.run_id = client, run_id
 
     def log_params(self, params: Mapping[str, Any]) -> None:
-        for key, value in flatten(params).items():
-            self.client.log_param(self.run_id, key, str(value)[:6000])
+        """Nested params flattened (``a.b``), values as strings, in batches (one call per 100)."""
+        from mlflow.entities import Param
+
+        items = [Param(k, str(v)[:6000]) for k, v in flatten(params).items()]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(self.run_id, params=items[i:i + 100])
 
     def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
-        for key, value in metrics.items():
-            self.client.log_metric(self.run_id, key, float(value), step=step)
+        buffer = MetricBuffer(self.client, self.run_id)
+        buffer.add(metrics, step)
+        buffer.flush()
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_path)
@@ -70,9 +75,36 @@ class Run:
             self.client.set_tag(self.run_id, key, str(value))
 
 
+class MetricBuffer:
+    """Metrics collected with :meth:`add` and sent with :meth:`flush` in ``log_batch`` calls (MLflow
+    takes at most 1000 metrics per call). Non-finite values are dropped (MLflow rejects NaN in some stores)."""
+
+    MAX_PER_CALL = 1000
+
+    def __init__(self, client, run_id: str):
+        self.client, self.run_id = client, run_id
+        self.pending: list = []
+
+    def add(self, metrics: Mapping[str, float], step: int) -> None:
+        import math
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self.pending += [Metric(k, float(v), now, int(step)) for k, v in metrics.items() if math.isfinite(float(v))]
+
+    def flush(self) -> None:
+        while self.pending:
+            chunk, self.pending = self.pending[:self.MAX_PER_CALL], self.pending[self.MAX_PER_CALL:]
+            self.client.log_batch(self.run_id, metrics=chunk)
+
+
 @contextmanager
-def start_run(cfg: TrackingConfig, workdir: str | Path, run_name: str, parent_run_id: str | None = None) -> Iterator[Run]:
-    """Open a run in ``cfg.experiment`` (created on first use); mark it FAILED if the body raises."""
+def start_run(cfg: TrackingConfig, workdir: str | Path, run_name: str, parent_run_id: str | None = None,
+              resume_run_id: str | None = None) -> Iterator[Run]:
+    """Open a run in ``cfg.experiment`` (created on first use), or reopen ``resume_run_id`` when that run
+    exists (a resumed job continues its run); FINISHED at the end, FAILED if the body raises."""
     from mlflow import MlflowClient
 
     workdir = Path(workdir)
@@ -84,11 +116,21 @@ def start_run(cfg: TrackingConfig, workdir: str | Path, run_name: str, parent_ru
         experiment_id = client.create_experiment(cfg.experiment, artifact_location=artifact_location(uri, workdir))
     else:
         experiment_id = experiment.experiment_id
-    tags = {"mlflow.parentRunId": parent_run_id} if parent_run_id else None
-    run = client.create_run(experiment_id, run_name=run_name, tags=tags)
+    run_id = None
+    if resume_run_id:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            run_id = client.get_run(resume_run_id).info.run_id
+            client.update_run(run_id, status="RUNNING")
+        except MlflowException:
+            run_id = None  # gone (another store?): start a new run
+    if run_id is None:
+        tags = {"mlflow.parentRunId": parent_run_id} if parent_run_id else None
+        run_id = client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
     status = "FAILED"
     try:
-        yield Run(client, run.info.run_id)
+        yield Run(client, run_id)
         status = "FINISHED"
     finally:
-        client.set_terminated(run.info.run_id, status=status)
+        client.set_terminated(run_id, status=status)

@@ -55,8 +55,14 @@ class ThresholdPolicy(nn.Module):
     """Logit-normal distribution over the threshold tau, trained by REINFORCE.
 
     Parameters ``mu`` and ``log_sigma`` (scalars). Buffers: ``baseline`` (NaN until the first
-    reward, which initialises it: ``b = R_1``, so the first advantage is 0), ``tau_hat`` and ``tau_hat_at`` (the (mu, log_sigma) it was
+    reward, which initialises it: ``b = R_1``, so the first advantage is 0), ``step`` (REINFORCE
+    updates committed so far, int64), ``tau_hat`` and ``tau_hat_at`` (the (mu, log_sigma) it was
     computed from).
+
+    A training step uses :meth:`advantage` and :meth:`surrogate` for the gradient and, once its
+    optimizer step has succeeded, :meth:`commit` (the baseline update and ``step + 1``, together and
+    once per step index: a retried step cannot update the baseline twice). :meth:`reinforce_loss`
+    does all three at once.
     """
 
     def __init__(self, config: PolicyConfig = PolicyConfig()):
@@ -65,6 +71,7 @@ class ThresholdPolicy(nn.Module):
         self.mu = nn.Parameter(torch.tensor(float(config.mu)))
         self.log_sigma = nn.Parameter(torch.tensor(float(config.log_sigma)))
         self.register_buffer("baseline", torch.tensor(float("nan")))
+        self.register_buffer("step", torch.tensor(0, dtype=torch.int64))
         self.register_buffer("tau_hat", torch.tensor(float("nan")))
         self.register_buffer("tau_hat_at", torch.full((2,), float("nan")))
 
@@ -100,19 +107,44 @@ class ThresholdPolicy(nn.Module):
             total = total - (1.0 - torch.as_tensor(rho).detach().float().mean())
         return total
 
+    def advantage(self, reward: Tensor | float) -> Tensor:
+        """``R - b`` with the current baseline, a detached scalar; 0 before the first reward (b = R_1)."""
+        reward = torch.as_tensor(reward, dtype=self.baseline.dtype, device=self.baseline.device).detach()
+        if torch.isnan(self.baseline):
+            return torch.zeros_like(reward)
+        return reward - self.baseline
+
+    def surrogate(self, tau: Tensor, advantage: Tensor) -> Tensor:
+        """``-(R - b) * log pi(tau)``: its gradient in (mu, log_sigma) is the policy gradient estimate."""
+        return -advantage.detach() * self.log_prob(tau)
+
+    @torch.no_grad()
+    def commit(self, reward: Tensor | float, step: int | None = None) -> bool:
+        """Update the baseline ``b <- m*b + (1 - m)*R`` (``b = R`` at the first) and count the step.
+
+        With ``step`` given, the update happens only when ``step`` is the next uncommitted index
+        (``self.step``); a retried step (already committed) changes nothing. Returns whether it updated.
+        """
+        if step is not None and step != int(self.step):
+            if step < int(self.step):
+                return False
+            raise RuntimeError(f"policy commit for step {step}, but {int(self.step)} steps are committed")
+        reward = torch.as_tensor(reward, dtype=self.baseline.dtype, device=self.baseline.device)
+        if torch.isnan(self.baseline):
+            self.baseline.copy_(reward)
+        m = self.config.baseline_momentum
+        self.baseline.mul_(m).add_((1.0 - m) * reward)
+        self.step.add_(1)
+        return True
+
     def reinforce_loss(self, tau: Tensor, reward: Tensor | float) -> Tensor:
-        """Surrogate ``-(R - b) * log pi(tau)`` with the baseline before this step; then updates b.
+        """Surrogate ``-(R - b) * log pi(tau)`` with the baseline before this step; then commits R.
 
         The first reward initialises the baseline (so the first advantage is 0).
         """
-        reward = torch.as_tensor(reward, dtype=self.baseline.dtype, device=self.baseline.device).detach()
-        with torch.no_grad():
-            if torch.isnan(self.baseline):
-                self.baseline.copy_(reward)
-            advantage = reward - self.baseline
-            m = self.config.baseline_momentum
-            self.baseline.mul_(m).add_((1.0 - m) * reward)
-        return -advantage * self.log_prob(tau)
+        loss = self.surrogate(tau, self.advantage(reward))
+        self.commit(reward)
+        return loss
 
     @torch.no_grad()
     def inference_tau(self) -> Tensor:

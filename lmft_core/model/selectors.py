@@ -11,7 +11,9 @@ segment is always kept. Selectors registered by name (:data:`SELECTORS`):
 - ``random``: drop ``drop_rate`` of each clip's tokens (``round(drop_rate * N)``, at most the tokens
   outside the first segment), chosen uniformly; or, with ``match``, drop as many per clip as another
   selector does.
-- ``threshold``: a fixed tau (the run-length tokenization rule on motion energy).
+- ``threshold``: a fixed tau (the run-length tokenization rule on motion energy); or, with
+  ``calibrate``, the tau whose mean keep ratio on given energies (source-train) is ``keep_ratio``
+  (:func:`calibrate_tau`, :meth:`SelectorConfig.calibrated`).
 - ``topk``: a fixed budget of ``round(keep_ratio * N)`` tokens per clip, highest energy first (the
   first segment counts in the budget and is kept even when it exceeds it).
 """
@@ -51,25 +53,54 @@ class Selection:
 @dataclass(frozen=True)
 class SelectorConfig:
     """Builds a selector (TOML section ``[selector]``): ``name`` and the settings the named one uses:
-    ``tau`` (threshold), ``drop_rate`` and ``match`` (random; ``match`` names another selector whose
-    per-video discard rate to copy), ``keep_ratio`` (topk)."""
+    ``tau`` (threshold), or ``calibrate`` (threshold: tau is fitted to ``keep_ratio`` on given energies
+    by :meth:`calibrated` before building), ``drop_rate`` and ``match`` (random; ``match`` names another
+    selector whose per-video discard rate to copy), ``keep_ratio`` (topk, calibrated threshold)."""
 
     name: str = "lmft"
-    tau: float = 0.5
+    tau: float | None = None
     drop_rate: float = 0.5
     keep_ratio: float = 0.5
     match: str = ""
+    calibrate: bool = False
 
     def __post_init__(self) -> None:
         SELECTORS.check(self.name, "selector.name")
         if self.match and (self.name != "random" or self.match not in SELECTORS or self.match == "random"):
             raise ConfigError(f"selector.match={self.match!r} needs name='random' and another registered selector")
         for key in ("tau", "drop_rate", "keep_ratio"):
-            if not 0.0 <= getattr(self, key) <= 1.0:
+            if getattr(self, key) is not None and not 0.0 <= getattr(self, key) <= 1.0:
                 raise ConfigError(f"selector.{key} must be in [0, 1], got {getattr(self, key)}")
+        if self.name == "threshold" and self.tau is None and not self.calibrate:
+            raise ConfigError("selector 'threshold' needs tau, or calibrate = true with keep_ratio")
+
+        if self.calibrate and self.name != "threshold":
+            raise ConfigError(f"selector.calibrate applies to name='threshold' only, not {self.name!r}")
+
+    @property
+    def label(self) -> str:
+        """A short name for tables, metric names and run names: ``lmft``, ``random-match-lmft``,
+        ``random-drop0.50``, ``threshold-tau0.3``, ``threshold-keep0.50`` (to calibrate), ``topk-keep0.50``."""
+        if self.name == "random":
+            return f"random-match-{self.match}" if self.match else f"random-drop{self.drop_rate:.2f}"
+        if self.name == "threshold":
+            return f"threshold-keep{self.keep_ratio:.2f}" if self.calibrate else f"threshold-tau{self.tau:.3g}"
+        if self.name == "topk":
+            return f"topk-keep{self.keep_ratio:.2f}"
+        return self.name
+
+    def calibrated(self, energy: Tensor) -> SelectorConfig:
+        """A threshold to calibrate: this config with ``tau`` fitted on ``energy`` (:func:`calibrate_tau`);
+        any other config as it is."""
+        if not self.calibrate:
+            return self
+        return replace(self, tau=calibrate_tau(energy, self.keep_ratio))
 
     def build(self, policy: ThresholdPolicy | None = None) -> Selector:
-        """The selector named by ``name`` (``lmft`` needs the ``policy``)."""
+        """The selector named by ``name`` (``lmft`` needs the ``policy``; a threshold to calibrate
+        needs :meth:`calibrated` first)."""
+        if self.name == "threshold" and self.tau is None:
+            raise ValueError(f"selector {self.label}: calibrate tau first (SelectorConfig.calibrated(energy))")
         return SELECTORS[self.name](self, policy)
 
 
@@ -107,6 +138,22 @@ def keep_highest(scores: Tensor, num_keep: Tensor) -> Tensor:
     order = flat.argsort(dim=1, descending=True, stable=True)
     rank = torch.empty_like(order).scatter_(1, order, torch.arange(flat.shape[1], device=flat.device).expand_as(order))
     return (rank < num_keep.clamp(min=first)[:, None]).view_as(scores)
+
+
+def calibrate_tau(energy: Tensor, keep_ratio: float) -> float:
+    """The threshold whose mean keep ratio over the clips of ``energy`` (B, N_t, N_h, N_w) is
+    ``keep_ratio`` (up to ties): keep_above keeps the first segment plus the tokens above tau, so tau
+    is the k-th largest energy outside the first segment with k = B * (keep_ratio * N - N_first).
+    Ratios below the first segment's share give tau = 1 (nothing else kept)."""
+    _check_energy(energy)
+    rest = energy[:, 1:].flatten().float()
+    n, first = energy[0].numel(), energy[0, 0].numel()
+    k = round(energy.shape[0] * (keep_ratio * n - first))
+    if k <= 0:
+        return 1.0
+    if k >= rest.numel():
+        return 0.0
+    return float(torch.topk(rest, k + 1).values[-1].clamp(0.0, 1.0))
 
 
 @register_selector("full")

@@ -1,0 +1,231 @@
+"""Reading a preprocessing output: what training and prediction import (no Ray Data preprocessing, no CLIP).
+
+:class:`ShardSet` opens an output folder (``<output>/<hash>/`` or ``<output>`` with its ``LATEST``),
+reads ``metadata.json`` (classes, clip geometry, schema version: an unknown version is an error) and
+gives the rows of one ``(domain, split)`` as a pyarrow table (:meth:`ShardSet.read`) or a lazy Ray
+Dataset (:meth:`ShardSet.dataset`). :class:`ShardCollate` turns a batch of rows into a
+:class:`ClipBatch` of tensors; frames stay uint8 until :meth:`ClipBatch.video` makes the model input
+on whatever device the batch is on.
+
+Layouts: frames uint8 ``(B, T, S, S, 3)`` as stored; the model input float ``(B, 3, T, S, S)``
+normalised with VideoMAE's ImageNet mean and std; motion energy ``(B, N_t, N_h, N_w)``.
+
+Augmentation: only the horizontal flip (:func:`hflip`), applied to frames and energy together (the
+energy of a flipped clip is the flipped energy map: tested). Random crops are not offered: the energy
+grid is fixed at preprocessing (one scalar per patch of the stored clip), so a crop that is not a
+multiple of the patch would have no energy map, and one that is would cut tokens from the grid that
+the model's positional table expects.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as pads
+import torch
+from torch import Tensor
+
+from lmft_core.config import ClipConfig
+from lmft_core.shard_format import SCHEMA_VERSION, resolve_output, unpack_array
+
+# VideoMAE (and timm, CLIP-free) input normalisation: ImageNet's mean and std, RGB in [0, 1].
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# The columns a training or evaluation batch needs (the binary frames are decoded by ShardCollate).
+BATCH_COLUMNS = ("label_index", "energy", "energy_shape", "clip_probs", "pseudo_label", "pseudo_confidence",
+                 "frames", "frames_shape")
+
+
+class ShardError(ValueError):
+    """A preprocessing output cannot be used as asked; the message names the folder and field."""
+
+
+@dataclass(frozen=True)
+class ShardSet:
+    """An opened preprocessing output folder (see :mod:`lmft_core.shard_format` for its layout)."""
+
+    root: Path
+    metadata: dict
+    classes: tuple[str, ...]
+    clip: ClipConfig
+    files: tuple[Path, ...]
+
+    @classmethod
+    def open(cls, path: str | Path) -> ShardSet:
+        """Open ``path``: a folder with ``metadata.json``, or a preprocessing output root with ``LATEST``."""
+        try:
+            root = resolve_output(path).resolve()
+        except FileNotFoundError as e:
+            raise ShardError(str(e)) from None
+        meta_path = root / "metadata.json"
+        try:
+            metadata = json.loads(meta_path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ShardError(f"{meta_path}: cannot read the preprocessing metadata: {e}") from None
+        version = metadata.get("schema_version", metadata.get("resolved_config", {}).get("content", {}).get("schema_version"))
+        if version != SCHEMA_VERSION:
+            raise ShardError(f"{meta_path}: shard schema version {version!r}, this lmft reads version {SCHEMA_VERSION}; "
+                             "preprocess the manifest again with this version")
+        try:
+            clip = ClipConfig(**metadata["resolved_config"]["clip"])
+            classes = tuple(metadata["classes"])
+        except (KeyError, TypeError) as e:
+            raise ShardError(f"{meta_path}: metadata lacks {e}") from None
+        files = tuple(sorted((root / "shards").glob("*.parquet")))
+        if not files:
+            raise ShardError(f"{root}: no shard files in shards/")
+        if not metadata.get("resolved_config", {}).get("content", {}).get("store_frames", True):
+            raise ShardError(f"{root}: preprocessed with store_frames=false: training needs the frames in the shards")
+        return cls(root=root, metadata=metadata, classes=classes, clip=clip, files=files)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def check_geometry(self, clip: ClipConfig) -> None:
+        """Raise :class:`ShardError` naming every ``[clip]`` field where the profile and the shards differ."""
+        diffs = [f"clip.{f.name}: profile {getattr(clip, f.name)}, shards {getattr(self.clip, f.name)}"
+                 for f in fields(ClipConfig) if getattr(clip, f.name) != getattr(self.clip, f.name)]
+        if diffs:
+            raise ShardError(f"{self.root}: the profile's clip geometry differs from the shards' ("
+                             + "; ".join(diffs) + "): preprocess with this profile, or set the profile's [clip] to the shards'")
+
+    def _filter(self, domain: str, split: str) -> pads.Expression:
+        return (pads.field("domain") == domain) & (pads.field("split") == split)
+
+    def read(self, domain: str, split: str, columns: Sequence[str] | None = None) -> pa.Table:
+        """Rows of ``(domain, split)`` in file order as one table (for data that fits in memory)."""
+        ds = pads.dataset([str(f) for f in self.files], format="parquet")
+        return ds.to_table(columns=list(columns) if columns else None, filter=self._filter(domain, split))
+
+    def counts(self) -> dict[tuple[str, str], int]:
+        """Rows per ``(domain, split)``."""
+        t = pads.dataset([str(f) for f in self.files], format="parquet").to_table(columns=["domain", "split"])
+        keys = zip(t.column("domain").to_pylist(), t.column("split").to_pylist())
+        out: dict[tuple[str, str], int] = {}
+        for key in keys:
+            out[key] = out.get(key, 0) + 1
+        return out
+
+    def require(self, domain: str, split: str, what: str) -> int:
+        """Row count of ``(domain, split)``; a :class:`ShardError` saying ``what`` needs it when there is none."""
+        n = self.counts().get((domain, split), 0)
+        if n == 0:
+            raise ShardError(f"{self.root}: no {domain}-{split} clips in the shards, and {what} needs them")
+        return n
+
+    def dataset(self, domain: str, split: str, columns: Sequence[str] = BATCH_COLUMNS):
+        """A lazy Ray Dataset of ``(domain, split)`` rows with ``columns`` (the filter is pushed to the scan)."""
+        import ray.data
+        from ray.data.expressions import col, lit
+
+        ds = ray.data.read_parquet([str(f) for f in self.files])
+        return ds.filter(expr=(col("domain") == lit(domain)) & (col("split") == lit(split))).select_columns(list(columns))
+
+
+@dataclass
+class ClipBatch:
+    """A batch of clips from the shards, as tensors on one device.
+
+    ``frames`` uint8 (B, T, S, S, 3); ``energy`` float32 (B, N_t, N_h, N_w); ``label`` int64 (B,), -1
+    where unlabelled (target rows without a label); ``pseudo_label`` int64 (B,) and
+    ``pseudo_confidence`` float32 (B,), CLIP's argmax and its probability; ``clip_probs`` float32 (B, K).
+    """
+
+    frames: Tensor
+    energy: Tensor
+    label: Tensor
+    pseudo_label: Tensor
+    pseudo_confidence: Tensor
+    clip_probs: Tensor
+
+    def __len__(self) -> int:
+        return self.frames.shape[0]
+
+    @classmethod
+    def from_tensors(cls, d: Mapping[str, Tensor]) -> ClipBatch:
+        return cls(**{f.name: d[f.name] for f in fields(cls)})
+
+    def as_tensors(self) -> dict[str, Tensor]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> ClipBatch:
+        return ClipBatch(**{k: v.to(device, non_blocking=non_blocking) for k, v in self.as_tensors().items()})
+
+    def video(self, dtype: torch.dtype = torch.float32) -> Tensor:
+        """Model input (B, 3, T, S, S) of the frames (:func:`model_input`)."""
+        return model_input(self.frames, dtype)
+
+    @staticmethod
+    def concat(batches: Sequence[ClipBatch]) -> ClipBatch:
+        return ClipBatch(**{f.name: torch.cat([getattr(b, f.name) for b in batches]) for f in fields(ClipBatch)})
+
+
+def model_input(frames: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+    """uint8 frames (B, T, S, S, 3) -> float (B, 3, T, S, S) in [0, 1], normalised with ImageNet mean/std,
+    on the frames' device."""
+    x = frames.permute(0, 4, 1, 2, 3).to(dtype).div_(255.0)
+    mean = torch.tensor(IMAGENET_MEAN, dtype=dtype, device=x.device).view(1, 3, 1, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=dtype, device=x.device).view(1, 3, 1, 1, 1)
+    return x.sub_(mean).div_(std)
+
+
+def batch_from_table(table: pa.Table) -> ClipBatch:
+    """Shard rows (with :data:`BATCH_COLUMNS`) -> a CPU :class:`ClipBatch`."""
+    labels = table.column("label_index").fill_null(-1).to_numpy(zero_copy_only=False)
+    return ClipBatch(
+        frames=torch.from_numpy(unpack_array(table, "frames", np.uint8)),
+        energy=torch.from_numpy(np.ascontiguousarray(unpack_array(table, "energy", np.float32))),
+        label=torch.from_numpy(labels.astype(np.int64, copy=False)),
+        pseudo_label=torch.from_numpy(table.column("pseudo_label").to_numpy().astype(np.int64, copy=False)),
+        pseudo_confidence=torch.from_numpy(table.column("pseudo_confidence").to_numpy().astype(np.float32, copy=False)),
+        clip_probs=torch.from_numpy(np.ascontiguousarray(unpack_array(table, "clip_probs", np.float32))),
+    )
+
+
+def hflip(batch: ClipBatch, flip: Tensor, label_map: Tensor | None = None) -> ClipBatch:
+    """Flip the clips where ``flip`` (B,) bool is set: frames along W, energy along N_w, together.
+
+    ``label_map`` (K,) int64 maps a class to its mirror image (``slide_left`` -> ``slide_right``) for
+    direction-dependent classes; it is applied to ``label``, ``pseudo_label`` and ``clip_probs`` of the
+    flipped clips. None: every class is its own mirror image.
+    """
+    f5, f4 = flip.view(-1, 1, 1, 1, 1), flip.view(-1, 1, 1, 1)
+    out = ClipBatch(
+        frames=torch.where(f5, batch.frames.flip(3), batch.frames),
+        energy=torch.where(f4, batch.energy.flip(3), batch.energy),
+        label=batch.label, pseudo_label=batch.pseudo_label, pseudo_confidence=batch.pseudo_confidence,
+        clip_probs=batch.clip_probs,
+    )
+    if label_map is not None:
+        mapped = torch.where(batch.label >= 0, label_map[batch.label.clamp(min=0)], batch.label)
+        out.label = torch.where(flip, mapped, batch.label)
+        out.pseudo_label = torch.where(flip, label_map[batch.pseudo_label], batch.pseudo_label)
+        inverse = torch.argsort(label_map)  # probs of mirrored class k come from class label_map^-1(k)
+        out.clip_probs = torch.where(flip[:, None], batch.clip_probs[:, inverse], batch.clip_probs)
+    return out
+
+
+def label_map_tensor(classes: Sequence[str], mirror: Mapping[str, str]) -> Tensor | None:
+    """(K,) int64 class -> mirrored class from a name mapping (made symmetric); None for an empty one.
+
+    Raises :class:`ShardError` for a name that is not a class or a mapping that is not a pairing.
+    """
+    if not mirror:
+        return None
+    index = {c: i for i, c in enumerate(classes)}
+    out = torch.arange(len(classes))
+    for a, b in mirror.items():
+        for name in (a, b):
+            if name not in index:
+                raise ShardError(f"train.hflip_label_map: {name!r} is not a class of the shards {list(classes)}")
+        if mirror.get(b, a) != a:
+            raise ShardError(f"train.hflip_label_map: {a!r} -> {b!r} but {b!r} -> {mirror[b]!r}: a flip pairs classes")
+        out[index[a]], out[index[b]] = index[b], index[a]
+    return out

@@ -1,0 +1,63 @@
+"""The adapted classifier: the video ViT, the learned threshold policy and the selector that joins them.
+
+One module holds both learned parts, so that ``.train()`` / ``.eval()`` alone switches the ``lmft``
+selector between a sampled tau and tau_hat, and one ``state_dict()`` (keys ``model.*`` and
+``policy.*``) holds both. Data-parallel training wraps only ``adapter.model`` in DDP (the policy is
+kept identical across workers by :mod:`lmft_core.train.step`); inference uses the adapter itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from lmft_core.model import ModelConfig, PolicyConfig, Selection, SelectorConfig, ThresholdPolicy, VideoViT
+from lmft_core.shards import model_input
+
+
+class Adapter(nn.Module):
+    """``forward(video, energy)``: video float (B, 3, T, S, S), energy (B, N_t, N_h, N_w) ->
+    (logits (B, K), :class:`Selection`). ``classes`` name the K outputs."""
+
+    def __init__(self, model: VideoViT, policy: ThresholdPolicy, selector: SelectorConfig, classes: Sequence[str]):
+        super().__init__()
+        if len(classes) != model.config.num_classes:
+            raise ValueError(f"{len(classes)} classes but the model has {model.config.num_classes} outputs")
+        self.model = model
+        self.policy = policy
+        self.selector_config = selector
+        selector.build(policy)  # fail now, not at the first batch, if the selector cannot be built
+        self.classes = tuple(classes)
+
+    @classmethod
+    def build(cls, model: ModelConfig, policy: PolicyConfig, selector: SelectorConfig, classes: Sequence[str]) -> Adapter:
+        return cls(model.build(), policy.build(), selector, classes)
+
+    def selection(self, energy: Tensor, generator: torch.Generator | None = None,
+                  selector: SelectorConfig | None = None) -> Selection:
+        """Keep mask of ``energy`` with the adapter's selector (or ``selector``, built on this policy)."""
+        return (selector or self.selector_config).build(self.policy)(energy, generator)
+
+    def forward(self, video: Tensor, energy: Tensor, generator: torch.Generator | None = None,
+                selector: SelectorConfig | None = None) -> tuple[Tensor, Selection]:
+        sel = self.selection(energy, generator, selector)
+        return self.model(video, sel.keep), sel
+
+    @torch.no_grad()
+    def predict(self, frames: Tensor, energy: Tensor) -> dict[str, Tensor]:
+        """Class probabilities of clips as stored in the shards, with tau_hat (eval mode).
+
+        ``frames`` uint8 (B, T, S, S, 3), ``energy`` float (B, N_t, N_h, N_w) -> ``probs`` (B, K),
+        ``label`` (B,) argmax, ``keep_ratio`` (B,) fraction of tokens kept.
+        """
+        was_training = self.training
+        self.eval()
+        try:
+            device = next(self.parameters()).device
+            logits, sel = self(model_input(frames.to(device)), energy.to(device).float())
+            probs = logits.float().softmax(-1)
+            return {"probs": probs, "label": probs.argmax(-1), "keep_ratio": 1.0 - sel.discard_rate}
+        finally:
+            self.train(was_training)

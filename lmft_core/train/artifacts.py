@@ -1,0 +1,110 @@
+"""After a fit, on the driver: the run's artifacts, final metrics and logged model.
+
+Artifacts of a training run (MLflow paths):
+
+- ``config/resolved.json`` (every component's configuration as the run used it) and the profile file;
+- ``policy/policy.json``: mu, log sigma, sigma, baseline, step and tau_hat of the learned threshold;
+- ``evaluation/evaluation.json`` (every selector on target-test) and ``evaluation/efficiency.md``;
+- ``plots/threshold.png`` (tau and discard rates over training), ``plots/kept_tokens.png`` (energy and
+  kept tokens over the frames of a few target-test clips), ``plots/confusion.png``;
+- ``model``: the adapter (model and policy, tau_hat inside), ``mlflow.pytorch`` pickle format with the
+  lmft_core package as code, so ``mlflow.pytorch.load_model(uri)`` gives a module whose
+  ``predict(frames uint8 (B, T, S, S, 3), energy (B, N_t, N_h, N_w))`` returns class probabilities.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import lmft_core
+from lmft_core.shards import ShardSet
+from lmft_core.train.adapter import Adapter
+from lmft_core.train.checkpoint import load_checkpoint, policy_values
+from lmft_core.train.evaluate import EvalResult, efficiency_table
+from lmft_core.train.loop import EVALUATION_FILE, TrainJob, eval_batches
+
+HISTORY_KEYS = ("train/tau", "train/tau_hat", "train/mu", "train/discard_rate_source", "train/discard_rate_target")
+
+
+def load_adapter(job: TrainJob, checkpoint: str | Path) -> Adapter:
+    """The adapter of ``job`` with the weights of ``checkpoint``, on CPU, in eval mode."""
+    state = load_checkpoint(checkpoint)
+    adapter = job.build_adapter()
+    adapter.load_state_dict(state["learner"]["adapter"])
+    return adapter.eval()
+
+
+def log_model(adapter: Adapter, run_id: str, tracking_uri: str, metadata: dict) -> str:
+    """Log ``adapter`` as the run's ``model``; returns its ``models:/`` URI."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    reqs = [f"torch=={torch.__version__.split('+')[0]}", f"numpy=={np.__version__}"]
+    with mlflow.start_run(run_id=run_id):
+        info = mlflow.pytorch.log_model(adapter, name="model", serialization_format="pickle",
+                                        code_paths=[str(Path(lmft_core.__file__).parent)], pip_requirements=reqs,
+                                        metadata=metadata)
+    return info.model_uri
+
+
+def log_artifacts(job: TrainJob, run, name: str, run_dir: Path, checkpoint: Path, profile_path: Path,
+                  elapsed_s: float):
+    """Write and log the artifacts of the finished run ``name``; returns its TrainResult."""
+    from lmft_core.train import plots
+    from lmft_core.train.run import TrainResult
+
+    adapter = load_adapter(job, checkpoint)
+    evaluation = json.loads((checkpoint / EVALUATION_FILE).read_text())
+    results = {k: EvalResult(**v) for k, v in evaluation.items()}
+    policy = policy_values(adapter.policy)
+    out = run_dir / "artifacts"
+    files = {
+        "config": [_write(out / "resolved.json", json.dumps(job.config, indent=2)), profile_path],
+        "policy": [_write(out / "policy.json", json.dumps(policy, indent=2))],
+        "evaluation": [_write(out / "evaluation.json", json.dumps(evaluation, indent=2)),
+                       _write(out / "efficiency.md", efficiency_table(results, _efficiency_note(job)))],
+    }
+    history = {k: [(m.step, m.value) for m in run.client.get_metric_history(run.run_id, k)] for k in HISTORY_KEYS}
+    shards = ShardSet.open(job.shards)
+    sample = next(eval_batches(shards, "target", "test", 4))
+    with torch.no_grad():
+        keep = adapter.selection(sample.energy).keep
+    titles = [f"{job.classes[y]}" if y >= 0 else "?" for y in sample.label.tolist()]
+    main = results[job.selector.label]
+    files["plots"] = [
+        plots.save(plots.threshold_over_training(history), out / "threshold.png"),
+        plots.save(plots.kept_tokens(sample.frames.numpy(), sample.energy.numpy(), keep.numpy(), titles,
+                                     job.model.clip.patch, job.model.clip.tubelet), out / "kept_tokens.png"),
+        plots.save(plots.confusion(main.confusion, job.classes, f"target-test, {main.selector} (top-1 {main.top1:.3f})"),
+                   out / "confusion.png"),
+    ]
+    for folder, paths in files.items():
+        for p in paths:
+            run.log_artifact(p, folder)
+    epochs = [m.value for m in run.client.get_metric_history(run.run_id, "epoch/clips_per_s")]
+    clips_per_s = float(np.mean(epochs)) if epochs else float("nan")
+    run.log_metrics({"final/tau_hat": policy["tau_hat"], "final/train_clips_per_s": clips_per_s,
+                     **{k.replace("eval_target/", "final/target/"): v for r in results.values()
+                        for k, v in r.metrics("eval_target").items()}}, step=int(policy["step"]))
+    metadata = {"classes": list(job.classes), "clip": dataclasses.asdict(job.model.clip), "tau_hat": policy["tau_hat"],
+                "selector": dataclasses.asdict(job.selector), "shards": job.shards}
+    model_uri = log_model(adapter, run.run_id, job.tracking_uri, metadata)
+    return TrainResult(run_name=name, run_dir=str(run_dir), mlflow_run_id=run.run_id, tracking_uri=job.tracking_uri,
+                       checkpoint=str(checkpoint), model_uri=model_uri, tau_hat=policy["tau_hat"], evaluation=evaluation,
+                       train_clips_per_s=clips_per_s, elapsed_s=elapsed_s)
+
+
+def _efficiency_note(job: TrainJob) -> str:
+    return (f"Target-test clips, each selector on the same trained model (trained with `{job.selector.label}`); "
+            "LMFT uses tau_hat. GFLOPs: analytic forward FLOPs per clip (2 per multiply-add); clips/s: forward only.")
+
+
+def _write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path

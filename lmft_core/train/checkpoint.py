@@ -1,0 +1,62 @@
+"""Training checkpoints: written by rank 0 every epoch, read with ``torch.load(weights_only=True)``.
+
+A checkpoint is a folder holding ``checkpoint.pt``: the learner's state (adapter = model and policy,
+optimizer, scheduler), the completed ``epoch`` and ``step``, rank 0's RNG states, the resolved
+configuration, the classes and the clip geometry, and the policy's values (mu, log sigma, sigma,
+baseline, step, tau_hat) in plain numbers. The last epoch's checkpoint also holds ``evaluation.json``
+(every selector's results on target-test). Only tensors, numbers, strings, lists and dicts are
+stored, so ``weights_only=True`` loads it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from lmft_core.model import ThresholdPolicy
+
+CHECKPOINT_FILE = "checkpoint.pt"
+FORMAT = "lmft-train-checkpoint-v1"
+
+
+def policy_values(policy: ThresholdPolicy) -> dict[str, float]:
+    """The policy's scalars as plain numbers (tau_hat computed if needed)."""
+    return {"mu": float(policy.mu.detach()), "log_sigma": float(policy.log_sigma.detach()),
+            "sigma": float(policy.sigma.detach()), "baseline": float(policy.baseline), "step": int(policy.step),
+            "tau_hat": float(policy.inference_tau())}
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(folder: str | Path, learner_state: dict, policy: ThresholdPolicy, epoch: int, config: dict,
+                    classes: list[str], clip: dict) -> Path:
+    """Write ``folder/checkpoint.pt``; returns its path."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / CHECKPOINT_FILE
+    torch.save({"format": FORMAT, "learner": learner_state, "epoch": int(epoch), "step": int(policy.step),
+                "rng": rng_state(), "config": config, "classes": list(classes), "clip": dict(clip),
+                "policy": policy_values(policy)}, path)
+    return path
+
+
+def load_checkpoint(folder: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """The contents of ``folder/checkpoint.pt`` (or of the file itself), loaded with ``weights_only=True``."""
+    path = Path(folder)
+    path = path / CHECKPOINT_FILE if path.is_dir() else path
+    state = torch.load(path, map_location=map_location, weights_only=True)
+    if state.get("format") != FORMAT:
+        raise ValueError(f"{path}: not an lmft training checkpoint (format {state.get('format')!r}, expected {FORMAT!r})")
+    return state

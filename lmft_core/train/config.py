@@ -1,0 +1,107 @@
+"""The ``[train]`` profile section: the adaptation run (optimisation, losses, workers, evaluation).
+
+Terms: a **step** is one optimizer step; it sees ``accum_steps`` micro-batches of ``batch_size``
+source clips and ``batch_size`` target clips on each of ``workers`` workers. An **epoch** is one pass
+over the smaller of source-train and target-train (the two are consumed together, step by step).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from lmft_core.config import ConfigError
+from lmft_core.model.selectors import SelectorConfig
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+DEFAULT_EVALUATE = (
+    SelectorConfig(name="full"),
+    SelectorConfig(name="random", match="lmft"),
+    SelectorConfig(name="threshold", calibrate=True, keep_ratio=0.5),
+    SelectorConfig(name="topk", keep_ratio=0.5),
+)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The ``[train]`` section. Where the paper is silent the defaults are lmft's choice (README).
+
+    Optimisation: AdamW on the model (``lr`` peak, linear warm-up over ``warmup_epochs``, cosine decay
+    to ``min_lr``, ``weight_decay`` on weight matrices only), gradient clipping at ``grad_clip`` (global
+    norm; 0 = off). The threshold policy has its own parameter group: ``policy_lr``, constant, no
+    weight decay (decay would pull log sigma towards 0 on its own).
+    Losses: ``L_s + lambda_t * L_t``; L_t is the cross-entropy on target clips whose CLIP confidence is
+    above ``gamma_c`` (0 when none is). ``label_smoothing`` applies to both.
+    Data: ``batch_size`` clips per domain per worker per micro-batch; ``hflip`` flips half the clips
+    (frames and energy together); ``hflip_label_map`` pairs classes that a flip swaps
+    (``{slide_left = "slide_right"}``); ``shuffle`` reshuffles the training rows every epoch; a training
+    split whose frames take at most ``materialize_max_mb`` is held in Ray's object store across epochs.
+    Workers: ``workers`` Ray Train workers with ``cpus_per_worker`` CPUs (leave CPUs for Ray Data's
+    ingest) and ``gpus_per_worker`` GPUs (absent: 1 when the cluster has GPUs, else 0);
+    ``precision`` ``auto`` is bf16 autocast on GPU and fp32 on CPU.
+    Evaluation on target-test with tau_hat: the training selector and every selector of ``evaluate``
+    at the end (and the training selector every ``eval_every_epochs`` epochs).
+    Checkpoints every epoch (the last ``keep_checkpoints`` kept); ``max_failures`` worker-group
+    restarts from the last checkpoint. ``run_name`` names the run (empty: derived from the
+    configuration and the shards, so the same command resumes the same run).
+    ``max_steps_per_epoch`` (0 = all) cuts epochs short (tests, benchmarks).
+    ``require_pretrained``: refuse to start when ``model.pretrained`` is empty (the paper profile).
+    """
+
+    epochs: int = 20
+    batch_size: int = 16
+    accum_steps: int = 1
+    lr: float = 5e-4
+    min_lr: float = 1e-6
+    warmup_epochs: float = 2.0
+    weight_decay: float = 0.05
+    policy_lr: float = 0.01
+    grad_clip: float = 1.0
+    gamma_c: float = 0.8
+    lambda_t: float = 0.5
+    label_smoothing: float = 0.0
+    hflip: bool = True
+    hflip_label_map: dict[str, str] = field(default_factory=dict)
+    shuffle: bool = True
+    materialize_max_mb: int = 2048
+    seed: int = 0
+    workers: int = 2
+    cpus_per_worker: float = 0.5
+    gpus_per_worker: float | None = None
+    precision: str = "auto"
+    evaluate: tuple[SelectorConfig, ...] = DEFAULT_EVALUATE
+    eval_every_epochs: int = 1
+    eval_batch_size: int = 32
+    log_every_steps: int = 10
+    keep_checkpoints: int = 2
+    max_failures: int = 2
+    prefetch_batches: int = 2
+    max_steps_per_epoch: int = 0
+    run_name: str = ""
+    require_pretrained: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "accum_steps", "workers", "eval_every_epochs", "eval_batch_size",
+                     "log_every_steps", "keep_checkpoints", "prefetch_batches"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("lr", "cpus_per_worker"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"train.{name} must be > 0, got {getattr(self, name)}")
+        for name in ("min_lr", "warmup_epochs", "weight_decay", "policy_lr", "grad_clip", "lambda_t", "max_failures",
+                     "max_steps_per_epoch", "materialize_max_mb"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.gamma_c <= 1.0:
+            raise ConfigError(f"train.gamma_c must be in [0, 1], got {self.gamma_c}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ConfigError(f"train.label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.gpus_per_worker is not None and self.gpus_per_worker < 0:
+            raise ConfigError(f"train.gpus_per_worker must be >= 0, got {self.gpus_per_worker}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"train.precision must be one of {list(PRECISIONS)}, got {self.precision!r}")
+        if not isinstance(self.hflip_label_map, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in self.hflip_label_map.items()):
+            raise ConfigError(f"train.hflip_label_map must be a table of class names, got {self.hflip_label_map!r}")
+        if self.run_name and ("/" in self.run_name or self.run_name.startswith(".")):
+            raise ConfigError(f"train.run_name {self.run_name!r}: a plain folder name, please")

@@ -1,0 +1,217 @@
+"""The training loop of one worker: epochs of steps, evaluation, checkpoints, reports.
+
+:func:`run_worker` runs in any process: under Ray Train (:mod:`lmft_core.train.ray_train` hands it
+Ray Data shards and ``ray.train.report``) or in a plain process (tests: :class:`TableEpochData` and a
+callback). Every rank takes the same number of steps: before each step the ranks agree (one
+all-reduce of a flag) that every one of them has a batch, and stop together otherwise.
+
+Time is split into **data wait** (blocked waiting for the next batch) and **step time** (selection,
+forward, backward, optimizer, policy); ``clips/s`` counts source and target clips over both.
+Rank 0 alone logs to MLflow (batched), evaluates and writes checkpoints; every rank reports.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from lmft_core.model import ModelConfig, PolicyConfig, SelectorConfig
+from lmft_core.shards import BATCH_COLUMNS, ClipBatch, ShardSet, batch_from_table, label_map_tensor
+from lmft_core.train.adapter import Adapter
+from lmft_core.train.checkpoint import policy_values, save_checkpoint, set_rng_state
+from lmft_core.train.config import TrainConfig
+from lmft_core.train.dist import Dist
+from lmft_core.train.evaluate import EvalResult, evaluate
+from lmft_core.train.step import Learner
+
+EVALUATION_FILE = "evaluation.json"
+Pair = tuple[ClipBatch, ClipBatch]
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    """Everything a worker needs, as plain data (it travels to Ray workers).
+
+    ``model`` has its clip geometry and class count set; ``evaluate`` are the selectors of the final
+    evaluation, thresholds already calibrated; ``config`` is the resolved configuration (JSON-able) saved
+    in checkpoints; ``mlflow_run_id`` (empty: no logging) the run rank 0 logs to at ``tracking_uri``.
+    """
+
+    shards: str
+    classes: tuple[str, ...]
+    model: ModelConfig
+    policy: PolicyConfig
+    selector: SelectorConfig
+    train: TrainConfig
+    evaluate: tuple[SelectorConfig, ...]
+    steps_per_epoch: int
+    config: dict = field(default_factory=dict)
+    tracking_uri: str = ""
+    mlflow_run_id: str = ""
+
+    def build_adapter(self) -> Adapter:
+        return Adapter.build(self.model, self.policy, self.selector, self.classes)
+
+
+class EpochData(Protocol):
+    def pairs(self, epoch: int) -> Iterator[Pair]:
+        """(source, target) micro-batches of ``epoch`` for this rank (equally many on every rank)."""
+
+
+class TableEpochData:
+    """Epochs from in-memory shard tables, no Ray: each epoch a seeded permutation of each domain's
+    rows, split equally over ranks (the remainder dropped), in batches (the last short one dropped)."""
+
+    def __init__(self, shards: ShardSet, batch_size: int, seed: int, dist: Dist = Dist(), shuffle: bool = True):
+        self.tables = [shards.read(d, "train", BATCH_COLUMNS) for d in ("source", "target")]
+        self.batch_size, self.seed, self.dist, self.shuffle = batch_size, seed, dist, shuffle
+
+    def _batches(self, table: pa.Table, epoch: int, stream: int) -> Iterator[ClipBatch]:
+        n = table.num_rows
+        order = np.random.default_rng([self.seed, epoch, stream]).permutation(n) if self.shuffle else np.arange(n)
+        per_rank = n // self.dist.world_size
+        mine = order[self.dist.rank * per_rank:(self.dist.rank + 1) * per_rank]
+        for i in range(0, per_rank - self.batch_size + 1, self.batch_size):
+            yield batch_from_table(table.take(pa.array(mine[i:i + self.batch_size])))
+
+    def pairs(self, epoch: int) -> Iterator[Pair]:
+        return zip(self._batches(self.tables[0], epoch, 0), self._batches(self.tables[1], epoch, 1))
+
+
+def eval_batches(shards: ShardSet, domain: str, split: str, batch_size: int) -> Iterator[ClipBatch]:
+    """Batches of ``(domain, split)`` rows read straight from the Parquet files (rank 0's evaluation)."""
+    import pyarrow.dataset as pads
+
+    ds = pads.dataset([str(f) for f in shards.files], format="parquet")
+    flt = (pads.field("domain") == domain) & (pads.field("split") == split)
+    pending: list[pa.RecordBatch] = []
+    rows = 0
+    for rb in ds.to_batches(columns=list(BATCH_COLUMNS), filter=flt, batch_size=batch_size):
+        pending.append(rb)
+        rows += rb.num_rows
+        while rows >= batch_size:
+            table = pa.Table.from_batches(pending)
+            yield batch_from_table(table.slice(0, batch_size))
+            rest = table.slice(batch_size)
+            pending, rows = rest.to_batches(), rest.num_rows
+    if rows:
+        yield batch_from_table(pa.Table.from_batches(pending))
+
+
+class MetricSink(Protocol):
+    def add(self, metrics: dict[str, float], step: int) -> None: ...
+    def flush(self) -> None: ...
+
+
+def _take(it: Iterator[Pair], n: int) -> list[Pair]:
+    out = []
+    for _ in range(n):
+        try:
+            out.append(next(it))
+        except StopIteration:
+            break
+    return out
+
+
+def run_worker(job: TrainJob, dist: Dist, data: EpochData, checkpoint: dict | None,
+               report: Callable[[dict[str, float], Path | None], None], device: torch.device | str = "cpu",
+               sink: MetricSink | None = None, stop_after_epochs: int | None = None) -> None:
+    """Train ``job`` on this rank from ``checkpoint`` (or from scratch) to its last epoch.
+
+    ``report(metrics, checkpoint_folder)`` is called once per epoch on every rank (the folder only on
+    rank 0; it is deleted after the call). ``sink`` receives rank 0's step and epoch metrics.
+    ``stop_after_epochs`` ends early after that many epochs of this call (tests).
+    """
+    cfg, device = job.train, torch.device(device)
+    torch.manual_seed(cfg.seed)  # the same initial model on every rank (DDP also broadcasts rank 0's)
+    adapter = job.build_adapter()
+    shards = ShardSet.open(job.shards)
+    learner = Learner(adapter, cfg, job.steps_per_epoch, dist, device, label_map_tensor(job.classes, cfg.hflip_label_map))
+    start_epoch = 0
+    if checkpoint is not None:
+        learner.load_state_dict(checkpoint["learner"])
+        start_epoch = int(checkpoint["epoch"])
+        if dist.is_main:
+            set_rng_state(checkpoint["rng"])
+        else:
+            torch.manual_seed(cfg.seed * 7919 + dist.rank * 104729 + learner.step)
+    else:
+        torch.manual_seed(cfg.seed * 7919 + dist.rank * 104729)  # per-rank randomness (drop path)
+    resumed = {"resumed_from_epoch": float(start_epoch), "resumed_from_step": float(learner.step)}
+    if checkpoint is not None and dist.is_main and sink is not None:
+        sink.add({f"train/{k}": v for k, v in resumed.items()}, learner.step)
+
+    end_epoch = cfg.epochs if stop_after_epochs is None else min(cfg.epochs, start_epoch + stop_after_epochs)
+    for epoch in range(start_epoch, end_epoch):
+        epoch_metrics = _train_epoch(learner, data.pairs(epoch), dist, sink)
+        last = epoch == cfg.epochs - 1
+        metrics = {"epoch": float(epoch + 1), "step": float(learner.step), **epoch_metrics,
+                   **{f"policy/{k}": float(v) for k, v in policy_values(adapter.policy).items()}}
+        if checkpoint is not None and epoch == start_epoch:
+            metrics.update(resumed)
+        results: dict[str, EvalResult] = {}
+        if dist.is_main and (last or (epoch + 1) % cfg.eval_every_epochs == 0):
+            results = _evaluate(adapter, shards, job, device, learner.amp_dtype, final=last)
+            metrics.update({k: v for r in results.values() for k, v in r.metrics("eval_target").items()})
+            if shards.counts().get(("source", "val"), 0):
+                val = evaluate(adapter, eval_batches(shards, "source", "val", cfg.eval_batch_size), [job.selector],
+                               device, learner.amp_dtype)
+                metrics.update(next(iter(val.values())).metrics("eval_source_val"))
+        if dist.is_main and sink is not None:
+            sink.add({k: v for k, v in metrics.items() if k not in ("epoch", "step")}, learner.step)
+            sink.flush()
+        with tempfile.TemporaryDirectory(prefix="lmft-ckpt-") as tmp:
+            folder = None
+            if dist.is_main:
+                folder = Path(tmp)
+                save_checkpoint(folder, learner.state_dict(), adapter.policy, epoch + 1, job.config, list(job.classes),
+                                dataclasses.asdict(job.model.clip))
+                if last:
+                    (folder / EVALUATION_FILE).write_text(json.dumps({k: r.as_dict() for k, r in results.items()}, indent=2))
+            report(metrics, folder)
+
+
+def _train_epoch(learner: Learner, pairs: Iterator[Pair], dist: Dist, sink: MetricSink | None) -> dict[str, float]:
+    cfg = learner.cfg
+    limit = cfg.max_steps_per_epoch or learner.steps_per_epoch
+    wait = compute = clips = 0.0
+    steps = 0
+    have = torch.zeros(1, device=learner.device)
+    while steps < limit:
+        t0 = time.perf_counter()
+        micro = _take(pairs, cfg.accum_steps)
+        t1 = time.perf_counter()
+        have.fill_(1.0 if len(micro) == cfg.accum_steps else 0.0)
+        if float(dist.all_reduce_sum(have)) < dist.world_size:  # some rank has run out: all stop here
+            break
+        m = learner.step_once(micro)
+        t2 = time.perf_counter()
+        wait, compute, clips, steps = wait + (t1 - t0), compute + (t2 - t1), clips + m["clips"], steps + 1
+        if dist.is_main and sink is not None:
+            timing = {"step_time_s": t2 - t1, "data_wait_s": t1 - t0, "clips_per_s": m["clips"] / (t2 - t0)}
+            sink.add({f"train/{k}": v for k, v in (m | timing).items() if k != "clips"}, learner.step)
+            if steps % cfg.log_every_steps == 0:
+                sink.flush()
+    if steps == 0:
+        raise RuntimeError("an epoch took no step: a rank has fewer clips than one batch (train.batch_size x accum_steps)")
+    total = wait + compute
+    return {"epoch/steps": float(steps), "epoch/time_s": total, "epoch/clips_per_s": clips / total,
+            "epoch/data_wait_fraction": wait / total, "epoch/step_time_s": compute / steps}
+
+
+def _evaluate(adapter: Adapter, shards: ShardSet, job: TrainJob, device: torch.device, amp_dtype,
+              final: bool) -> dict[str, EvalResult]:
+    """Target-test: the training selector every time, every selector of ``job.evaluate`` at the end."""
+    selectors = [job.selector] + ([s for s in job.evaluate if s.label != job.selector.label] if final else [])
+    batches = eval_batches(shards, "target", "test", job.train.eval_batch_size)
+    return evaluate(adapter, batches, selectors, device, amp_dtype)

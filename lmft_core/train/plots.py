@@ -1,0 +1,94 @@
+"""Plots a person reads faster than tables: the threshold over training, kept tokens over frames, confusion.
+
+Each function returns a matplotlib figure (Agg backend, no display needed); :func:`save` writes PNG.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def save(fig, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def threshold_over_training(history: Mapping[str, Sequence[tuple[int, float]]]):
+    """Top: sampled tau, tau_hat and sigmoid(mu) per step; bottom: discard rate per domain per step.
+
+    ``history`` maps metric names (``train/tau``, ``train/tau_hat``, ``train/mu``,
+    ``train/discard_rate_source``, ``train/discard_rate_target``) to (step, value) pairs.
+    """
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
+    for key, label, style in (("train/tau", "sampled τ", dict(alpha=0.35, lw=0.8)), ("train/tau_hat", "τ̂ (test time)", dict(lw=2))):
+        pts = history.get(key) or []
+        if pts:
+            top.plot(*zip(*pts), label=label, **style)
+    top.set_ylabel("threshold")
+    top.set_ylim(0, 1)
+    top.legend(loc="best")
+    for key, label in (("train/discard_rate_source", "source"), ("train/discard_rate_target", "target")):
+        pts = history.get(key) or []
+        if pts:
+            bottom.plot(*zip(*pts), label=label)
+    bottom.set_ylabel("discard rate")
+    bottom.set_ylim(0, 1)
+    bottom.set_xlabel("optimizer step")
+    bottom.legend(loc="best")
+    fig.suptitle("Learned threshold and discard rate over training")
+    return fig
+
+
+def kept_tokens(frames: np.ndarray, energy: np.ndarray, keep: np.ndarray, titles: Sequence[str], patch: int, tubelet: int):
+    """One row per clip, one column per temporal segment: the segment's first frame, the motion energy
+    as a heat overlay, dropped tokens darkened and kept tokens outlined.
+
+    ``frames`` uint8 (B, T, S, S, 3), ``energy`` (B, N_t, N_h, N_w), ``keep`` bool (B, N_t, N_h, N_w).
+    """
+    b, n_t = energy.shape[:2]
+    fig, axes = plt.subplots(b, n_t, figsize=(1.6 * n_t, 1.7 * b), squeeze=False)
+    for i in range(b):
+        for t in range(n_t):
+            ax = axes[i][t]
+            img = frames[i, t * tubelet].astype(np.float32) / 255.0
+            up = np.kron(keep[i, t].astype(np.float32), np.ones((patch, patch)))[..., None]
+            heat = np.kron(energy[i, t], np.ones((patch, patch)))
+            ax.imshow(img * (0.35 + 0.65 * up))
+            ax.imshow(heat, cmap="inferno", alpha=0.35, vmin=0, vmax=1)
+            for (h, w) in zip(*np.nonzero(keep[i, t])):
+                ax.add_patch(plt.Rectangle((w * patch - 0.5, h * patch - 0.5), patch, patch, fill=False, ec="cyan", lw=0.6))
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(f"t={t}", fontsize=8)
+        axes[i][0].set_ylabel(titles[i], fontsize=7)
+    fig.suptitle("Motion energy (heat) and kept tokens (outlined) at τ̂")
+    return fig
+
+
+def confusion(matrix: Sequence[Sequence[int]], classes: Sequence[str], title: str):
+    """Confusion matrix (rows: true class, columns: predicted), counts in the cells."""
+    m = np.asarray(matrix)
+    k = len(classes)
+    fig, ax = plt.subplots(figsize=(1 + 0.6 * k, 1 + 0.55 * k))
+    ax.imshow(m, cmap="Blues")
+    ax.set_xticks(range(k), classes, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(k), classes, fontsize=8)
+    for i in range(k):
+        for j in range(k):
+            ax.text(j, i, str(m[i, j]), ha="center", va="center", fontsize=7,
+                    color="white" if m[i, j] > m.max() / 2 else "black")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    return fig

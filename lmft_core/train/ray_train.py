@@ -1,0 +1,133 @@
+"""Ray Train glue: the shards as Ray Datasets, the per-worker function, the ``TorchTrainer``.
+
+The per-worker function :func:`train_fn` is a few lines around :func:`lmft_core.train.loop.run_worker`:
+it reads the rank and world size, the device, this worker's dataset shards and the checkpoint to
+resume from, and hands ``ray.train.report`` to the loop.
+
+Data: source-train and target-train are split over the workers with ``streaming_split(equal=True)``
+(Ray Train's ``DataConfig``), so every rank gets as many rows; batches are full (``drop_last``), and
+the two domains are zipped, so every rank takes the same number of steps. Shuffling is upstream
+(``random_shuffle`` with a seed that moves on every epoch), never ``local_shuffle_buffer_size``
+(it can yield short batches mid-stream and hang DDP: ray issue #66085). Batches travel as uint8 frames
+and are made model input on the worker's device.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow as pa
+import torch
+from ray.data.collate_fn import ArrowBatchCollateFn
+
+from lmft_core.shards import ClipBatch, ShardSet, batch_from_table
+from lmft_core.train.config import TrainConfig
+from lmft_core.train.loop import Pair, TrainJob, run_worker
+
+TRAIN_DATASETS = ("source_train", "target_train")
+
+
+class ShardCollate(ArrowBatchCollateFn):
+    """A pyarrow batch of shard rows -> the tensors of a :class:`ClipBatch` (moved to the device by Ray)."""
+
+    def __call__(self, batch: pa.Table) -> dict[str, torch.Tensor]:
+        return batch_from_table(batch).as_tensors()
+
+
+class RayEpochData:
+    """Epochs of (source, target) micro-batches from this worker's Ray Data shards."""
+
+    def __init__(self, source, target, cfg: TrainConfig):
+        self.source, self.target, self.cfg = source, target, cfg
+
+    def pairs(self, epoch: int) -> Iterator[Pair]:
+        kw = dict(batch_size=self.cfg.batch_size, collate_fn=ShardCollate(), drop_last=True,
+                  prefetch_batches=self.cfg.prefetch_batches)
+        s, t = self.source.iter_torch_batches(**kw), self.target.iter_torch_batches(**kw)
+        return ((ClipBatch.from_tensors(a), ClipBatch.from_tensors(b)) for a, b in zip(s, t))
+
+
+def train_datasets(shards: ShardSet, cfg: TrainConfig) -> dict:
+    """Ray Datasets of source-train and target-train, reshuffled every epoch when ``cfg.shuffle``.
+
+    A split whose frames take at most ``train.materialize_max_mb`` is read once into Ray's object store
+    (``materialize``): an epoch then costs a shuffle of blocks in memory, not a new Parquet scan
+    (measured: 0.1-0.2 s against 1-5 s per epoch for the demo data on 2 cores).
+    """
+    from ray.data import DataContext, RandomSeedConfig
+
+    DataContext.get_current().enable_progress_bars = False
+    counts = shards.counts()
+    t, s = shards.clip.num_frames, shards.clip.image_size
+    out = {}
+    for i, (name, domain) in enumerate(zip(TRAIN_DATASETS, ("source", "target"))):
+        ds = shards.dataset(domain, "train")
+        if counts.get((domain, "train"), 0) * t * s * s * 3 <= cfg.materialize_max_mb * 2**20:
+            ds = ds.materialize()
+        if cfg.shuffle:
+            ds = ds.random_shuffle(seed=RandomSeedConfig(seed=cfg.seed * 2 + i, reseed_after_execution=True))
+        out[name] = ds
+    return out
+
+
+def report_to_ray(metrics: dict[str, float], folder: Path | None) -> None:
+    import ray.train
+
+    checkpoint = ray.train.Checkpoint.from_directory(str(folder)) if folder is not None else None
+    ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"epoch_{int(metrics['epoch']):04d}")
+
+
+def train_fn(config: dict) -> None:
+    """Ray Train's per-worker function."""
+    import ray.train
+    import ray.train.torch
+
+    from lmft_core.train.checkpoint import load_checkpoint
+    from lmft_core.train.dist import from_ray_context
+
+    job: TrainJob = config["job"]
+    torch.set_num_threads(max(1, math.ceil(job.train.cpus_per_worker)))
+    dist = from_ray_context()
+    data = RayEpochData(*(ray.train.get_dataset_shard(n) for n in TRAIN_DATASETS), job.train)
+    checkpoint = ray.train.get_checkpoint()
+    state = None
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            state = load_checkpoint(folder)
+    sink = mlflow_sink(job) if dist.is_main else None
+    run_worker(job, dist, data, state, report_to_ray, ray.train.torch.get_device(), sink)
+
+
+def mlflow_sink(job: TrainJob):
+    """Rank 0's batched MLflow metric logger for ``job`` (None when the job logs nowhere)."""
+    if not job.mlflow_run_id:
+        return None
+    from mlflow import MlflowClient
+
+    from lmft_core.tracking import MetricBuffer
+
+    return MetricBuffer(MlflowClient(tracking_uri=job.tracking_uri), job.mlflow_run_id)
+
+
+def build_trainer(job: TrainJob, datasets: dict, name: str, storage_path: str | Path, num_gpus: float,
+                  callbacks: list | None = None, worker_env: dict[str, str] | None = None):
+    """The ``TorchTrainer`` of ``job``: ``job.train.workers`` workers, each with ``cpus_per_worker`` CPUs and
+    ``num_gpus`` GPUs; resumes when ``(storage_path, name)`` holds an earlier run of the same name."""
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    cfg = job.train
+    resources = {"CPU": cfg.cpus_per_worker} | ({"GPU": num_gpus} if num_gpus else {})
+    return TorchTrainer(
+        train_fn,
+        train_loop_config={"job": job},
+        scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=num_gpus > 0, resources_per_worker=resources),
+        run_config=RunConfig(
+            name=name, storage_path=str(storage_path), failure_config=FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints), callbacks=callbacks or None,
+            worker_runtime_env={"env_vars": worker_env} if worker_env else None),
+        datasets=datasets,
+        dataset_config=DataConfig(datasets_to_split=list(TRAIN_DATASETS)),
+    )

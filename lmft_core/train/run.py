@@ -1,0 +1,211 @@
+"""The adaptation run on the driver: check inputs, fit on Ray Train, log everything to MLflow.
+
+:func:`prepare` turns a profile and a preprocessing output into a :class:`TrainJob`, checking before
+any compute: the shards' schema version and clip geometry against the profile's ``[clip]``, that
+source-train, target-train and target-test have clips, the class map of the flip, pretrained weights;
+it calibrates thresholds given as keep ratios on source-train energies, and counts the target-train
+clips above gamma_c (none: L_t is 0 throughout, said in the log and the run).
+
+:func:`run_training` fits the job with ``TorchTrainer`` and records one MLflow run: the resolved
+configuration as params, step and epoch metrics (from rank 0), and at the end the artifacts (resolved
+configuration, the policy with tau_hat, the evaluation and efficiency table, plots) and the model
+(``mlflow.pytorch``; ``mlflow.pytorch.load_model(uri).predict(frames, energy)`` classifies clips with
+tau_hat). Files under ``<workdir>/train/<run name>/``; Ray Train's checkpoints under
+``<workdir>/ray_train/<run name>/``.
+
+The run name defaults to the profile name, the selector and a hash of the resolved configuration and
+the shards, so the same command resumes the same run (from its last checkpoint) and a finished run
+is not trained again (its ``result.json`` is returned).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lmft_core.config import Profile
+from lmft_core.files import atomic_write
+from lmft_core.model import ModelConfig, PolicyConfig, SelectorConfig
+from lmft_core.shard_format import unpack_array
+from lmft_core.shards import ShardError, ShardSet, label_map_tensor
+from lmft_core.tracking import TrackingConfig
+from lmft_core.train.config import TrainConfig
+from lmft_core.train.loop import TrainJob
+
+log = logging.getLogger(__name__)
+RESULT_FILE = "result.json"
+
+
+class TrainError(RuntimeError):
+    """The run cannot start or did not finish; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a finished run left: its name and folder, MLflow run, final checkpoint, logged model, evaluation."""
+
+    run_name: str
+    run_dir: str
+    mlflow_run_id: str
+    tracking_uri: str
+    checkpoint: str
+    model_uri: str
+    tau_hat: float
+    evaluation: dict
+    train_clips_per_s: float
+    elapsed_s: float
+
+    @classmethod
+    def load(cls, path: Path) -> TrainResult:
+        return cls(**json.loads(path.read_text()))
+
+
+def _energy_of(shards: ShardSet, domain: str, split: str) -> torch.Tensor:
+    table = shards.read(domain, split, ["energy", "energy_shape"])
+    return torch.from_numpy(np.ascontiguousarray(unpack_array(table, "energy", np.float32)))
+
+
+def resolved_config(profile: Profile, parts: dict, evaluate: tuple[SelectorConfig, ...], shards: ShardSet) -> dict:
+    """The configuration a run resolves to (JSON-able): every component's config, the evaluation
+    selectors (calibrated) and the shards' identity."""
+    out = {name: dataclasses.asdict(cfg) for name, cfg in parts.items()}
+    out["evaluate"] = [dataclasses.asdict(s) for s in evaluate]
+    out["profile"] = profile.name
+    out["shards"] = {"root": str(shards.root), "config_hash": shards.metadata.get("config_hash", ""),
+                     "classes": list(shards.classes), "untrained_clip": bool(shards.metadata.get("untrained_clip", False))}
+    return json.loads(json.dumps(out))  # tuples -> lists: the form checkpoints and MLflow store
+
+
+def prepare(profile: Profile, shards_path: str | Path, workdir: str | Path) -> tuple[TrainJob, str]:
+    """The job of ``profile`` on ``shards_path`` and its run name; every input checked (module docstring)."""
+    try:
+        shards = ShardSet.open(shards_path)
+        shards.check_geometry(profile.clip)
+    except ShardError as e:
+        raise TrainError(str(e)) from None
+    cfg: TrainConfig = profile.section("train")
+    model: ModelConfig = replace(profile.section("model"), clip=profile.clip, num_classes=shards.num_classes)
+    policy: PolicyConfig = profile.section("policy")
+    selector: SelectorConfig = profile.section("selector")
+    if cfg.require_pretrained and not model.pretrained:
+        raise TrainError(f"{profile.path}: train.require_pretrained is set but model.pretrained is empty: pass the "
+                         "VideoMAE checkpoint with --set model.pretrained=/path/to/checkpoint.pth")
+    if model.pretrained and not Path(model.pretrained).exists():
+        raise TrainError(f"model.pretrained: {model.pretrained} does not exist")
+    try:
+        label_map_tensor(shards.classes, cfg.hflip_label_map)
+        counts = {key: shards.require(*key, what) for key, what in (
+            (("source", "train"), "training (L_s)"), (("target", "train"), "training (adaptation)"),
+            (("target", "test"), "the evaluation"))}
+    except ShardError as e:
+        raise TrainError(str(e)) from None
+    per_rank = min(counts[("source", "train")], counts[("target", "train")]) // cfg.workers
+    steps = per_rank // (cfg.batch_size * cfg.accum_steps)
+    if steps == 0:
+        raise TrainError(f"{per_rank} clips per worker and domain (the smaller of source-train "
+                         f"{counts[('source', 'train')]} and target-train {counts[('target', 'train')]}, over "
+                         f"{cfg.workers} workers) is less than one step of train.batch_size x accum_steps = "
+                         f"{cfg.batch_size * cfg.accum_steps}: lower them")
+    if cfg.max_steps_per_epoch:
+        steps = min(steps, cfg.max_steps_per_epoch)
+    energy = _energy_of(shards, "source", "train")
+    selector = selector.calibrated(energy)
+    evaluate = tuple(s.calibrated(energy) for s in cfg.evaluate)
+    config = resolved_config(profile, {"clip": profile.clip, "model": model, "policy": policy, "selector": selector,
+                                       "train": cfg}, evaluate, shards)
+    digest = hashlib.sha256(json.dumps({k: v for k, v in config.items() if k != "profile"}, sort_keys=True).encode()).hexdigest()[:10]
+    name = cfg.run_name or f"{profile.name}-{selector.label}-s{cfg.seed}-{digest}"
+    tracking = profile.section("tracking", TrackingConfig)
+    job = TrainJob(shards=str(shards.root), classes=shards.classes, model=model, policy=policy, selector=selector,
+                   train=cfg, evaluate=evaluate, steps_per_epoch=steps, config=config,
+                   tracking_uri=tracking.resolve_uri(Path(workdir)))
+    return job, name
+
+
+def target_pass_rate(shards: ShardSet, gamma_c: float) -> tuple[int, int]:
+    """(target-train clips whose CLIP confidence exceeds gamma_c, target-train clips)."""
+    conf = shards.read("target", "train", ["pseudo_confidence"]).column("pseudo_confidence").to_numpy()
+    return int((conf > gamma_c).sum()), len(conf)
+
+
+def _ensure_ray():
+    import ray
+
+    if not ray.is_initialized():
+        ray.init()
+    return ray
+
+
+def _worker_env() -> dict[str, str]:
+    """MLflow settings the workers need (Ray does not forward the driver's environment)."""
+    keys = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_INSECURE_TLS")
+    return {k: os.environ[k] for k in keys if k in os.environ}
+
+
+def run_training(profile: Profile, shards_path: str | Path, workdir: str | Path,
+                 parent_run_id: str | None = None) -> TrainResult:
+    """Adapt on ``shards_path`` with ``profile`` (module docstring); returns the finished run's result."""
+    from lmft_core.tracking import start_run
+    from lmft_core.train.artifacts import log_artifacts
+
+    t0 = time.perf_counter()
+    workdir = Path(workdir).resolve()
+    job, name = prepare(profile, shards_path, workdir)
+    run_dir = workdir / "train" / name
+    if (run_dir / RESULT_FILE).is_file():
+        print(f"[lmft] training run {name} already finished: {run_dir / RESULT_FILE}")
+        return TrainResult.load(run_dir / RESULT_FILE)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    shards = ShardSet.open(job.shards)
+    passing, n_target = target_pass_rate(shards, job.train.gamma_c)
+    if passing == 0:
+        log.warning("no target-train clip has a CLIP confidence above train.gamma_c=%s: L_t is 0 throughout and the "
+                    "adaptation is source-only (untrained CLIP: %s)", job.train.gamma_c, shards.metadata.get("untrained_clip"))
+    tracking = profile.section("tracking", TrackingConfig)
+    id_file = run_dir / "mlflow_run_id"
+    resume_id = id_file.read_text().strip() if id_file.is_file() else None
+    with start_run(tracking, workdir, run_name=name, parent_run_id=parent_run_id, resume_run_id=resume_id) as run:
+        id_file.write_text(run.run_id)
+        if resume_id is None:
+            run.log_params(job.config)
+            run.set_tags({"lmft.stage": "train", "lmft.shards": job.shards, "lmft.selector": job.selector.label,
+                          "lmft.untrained_clip": shards.metadata.get("untrained_clip", False),
+                          "lmft.pretrained": job.model.pretrained or "none (random init)"})
+            run.log_metrics({"data/target_train_clips": n_target, "data/target_train_pseudo_pass": passing,
+                             "data/target_train_pseudo_pass_rate": passing / n_target, "data/steps_per_epoch": job.steps_per_epoch})
+        job = replace(job, mlflow_run_id=run.run_id)
+        checkpoint = fit(job, name, workdir)
+        result = log_artifacts(job, run, name, run_dir, checkpoint, profile.path, time.perf_counter() - t0)
+    with atomic_write(run_dir / RESULT_FILE) as f:
+        f.write(json.dumps(dataclasses.asdict(result), indent=2))
+    return result
+
+
+def fit(job: TrainJob, name: str, workdir: Path) -> Path:
+    """Fit ``job`` with Ray Train (resuming ``name`` if it ran before); returns the final checkpoint folder."""
+    from lmft_core.train.ray_train import build_trainer, train_datasets
+
+    ray = _ensure_ray()
+    gpus = job.train.gpus_per_worker
+    if gpus is None:
+        gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+    trainer = build_trainer(job, train_datasets(ShardSet.open(job.shards), job.train), name, workdir / "ray_train",
+                            gpus, worker_env=_worker_env())
+    try:
+        result = trainer.fit()
+    except Exception as e:  # noqa: BLE001 - Ray wraps worker errors; keep the cause in the message
+        raise TrainError(f"training run {name} failed after its retries (train.max_failures={job.train.max_failures}): "
+                         f"{e}\nRe-running the same command resumes from the last checkpoint.") from e
+    if result.checkpoint is None:
+        raise TrainError(f"training run {name} finished without a checkpoint")
+    return Path(result.checkpoint.path)
+

@@ -1,0 +1,214 @@
+"""One training step of LMFT adaptation, runnable in a plain process (no Ray): :class:`Learner`.
+
+A step takes ``accum_steps`` micro-batches, each a (source, target) pair of :class:`ClipBatch`, and:
+
+1. selects the tokens of every clip of the step in **one** selector call (source and target, all
+   micro-batches), so one threshold tau serves the whole step; tau is drawn from a generator seeded by
+   ``(seed, step)``, the same on every rank;
+2. runs the packed forward of source and target together, per micro-batch, and back-propagates
+   ``(L_s + lambda_t * L_t) / accum_steps``, where ``L_t`` is the cross-entropy against CLIP's
+   pseudo-labels on the target clips whose confidence exceeds ``gamma_c``: ``sum / max(count, 1)``,
+   so a micro-batch with no such clip contributes exactly 0 (never 0/0 = NaN);
+3. sums the step's losses and discard rates over micro-batches and ranks (one all-reduce), computes
+   the reward ``R = sum_d (-lambda_L * L_d - (1 - rho_d))`` from those global means, identical on
+   every rank, and back-propagates the REINFORCE surrogate ``-(R - b) * log pi(tau)``;
+4. clips the model's gradients, takes one optimizer step (model and policy groups), then commits the
+   policy's step (baseline update and step count, once per step index: a retried step cannot
+   update the baseline twice) and synchronises the policy (below).
+
+**The policy is identical on every worker after every step** by one mechanism: rank 0's policy is the
+policy. After each step rank 0 broadcasts (mu, log sigma, baseline, step) and every rank copies them.
+(Every rank also computes the same update from the same tau and the same all-reduced reward, so the
+broadcast changes nothing where floating point agrees; it makes agreement exact where it would not,
+e.g. across GPU models.) The policy lives outside DDP and stays in fp32: it is never under autocast.
+
+A step whose losses are not finite on any rank is skipped on all ranks (no optimizer step, no policy
+update; counted in ``skipped_steps``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from contextlib import nullcontext
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from lmft_core.model import ThresholdPolicy
+from lmft_core.shards import ClipBatch, hflip
+from lmft_core.train.adapter import Adapter
+from lmft_core.train.config import TrainConfig
+from lmft_core.train.dist import Dist
+
+
+# What a step sums over its micro-batches and over ranks (one all-reduce of these, in this order).
+SUMS = ("ce_source", "labelled", "ce_target", "passing", "discard_source", "source_clips", "discard_target",
+        "target_clips", "non_finite")
+
+
+def step_generator(seed: int, step: int, stream: int = 0) -> torch.Generator:
+    """A CPU generator that is a function of ``(seed, step, stream)`` only (resume-safe, rank-free)."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + step) * 7919 + stream)
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of ``train.precision`` on ``device`` (None: fp32, no autocast)."""
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return None
+
+
+def param_groups(adapter: Adapter, cfg: TrainConfig) -> list[dict]:
+    """AdamW groups: model weight matrices (decay), other model parameters (no decay), the policy."""
+    decay, no_decay = [], []
+    for _, p in adapter.model.named_parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 else no_decay).append(p)
+    return [
+        {"params": decay, "weight_decay": cfg.weight_decay, "lr": cfg.lr, "name": "model_decay"},
+        {"params": no_decay, "weight_decay": 0.0, "lr": cfg.lr, "name": "model_no_decay"},
+        {"params": list(adapter.policy.parameters()), "weight_decay": 0.0, "lr": cfg.policy_lr, "name": "policy"},
+    ]
+
+
+def lr_factor(step: int, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
+    """Model learning-rate multiplier: linear warm-up to 1 over ``warmup_steps``, then cosine to ``min_ratio``."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def sync_policy(policy: ThresholdPolicy, dist: Dist) -> None:
+    """Copy rank 0's (mu, log sigma, baseline, step) to every rank (see the module docstring)."""
+    if not dist.active:
+        return
+    with torch.no_grad():
+        state = torch.stack([policy.mu.detach(), policy.log_sigma.detach(), policy.baseline,
+                             policy.step.to(policy.mu.dtype)]).to(torch.float64)
+        dist.broadcast(state, src=0)
+        policy.mu.copy_(state[0])
+        policy.log_sigma.copy_(state[1])
+        policy.baseline.copy_(state[2])
+        policy.step.copy_(state[3].round().to(torch.int64))
+
+
+class Learner:
+    """The model, policy, optimizer and schedule of one training process, and its :meth:`step`.
+
+    ``steps_per_epoch`` and the config's epochs fix the schedule (warm-up, cosine); ``dist`` gives this
+    process's rank and world size (a plain ``Dist()`` for one process); ``label_map`` (K,) pairs the
+    classes a horizontal flip swaps (:func:`lmft_core.shards.hflip`).
+    """
+
+    def __init__(self, adapter: Adapter, cfg: TrainConfig, steps_per_epoch: int, dist: Dist = Dist(),
+                 device: torch.device | str = "cpu", label_map: Tensor | None = None):
+        self.cfg, self.dist, self.device = cfg, dist, torch.device(device)
+        self.adapter = adapter.to(self.device)
+        self.model = dist.wrap(self.adapter.model, self.device)  # DDP wraps the model only
+        self.label_map = None if label_map is None else label_map.to(self.device)
+        self.amp_dtype = autocast_dtype(cfg.precision, self.device)
+        self.steps_per_epoch = steps_per_epoch
+        self.total_steps = max(1, steps_per_epoch * cfg.epochs)
+        warmup = round(cfg.warmup_epochs * steps_per_epoch)
+        self.optimizer = torch.optim.AdamW(param_groups(self.adapter, cfg), betas=(0.9, 0.999))
+        model_lambda = lambda s: lr_factor(s, warmup, self.total_steps, cfg.min_lr / cfg.lr)  # noqa: E731
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, [model_lambda, model_lambda, lambda s: 1.0])
+        self.learns_policy = adapter.selector_config.name == "lmft"
+        self.skipped_steps = 0
+
+    @property
+    def step(self) -> int:
+        """Optimizer steps taken (the policy counts the same)."""
+        return int(self.adapter.policy.step)
+
+    def _prepare(self, batch: ClipBatch, stream: int) -> ClipBatch:
+        batch = batch.to(self.device, non_blocking=True)
+        if self.cfg.hflip:
+            g = step_generator(self.cfg.seed, self.step, stream * 4099 + 1 + self.dist.rank)
+            flip = (torch.rand(len(batch), generator=g) < 0.5).to(self.device)
+            batch = hflip(batch, flip, self.label_map)
+        return batch
+
+    def step_once(self, micro_batches: Sequence[tuple[ClipBatch, ClipBatch]]) -> dict[str, float]:
+        """One optimizer step over ``micro_batches`` (module docstring); returns its metrics (floats)."""
+        cfg, policy, step = self.cfg, self.adapter.policy, self.step
+        if len(micro_batches) != cfg.accum_steps:
+            raise ValueError(f"a step takes train.accum_steps={cfg.accum_steps} micro-batches, got {len(micro_batches)}")
+        self.adapter.train()
+        pairs = [(self._prepare(s, 2 * i), self._prepare(t, 2 * i + 1)) for i, (s, t) in enumerate(micro_batches)]
+        energy = torch.cat([b.energy for pair in pairs for b in pair])
+        sel = self.adapter.selection(energy, step_generator(cfg.seed, step))  # one call: one tau for the step
+        keeps = sel.keep.split([len(b) for pair in pairs for b in pair])
+        rho = sel.discard_rate.split([len(b) for pair in pairs for b in pair])
+
+        # sums over the step's micro-batches (then over ranks), see SUMS
+        sums = torch.zeros(len(SUMS), dtype=torch.float64, device=self.device)
+        self.optimizer.zero_grad(set_to_none=True)
+        for i, (src, tgt) in enumerate(pairs):
+            last = i == len(pairs) - 1
+            sync = nullcontext() if last or not self.dist.active else self.model.no_sync()
+            with sync:
+                video = torch.cat([src.video(), tgt.video()])
+                keep = torch.cat([keeps[2 * i], keeps[2 * i + 1]])
+                amp = torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
+                with amp:
+                    logits = self.model(video, keep)
+                logits = logits.float()
+                ce_s = F.cross_entropy(logits[: len(src)], src.label, ignore_index=-1, reduction="none",
+                                       label_smoothing=cfg.label_smoothing)
+                labelled = src.label >= 0
+                passing = tgt.pseudo_confidence > cfg.gamma_c
+                ce_t = F.cross_entropy(logits[len(src):], tgt.pseudo_label, reduction="none",
+                                       label_smoothing=cfg.label_smoothing) * passing
+                loss_s = ce_s.sum() / labelled.sum().clamp(min=1)
+                loss_t = ce_t.sum() / passing.sum().clamp(min=1)  # exactly 0 when no target clip passes
+                ((loss_s + cfg.lambda_t * loss_t) / cfg.accum_steps).backward()
+            with torch.no_grad():
+                parts = [ce_s.sum(), labelled.sum(), ce_t.sum(), passing.sum(), rho[2 * i].sum(),
+                         src.label.new_tensor(len(src)), rho[2 * i + 1].sum(), src.label.new_tensor(len(tgt)),
+                         ~torch.isfinite(logits).all()]
+                sums += torch.stack([p.double() for p in parts])
+        s = dict(zip(SUMS, self.dist.all_reduce_sum(sums)))
+        loss_s, loss_t = s["ce_source"] / s["labelled"].clamp(min=1), s["ce_target"] / s["passing"].clamp(min=1)
+        rho_s, rho_t = s["discard_source"] / s["source_clips"], s["discard_target"] / s["target_clips"]
+        metrics = {"loss_source": float(loss_s), "loss_target": float(loss_t),
+                   "loss": float(loss_s + cfg.lambda_t * loss_t), "discard_rate_source": float(rho_s),
+                   "discard_rate_target": float(rho_t), "pseudo_label_pass_rate": float(s["passing"] / s["target_clips"]),
+                   "clips": float(s["source_clips"] + s["target_clips"])}
+        if s["non_finite"] > 0 or not (math.isfinite(metrics["loss_source"]) and math.isfinite(metrics["loss_target"])):
+            self.optimizer.zero_grad(set_to_none=True)
+            self.skipped_steps += 1
+            return metrics | {"skipped_steps": float(self.skipped_steps)}
+
+        reward = policy.reward([loss_s.float(), loss_t.float()], [rho_s.float(), rho_t.float()])
+        advantage = policy.advantage(reward)
+        if self.learns_policy:
+            policy.surrogate(sel.tau, advantage).backward()
+        params = [p for p in self.adapter.model.parameters() if p.grad is not None]
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        policy.commit(reward, step)
+        sync_policy(policy, self.dist)
+        return metrics | {
+            "reward": float(reward), "advantage": float(advantage), "baseline": float(policy.baseline),
+            "tau": float(sel.tau) if sel.tau is not None else float("nan"), "mu": float(policy.mu.detach()),
+            "sigma": float(policy.sigma.detach()), "tau_hat": float(policy.inference_tau()), "lr": lr,
+            "grad_norm": float(grad_norm), "skipped_steps": float(self.skipped_steps),
+        }
+
+    def state_dict(self) -> dict:
+        """Adapter (model and policy), optimizer, scheduler and counters, for a checkpoint."""
+        return {"adapter": self.adapter.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "skipped_steps": self.skipped_steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.adapter.load_state_dict(state["adapter"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.skipped_steps = int(state["skipped_steps"])
