@@ -178,14 +178,15 @@ def model_input(frames: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
 
 def batch_from_table(table: pa.Table) -> ClipBatch:
     """Shard rows (with :data:`BATCH_COLUMNS`) -> a CPU :class:`ClipBatch`."""
-    labels = table.column("label_index").fill_null(-1).to_numpy(zero_copy_only=False)
+    def column(name: str, dtype) -> torch.Tensor:  # a writable copy (Arrow's zero-copy arrays are read-only)
+        return torch.from_numpy(np.array(table.column(name).fill_null(-1).to_numpy(zero_copy_only=False), dtype=dtype))
+
     return ClipBatch(
         frames=torch.from_numpy(unpack_array(table, "frames", np.uint8)),
-        energy=torch.from_numpy(np.ascontiguousarray(unpack_array(table, "energy", np.float32))),
-        label=torch.from_numpy(labels.astype(np.int64, copy=False)),
-        pseudo_label=torch.from_numpy(table.column("pseudo_label").to_numpy().astype(np.int64, copy=False)),
-        pseudo_confidence=torch.from_numpy(table.column("pseudo_confidence").to_numpy().astype(np.float32, copy=False)),
-        clip_probs=torch.from_numpy(np.ascontiguousarray(unpack_array(table, "clip_probs", np.float32))),
+        energy=torch.from_numpy(np.array(unpack_array(table, "energy", np.float32))),
+        label=column("label_index", np.int64), pseudo_label=column("pseudo_label", np.int64),
+        pseudo_confidence=column("pseudo_confidence", np.float32),
+        clip_probs=torch.from_numpy(np.array(unpack_array(table, "clip_probs", np.float32))),
     )
 
 

@@ -43,3 +43,37 @@ def ray_local():
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield ray
     ray.shutdown()
+
+
+# A small training configuration for tests: 8 frames of 32 px in tubelets of 2 x 8 x 8 (a 4 x 4 x 4
+# token grid), a tiny CLIP saved to disk (loaded through the same option as real weights), a
+# two-block ViT, two Ray Train workers.
+TINY_CLIP_GEOMETRY = ["clip.num_frames=8", "clip.image_size=32", "clip.patch=8"]
+TINY_TRAIN = ["model.size='vit_tiny'", "model.embed_dim=48", "model.depth=2", "model.num_heads=3",
+              "train.epochs=3", "train.batch_size=2", "train.workers=2", "train.cpus_per_worker=0.5",
+              "train.eval_batch_size=8", "train.warmup_epochs=0.0", "train.gamma_c=0.3", "train.log_every_steps=1"]
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_weights(tmp_path_factory):
+    from lmft_core.pseudo_labels import save_random_checkpoint
+
+    return save_random_checkpoint(tmp_path_factory.mktemp("tiny_clip"), seed=0)
+
+
+def tiny_clip_overrides(clip) -> list[str]:
+    return [f'pseudo_labels.model="{clip.model}"', f'pseudo_labels.model_config="{clip.model_config}"',
+            f'pseudo_labels.pretrained="{clip.pretrained}"']
+
+
+@pytest.fixture(scope="session")
+def tiny_shards(ray_local, tiny_demo, tiny_clip_weights, tmp_path_factory) -> Path:
+    """The tiny demo set preprocessed at the tiny geometry (the output root, with LATEST)."""
+    from lmft_core.config import load_profile
+    from lmft_core.preprocess import run_preprocess
+
+    out = tmp_path_factory.mktemp("tiny_shards")
+    profile = load_profile("demo", TINY_CLIP_GEOMETRY + tiny_clip_overrides(tiny_clip_weights)
+                           + ["preprocess.decode_batch_size=4", "preprocess.labeler_batch_size=8"])
+    run_preprocess(tiny_demo, out, profile)
+    return out

@@ -147,7 +147,8 @@ def run_worker(job: TrainJob, dist: Dist, data: EpochData, checkpoint: dict | No
             torch.manual_seed(cfg.seed * 7919 + dist.rank * 104729 + learner.step)
     else:
         torch.manual_seed(cfg.seed * 7919 + dist.rank * 104729)  # per-rank randomness (drop path)
-    resumed = {"resumed_from_epoch": float(start_epoch), "resumed_from_step": float(learner.step)}
+    resumed = {"resumed_from_epoch": float(start_epoch), "resumed_from_step": float(learner.step),
+               **{f"resumed_policy_{k}": float(v) for k, v in policy_values(adapter.policy).items()}}
     if checkpoint is not None and dist.is_main and sink is not None:
         sink.add({f"train/{k}": v for k, v in resumed.items()}, learner.step)
 

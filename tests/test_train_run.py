@@ -1,0 +1,167 @@
+"""Adaptation on Ray Train end to end: the MLflow run, the logged model, checkpoints, resuming after a
+killed worker, finished runs not retrained, and bad input caught before any compute."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from lmft_core.config import load_profile
+from lmft_core.shards import BATCH_COLUMNS, ShardSet, batch_from_table
+from lmft_core.train.checkpoint import load_checkpoint
+from lmft_core.train.run import TrainError, prepare, run_training
+
+from conftest import TINY_CLIP_GEOMETRY, TINY_TRAIN, entry_main
+
+
+def profile(*extra: str):
+    return load_profile("demo", TINY_CLIP_GEOMETRY + TINY_TRAIN + list(extra))
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_shards, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("train")
+    return workdir, run_training(profile(), tiny_shards, workdir)
+
+
+def test_run_logs_params_metrics_artifacts_and_a_model_that_predicts(trained, tiny_shards):
+    workdir, result = trained
+    client = MlflowClient(tracking_uri=result.tracking_uri)
+    run = client.get_run(result.mlflow_run_id)
+    assert run.info.status == "FINISHED" and run.info.run_name == result.run_name
+    params = run.data.params
+    assert params["train.gamma_c"] == "0.3" and params["model.clip.image_size"] == "32" and params["model.num_classes"] == "3"
+    assert params["selector.name"] == "lmft" and params["shards.classes"] == "['jump', 'walk', 'wave']"
+    metrics = run.data.metrics
+    for key in ("train/loss", "train/loss_source", "train/loss_target", "train/reward", "train/baseline", "train/tau",
+                "train/mu", "train/sigma", "train/tau_hat", "train/discard_rate_source", "train/discard_rate_target",
+                "train/pseudo_label_pass_rate", "train/lr", "train/clips_per_s", "train/data_wait_s", "train/step_time_s",
+                "epoch/clips_per_s", "epoch/data_wait_fraction", "eval_target/lmft/top1", "eval_target/full/top1",
+                "eval_target/random-match-lmft/discard_rate", "eval_target/threshold-keep0.50/gflops_per_clip",
+                "eval_target/topk-keep0.50/mean_class_accuracy", "eval_source_val/lmft/top1", "final/tau_hat"):
+        assert key in metrics, key
+    steps = client.get_metric_history(result.mlflow_run_id, "train/tau")
+    # 9 source / 6 target train clips, 2 workers x batch 2: one step per epoch, 3 epochs
+    assert [m.step for m in steps] == [1, 2, 3]
+    ev = result.evaluation
+    assert ev["full"]["discard_rate"] == 0.0 and ev["topk-keep0.50"]["discard_rate"] == pytest.approx(0.5)
+    assert ev["random-match-lmft"]["discard_rate"] == pytest.approx(ev["lmft"]["discard_rate"])
+    assert ev["full"]["gflops_per_clip"] > ev["topk-keep0.50"]["gflops_per_clip"]
+    assert sum(map(sum, ev["lmft"]["confusion"])) == 6 == ev["lmft"]["clips"]
+    arts = {a.path for folder in ("config", "policy", "evaluation", "plots")
+            for a in client.list_artifacts(result.mlflow_run_id, folder)}
+    assert {"config/resolved.json", "config/demo.toml", "policy/policy.json", "evaluation/evaluation.json",
+            "evaluation/efficiency.md", "plots/threshold.png", "plots/kept_tokens.png", "plots/confusion.png"} <= arts
+    policy = json.loads((Path(result.run_dir) / "artifacts" / "policy.json").read_text())
+    assert policy["tau_hat"] == pytest.approx(result.tau_hat) and policy["step"] == 3
+
+    # the logged model: mlflow.pytorch.load_model gives the adapter with tau_hat inside
+    import mlflow.pytorch
+
+    model = mlflow.pytorch.load_model(result.model_uri)
+    b = batch_from_table(ShardSet.open(tiny_shards).read("target", "test", BATCH_COLUMNS))
+    out = model.predict(b.frames, b.energy)
+    assert out["probs"].shape == (6, 3) and torch.allclose(out["probs"].sum(-1), torch.ones(6))
+    assert float(model.policy.inference_tau()) == pytest.approx(result.tau_hat)
+    assert (out["label"] == out["probs"].argmax(-1)).all()
+    expected_keep = 1.0 - torch.tensor(ev["lmft"]["discard_rate"])
+    assert float(out["keep_ratio"].mean()) == pytest.approx(float(expected_keep), abs=1e-6)
+
+
+def test_checkpoint_holds_everything_and_loads_weights_only(trained):
+    _, result = trained
+    state = load_checkpoint(result.checkpoint)  # torch.load(weights_only=True) inside
+    assert state["epoch"] == 3 and state["step"] == 3
+    assert {"adapter", "optimizer", "scheduler"} <= set(state["learner"])
+    assert any(k.startswith("model.") for k in state["learner"]["adapter"]) and "policy.mu" in state["learner"]["adapter"]
+    assert state["classes"] == ["jump", "walk", "wave"] and state["clip"]["image_size"] == 32
+    assert state["config"]["train"]["gamma_c"] == 0.3 and "torch" in state["rng"]
+    assert state["policy"]["tau_hat"] == pytest.approx(result.tau_hat)
+    assert torch.load(Path(result.checkpoint) / "checkpoint.pt", weights_only=True)["format"] == "lmft-train-checkpoint-v1"
+
+
+def test_a_finished_run_is_not_trained_again(trained, tiny_shards):
+    workdir, result = trained
+    t0 = time.perf_counter()
+    again = run_training(profile(), tiny_shards, workdir)
+    assert again == result and time.perf_counter() - t0 < 10
+    client = MlflowClient(tracking_uri=result.tracking_uri)
+    exp = client.get_run(result.mlflow_run_id).info.experiment_id
+    assert len(client.search_runs([exp], f"tags.mlflow.runName = '{result.run_name}'")) == 1
+
+
+def _kill_a_worker_after(checkpoint: Path, killed: dict, timeout_s: float = 240) -> None:
+    from ray._private import state
+
+    deadline = time.time() + timeout_s
+    while time.time() < deadline and not checkpoint.exists():
+        time.sleep(0.2)
+    for actor in state.actors().values():
+        if actor["ActorClassName"] == "RayTrainWorker" and actor["State"] == "ALIVE":
+            os.kill(actor["Pid"], signal.SIGKILL)
+            killed["pid"] = actor["Pid"]
+            return
+
+
+def test_a_killed_worker_resumes_from_the_last_checkpoint(tiny_shards, tmp_path):
+    p = profile("train.epochs=8", "train.keep_checkpoints=10", "train.max_failures=2", "train.run_name='killed'")
+    killed: dict = {}
+    watcher = threading.Thread(target=_kill_a_worker_after, args=(tmp_path / "ray_train" / "killed" / "epoch_0003", killed))
+    watcher.start()
+    result = run_training(p, tiny_shards, tmp_path)
+    watcher.join()
+    assert killed, "no worker was killed"
+    client = MlflowClient(tracking_uri=result.tracking_uri)
+    resumed = client.get_metric_history(result.mlflow_run_id, "train/resumed_from_step")
+    assert resumed and resumed[-1].value > 0  # restarted from a checkpoint, not from scratch
+    epoch = int(client.get_metric_history(result.mlflow_run_id, "train/resumed_from_epoch")[-1].value)
+    saved = load_checkpoint(tmp_path / "ray_train" / "killed" / f"epoch_{epoch:04d}")["policy"]
+    assert resumed[-1].value == saved["step"]
+    for key in ("mu", "log_sigma", "baseline", "step", "tau_hat"):
+        restored = client.get_metric_history(result.mlflow_run_id, f"train/resumed_policy_{key}")[-1].value
+        assert restored == pytest.approx(saved[key], rel=1e-6), key
+    assert load_checkpoint(result.checkpoint)["epoch"] == 8  # and it finished
+
+
+def test_bad_input_is_caught_before_any_compute(tiny_shards, tmp_path):
+    with pytest.raises(TrainError, match=r"clip.image_size: profile 64, shards 32"):
+        prepare(load_profile("demo", TINY_TRAIN), tiny_shards, tmp_path)
+    with pytest.raises(TrainError, match="less than one step of train.batch_size x accum_steps = 64"):
+        prepare(profile("train.batch_size=64"), tiny_shards, tmp_path)
+    with pytest.raises(TrainError, match="train.hflip_label_map: 'left' is not a class"):
+        prepare(profile("train.hflip_label_map={left='right'}"), tiny_shards, tmp_path)
+    with pytest.raises(TrainError, match="model.pretrained is empty"):
+        prepare(profile("train.require_pretrained=true"), tiny_shards, tmp_path)
+    # a preprocessing output without target-test clips
+    root = ShardSet.open(tiny_shards).root
+    copy = tmp_path / "no_test"
+    shutil.copytree(root, copy)
+    import pyarrow.parquet as pq
+
+    for f in (copy / "shards").glob("*.parquet"):
+        t = pq.read_table(f)
+        keep = [not (d == "target" and s == "test") for d, s in zip(t.column("domain").to_pylist(), t.column("split").to_pylist())]
+        pq.write_table(t.filter(keep), f)
+    with pytest.raises(TrainError, match="no target-test clips in the shards, and the evaluation needs them"):
+        prepare(profile(), copy, tmp_path)
+    main = entry_main("train")
+    assert main(["--shards", str(tmp_path / "nothing"), "--workdir", str(tmp_path)]) == 2
+
+
+def test_job_has_geometry_from_clip_and_classes_from_the_shards(tiny_shards, tmp_path):
+    job, name = prepare(profile(), tiny_shards, tmp_path)
+    assert job.model.clip.image_size == 32 and job.model.num_classes == 3
+    assert job.steps_per_epoch == 1 and name.startswith("demo-lmft-s0-")
+    assert prepare(profile(), tiny_shards, tmp_path)[1] == name  # the same command names the same run
+    assert prepare(profile("train.seed=1"), tiny_shards, tmp_path)[1] != name
+    calibrated = {s.label: s for s in job.evaluate}["threshold-keep0.50"]
+    assert calibrated.tau is not None and 0.0 <= calibrated.tau <= 1.0
