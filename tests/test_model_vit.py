@@ -271,3 +271,20 @@ def test_clip_geometry_and_class_count_are_never_silent_defaults():
         load_profile("demo", ["model.num_classes=101"])
     with pytest.raises(ConfigError, match=r"\[model\]: 'clip' is not set in a profile section: it comes from the profile's \[clip\]"):
         load_profile("demo", ["model.clip={image_size=224}"])
+
+
+def test_kept_tubelet_embedding_equals_the_conv_then_gather():
+    """The fast path embeds only kept tubelets (gather + matmul); the reference runs the Conv3d on every
+    token and gathers. Same values, same weight gradients, also for a channels-last clip (model input
+    made from (B, T, S, S, 3) frames)."""
+    model = make()
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(3, 8, 32, 32, 3, generator=g).permute(0, 4, 1, 2, 3)  # non-contiguous, as model_input makes it
+    keep = torch.rand(3, *CLIP.grid, generator=g) < 0.4
+    pe = model.patch_embed
+    fast = pe.kept(x, keep)
+    ref = pe(x.contiguous())[keep.flatten(1)]
+    torch.testing.assert_close(fast, ref, atol=1e-5, rtol=1e-5)
+    (gw_fast,) = torch.autograd.grad(fast.square().sum(), pe.proj.weight)
+    (gw_ref,) = torch.autograd.grad(ref.square().sum(), pe.proj.weight)
+    torch.testing.assert_close(gw_fast, gw_ref, atol=1e-4, rtol=1e-4)

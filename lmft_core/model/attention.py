@@ -97,12 +97,15 @@ class TokenLayout:
 
     def gather(self, x: Tensor, keep: Tensor) -> Tensor:
         """Kept tokens of ``x`` (B, N, D) in this layout: (L, D) packed or (B, L_max, D) padded."""
-        if self.layout == "padded" and self.pad_mask is None:
-            return x
-        packed = x[keep]  # row-major: video after video, each in token order
+        return self.place(x[keep])  # row-major: video after video, each in token order
+
+    def place(self, packed: Tensor) -> Tensor:
+        """Kept tokens given packed (L, D), video after video -> this layout: (L, D) or (B, L_max, D)."""
         if self.layout == "packed":
             return packed
-        out = x.new_zeros(self.batch_size, self.max_len, x.shape[-1])
+        if self.pad_mask is None:  # every token kept: the plain batch
+            return packed.view(self.batch_size, self.max_len, packed.shape[-1])
+        out = packed.new_zeros(self.batch_size, self.max_len, packed.shape[-1])
         out[self.pad_mask] = packed
         return out
 

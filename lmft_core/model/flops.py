@@ -1,9 +1,8 @@
 """Forward FLOPs of one clip for a given number of kept tokens (a multiply-add counts 2 FLOPs).
 
-Counted as :mod:`torch.utils.flop_counter` counts (tests check the two agree): the Conv3d tubelet
-embedding over all N tokens of the clip (it runs before selection), and for each block of ``n`` kept
-tokens the linear layers ``2 n (3D^2 + D^2 + 2 D M)`` and attention ``4 n^2 D`` (QK^T and AV), then
-the head ``2 D C``. Norms, activations, softmax and pooling are not counted. A training step costs
+Counted as :mod:`torch.utils.flop_counter` counts (tests check the two agree): the tubelet embedding
+of the ``n`` kept tokens (only kept tubelets are embedded), and for each block the linear layers
+``2 n (3D^2 + D^2 + 2 D M)`` and attention ``4 n^2 D`` (QK^T and AV), then the head ``2 D C``. Norms, activations, softmax and pooling are not counted. A training step costs
 about three times the forward. ViT-B/16 on a full 16x224x224 clip: 361 GFLOPs, the "180 G" that
 VideoMAE reports counted in multiply-adds (fvcore's convention).
 """
@@ -22,7 +21,7 @@ def clip_flops(config: ModelConfig, num_kept: int | Tensor) -> int | Tensor:
     clip = config.clip
     d, m = w.embed_dim, int(w.embed_dim * w.mlp_ratio)
     n = num_kept.to(torch.int64) if isinstance(num_kept, Tensor) else int(num_kept)
-    embed = 2 * clip.num_tokens * d * config.in_chans * clip.tubelet * clip.patch * clip.patch
+    embed = 2 * n * d * config.in_chans * clip.tubelet * clip.patch * clip.patch
     per_block = 2 * n * (4 * d * d + 2 * d * m) + 4 * n * n * d
     return embed + w.depth * per_block + 2 * d * config.num_classes
 

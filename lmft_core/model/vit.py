@@ -142,13 +142,31 @@ class PatchEmbed(nn.Module):
         kernel = (clip.tubelet, clip.patch, clip.patch)
         self.proj = nn.Conv3d(in_chans, dim, kernel_size=kernel, stride=kernel)
 
-    def forward(self, video: Tensor) -> Tensor:
+    def check(self, video: Tensor) -> None:
         expected = (self.proj.in_channels, self.clip.num_frames, self.clip.image_size, self.clip.image_size)
         if video.dim() != 5 or tuple(video.shape[1:]) != expected:
             raise ValueError(
                 f"video must be (B, C, T, H, W) = (B, {', '.join(map(str, expected))}), got {tuple(video.shape)}"
             )
+
+    def forward(self, video: Tensor) -> Tensor:
+        """Every token: (B, C, T, H, W) -> (B, N, D)."""
+        self.check(video)
         return self.proj(video).flatten(2).transpose(1, 2)
+
+    def kept(self, video: Tensor, keep: Tensor) -> Tensor:
+        """Only the kept tokens: (B, C, T, H, W) and keep (B, N_t, N_h, N_w) bool -> (L, D), video after video.
+
+        The kept tubelets' pixels are gathered (a view splits the clip into its tubelets; indexing copies
+        only the kept ones) and multiplied by the Conv3d's weights as a matrix: the same numbers as
+        :meth:`forward` followed by a gather, at the cost of the kept tokens only (forward and backward).
+        """
+        self.check(video)
+        b, c = video.shape[:2]
+        (n_t, n_h, n_w), t, p = self.clip.grid, self.clip.tubelet, self.clip.patch
+        tubelets = video.view(b, c, n_t, t, n_h, p, n_w, p).permute(0, 2, 4, 6, 1, 3, 5, 7)
+        pixels = tubelets[keep].flatten(1)  # (L, C * t * p * p)
+        return F.linear(pixels, self.proj.weight.flatten(1), self.proj.bias)
 
 
 class Attention(nn.Module):
@@ -260,22 +278,28 @@ class VideoViT(nn.Module):
         return self.config.clip.num_tokens
 
     def embed(self, video: Tensor) -> Tensor:
-        """(B, C, T, H, W) -> (B, N, D) token embeddings with positions added."""
+        """(B, C, T, H, W) -> (B, N, D) embeddings of every token with positions added (a reference;
+        :meth:`features` embeds only the kept tokens)."""
         return self.patch_embed(video) + self.pos_embed.to(video.dtype)
 
     def features(self, video: Tensor, keep: Tensor | None = None, attention: str | None = None) -> Tensor:
-        """Pooled, normalised features (B, D) of the kept tokens (see :meth:`forward`)."""
-        x = self.embed(video)
-        backend = resolve_attention(attention or self.config.attention, x.device, compute_dtype(x))
+        """Pooled, normalised features (B, D) of the kept tokens (see :meth:`forward`).
+
+        Only the kept tokens are embedded (:meth:`PatchEmbed.kept`), so every layer's cost, the
+        tubelet embedding's included, scales with the tokens kept.
+        """
+        self.patch_embed.check(video)
+        b, grid = video.shape[0], self.config.clip.grid
+        backend = resolve_attention(attention or self.config.attention, video.device, compute_dtype(video))
         if keep is None:
-            keep = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
-        else:
-            expected = (x.shape[0], *self.config.clip.grid)
-            if tuple(keep.shape) != expected:
-                raise ValueError(f"keep must be (B, N_t, N_h, N_w) = {expected}, got {tuple(keep.shape)}")
-            keep = keep.reshape(x.shape[0], -1)
-        tokens = TokenLayout.from_keep(keep, backend.layout)
-        h = tokens.gather(x, keep)
+            keep = torch.ones((b, *grid), dtype=torch.bool, device=video.device)
+        elif tuple(keep.shape) != (b, *grid):
+            raise ValueError(f"keep must be (B, N_t, N_h, N_w) = {(b, *grid)}, got {tuple(keep.shape)}")
+        flat = keep.reshape(b, -1)
+        tokens = TokenLayout.from_keep(flat, backend.layout)
+        positions = flat.nonzero(as_tuple=True)[1]  # token index of each kept token, video after video
+        x = self.patch_embed.kept(video, keep) + self.pos_embed[positions].to(video.dtype)
+        h = tokens.place(x)
         for block in self.blocks:
             h = block(h, tokens, backend)
         return self.fc_norm(tokens.mean(h))
