@@ -10,11 +10,7 @@ on whatever device the batch is on.
 Layouts: frames uint8 ``(B, T, S, S, 3)`` as stored; the model input float ``(B, 3, T, S, S)``
 normalised with VideoMAE's ImageNet mean and std; motion energy ``(B, N_t, N_h, N_w)``.
 
-Augmentation: only the horizontal flip (:func:`hflip`), applied to frames and energy together (the
-energy of a flipped clip is the flipped energy map: tested). Random crops are not offered: the energy
-grid is fixed at preprocessing (one scalar per patch of the stored clip), so a crop that is not a
-multiple of the patch would have no energy map, and one that is would cut tokens from the grid that
-the model's positional table expects.
+Augmentations of these batches live in :mod:`lmft_core.augment`.
 """
 
 from __future__ import annotations
@@ -188,29 +184,6 @@ def batch_from_table(table: pa.Table) -> ClipBatch:
         pseudo_confidence=column("pseudo_confidence", np.float32),
         clip_probs=torch.from_numpy(np.array(unpack_array(table, "clip_probs", np.float32))),
     )
-
-
-def hflip(batch: ClipBatch, flip: Tensor, label_map: Tensor | None = None) -> ClipBatch:
-    """Flip the clips where ``flip`` (B,) bool is set: frames along W, energy along N_w, together.
-
-    ``label_map`` (K,) int64 maps a class to its mirror image (``slide_left`` -> ``slide_right``) for
-    direction-dependent classes; it is applied to ``label``, ``pseudo_label`` and ``clip_probs`` of the
-    flipped clips. None: every class is its own mirror image.
-    """
-    f5, f4 = flip.view(-1, 1, 1, 1, 1), flip.view(-1, 1, 1, 1)
-    out = ClipBatch(
-        frames=torch.where(f5, batch.frames.flip(3), batch.frames),
-        energy=torch.where(f4, batch.energy.flip(3), batch.energy),
-        label=batch.label, pseudo_label=batch.pseudo_label, pseudo_confidence=batch.pseudo_confidence,
-        clip_probs=batch.clip_probs,
-    )
-    if label_map is not None:
-        mapped = torch.where(batch.label >= 0, label_map[batch.label.clamp(min=0)], batch.label)
-        out.label = torch.where(flip, mapped, batch.label)
-        out.pseudo_label = torch.where(flip, label_map[batch.pseudo_label], batch.pseudo_label)
-        inverse = torch.argsort(label_map)  # probs of mirrored class k come from class label_map^-1(k)
-        out.clip_probs = torch.where(flip[:, None], batch.clip_probs[:, inverse], batch.clip_probs)
-    return out
 
 
 def label_map_tensor(classes: Sequence[str], mirror: Mapping[str, str]) -> Tensor | None:

@@ -14,7 +14,8 @@ import torch.nn.functional as F
 
 from lmft_core.config import ClipConfig, ConfigError
 from lmft_core.model import ModelConfig, PolicyConfig, SelectorConfig, keep_above
-from lmft_core.shards import ClipBatch, hflip, label_map_tensor, model_input
+from lmft_core.augment import color_jitter, hflip
+from lmft_core.shards import ClipBatch, label_map_tensor, model_input
 from lmft_core.train.adapter import Adapter
 from lmft_core.train.config import TrainConfig
 from lmft_core.train.dist import Dist
@@ -207,6 +208,24 @@ def test_flip_moves_frames_and_energy_together_and_maps_labels():
     torch.testing.assert_close(out.clip_probs[0], b.clip_probs[0][[1, 0, 2, 3]])
     with pytest.raises(ValueError, match="'sideways' is not a class"):
         label_map_tensor(("left", "right"), {"left": "sideways"})
+
+
+def test_color_jitter_is_one_gain_per_clip_and_leaves_normalised_energy_almost_unchanged():
+    from lmft_core.energy import motion_energy
+
+    g = torch.Generator().manual_seed(0)
+    # a smooth, mid-grey clip with a moving bright square: no clipping, a clear energy map
+    frames = torch.full((2, 8, 32, 32, 3), 100, dtype=torch.uint8)
+    for t in range(8):
+        frames[:, t, 4:12, 2 + 3 * t:10 + 3 * t] = 160
+    out = color_jitter(frames, 0.4, g)
+    assert out.dtype == torch.uint8 and out.shape == frames.shape
+    ratio = out[:, :, 20, 20].float() / frames[:, :, 20, 20].float()  # a background pixel over time
+    assert torch.allclose(ratio, ratio[:, :1], atol=0.02)  # the same transform for every frame of a clip
+    assert not torch.allclose(ratio[0], ratio[1])  # clips differ
+    before, after = motion_energy(frames, 2, 8), motion_energy(out, 2, 8)
+    assert (after - before).abs().max() < 0.05  # gains cancel in the min-max normalisation (rounding aside)
+    assert torch.equal(color_jitter(frames, 0.0, g), frames)
 
 
 def test_train_config_is_validated():

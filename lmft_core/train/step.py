@@ -31,13 +31,15 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from contextlib import nullcontext
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from lmft_core.model import ThresholdPolicy
-from lmft_core.shards import ClipBatch, hflip
+from lmft_core.augment import color_jitter, hflip
+from lmft_core.shards import ClipBatch
 from lmft_core.train.adapter import Adapter
 from lmft_core.train.config import TrainConfig
 from lmft_core.train.dist import Dist
@@ -125,11 +127,14 @@ class Learner:
         return int(self.adapter.policy.step)
 
     def _prepare(self, batch: ClipBatch, stream: int) -> ClipBatch:
+        """Move a batch to the device and augment it (flip, colour jitter: :mod:`lmft_core.augment`)."""
         batch = batch.to(self.device, non_blocking=True)
+        g = step_generator(self.cfg.seed, self.step, stream * 4099 + 1 + self.dist.rank)
         if self.cfg.hflip:
-            g = step_generator(self.cfg.seed, self.step, stream * 4099 + 1 + self.dist.rank)
             flip = (torch.rand(len(batch), generator=g) < 0.5).to(self.device)
             batch = hflip(batch, flip, self.label_map)
+        if self.cfg.color_jitter > 0:
+            batch = replace(batch, frames=color_jitter(batch.frames, self.cfg.color_jitter, g))
         return batch
 
     def step_once(self, micro_batches: Sequence[tuple[ClipBatch, ClipBatch]]) -> dict[str, float]:

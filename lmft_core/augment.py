@@ -1,0 +1,66 @@
+"""Training augmentations of shard batches that keep the stored motion energy valid.
+
+The energy of a clip is computed once, at preprocessing; an augmentation of the frames must therefore
+either move the energy map with them or leave it unchanged:
+
+- **horizontal flip** (:func:`hflip`): frames along W and energy along N_w together (the energy of a
+  flipped clip is the flipped energy map: tested); a flip turns "slide left" into "slide right", so
+  direction-dependent classes need a label map (``train.hflip_label_map``) or no flip;
+- **colour jitter** (:func:`color_jitter`): per clip, one brightness gain, one contrast factor and one
+  gain per channel for all frames. A gain scales every tubelet difference by the same factor and the
+  per-video min-max normalisation of the energy cancels it; contrast about the clip's mean is a gain
+  on differences too; per-channel gains reweight the channels' share of the mean (a small change).
+  Clipping to [0, 255] is the only other deviation.
+
+Random crops are not offered: the energy grid is fixed at preprocessing (one scalar per patch of the
+stored clip), so a crop that is not a multiple of the patch would have no energy map, and one that is
+would cut tokens from the grid that the model's positional table expects.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from lmft_core.shards import ClipBatch
+
+
+def hflip(batch: ClipBatch, flip: Tensor, label_map: Tensor | None = None) -> ClipBatch:
+    """Flip the clips where ``flip`` (B,) bool is set: frames along W, energy along N_w, together.
+
+    ``label_map`` (K,) int64 maps a class to its mirror image (``slide_left`` -> ``slide_right``) for
+    direction-dependent classes; it is applied to ``label``, ``pseudo_label`` and ``clip_probs`` of the
+    flipped clips. None: every class is its own mirror image.
+    """
+    f5, f4 = flip.view(-1, 1, 1, 1, 1), flip.view(-1, 1, 1, 1)
+    out = ClipBatch(
+        frames=torch.where(f5, batch.frames.flip(3), batch.frames),
+        energy=torch.where(f4, batch.energy.flip(3), batch.energy),
+        label=batch.label, pseudo_label=batch.pseudo_label, pseudo_confidence=batch.pseudo_confidence,
+        clip_probs=batch.clip_probs,
+    )
+    if label_map is not None:
+        mapped = torch.where(batch.label >= 0, label_map[batch.label.clamp(min=0)], batch.label)
+        out.label = torch.where(flip, mapped, batch.label)
+        out.pseudo_label = torch.where(flip, label_map[batch.pseudo_label], batch.pseudo_label)
+        inverse = torch.argsort(label_map)  # probs of mirrored class k come from class label_map^-1(k)
+        out.clip_probs = torch.where(flip[:, None], batch.clip_probs[:, inverse], batch.clip_probs)
+    return out
+
+
+def color_jitter(frames: Tensor, strength: float, generator: torch.Generator) -> Tensor:
+    """Per-clip photometric jitter of uint8 frames (B, T, S, S, 3) -> uint8, same shape and device.
+
+    Each clip draws a brightness gain and a contrast factor in [1 - strength, 1 + strength] and a gain
+    per channel in [1 - strength / 2, 1 + strength / 2] (uniform), the same for all its frames.
+    """
+    b = frames.shape[0]
+    u = torch.rand((b, 5), generator=generator).to(frames.device)
+    brightness = 1.0 + strength * (2 * u[:, 0] - 1)
+    contrast = 1.0 + strength * (2 * u[:, 1] - 1)
+    channel = 1.0 + 0.5 * strength * (2 * u[:, 2:] - 1)  # (B, 3)
+    x = frames.float()
+    mean = x.mean(dim=(1, 2, 3, 4), keepdim=True)
+    x = (x - mean) * contrast.view(b, 1, 1, 1, 1) + mean
+    x = x * (brightness.view(b, 1, 1, 1, 1) * channel.view(b, 1, 1, 1, 3))
+    return x.round_().clamp_(0, 255).to(torch.uint8)
