@@ -91,6 +91,17 @@ def _connection_error(address: str, error: Exception) -> RayConnectionError:
         f"(now: RAY_AUTH_MODE={mode}, token: {token}). Unset RAY_ADDRESS to run on a local Ray instance.")
 
 
+def cluster_address() -> str:
+    """The cluster a driver joins: ``RAY_ADDRESS`` (a head's GCS address, or ``auto``), "" for a new local instance."""
+    address = os.environ.get("RAY_ADDRESS", "").strip()
+    if address.startswith(("http://", "https://")):
+        raise RayConnectionError(
+            f"RAY_ADDRESS={address} is a dashboard (job server) URL; drivers need the head's GCS "
+            "address (host:6379). To submit a job through the dashboard use `ray job submit --address "
+            f"{address}` (or RAY_API_SERVER_ADDRESS) instead.")
+    return address
+
+
 def connect(shared_paths: Iterable[str | Path] = ()):
     """Connect this process to Ray (the cluster in ``RAY_ADDRESS``, else a new local instance; see the
     module docstring) once, and return the ``ray`` module. Later calls reuse the connection.
@@ -102,12 +113,7 @@ def connect(shared_paths: Iterable[str | Path] = ()):
     import ray
 
     if not ray.is_initialized():
-        address = os.environ.get("RAY_ADDRESS", "").strip()
-        if address.startswith(("http://", "https://")):
-            raise RayConnectionError(
-                f"RAY_ADDRESS={address} is a dashboard (job server) URL; drivers need the head's GCS "
-                "address (host:6379). To submit a job through the dashboard use `ray job submit --address "
-                f"{address}` (or RAY_API_SERVER_ADDRESS) instead.")
+        address = cluster_address()
         env = forwarded_env()
         runtime_env = {"env_vars": env} if env else None
         try:

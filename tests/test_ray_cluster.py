@@ -159,3 +159,30 @@ def test_driver_without_the_token_gets_a_clear_error(cluster, tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert proc.stdout.startswith(f"RayConnectionError cannot connect to the Ray cluster at RAY_ADDRESS={cluster.gcs}"), proc.stdout + proc.stderr[-2000:]
     assert "set RAY_AUTH_MODE=token" in proc.stdout and "(now: RAY_AUTH_MODE=<unset>, token: none found)" in proc.stdout
+
+
+def test_forwarded_env_leaves_the_jobs_own_variables_to_the_job(monkeypatch):
+    from lmft_core.ray_cluster import JOB_CONFIG_ENV, forwarded_env
+
+    for key in [k for k in os.environ if k.startswith("MLFLOW_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow:5000")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "secret")
+    monkeypatch.setenv("OTHER", "x")
+    monkeypatch.delenv(JOB_CONFIG_ENV, raising=False)
+    assert forwarded_env() == {"MLFLOW_TRACKING_PASSWORD": "secret", "MLFLOW_TRACKING_URI": "http://mlflow:5000"}
+    # a job submitted with --runtime-env-json '{"env_vars": {"MLFLOW_TRACKING_URI": ...}}': Ray refuses a second value
+    monkeypatch.setenv(JOB_CONFIG_ENV, json.dumps({"runtime_env": {"env_vars": {"MLFLOW_TRACKING_URI": "http://mlflow:5000"}}}))
+    assert forwarded_env() == {"MLFLOW_TRACKING_PASSWORD": "secret"}
+
+
+def test_ray_address_decides_where_drivers_connect(monkeypatch):
+    from lmft_core.ray_cluster import RayConnectionError, cluster_address
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert cluster_address() == ""  # a new local instance
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
+    assert cluster_address() == "10.0.0.1:6379"
+    monkeypatch.setenv("RAY_ADDRESS", "http://127.0.0.1:8265")
+    with pytest.raises(RayConnectionError, match=r"RAY_ADDRESS=http://127.0.0.1:8265 is a dashboard .* `ray job submit --address"):
+        cluster_address()
