@@ -142,37 +142,28 @@ def artifact_location(uri: str, workdir: Path) -> str | None:
 class Run:
     """An open MLflow run; log params, metrics (names carry units) and artifacts to it."""
 
-    def __init__(self, client, run_id: str, experiment_id: str):
-        self.client, self.run_id, self.experiment_id = client, run_id, experiment_id
+    def __init__(self, client, run_id: str):
+        self.client, self.run_id = client, run_id
 
-    # One request per batch (MLflow splits at its limits), not one per value: each request to a server
-    # with authentication costs a password check.
     def log_params(self, params: Mapping[str, Any]) -> None:
-        from mlflow.entities import Param
-
-        self.client.log_batch(self.run_id, params=[Param(k, str(v)[:6000]) for k, v in flatten(params).items()])
+        for key, value in flatten(params).items():
+            self.client.log_param(self.run_id, key, str(value)[:6000])
 
     def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
-        import time
-
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+        for key, value in metrics.items():
+            self.client.log_metric(self.run_id, key, float(value), step=step)
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_path)
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
-        from mlflow.entities import RunTag
-
-        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        for key, value in tags.items():
+            self.client.set_tag(self.run_id, key, str(value))
 
 
 @contextmanager
 def start_run(cfg: TrackingConfig, workdir: str | Path, run_name: str, parent_run_id: str | None = None) -> Iterator[Run]:
-    """Open a run in ``cfg.experiment`` (created on first use, tagged as model training); mark it FAILED
-    if the body raises."""
+    """Open a run in ``cfg.experiment`` (created on first use); mark it FAILED if the body raises."""
     from mlflow import MlflowClient
 
     workdir = Path(workdir)
@@ -189,7 +180,7 @@ def start_run(cfg: TrackingConfig, workdir: str | Path, run_name: str, parent_ru
     run = client.create_run(experiment_id, run_name=run_name, tags=tags)
     status = "FAILED"
     try:
-        yield Run(client, run.info.run_id, experiment_id)
+        yield Run(client, run.info.run_id)
         status = "FINISHED"
     finally:
         client.set_terminated(run.info.run_id, status=status)

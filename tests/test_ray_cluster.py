@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import REPO, TINY_WORKFLOW, free_port, stop_session, wait_for
+from conftest import REPO
+from live_servers import TINY_WORKFLOW, free_port, stop_session, wait_for
 from mlflow import MlflowClient
 
 BIN = Path(sys.executable).parent  # this environment's python and ray: the nodes and the job's driver use them

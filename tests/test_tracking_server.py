@@ -13,7 +13,8 @@ import urllib.error
 import urllib.request
 
 import pytest
-from conftest import TINY_WORKFLOW, entry_main, free_port, stop_session, wait_for
+from conftest import entry_main
+from live_servers import TINY_WORKFLOW, free_port, stop_session, wait_for
 from mlflow import MlflowClient
 
 from lmft_core.config import load_profile
