@@ -135,9 +135,9 @@ def check_shared_storage(path: str | Path, timeout_s: float = SHARED_CHECK_TIMEO
     """Check that folder ``path`` (created if missing) is the same storage on every live node.
 
     The driver writes a marker file there and a task pinned to each node looks for it. Returns the
-    addresses of the nodes checked (none on a single-node cluster: nothing to check). Raises
+    addresses of the nodes checked (none on a single-node cluster, or for a path checked before). Raises
     :class:`SharedStorageError` naming the nodes that do not see it. Nodes that join later (autoscaling)
-    are not checked; a node that does not answer within ``timeout_s`` is reported in a warning.
+    are not checked; a node that does not answer within ``timeout_s`` is named in a warning.
     """
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -154,7 +154,12 @@ def check_shared_storage(path: str | Path, timeout_s: float = SHARED_CHECK_TIMEO
         refs = [remote.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(str(marker))
                 for n in nodes]
         ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
-        answers = {ref: ray.get(ref) for ref in ready}
+        answers = {}
+        for ref in ready:
+            try:
+                answers[ref] = ray.get(ref)
+            except ray.exceptions.RayError:  # the node went away meanwhile: no answer
+                pass
     finally:
         marker.unlink()
     addresses = [n["NodeManagerAddress"] for n in nodes]
