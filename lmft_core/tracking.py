@@ -1,9 +1,16 @@
 """MLflow tracking: one place that knows where runs are stored and how they are logged.
 
 By default runs go to an embedded store inside the work directory: ``<workdir>/mlflow.db``
-(SQLite) with artifacts under ``<workdir>/mlartifacts``. Browse them with
-``mlflow ui --backend-store-uri sqlite:///<workdir>/mlflow.db``. Set ``[tracking] uri`` (or the
-``MLFLOW_TRACKING_URI`` environment variable) to log to a tracking server instead.
+(SQLite) with artifacts under ``<workdir>/mlartifacts``. Browse them with :func:`ui_command`
+(``mlflow ui --backend-store-uri sqlite:///<workdir>/mlflow.db --port 5000``). Set ``[tracking] uri``
+(or the ``MLFLOW_TRACKING_URI`` environment variable) to log to a tracking server instead; a server
+with authentication takes the credentials from ``MLFLOW_TRACKING_USERNAME`` /
+``MLFLOW_TRACKING_PASSWORD`` (or ``MLFLOW_TRACKING_TOKEN``). :func:`check_tracking_server` checks a
+server before any work: MLflow's own client retries an unreachable server for minutes.
+
+Experiments that lmft creates are tagged as model training (:data:`EXPERIMENT_KIND`), so that
+MLflow 3's UI shows them with the runs table, charts and models rather than its GenAI view;
+:func:`experiment_url` links straight to that view.
 
 Logging uses :class:`mlflow.MlflowClient` with explicit run ids (no per-thread "active run"), so
 a run id can be passed to Ray workers; only rank 0 logs.
@@ -18,6 +25,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lmft_core.config import ConfigError
+
+# MLflow 3's UI opens an experiment in its GenAI view unless the experiment is tagged as model training.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+LOCAL_UI = "http://127.0.0.1:5000"  # where `mlflow ui` serves by default
+PREFLIGHT_TIMEOUT_S = 30.0  # the start-up check of a tracking server: one request, no retries, this long at most
+CREDENTIALS_HELP = ("set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) in the "
+                    "environment that starts lmft (on a Ray cluster: the driver's; lmft passes them on to the workers)")
+
+
+class TrackingError(ConfigError):
+    """The tracking URI cannot be used: the server is unreachable or refuses the credentials."""
+
 
 @dataclass(frozen=True)
 class TrackingConfig:
@@ -28,6 +48,77 @@ class TrackingConfig:
 
     def resolve_uri(self, workdir: Path) -> str:
         return self.uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(workdir).resolve() / 'mlflow.db'}"
+
+
+def is_server(uri: str) -> bool:
+    return uri.startswith(("http://", "https://"))
+
+
+def check_tracking_server(uri: str, timeout_s: float = PREFLIGHT_TIMEOUT_S) -> None:
+    """Fail fast (one request, no retries, ``timeout_s``) when the tracking server at ``uri`` is
+    unreachable or refuses this process's credentials; a clear :class:`TrackingError` says what to set.
+
+    Only HTTP(S) URIs are checked; the embedded store needs no server. Credentials come from the
+    environment as MLflow's client reads them (``MLFLOW_TRACKING_USERNAME``/``_PASSWORD``, ``_TOKEN``, TLS settings).
+    """
+    if not is_server(uri):
+        return
+    from mlflow.exceptions import MlflowException
+    from mlflow.utils.credentials import get_default_host_creds
+    from mlflow.utils.rest_utils import http_request
+
+    creds = get_default_host_creds(uri)
+    try:
+        response = http_request(creds, "/api/2.0/mlflow/experiments/search", "GET", max_retries=0, backoff_factor=0,
+                                timeout=timeout_s, raise_on_status=False, params={"max_results": 1})
+    except MlflowException as e:
+        reason = f"no answer within {timeout_s:g} s" if _timed_out(e) else e.message
+        raise TrackingError(
+            f"MLflow tracking server {uri} is unreachable ({reason}). Check the URI ([tracking] uri or "
+            "MLFLOW_TRACKING_URI), that the server runs and that this machine can reach it") from None
+    sent = f"as user {creds.username!r}" if creds.username and creds.password else "with a token" if creds.token else "without credentials"
+    if response.status_code == 401:
+        raise TrackingError(f"MLflow tracking server {uri} refused the credentials (HTTP 401; request sent {sent}): "
+                            f"{CREDENTIALS_HELP}")
+    if response.status_code == 403:
+        raise TrackingError(f"MLflow tracking server {uri} forbids this request (HTTP 403; request sent {sent}): "
+                            f"{response.text.strip()[:200]!r}. Ask its administrator for access, or {CREDENTIALS_HELP}")
+    if response.status_code != 200:
+        raise TrackingError(f"{uri} does not answer as an MLflow tracking server (HTTP {response.status_code} for "
+                            f"experiments/search: {response.text.strip()[:200]!r}); check the URI")
+
+
+def _timed_out(error: BaseException) -> bool:
+    """Whether a timeout caused ``error`` (MLflow wraps requests' errors, which wrap urllib3's)."""
+    import requests
+    from urllib3.exceptions import MaxRetryError, TimeoutError as Urllib3Timeout
+
+    seen = error
+    while seen is not None:
+        if isinstance(seen, (requests.Timeout, Urllib3Timeout)):
+            return True
+        for arg in seen.args:
+            if isinstance(arg, MaxRetryError) and isinstance(arg.reason, Urllib3Timeout):
+                return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def experiment_url(uri: str, experiment_id: str) -> str:
+    """Link to the experiment's runs in the MLflow UI's model-training view: on the server for an
+    HTTP(S) tracking URI, else on a local ``mlflow ui`` (:func:`ui_command`)."""
+    base = uri.rstrip("/") if is_server(uri) else LOCAL_UI
+    return f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
+def ui_command(uri: str) -> str | None:
+    """The one-line command that serves the MLflow UI at :data:`LOCAL_UI` for an embedded store
+    (None for a tracking server: it serves its own UI)."""
+    if is_server(uri):
+        return None
+    import shlex
+
+    return f"mlflow ui --backend-store-uri {shlex.quote(uri)} --port 5000"
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -113,7 +204,8 @@ def start_run(cfg: TrackingConfig, workdir: str | Path, run_name: str, parent_ru
     client = MlflowClient(tracking_uri=uri)
     experiment = client.get_experiment_by_name(cfg.experiment)
     if experiment is None:
-        experiment_id = client.create_experiment(cfg.experiment, artifact_location=artifact_location(uri, workdir))
+        experiment_id = client.create_experiment(cfg.experiment, artifact_location=artifact_location(uri, workdir),
+                                                 tags=EXPERIMENT_KIND)
     else:
         experiment_id = experiment.experiment_id
     run_id = None

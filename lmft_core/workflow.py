@@ -22,7 +22,7 @@ from lmft_core.config import Profile
 from lmft_core.demo_data import DemoDataConfig, generate_demo_data
 from lmft_core.manifest import load_manifest
 from lmft_core.preprocess import PreprocessSummary, run_preprocess
-from lmft_core.tracking import TrackingConfig, start_run
+from lmft_core.tracking import TrackingConfig, check_tracking_server, start_run
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,7 @@ def run_full(profile: Profile, workdir: str | Path, manifest: str | Path | None 
     """Run every implemented stage of the main job for ``profile`` and log it as one MLflow run."""
     workdir = Path(workdir).resolve()
     tracking = profile.section("tracking", TrackingConfig)
+    check_tracking_server(tracking.resolve_uri(workdir))  # an unreachable or refusing server fails here, before any work
     t0 = time.perf_counter()
     if manifest is None:
         demo = profile.section("demo_data", DemoDataConfig)

@@ -49,6 +49,7 @@ from lmft_core.preprocess.store import (
     shard_stats,
 )
 from lmft_core.pseudo_labels import PseudoLabelConfig
+from lmft_core.ray_cluster import connect
 from lmft_core.shard_format import ROW_SCHEMA, shard_schema
 from lmft_core.video import is_transient_reason
 
@@ -134,18 +135,10 @@ def manifest_table(manifest: Manifest, rows: Sequence | None = None) -> pa.Table
     }, schema=ROW_SCHEMA)
 
 
-def _ensure_ray():
-    import ray
-
-    if not ray.is_initialized():
-        ray.init()  # connects to RAY_ADDRESS (ray job submit) or starts a local instance
-    return ray
-
-
 def decoded_dataset(todo: pa.Table, clip: ClipConfig, pre: PreprocessConfig, rejects_dir: Path | None,
                     energy: bool = True):
     """Ray Dataset of decoded clips (and motion energy) of manifest rows ``todo``: CPU tasks, one per batch."""
-    ray = _ensure_ray()
+    ray = connect()
     import ray.data
 
     blocks = [todo.slice(i, pre.decode_batch_size) for i in range(0, todo.num_rows, pre.decode_batch_size)]
@@ -161,7 +154,7 @@ def decoded_dataset(todo: pa.Table, clip: ClipConfig, pre: PreprocessConfig, rej
 
 def _run_pipeline(todo: pa.Table, manifest: Manifest, clip: ClipConfig, labels: PseudoLabelConfig,
                   pre: PreprocessConfig, staging: Path) -> None:
-    ray = _ensure_ray()
+    ray = connect(shared_paths=[staging])  # workers write there: on a cluster, storage every node sees
     import ray.data
 
     num_gpus = pre.labeler_num_gpus
