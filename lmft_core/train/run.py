@@ -24,7 +24,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -37,7 +36,7 @@ from lmft_core.files import atomic_write
 from lmft_core.model import ModelConfig, PolicyConfig, SelectorConfig
 from lmft_core.shard_format import unpack_array
 from lmft_core.shards import ShardError, ShardSet, label_map_tensor
-from lmft_core.tracking import TrackingConfig
+from lmft_core.tracking import TrackingConfig, check_tracking_server
 from lmft_core.train.config import TrainConfig
 from lmft_core.train.loop import TrainJob
 
@@ -137,20 +136,6 @@ def target_pass_rate(shards: ShardSet, gamma_c: float) -> tuple[int, int]:
     return int((conf > gamma_c).sum()), len(conf)
 
 
-def _ensure_ray():
-    import ray
-
-    if not ray.is_initialized():
-        ray.init()
-    return ray
-
-
-def _worker_env() -> dict[str, str]:
-    """MLflow settings the workers need (Ray does not forward the driver's environment)."""
-    keys = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_INSECURE_TLS")
-    return {k: os.environ[k] for k in keys if k in os.environ}
-
-
 def run_training(profile: Profile, shards_path: str | Path, workdir: str | Path,
                  parent_run_id: str | None = None) -> TrainResult:
     """Adapt on ``shards_path`` with ``profile`` (module docstring); returns the finished run's result."""
@@ -171,6 +156,7 @@ def run_training(profile: Profile, shards_path: str | Path, workdir: str | Path,
         log.warning("no target-train clip has a CLIP confidence above train.gamma_c=%s: L_t is 0 throughout and the "
                     "adaptation is source-only (untrained CLIP: %s)", job.train.gamma_c, shards.metadata.get("untrained_clip"))
     tracking = profile.section("tracking", TrackingConfig)
+    check_tracking_server(job.tracking_uri)  # an unreachable or refusing server fails here, before any compute
     id_file = run_dir / "mlflow_run_id"
     resume_id = id_file.read_text().strip() if id_file.is_file() else None
     with start_run(tracking, workdir, run_name=name, parent_run_id=parent_run_id, resume_run_id=resume_id) as run:
@@ -192,14 +178,15 @@ def run_training(profile: Profile, shards_path: str | Path, workdir: str | Path,
 
 def fit(job: TrainJob, name: str, workdir: Path) -> Path:
     """Fit ``job`` with Ray Train (resuming ``name`` if it ran before); returns the final checkpoint folder."""
+    from lmft_core.ray_cluster import connect, forwarded_env
     from lmft_core.train.ray_train import build_trainer, train_datasets
 
-    ray = _ensure_ray()
+    ray = connect(shared_paths=[workdir])  # checkpoints and run files: storage every node sees
     gpus = job.train.gpus_per_worker
     if gpus is None:
         gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
     trainer = build_trainer(job, train_datasets(ShardSet.open(job.shards), job.train), name, workdir / "ray_train",
-                            gpus, worker_env=_worker_env())
+                            gpus, worker_env=forwarded_env())
     try:
         result = trainer.fit()
     except Exception as e:  # noqa: BLE001 - Ray wraps worker errors; keep the cause in the message
