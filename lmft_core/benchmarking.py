@@ -57,3 +57,54 @@ def write_section(name: str, markdown: str, path: Path = BENCHMARKS_MD) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     return path
+
+
+def write_synthetic_shards(root: str | Path, clip, classes: Sequence[str], counts: dict[tuple[str, str], int],
+                           seed: int = 0, rows_per_file: int = 64) -> Path:
+    """A valid preprocessing output (``root/<name>/`` with shards, metadata.json, rejects.csv and
+    ``root/LATEST``) of random clips: uint8 frames, energy uniform in [0, 1] with the first segment 1,
+    random CLIP probabilities. ``counts`` gives the clips per (domain, split). For benchmarks that time
+    training without decoding videos; the content carries no signal.
+    """
+    import json
+
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from lmft_core.shard_format import SCHEMA_VERSION, list_column, shard_schema
+
+    rng = np.random.default_rng(seed)
+    out = Path(root) / f"synthetic-{clip.num_frames}x{clip.image_size}-p{clip.patch}-s{seed}"
+    (out / "shards").mkdir(parents=True, exist_ok=True)
+    rows = [(d, s) for (d, s), n in counts.items() for _ in range(n)]
+    k, grid = len(classes), clip.grid
+    for start in range(0, len(rows), rows_per_file):
+        part = rows[start:start + rows_per_file]
+        n = len(part)
+        energy = rng.random((n, *grid), dtype=np.float32)
+        energy[:, 0] = 1.0
+        probs = rng.dirichlet(np.ones(k), n).astype(np.float32)
+        labels = rng.integers(0, k, n)
+        frames = rng.integers(0, 256, (n, clip.num_frames, clip.image_size, clip.image_size, 3), dtype=np.uint8)
+        table = pa.table({
+            "video_id": [f"synthetic/{start + i}" for i in range(n)], "path": [""] * n,
+            "domain": [d for d, _ in part], "split": [s for _, s in part],
+            "label": [classes[y] for y in labels], "label_index": labels.astype(np.int64),
+            "num_video_frames": [clip.num_frames] * n,
+            "frame_indices": list_column([np.arange(clip.num_frames)] * n, pa.int64()),
+            "short_video": [False] * n, "decoder": ["synthetic"] * n,
+            "energy": list_column(list(energy), pa.float32()), "energy_shape": [list(grid)] * n,
+            "clip_probs": list_column(list(probs), pa.float32()), "pseudo_label": probs.argmax(1).astype(np.int64),
+            "pseudo_confidence": probs.max(1), "frames": [f.tobytes() for f in frames],
+            "frames_shape": [list(frames.shape[1:])] * n,
+        }, schema=shard_schema(True))
+        pq.write_table(table, out / "shards" / f"part-{start // rows_per_file:05d}.parquet")
+    clip_dict = {"num_frames": clip.num_frames, "image_size": clip.image_size, "tubelet": clip.tubelet, "patch": clip.patch}
+    metadata = {"schema_version": SCHEMA_VERSION, "config_hash": out.name, "classes": list(classes),
+                "untrained_clip": True, "synthetic": True,
+                "resolved_config": {"clip": clip_dict, "content": {"schema_version": SCHEMA_VERSION, "store_frames": True}}}
+    (out / "metadata.json").write_text(json.dumps(metadata, indent=2))
+    (out / "rejects.csv").write_text("video_id,path,domain,split,label,reason\n")
+    (Path(root) / "LATEST").write_text(out.name + "\n")
+    return out

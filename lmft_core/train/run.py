@@ -169,15 +169,16 @@ def run_training(profile: Profile, shards_path: str | Path, workdir: str | Path,
             run.log_metrics({"data/target_train_clips": n_target, "data/target_train_pseudo_pass": passing,
                              "data/target_train_pseudo_pass_rate": passing / n_target, "data/steps_per_epoch": job.steps_per_epoch})
         job = replace(job, mlflow_run_id=run.run_id)
-        checkpoint = fit(job, name, workdir)
+        checkpoint = Path(fit(job, name, workdir).checkpoint.path)
         result = log_artifacts(job, run, name, run_dir, checkpoint, profile.path, time.perf_counter() - t0)
     with atomic_write(run_dir / RESULT_FILE) as f:
         f.write(json.dumps(dataclasses.asdict(result), indent=2))
     return result
 
 
-def fit(job: TrainJob, name: str, workdir: Path) -> Path:
-    """Fit ``job`` with Ray Train (resuming ``name`` if it ran before); returns the final checkpoint folder."""
+def fit(job: TrainJob, name: str, workdir: Path):
+    """Fit ``job`` with Ray Train (resuming ``name`` if it ran before); returns Ray's ``Result`` (its
+    ``checkpoint`` is the last epoch's)."""
     from lmft_core.ray_cluster import connect, forwarded_env
     from lmft_core.train.ray_train import build_trainer, train_datasets
 
@@ -194,5 +195,5 @@ def fit(job: TrainJob, name: str, workdir: Path) -> Path:
                          f"{e}\nRe-running the same command resumes from the last checkpoint.") from e
     if result.checkpoint is None:
         raise TrainError(f"training run {name} finished without a checkpoint")
-    return Path(result.checkpoint.path)
+    return result
 
