@@ -22,9 +22,16 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-SCHEMA_VERSION = 1
-REJECT_COLUMNS = ("video_id", "path", "domain", "split", "label", "reason")
+SCHEMA_VERSION = 2
+# A reject: the manifest row, the identity of the file it was made from, the decoders that tried it, why.
+REJECT_COLUMNS = ("video_id", "path", "domain", "split", "label", "file_size", "file_mtime_ns", "file_sha256", "decoder", "reason")
 
+# Which version of the file a row was made from (lmft_core.preprocess.identity): size, modification time, sha256.
+IDENTITY_FIELDS = [
+    pa.field("file_size", pa.int64(), nullable=False),
+    pa.field("file_mtime_ns", pa.int64(), nullable=False),
+    pa.field("file_sha256", pa.string(), nullable=False),
+]
 ROW_FIELDS = [
     pa.field("video_id", pa.string(), nullable=False),
     pa.field("path", pa.string(), nullable=False),
@@ -38,6 +45,7 @@ DECODE_FIELDS = [
     pa.field("frame_indices", pa.list_(pa.int64()), nullable=False),
     pa.field("short_video", pa.bool_(), nullable=False),
     pa.field("decoder", pa.string(), nullable=False),
+    pa.field("decode_note", pa.string(), nullable=False),
 ]
 ENERGY_FIELDS = [
     pa.field("energy", pa.list_(pa.float32()), nullable=False),
@@ -57,7 +65,7 @@ ROW_SCHEMA = pa.schema(ROW_FIELDS)
 
 def shard_schema(store_frames: bool = True) -> pa.Schema:
     """Columns of a shard row (one decoded clip); see the module docstring and the README's table."""
-    return pa.schema(ROW_FIELDS + DECODE_FIELDS + ENERGY_FIELDS + CLIP_FIELDS + (FRAME_FIELDS if store_frames else []))
+    return pa.schema(ROW_FIELDS + IDENTITY_FIELDS + DECODE_FIELDS + ENERGY_FIELDS + CLIP_FIELDS + (FRAME_FIELDS if store_frames else []))
 
 
 def list_column(arrays: Sequence[np.ndarray], dtype: pa.DataType) -> pa.Array:
