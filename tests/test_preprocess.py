@@ -22,7 +22,7 @@ from lmft_core.manifest import ManifestError, load_manifest, write_manifest
 from lmft_core.preprocess import PreprocessError, run_preprocess
 from lmft_core.shard_format import SCHEMA_VERSION, resolve_output, shard_schema, unpack_array
 from lmft_core.pseudo_labels import ClipZeroShot, save_random_checkpoint
-from lmft_core.video import is_transient_reason, sample_frame_indices
+from lmft_core.video import decode_clip, is_transient_reason, sample_frame_indices
 
 from conftest import SHARED_VIDEOS, entry_main
 
@@ -87,8 +87,13 @@ def test_shard_schema_and_contents(first_run, mixed_manifest, tiny_clip):
     indices = unpack_array(table, "frame_indices", np.int64)
     assert frames.shape == (table.num_rows, 8, 32, 32, 3) and energy.shape == (table.num_rows, 4, 4, 4)
     assert probs.shape == (table.num_rows, len(manifest.classes))
-    # energy is the motion energy of the stored frames; frame indices follow the sampling rule
-    np.testing.assert_array_equal(energy, motion_energy(frames, 2, 8))
+    # energy is the motion energy of the decoded clip; the stored frames are that clip through JPEG (quality 95,
+    # 4:4:4): close to it, not equal; frame indices follow the sampling rule
+    paths = {r.video_id: r.path for r in manifest.rows}
+    decoded = np.stack([decode_clip(paths[v], 8, 32).frames for v in d["video_id"]])
+    np.testing.assert_array_equal(energy, motion_energy(decoded, 2, 8))
+    error = np.abs(frames.astype(int) - decoded)
+    assert error.mean() < 3 and np.percentile(error, 99) < 16 and (error > 0).any()
     for i, n in enumerate(d["num_video_frames"]):
         assert indices[i].tolist() == sample_frame_indices(n, 8)[0].tolist()
     assert {v for v, s in zip(d["video_id"], d["short_video"]) if s} == SHORT

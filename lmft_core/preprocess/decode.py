@@ -20,7 +20,8 @@ from lmft_core.config import ClipConfig
 from lmft_core.energy import motion_energy
 from lmft_core.files import atomic_write
 from lmft_core.preprocess.identity import FileIdentity
-from lmft_core.shard_format import DECODE_FIELDS, ENERGY_FIELDS, FRAME_FIELDS, IDENTITY_FIELDS, REJECT_COLUMNS, ROW_FIELDS, list_column
+from lmft_core.shard_format import (DECODE_FIELDS, ENERGY_FIELDS, FRAME_FIELDS, IDENTITY_FIELDS, REJECT_COLUMNS, ROW_FIELDS,
+                                    list_column, pack_frames)
 from lmft_core.video import DecodeError, IsolatedDecoder, one_line
 
 
@@ -93,6 +94,6 @@ def decode_batch(batch: pa.Table, clip: ClipConfig, timeout_s: float, rejects_di
         maps = [motion_energy(f, clip.tubelet, clip.patch) for f in frames]
         cols["energy"] = list_column(maps, pa.float32())
         cols["energy_shape"] = [list(clip.grid)] * len(ok)
-    cols["frames"] = [f.tobytes() for f in frames]
+    cols["frames"] = pack_frames(frames)
     cols["frames_shape"] = [list(f.shape) for f in frames]
     return pa.table(cols, schema=decoded_schema(energy))

@@ -52,7 +52,8 @@ from lmft_core.preprocess.store import (
     shard_stats,
 )
 from lmft_core.pseudo_labels import PseudoLabelConfig
-from lmft_core.shard_format import ROW_SCHEMA, SCHEMA_VERSION, shard_schema
+from lmft_core.shard_format import (FRAMES_JPEG_QUALITY, FRAMES_JPEG_SUBSAMPLING, ROW_SCHEMA, SCHEMA_VERSION,
+                                    SHARD_PARQUET_OPTIONS, shard_schema)
 
 
 @dataclass(frozen=True)
@@ -180,7 +181,7 @@ def _run_pipeline(todo: pa.Table, manifest: Manifest, clip: ClipConfig, labels: 
         fn_constructor_kwargs={"cfg": labels, "classes": manifest.classes, "store_frames": pre.store_frames,
                                "num_threads": max(1, int(pre.labeler_num_cpus))},
     )
-    ds.write_parquet(str(staging / "shards"), min_rows_per_file=pre.rows_per_shard)
+    ds.write_parquet(str(staging / "shards"), min_rows_per_file=pre.rows_per_shard, **SHARD_PARQUET_OPTIONS)
 
 
 def run_preprocess(manifest: Manifest | str | Path, output_dir: str | Path, profile: Profile) -> PreprocessSummary:
@@ -238,6 +239,7 @@ def run_preprocess(manifest: Manifest | str | Path, output_dir: str | Path, prof
             "schema_version": SCHEMA_VERSION, "config_hash": digest, "profile": profile.name, "manifest": str(manifest.path.resolve()),
             "classes": list(manifest.classes), "prompts": labels.prompts(manifest.classes),
             "shard_schema": [f"{f.name}: {f.type}" for f in shard_schema(pre.store_frames)],
+            "frames_storage": {"codec": "jpeg", "quality": FRAMES_JPEG_QUALITY, "subsampling": FRAMES_JPEG_SUBSAMPLING},
             "resolved_config": {"content": content, "clip": dataclasses.asdict(clip),
                                 "pseudo_labels": dataclasses.asdict(labels), "preprocess": dataclasses.asdict(pre)},
             "clip_model": weights, "untrained_clip": labels.untrained,

@@ -25,7 +25,7 @@ from lmft_core.preprocess.config import PreprocessConfig
 from lmft_core.preprocess.decode import PreprocessError, write_rejects_csv
 from lmft_core.preprocess.identity import unchanged
 from lmft_core.pseudo_labels import PseudoLabelConfig, weights_identity
-from lmft_core.shard_format import IDENTITY_FIELDS, SCHEMA_VERSION
+from lmft_core.shard_format import IDENTITY_FIELDS, SCHEMA_VERSION, SHARD_PARQUET_OPTIONS
 from lmft_core.video import is_transient_reason
 
 
@@ -74,7 +74,7 @@ def forget(out: Path, video_ids: set[str]) -> None:
             f.unlink()
             continue
         tmp = f.with_name(f".{f.name}.tmp")
-        pq.write_table(kept, tmp)
+        pq.write_table(kept, tmp, **SHARD_PARQUET_OPTIONS)
         os.replace(tmp, f)
     rejects = read_rejects_csv(out / "rejects.csv")
     write_rejects_csv([r for r in rejects if r["video_id"] not in video_ids], out / "rejects.csv")
@@ -125,7 +125,7 @@ def commit(out: Path) -> None:
             table = pq.read_table(f)
             keep = pa.array([v not in done for v in ids])
             tmp = f.with_name(f".{f.name}.filtered")
-            pq.write_table(table.filter(keep), tmp)
+            pq.write_table(table.filter(keep), tmp, **SHARD_PARQUET_OPTIONS)
             os.replace(tmp, shards / f.name)
         done.update(ids)
     rejects = [r for r in read_rejects_csv(out / "rejects.csv") if r["video_id"] not in done]  # retried, now decoded
