@@ -107,7 +107,8 @@ def _unpack_jpeg_frames(col: pa.ListArray, shape: tuple[int, ...]) -> np.ndarray
     out = np.empty((len(col), *shape), np.uint8)
     flat = out.reshape(-1, *shape[1:])
     for k, data in enumerate(col.flatten().to_pylist()):
-        flat[k] = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+        image = Image.open(io.BytesIO(data))
+        flat[k] = np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
     return out
 
 

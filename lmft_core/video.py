@@ -14,7 +14,8 @@ A clip is ``num_frames`` RGB frames sampled from one video and resized to ``imag
   WebM without a duration, AV1, ...) and files it opens but cannot *decode* (corrupt, truncated: decord
   raises, or returns fewer frames than asked). PyAV decodes up to the first error, so a damaged file
   yields the frames before the damage (a truncated MP4 often has most of them); the clip is sampled from
-  those and carries a ``note`` saying what failed. PyAV applies rotation metadata as decord does (a
+  those and carries a ``note`` saying what failed. A file decord decodes but whose header lists more
+  frames than it found (a cut AVI) gets a note too. PyAV applies rotation metadata as decord does (a
   90-degree phone clip comes back portrait). Nothing is ever silently padded.
 - **Isolation** (:class:`IsolatedDecoder`): decord can crash the process or hang on damaged files,
   so decoding runs in a long-lived child interpreter (restarted after a crash, a timeout or
@@ -183,6 +184,16 @@ def _rgb(frame) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(rgb, quarter_turns)) if quarter_turns else rgb
 
 
+def _listed_frames(path: str) -> int:
+    """The frame count the video's header gives (PyAV reads the header only; about a millisecond), 0 if none."""
+    try:
+        container, _, listed = _pyav_frames(path)
+    except _Failed:
+        return 0
+    container.close()
+    return listed
+
+
 def _decode_pyav(path: str, num_frames: int) -> tuple[np.ndarray, np.ndarray, int, bool, str]:
     """Two passes: count the frames decodable before the first error, then convert only the sampled ones
     (bounded memory). Returns frames, indices, frames found, short, and what ended the count early (the
@@ -262,7 +273,8 @@ def decode_clip(path: str, num_frames: int, image_size: int) -> DecodedClip:
         raise DecodeError("The file is empty (0 bytes): copy or download it again.")
     try:
         frames, indices, n, short = _decode_decord(path, num_frames)
-        decoder, note = "decord", ""
+        decoder, listed = "decord", _listed_frames(path)
+        note = f"decord found {n} of the {listed} frames the header lists: the file is cut short" if n < listed else ""
     except _Failed as decord_failed:
         try:
             frames, indices, n, short, stopped = _decode_pyav(path, num_frames)

@@ -132,6 +132,19 @@ def test_truncated_mp4_is_salvaged_by_pyav_from_its_first_frames(tmp_path, share
     np.testing.assert_array_equal(clip.frames, resize_frames(intact[clip.frame_indices], 32))
 
 
+def test_a_cut_avi_decodes_its_first_frames_and_says_so(tmp_path, shared_videos):
+    """A UCF101-style AVI cut in half: decord decodes the frames that are there, without complaint; the header
+    still lists all 164, so the clip's note says the file is cut short."""
+    intact = shared_videos / "mmaction2__tests__test.avi"
+    cut = tmp_path / "cut.avi"
+    cut.write_bytes(intact.read_bytes()[: intact.stat().st_size // 2])
+    clip = decode_clip(str(cut), 8, 32)
+    assert clip.decoder == "decord" and 50 < clip.num_video_frames < 164
+    assert clip.note == f"decord found {clip.num_video_frames} of the 164 frames the header lists: the file is cut short"
+    expected = resize_frames(pyav_frames(intact)[clip.frame_indices], 32)
+    assert np.abs(clip.frames.astype(int) - expected).mean() < 1.0  # the same frames as the intact file's
+
+
 def test_a_video_too_small_to_resize_is_rejected_with_a_sentence(tmp_path):
     from PIL import Image
 
