@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import runpy
 import signal
 import threading
 import time
@@ -10,6 +11,7 @@ import time
 import numpy as np
 import pytest
 
+from conftest import REPO
 from lmft_core.demo_data import write_mp4
 from lmft_core.video import (DecodeError, IsolatedDecoder, _decode_decord, _decode_pyav, decode_clip, is_transient_reason,
                              resize_frames, sample_frame_indices)
@@ -102,29 +104,17 @@ def pyav_frames(path) -> np.ndarray:
         return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(c.streams.video[0])])
 
 
-def truncated_faststart_mp4(src, dst, fraction: float):
-    """``src`` remuxed with its index (moov) first, as streaming MP4s are, then cut to ``fraction`` of its bytes."""
-    import av
-
-    full = dst.with_suffix(".full.mp4")
-    with av.open(str(src)) as i, av.open(str(full), "w", options={"movflags": "faststart"}) as o:
-        out = o.add_stream_from_template(i.streams.video[0])
-        for packet in i.demux(i.streams.video[0]):
-            if packet.dts is not None:
-                packet.stream = out
-                o.mux(packet)
-    data = full.read_bytes()
-    dst.write_bytes(data[: int(len(data) * fraction)])
-    return full
+# the reliability run's damaged-file maker: an MP4 remuxed with its index first, then cut
+cut_with_index_first = runpy.run_path(str(REPO / "benchmarks" / "reliability.py"))["cut_with_index_first"]
 
 
 def test_truncated_mp4_is_salvaged_by_pyav_from_its_first_frames(tmp_path, shared_videos):
     """decord cannot use an MP4 cut in half; PyAV decodes the frames before the cut, and the clip is sampled from
     exactly those: it equals the same frames of the intact file."""
-    cut = tmp_path / "cut.mp4"
-    full = truncated_faststart_mp4(shared_videos / "mmaction2__demo__demo.mp4", cut, 0.5)
+    src = shared_videos / "mmaction2__demo__demo.mp4"
+    cut = cut_with_index_first(src, tmp_path / "cut.mp4", 0.5)
     clip = decode_clip(str(cut), 8, 32)
-    intact = pyav_frames(full)
+    intact = pyav_frames(src)
     assert clip.decoder == "pyav" and 100 < clip.num_video_frames < len(intact) == 280
     assert clip.frame_indices.tolist() == sample_frame_indices(clip.num_video_frames, 8)[0].tolist()
     assert clip.note.startswith("decord: ") and f"PyAV stopped after {clip.num_video_frames} frames" in clip.note
