@@ -14,13 +14,15 @@ The confidence filter (gamma_c) is applied at training time, so sweeping it neve
 
 Weights: ``pretrained`` is an open_clip tag (``"openai"``: downloaded and cached by open_clip), a
 local checkpoint file, or empty for **random initialisation** (seeded by ``init_seed`` so every
-worker builds the same model). A tag's checkpoint already in the cache is used without any network
-access; otherwise the download host (or the proxy for it) is probed first, so that without a network the
-run fails within seconds (:data:`NETWORK_PROBE_TIMEOUT_S`) with instructions to pass a local file, instead
-of after the hub client's retries. Only download failures are reported that way: an error while building
-the model or loading the checkpoint (out of memory, a corrupt file, weights of another architecture)
-keeps its own type, message and traceback, with a note naming the model and the file. Random weights give meaningless labels; :func:`weights_identity`
+worker builds the same model). Random weights give meaningless labels; :func:`weights_identity`
 says so (``untrained: true``) and the preprocessing metadata and summary repeat it.
+
+Offline: a tag's checkpoint already in the cache is used without any network access; otherwise the
+download host (or the proxy for it) is probed first, so that without a network the run fails within
+seconds (:data:`NETWORK_PROBE_TIMEOUT_S`) with instructions to pass a local file, instead of after the hub
+client's retries. Only download failures are reported that way: an error while building the model or
+loading the checkpoint (out of memory, a corrupt file, weights of another architecture) keeps its own
+type, message and traceback, with a note naming the model and the weights.
 Architectures that open_clip does not ship are given as a model-config JSON file (``model_config``;
 the model name is then the file's stem).
 

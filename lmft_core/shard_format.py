@@ -11,8 +11,8 @@ and ``<output>/LATEST`` names the newest such folder (:func:`resolve_output`).
 
 Array columns: ``energy`` (N_t, N_h, N_w) float32 flattened in C order with ``energy_shape``;
 ``frames`` uint8 (T, S, S, 3) RGB with ``frames_shape``, stored as one JPEG per frame (:func:`pack_frames`:
-quality 95, no chroma subsampling; chosen by the numbers in docs/benchmarks.md, section ``shards``: 7.5x
-smaller than raw bytes, mean absolute pixel error below 1 of 255); ``clip_probs`` (K,) over the
+quality 95, no chroma subsampling; chosen by the numbers in docs/benchmarks.md, section ``shards``: about
+8x smaller than raw bytes, mean absolute pixel error below 1 of 255); ``clip_probs`` (K,) over the
 metadata's class list; ``frame_indices`` (T,) int64. :func:`unpack_array` rebuilds any of them.
 Shard files are written with :data:`SHARD_PARQUET_OPTIONS`.
 """

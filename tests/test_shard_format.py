@@ -34,6 +34,7 @@ def test_frames_round_trip_through_parquet_as_jpeg(clips, tmp_path):
             assert img.format == "JPEG" and img.mode == "RGB"
             assert [(h, v) for _, h, v, _ in img.layer] == [(1, 1)] * 3  # sampling factors (1, 1): 4:4:4
             np.testing.assert_array_equal(frames[b, t], np.asarray(img))
+    np.testing.assert_array_equal(unpack_array(read.slice(1, 1), "frames", np.uint8), frames[1:])  # a batch sliced from a table
     error = np.abs(frames.astype(int) - clips)
     assert 0 < error.mean() < 2.5 and error.max() < 48  # lossy, but close
     assert 10 * np.log10(255**2 / np.mean(error.astype(float) ** 2)) > 38  # PSNR in dB

@@ -68,8 +68,9 @@ def decode_batch(batch: pa.Table, clip: ClipConfig, timeout_s: float, rejects_di
     for row in rows:
         try:
             identity = FileIdentity.of(row["path"]).columns()
-        except OSError as e:
-            rejects.append(row | {"reason": f"The file cannot be read: check that it exists and its permissions. {one_line(e)}"})
+        except OSError as e:  # says nothing about the video: tried again on the next run
+            reason = f"The file cannot be read: check that it exists and its permissions. {one_line(e)}"
+            rejects.append(row | {"reason": DecodeError(reason, transient=True).reason})
             continue
         try:
             clips.append(dec.decode(row["path"], clip.num_frames, clip.image_size))
