@@ -233,12 +233,16 @@ def test_decode_batch_of_only_broken_files_gives_an_empty_table_and_rejects(tmp_
     from lmft_core.preprocess.decode import decode_batch, decoded_schema
 
     rows = real_rows(["moviepy__doc_result_empty_0bytes.webm", "derived__mmaction2_demo_truncated50pct_nomoov.mp4"])
+    rows.append({**rows[0], "path": str(tmp_path / "gone.mp4"), "video_id": "gone"})  # removed after validation
     batch = pa.Table.from_pylist([{**r, "label_index": None} for r in rows], schema=pa.schema(shard_schema().field(i) for i in range(6)))
     out = decode_batch(batch, ClipConfig(num_frames=8, image_size=32, patch=8), 60.0, str(tmp_path))
     assert out.num_rows == 0 and out.schema == decoded_schema(True)
     (written,) = tmp_path.glob("*.csv")
     with written.open(newline="") as f:
-        assert [r["video_id"] for r in csv.DictReader(f)] == [r["video_id"] for r in rows]
+        rejects = list(csv.DictReader(f))
+    assert [r["video_id"] for r in rejects] == [r["video_id"] for r in rows]
+    assert rejects[2]["reason"].startswith("transient (retried on the next run): The file cannot be read: ")
+    assert "FileNotFoundError" in rejects[2]["reason"] and rejects[2]["file_size"] == ""
     again = decode_batch(batch, ClipConfig(num_frames=8, image_size=32, patch=8), 60.0, str(tmp_path))
     assert again.num_rows == 0 and len(list(tmp_path.glob("*.csv"))) == 1  # a retried task rewrites the same file
 
