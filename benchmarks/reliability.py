@@ -33,6 +33,7 @@ from lmft_core.demo_data import DemoDataConfig, generate_demo_data
 from lmft_core.manifest import load_manifest, write_manifest
 from lmft_core.preprocess import run_preprocess
 from lmft_core.pseudo_labels import save_random_checkpoint
+from lmft_core.video import is_transient_reason
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_VIDEOS = REPO.parent / "shared" / "videos"
@@ -139,22 +140,24 @@ def main(argv: list[str] | None = None) -> int:
                 table.append([vid, size, outcome, r["decoder"], frames, r["decode_note"] or "-"])
             else:
                 r = rejects[vid]
-                outcome = "reject, transient" if r["reason"].startswith("transient") else "reject"
+                outcome = "reject, transient" if is_transient_reason(r["reason"]) else "reject"
                 table.append([vid, size, outcome, r["decoder"] or "-", "-", r["reason"]])
-    for row in table:  # a table cell cannot hold a pipe
-        row[-1] = row[-1].replace("|", "/")
-    counts = {o: sum(row[2] == o for row in table) for o in ("shard", "shard, salvaged", "reject", "reject, transient")}
+        for row in table:  # a table cell cannot hold a pipe; the temporary folder's name changes every run
+            row[-1] = row[-1].replace("|", "/").replace(str(tmp), "$TMP")
+    count = {o: sum(row[2] == o for row in table) for o in ("shard", "shard, salvaged", "reject", "reject, transient")}
     md = "\n\n".join([
         "# Reliability run on real and broken video files",
         "Written by `python benchmarks/reliability.py " + " ".join(str(f) for f in args.folders) + "` (rerun it to refresh "
         f"this file). Machine: {machine_description()}.",
         "Every file below was one target-domain row of a single preprocessing run at paper geometry (16 x 224 x 224; "
         "decoders in an isolated child process, 60 s limit per video). The run finished and every file ended in exactly "
-        f"one of the shards or the rejects: {len(table)} files, " + ", ".join(f"{n} {o}" for o, n in counts.items()) + ". "
+        f"one of the shards or the rejects: of {len(table)} files, {count['shard'] + count['shard, salvaged']} are in the shards "
+        f"({count['shard, salvaged']} of them salvaged from damaged files) and {count['reject'] + count['reject, transient']} "
+        f"are rejected ({count['reject, transient']} transient). "
         "*salvaged*: decoded from a damaged file up to the damage (the reason column gives the clip's note). "
         "*frames*: the frames the decoder found; *(short)*: fewer than 16, so frames repeat. Folders: `shared/videos` "
         "is `../shared/videos` (see its README); other folders were given on the command line (fetched public test "
-        "videos); `derived` files are damaged copies of shared files this script makes.",
+        "videos); `derived` files are damaged copies of shared files this script makes, in a temporary folder ($TMP).",
         markdown_table(["file", "size", "outcome", "decoder", "frames", "reason / note"], table),
     ])
     print(md)
