@@ -16,6 +16,13 @@ Weights: ``pretrained`` is an open_clip tag (``"openai"``: downloaded and cached
 local checkpoint file, or empty for **random initialisation** (seeded by ``init_seed`` so every
 worker builds the same model). Random weights give meaningless labels; :func:`weights_identity`
 says so (``untrained: true``) and the preprocessing metadata and summary repeat it.
+
+Offline: a tag's checkpoint already in the cache is used without any network access; otherwise the
+download host (or the proxy for it) is probed first, so that without a network the run fails within
+seconds (:data:`NETWORK_PROBE_TIMEOUT_S`) with instructions to pass a local file, instead of after the hub
+client's retries. Only download failures are reported that way: an error while building the model or
+loading the checkpoint (out of memory, a corrupt file, weights of another architecture) keeps its own
+type, message and traceback, with a note naming the model and the weights.
 Architectures that open_clip does not ship are given as a model-config JSON file (``model_config``;
 the model name is then the file's stem).
 
@@ -31,6 +38,9 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import urllib.parse
+import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +54,7 @@ from lmft_core.files import file_sha256
 from lmft_core.manifest import prompt_name
 
 PRECISIONS = ("fp32", "bf16")
+NETWORK_PROBE_TIMEOUT_S = 5.0
 
 
 class WeightsError(RuntimeError):
@@ -146,13 +157,13 @@ def weights_identity(cfg: PseudoLabelConfig) -> dict[str, object]:
     return ident
 
 
-def _weights_error(cfg: PseudoLabelConfig, error: BaseException) -> WeightsError:
+def _weights_error(cfg: PseudoLabelConfig, error: BaseException | str) -> WeightsError:
     import open_clip
 
     pcfg = open_clip.get_pretrained_cfg(cfg.model, cfg.pretrained) if cfg.pretrained else {}
     where = f" (hf-hub: {pcfg['hf_hub']})" if pcfg and pcfg.get("hf_hub") else (f" ({pcfg['url']})" if pcfg and pcfg.get("url") else "")
     return WeightsError(
-        f"could not load open_clip weights for model {cfg.model!r} with pretrained={cfg.pretrained!r}{where}: {error}\n"
+        f"could not download open_clip weights for model {cfg.model!r} with pretrained={cfg.pretrained!r}{where}: {error}\n"
         f"Without network access, fetch the checkpoint on a machine that has it{where} and pass the local file: "
         f"--set pseudo_labels.pretrained=/path/to/open_clip_pytorch_model.bin "
         f"(or pseudo_labels.pretrained=\"\" for an untrained CLIP, demo only){_file_advice(cfg)}")
@@ -170,16 +181,66 @@ def _file_advice(cfg: PseudoLabelConfig) -> str:
             f"also pass --set pseudo_labels.model={model}")
 
 
-def fetch_pretrained(cfg: PseudoLabelConfig) -> str:
-    """Download (or find in open_clip's cache) the checkpoint of a pretrained tag; return its path.
+def _cached_checkpoint(pcfg: dict, cache_dir: str | None) -> str | None:
+    """The tag's checkpoint when open_clip's download cache already holds it, found without the network
+    (the hub client would first ask the hub whether the file changed, retrying when it cannot)."""
+    from open_clip.pretrained import HF_WEIGHTS_NAME, _get_safe_alternatives
 
-    Raises :class:`WeightsError` (saying how to pass a local checkpoint) when it cannot be had.
+    if pcfg.get("hf_hub"):  # open_clip prefers the hub, and tries the safetensors files first
+        from huggingface_hub import try_to_load_from_cache
+
+        model_id, filename = os.path.split(pcfg["hf_hub"])
+        filename = filename or HF_WEIGHTS_NAME
+        for name in (*_get_safe_alternatives(filename), filename):
+            hit = try_to_load_from_cache(model_id, name, cache_dir=cache_dir)
+            if isinstance(hit, str):
+                return hit
+        return None
+    path = Path(cache_dir or "~/.cache/clip").expanduser() / os.path.basename(pcfg.get("url", ""))
+    return str(path) if pcfg.get("url") and path.is_file() else None
+
+
+def _network_problem(pcfg: dict) -> str | None:
+    """Why the tag's download host (or the proxy for it) cannot be reached within
+    :data:`NETWORK_PROBE_TIMEOUT_S`; None when it can."""
+    from huggingface_hub import constants
+
+    if pcfg.get("hf_hub"):
+        if constants.HF_HUB_OFFLINE:
+            return "HF_HUB_OFFLINE is set"
+        url = constants.ENDPOINT
+    else:
+        url = pcfg.get("url", "")
+    target = urllib.parse.urlsplit(url)
+    proxy = urllib.request.getproxies().get(target.scheme)
+    if proxy and not urllib.request.proxy_bypass(target.hostname or ""):
+        target = urllib.parse.urlsplit(proxy)
+    host, port = target.hostname, target.port or (443 if target.scheme == "https" else 80)
+    try:
+        socket.create_connection((host, port), timeout=NETWORK_PROBE_TIMEOUT_S).close()
+    except OSError as e:
+        return f"{host}:{port} cannot be reached ({type(e).__name__}: {e})"
+    return None
+
+
+def fetch_pretrained(cfg: PseudoLabelConfig) -> str:
+    """The local path of a pretrained tag's checkpoint: from open_clip's cache, else downloaded.
+
+    Raises :class:`WeightsError` (saying how to pass a local checkpoint) when it cannot be had; without a
+    network that takes at most :data:`NETWORK_PROBE_TIMEOUT_S` plus name resolution.
     """
     import open_clip
     from open_clip.pretrained import download_pretrained
 
+    pcfg = open_clip.get_pretrained_cfg(cfg.model, cfg.pretrained)
+    cached = _cached_checkpoint(pcfg, cfg.cache_dir or None)
+    if cached:
+        return cached
+    problem = _network_problem(pcfg)
+    if problem:
+        raise _weights_error(cfg, f"it is not in the download cache and {problem}")
     try:
-        return download_pretrained(open_clip.get_pretrained_cfg(cfg.model, cfg.pretrained), cache_dir=cfg.cache_dir or None)
+        return download_pretrained(pcfg, cache_dir=cfg.cache_dir or None)
     except Exception as e:  # noqa: BLE001 - network and hub errors of many kinds
         raise _weights_error(cfg, e) from None
 
@@ -187,19 +248,26 @@ def fetch_pretrained(cfg: PseudoLabelConfig) -> str:
 def build_clip_model(cfg: PseudoLabelConfig, device: str | torch.device = "cpu") -> torch.nn.Module:
     """The open_clip model of ``cfg`` in eval mode, weights loaded through open_clip's own API.
 
-    QuickGELU is forced when :func:`uses_quick_gelu` says so (open_clip itself only warns).
+    A tag's checkpoint is fetched first (:func:`fetch_pretrained`: download failures raise
+    :class:`WeightsError`), then loaded as a file with the tag's preprocessing settings. Errors while
+    building or loading propagate as they are, with a note naming the model and weights. QuickGELU is
+    forced when :func:`uses_quick_gelu` says so (open_clip itself only warns).
     """
     import open_clip
 
     _register_model_config(cfg)
     quick_gelu = uses_quick_gelu(cfg)
+    pretrained, tag_cfg = cfg.pretrained or None, None
+    if cfg.pretrained and open_clip.get_pretrained_cfg(cfg.model, cfg.pretrained):
+        pretrained, tag_cfg = fetch_pretrained(cfg), open_clip.get_pretrained_cfg(cfg.model, cfg.pretrained)
     try:
         with torch.random.fork_rng(devices=[]):  # seeded random init that leaves the caller's RNG alone
             torch.manual_seed(cfg.init_seed)
-            model = open_clip.create_model(cfg.model, pretrained=cfg.pretrained or None, device=device,
+            model = open_clip.create_model(cfg.model, pretrained=pretrained, device=device, force_preprocess_cfg=tag_cfg,
                                            cache_dir=cfg.cache_dir or None, force_quick_gelu=quick_gelu)
-    except Exception as e:  # noqa: BLE001 - open_clip raises RuntimeError for download and load failures
-        raise _weights_error(cfg, e) from None
+    except Exception as e:
+        e.add_note(f"lmft: while building open_clip model {cfg.model!r} with weights {pretrained or 'untrained'!r}")
+        raise
     return model.eval()
 
 

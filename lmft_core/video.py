@@ -10,19 +10,25 @@ A clip is ``num_frames`` RGB frames sampled from one video and resized to ``imag
 - **Aspect ratio** (:func:`resize_frames`): the short side is resized to ``image_size`` (bilinear,
   antialiased) and the centre ``image_size`` x ``image_size`` square is cropped, as CLIP and
   VideoMAE preprocess; nothing is stretched, the borders of the long side are dropped.
-- **Decoders**: decord first. A file decord cannot *open* (GIF, WebM without a duration, AV1, ...)
-  is decoded with PyAV. A file decord opens but cannot *decode* (corrupt, truncated: decord raises,
-  or returns fewer frames than asked) is rejected with the reason, never silently padded.
-  decord applies rotation metadata; PyAV (fallback only) does not.
+- **Decoders**: decord first; PyAV (FFmpeg) whenever decord fails: files decord cannot *open* (GIF,
+  WebM without a duration, AV1, ...) and files it opens but cannot *decode* (corrupt, truncated: decord
+  raises, or returns fewer frames than asked). PyAV decodes up to the first error, so a damaged file
+  yields the frames before the damage (a truncated MP4 often has most of them); the clip is sampled from
+  those and carries a ``note`` saying what failed. A file decord decodes but whose header lists more
+  frames than it found (a cut AVI) gets a note too. PyAV applies rotation metadata as decord does (a
+  90-degree phone clip comes back portrait). Nothing is ever silently padded.
 - **Isolation** (:class:`IsolatedDecoder`): decord can crash the process or hang on damaged files,
   so decoding runs in a long-lived child interpreter (restarted after a crash, a timeout or
   ``max_videos_per_child`` videos); a crash or hang costs one video, reported as a
   :class:`DecodeError`, never the caller. A child that died while idle (between videos, e.g.
   killed for memory) is replaced before the next video is sent; it costs no video.
-- **Transient failures**: a timeout may pass with a larger ``timeout_s`` or on a less loaded machine,
-  so its :class:`DecodeError` is ``transient`` and its reason starts with :data:`TRANSIENT_PREFIX`
-  (:func:`is_transient_reason`); preprocessing retries such rejects on the next run. Every other
-  reason (empty, corrupt, truncated file, decoder crash on the file) is permanent.
+- **Reject reasons** (:class:`DecodeError`): each begins with a sentence a person can act on (what is
+  wrong with the file and what to do), then the libraries' own messages.
+- **Transient failures**: a timeout may pass with a larger ``timeout_s`` or on a less loaded machine, and
+  a child killed from outside while it decodes (SIGKILL or SIGTERM: the out-of-memory killer, an
+  operator) says nothing about the file; their :class:`DecodeError` is ``transient`` and its reason starts
+  with :data:`TRANSIENT_PREFIX` (:func:`is_transient_reason`); preprocessing retries such rejects on the
+  next run. Every other reason (empty, corrupt, truncated file, decoder crash on the file) is permanent.
 
 This module imports no torch, so the decoder child stays light.
 """
@@ -30,6 +36,7 @@ This module imports no torch, so the decoder child stays light.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import traceback
@@ -41,25 +48,30 @@ import numpy as np
 
 DECODERS = ("decord", "pyav")
 TRANSIENT_PREFIX = "transient (retried on the next run): "
+# Signals that end a decoder child from outside (the out-of-memory killer sends SIGKILL): not the file's fault.
+KILLED_FROM_OUTSIDE = (signal.SIGKILL, signal.SIGTERM)
 
 
 def is_transient_reason(reason: str) -> bool:
-    """Whether a reject reason is transient (a timeout: retried on the next run) rather than permanent."""
+    """Whether a reject reason is transient (retried on the next run) rather than permanent."""
     return reason.startswith(TRANSIENT_PREFIX)
 
 
 class DecodeError(RuntimeError):
     """A video could not be decoded; ``reason`` is the one-line cause stored in the rejects table.
 
-    ``transient=True`` (a timeout) prefixes the reason with :data:`TRANSIENT_PREFIX`.
+    ``reason`` begins with a sentence a person can act on, then the libraries' raw messages;
+    ``transient=True`` prefixes it with :data:`TRANSIENT_PREFIX`. ``decoder``: the decoders that
+    tried the file (``"decord+pyav"``, ...; ``""`` when none got to it).
     """
 
-    def __init__(self, reason: str, transient: bool = False):
+    def __init__(self, reason: str, transient: bool = False, decoder: str = ""):
         if transient and not is_transient_reason(reason):
             reason = TRANSIENT_PREFIX + reason
         super().__init__(reason)
         self.reason = reason
         self.transient = transient
+        self.decoder = decoder
 
 
 @dataclass(frozen=True)
@@ -68,8 +80,9 @@ class DecodedClip:
 
     ``frames``: uint8 (num_frames, image_size, image_size, 3) RGB; ``frame_indices``: int64
     (num_frames,) indices into the video's decoded frames; ``num_video_frames``: frames the decoder
-    found; ``short``: the video had fewer than ``num_frames`` frames (frames repeat);
-    ``decoder``: ``"decord"`` or ``"pyav"``.
+    found (for a damaged file: the frames before the damage); ``short``: the video had fewer than
+    ``num_frames`` frames (frames repeat); ``decoder``: ``"decord"`` or ``"pyav"``; ``note``: what
+    failed on the way when the clip was salvaged from a damaged file (``""`` for a clean decode).
     """
 
     frames: np.ndarray
@@ -77,6 +90,16 @@ class DecodedClip:
     num_video_frames: int
     short: bool
     decoder: str
+    note: str = ""
+
+
+class _Failed(Exception):
+    """One decoder's failure on a file: ``stage`` is ``open``, ``no video`` or ``decode``; the message is the
+    library's own, on one line."""
+
+    def __init__(self, stage: str, message: str):
+        super().__init__(message)
+        self.stage = stage
 
 
 def sample_frame_indices(num_video_frames: int, num_frames: int) -> tuple[np.ndarray, bool]:
@@ -95,9 +118,9 @@ def resize_frames(frames: np.ndarray, image_size: int) -> np.ndarray:
 
     t, h, w, c = frames.shape
     if c != 3:
-        raise DecodeError(f"expected 3 colour channels, got {c}")
+        raise DecodeError(f"The frames have {c} colour channels, not 3 (a decoder bug?).")
     if h < 2 or w < 2:
-        raise DecodeError(f"frame size {w}x{h} is too small")
+        raise DecodeError(f"The video is {w}x{h} pixels, too small to make a clip from: remove it from the manifest.")
     scale = image_size / min(h, w)
     new_w, new_h = max(image_size, round(w * scale)), max(image_size, round(h * scale))
     left, top = (new_w - image_size) // 2, (new_h - image_size) // 2
@@ -110,7 +133,8 @@ def resize_frames(frames: np.ndarray, image_size: int) -> np.ndarray:
     return out
 
 
-def _one_line(e: BaseException) -> str:
+def one_line(e: BaseException) -> str:
+    """``e`` as one line: its type and its message (whitespace collapsed, at most 300 characters)."""
     text = " ".join(str(e).split())
     return f"{type(e).__name__}: {text[:300]}"
 
@@ -118,45 +142,124 @@ def _one_line(e: BaseException) -> str:
 def _decode_decord(path: str, num_frames: int) -> tuple[np.ndarray, np.ndarray, int, bool]:
     import decord
 
-    vr = decord.VideoReader(path, num_threads=1)  # open errors propagate to the caller (-> PyAV)
-    n = len(vr)
+    try:
+        vr = decord.VideoReader(path, num_threads=1)
+        n = len(vr)
+    except Exception as e:  # noqa: BLE001 - decord raises DECORDError or plain RuntimeError
+        raise _Failed("open", one_line(e)) from None
+    if n <= 0:
+        raise _Failed("decode", "the header gives no frames")
     indices, short = sample_frame_indices(n, num_frames)
     unique = np.unique(indices)
     try:
         batch = vr.get_batch(unique.tolist()).asnumpy()
-    except Exception as e:  # noqa: BLE001 - decord raises DECORDError or plain RuntimeError
-        raise DecodeError(f"decord opened the file but could not decode frames ({n} in header): {_one_line(e)}") from None
+    except Exception as e:  # noqa: BLE001
+        raise _Failed("decode", f"could not decode the sampled frames ({n} in the header): {one_line(e)}") from None
     if batch.shape[0] != len(unique):
-        raise DecodeError(f"decord returned {batch.shape[0]} of {len(unique)} requested frames (truncated file?)")
-    frames = batch[np.searchsorted(unique, indices)]
-    return frames, indices, n, short
+        raise _Failed("decode", f"returned {batch.shape[0]} of {len(unique)} requested frames ({n} in the header)")
+    return batch[np.searchsorted(unique, indices)], indices, n, short
 
 
-def _decode_pyav(path: str, num_frames: int) -> tuple[np.ndarray, np.ndarray, int, bool]:
-    """Two passes: count the decodable frames, then convert only the sampled ones (bounded memory)."""
+def _pyav_frames(path: str):
+    """Open ``path`` with PyAV: (container, iterator over its first video stream's frames, the frame count
+    its header gives or 0)."""
     import av
 
-    def frames_of(container):
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        return container.decode(stream)
+    try:
+        container = av.open(path)
+    except Exception as e:  # noqa: BLE001 - av.error.* for unreadable files
+        raise _Failed("open", one_line(e)) from None
+    if not container.streams.video:
+        container.close()
+        raise _Failed("no video", "the file holds no video stream")
+    stream = container.streams.video[0]
+    stream.thread_type = "AUTO"
+    return container, container.decode(stream), stream.frames
 
-    with av.open(path) as container:
-        if not container.streams.video:
-            raise DecodeError("no video stream")
-        n = sum(1 for _ in frames_of(container))
+
+def _rgb(frame) -> np.ndarray:
+    """A PyAV frame as uint8 (H, W, 3) RGB, turned by its rotation metadata (counter-clockwise degrees)."""
+    rgb = frame.to_ndarray(format="rgb24")
+    quarter_turns = round(frame.rotation / 90) % 4
+    return np.ascontiguousarray(np.rot90(rgb, quarter_turns)) if quarter_turns else rgb
+
+
+def _listed_frames(path: str) -> int:
+    """The frame count the video's header gives (PyAV reads the header only; about a millisecond), 0 if none."""
+    try:
+        container, _, listed = _pyav_frames(path)
+    except _Failed:
+        return 0
+    container.close()
+    return listed
+
+
+def _decode_pyav(path: str, num_frames: int) -> tuple[np.ndarray, np.ndarray, int, bool, str]:
+    """Two passes: count the frames decodable before the first error, then convert only the sampled ones
+    (bounded memory). Returns frames, indices, frames found, short, and what ended the count early (the
+    error, or fewer frames than the header lists; ``""`` when the file decoded to its end)."""
+    container, frames, listed = _pyav_frames(path)
+    n, stopped = 0, ""
+    with container:
+        try:
+            for _ in frames:
+                n += 1
+        except Exception as e:  # noqa: BLE001 - a damaged packet: keep what came before it
+            stopped = one_line(e)
+    if n == 0:
+        raise _Failed("decode", stopped or "no frames")
+    if not stopped and n < listed:  # threaded decoding can end at the damage without raising
+        stopped = f"the stream ends early: the header lists {listed} frames"
     indices, short = sample_frame_indices(n, num_frames)
     wanted = set(indices.tolist())
     picked: dict[int, np.ndarray] = {}
-    with av.open(path) as container:
-        for k, frame in enumerate(frames_of(container)):
+    container, frames, _ = _pyav_frames(path)
+    with container:
+        for k, frame in enumerate(frames):
             if k in wanted:
-                picked[k] = frame.to_ndarray(format="rgb24")
+                picked[k] = _rgb(frame)
             if k >= indices[-1]:
                 break
     if len(picked) != len(wanted):
-        raise DecodeError(f"PyAV decoded {n} frames on the first pass but fewer on the second")
-    return np.stack([picked[k] for k in indices.tolist()]), indices, n, short
+        raise _Failed("decode", f"decoded {n} frames on the first pass but fewer on the second")
+    return np.stack([picked[k] for k in indices.tolist()]), indices, n, short, stopped
+
+
+def _mp4_without_index(path: str) -> bool:
+    """Whether ``path`` is an MP4/MOV file (ISO base media: top-level boxes, the first ``ftyp``) that has no
+    ``moov`` box, the index that writers put last: the file was cut short before it."""
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        offset, first = 0, True
+        while offset + 8 <= size:
+            f.seek(offset)
+            box_size, box_type = int.from_bytes(f.read(4), "big"), f.read(4)
+            if first and box_type != b"ftyp":
+                return False
+            if box_type == b"moov":
+                return False
+            if box_size == 1:  # 64-bit size follows the type
+                box_size = int.from_bytes(f.read(8), "big")
+            if box_size < 8:  # 0: the box runs to the end of the file
+                break
+            offset, first = offset + box_size, False
+    return not first
+
+
+def _unreadable(path: str, decord_failed: _Failed, pyav_failed: _Failed) -> DecodeError:
+    """The reject when neither decoder got a frame: what is wrong with the file, then both libraries' words."""
+    raw = f"decord: {decord_failed}; PyAV: {pyav_failed}"
+    if _mp4_without_index(path):
+        what = ("The MP4 file has no index (moov box): it was cut short while being downloaded or copied; "
+                "download it again.")
+    elif pyav_failed.stage == "no video":
+        what = "The file holds no video stream (audio only, or not a video): remove it from the manifest."
+    elif pyav_failed.stage == "decode":
+        what = "The file is damaged: not a single frame of it could be decoded; download it again."
+    else:
+        what = ("Neither decord nor PyAV can read the file: it is damaged or not a video; check it with ffprobe "
+                "or download it again.")
+    return DecodeError(f"{what} {raw}", decoder="decord+pyav")
 
 
 def decode_clip(path: str, num_frames: int, image_size: int) -> DecodedClip:
@@ -165,25 +268,30 @@ def decode_clip(path: str, num_frames: int, image_size: int) -> DecodedClip:
     Raises :class:`DecodeError` with a one-line reason when the video cannot be decoded.
     """
     if not os.path.exists(path):
-        raise DecodeError(f"file not found: {path}")
+        raise DecodeError(f"The file does not exist: check the manifest's path. {path}")
     if os.path.isfile(path) and os.path.getsize(path) == 0:
-        raise DecodeError("empty file (0 bytes)")
+        raise DecodeError("The file is empty (0 bytes): copy or download it again.")
     try:
         frames, indices, n, short = _decode_decord(path, num_frames)
-        decoder = "decord"
-    except DecodeError:
-        raise
-    except Exception as decord_error:  # noqa: BLE001 - decord could not open it: try FFmpeg via PyAV
+        decoder, listed = "decord", _listed_frames(path)
+        note = f"decord found {n} of the {listed} frames the header lists: the file is cut short" if n < listed else ""
+    except _Failed as decord_failed:
         try:
-            frames, indices, n, short = _decode_pyav(path, num_frames)
-            decoder = "pyav"
-        except DecodeError as e:
-            raise DecodeError(f"decord cannot open ({_one_line(decord_error)}); PyAV: {e.reason}") from None
-        except Exception as e:  # noqa: BLE001
-            raise DecodeError(f"decord cannot open ({_one_line(decord_error)}); PyAV: {_one_line(e)}") from None
+            frames, indices, n, short, stopped = _decode_pyav(path, num_frames)
+        except _Failed as pyav_failed:
+            raise _unreadable(path, decord_failed, pyav_failed) from None
+        decoder = "pyav"
+        damaged = decord_failed.stage == "decode" or stopped
+        note = f"decord: {decord_failed}" + (f"; PyAV stopped after {n} frames: {stopped}" if stopped else "") if damaged else ""
     if frames.ndim != 4 or frames.dtype != np.uint8:
-        raise DecodeError(f"decoder returned frames of shape {frames.shape} and dtype {frames.dtype}")
-    return DecodedClip(resize_frames(frames, image_size), indices, int(n), bool(short), decoder)
+        raise DecodeError(f"The decoder returned frames of an unexpected kind (a decoder bug?): shape {frames.shape}, "
+                          f"dtype {frames.dtype}.", decoder=decoder)
+    try:
+        resized = resize_frames(frames, image_size)
+    except DecodeError as e:
+        e.decoder = decoder
+        raise
+    return DecodedClip(resized, indices, int(n), bool(short), decoder, note)
 
 
 def _serve(requests: Connection, replies: Connection) -> None:
@@ -198,9 +306,10 @@ def _serve(requests: Connection, replies: Connection) -> None:
         try:
             replies.send(("ok", decode_clip(*request)))
         except DecodeError as e:
-            replies.send(("error", e.reason))
+            replies.send(("error", (e.reason, e.decoder)))
         except Exception as e:  # noqa: BLE001 - anything else is this video's failure, not the child's
-            replies.send(("error", f"unexpected {_one_line(e)} | {traceback.format_exc(limit=2)[-300:]}"))
+            replies.send(("error", (f"Unexpected error while decoding this file (a bug in lmft or a decoder, not "
+                                    f"necessarily the file): {one_line(e)} | {traceback.format_exc(limit=2)[-300:]}", "")))
 
 
 class IsolatedDecoder:
@@ -277,8 +386,25 @@ class IsolatedDecoder:
             except OSError as e:  # BrokenPipeError: the child died between the check and the send
                 code = self._stop(kill=True)
                 if attempt == 1:
-                    raise DecodeError(f"could not hand the video to a fresh decoder process (exit code {code}): "
-                                      f"{_one_line(e)}", transient=True) from None
+                    raise DecodeError(f"No decoder process could be started for this file (the machine may be short "
+                                      f"of memory or processes). exit code {code}: {one_line(e)}", transient=True) from None
+
+    def _died_while_decoding(self) -> DecodeError:
+        """The child's pipe broke while it decoded a file. Wait for the child's own exit status (it is
+        exiting) rather than kill it, then tell a crash on the file (permanent) from a kill from outside
+        (transient: nothing is known about the file)."""
+        try:
+            self._proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+        code = self._stop(kill=True)
+        sig = signal.Signals(-code) if code is not None and -code in signal.valid_signals() else None
+        if sig in KILLED_FROM_OUTSIDE:
+            return DecodeError(f"The decoder process was killed from outside while decoding this file ({sig.name}, as "
+                               f"the out-of-memory killer does): that says nothing about the file, so it is tried again; "
+                               f"if it recurs, give decoding more memory (fewer decode tasks per machine).", transient=True)
+        return DecodeError(f"The decoder crashed on this file ({sig.name if sig else f'exit code {code}'}): the file is "
+                           f"probably damaged; check it with ffprobe or download it again.")
 
     def decode(self, path: str, num_frames: int, image_size: int) -> DecodedClip:
         if not self.isolate:
@@ -288,14 +414,15 @@ class IsolatedDecoder:
         try:
             if not self._replies.poll(self.timeout_s):
                 self._stop(kill=True)
-                raise DecodeError(f"decoding timed out after {self.timeout_s:g} s (decoder hang?); decoder process "
-                                  f"killed; raise preprocess.decode_timeout_s if the file is just slow", transient=True)
+                raise DecodeError(f"Decoding timed out after {self.timeout_s:g} s and the decoder process was killed: a "
+                                  f"decoder hang, or a slow file or machine; raise preprocess.decode_timeout_s if the "
+                                  f"file is just slow.", transient=True)
             status, payload = self._replies.recv()
         except (EOFError, OSError):
-            code = self._stop(kill=True)
-            raise DecodeError(f"decoder process died (exit code {code}): decoder crash on this file") from None
+            raise self._died_while_decoding() from None
         if status == "error":
-            raise DecodeError(payload)
+            reason, decoder = payload
+            raise DecodeError(reason, decoder=decoder)
         return payload
 
     def close(self) -> None:

@@ -18,7 +18,7 @@ from lmft_core.datasets import BENCHMARKS, DatasetConfig, DatasetError, build_ma
 from lmft_core.datasets.__main__ import main
 from lmft_core.datasets.actorshift import parse_actorshift_line
 from lmft_core.datasets.daily_da import parse_daily_da_line
-from lmft_core.datasets.ucf_hmdb import parse_ta3n_line
+from lmft_core.datasets.ucf_hmdb import parse_ta3n_line, ta3n_name
 from lmft_core.manifest import load_manifest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -63,18 +63,43 @@ def read_rows(manifest: Path) -> list[dict[str, str]]:
 
 # ---------------------------------------------------------------- UCF-HMDB_full (TA3N layout)
 
-# (original class folder, video name, TA3N class index, expected benchmark class); names as in UCF101 / HMDB51
+# (original class folder, video file name on disk, the name TA3N's list writes, TA3N class index, expected class).
+# Real UCF101 / HMDB51 names; HMDB51 names from the 1,200 UCF-HMDB_full videos, with the characters real names
+# carry: TA3N's lists drop &, ( and ) and keep [HD], #, + and !.
 UCF = {
-    "train": [("Archery", "v_Archery_g08_c01", 10, "shoot_bow"), ("RockClimbingIndoor", "v_RockClimbingIndoor_g09_c02", 0, "climb"),
-              ("RopeClimbing", "v_RopeClimbing_g10_c01", 0, "climb"), ("BoxingSpeedBag", "v_BoxingSpeedBag_g11_c03", 5, "punch"),
-              ("WalkingWithDog", "v_WalkingWithDog_g12_c01", 11, "walk"), ("SoccerPenalty", "v_SoccerPenalty_g13_c02", 3, "kick_ball")],
-    "test": [("WalkingWithDog", "v_WalkingWithDog_g01_c01", 11, "walk"), ("SoccerPenalty", "v_SoccerPenalty_g02_c04", 3, "kick_ball")],
+    "train": [("Archery", "v_Archery_g08_c01", "v_Archery_g08_c01", 10, "shoot_bow"),
+              ("RockClimbingIndoor", "v_RockClimbingIndoor_g09_c02", "v_RockClimbingIndoor_g09_c02", 0, "climb"),
+              ("RopeClimbing", "v_RopeClimbing_g10_c01", "v_RopeClimbing_g10_c01", 0, "climb"),
+              ("BoxingSpeedBag", "v_BoxingSpeedBag_g11_c03", "v_BoxingSpeedBag_g11_c03", 5, "punch"),
+              ("WalkingWithDog", "v_WalkingWithDog_g12_c01", "v_WalkingWithDog_g12_c01", 11, "walk"),
+              ("SoccerPenalty", "v_SoccerPenalty_g13_c02", "v_SoccerPenalty_g13_c02", 3, "kick_ball"),
+              ("Fencing", "v_Fencing_g14_c01", "v_Fencing_g14_c01", 1, "fencing"),
+              ("GolfSwing", "v_GolfSwing_g15_c03", "v_GolfSwing_g15_c03", 2, "golf"),
+              ("PushUps", "v_PushUps_g16_c02", "v_PushUps_g16_c02", 6, "pushup"),
+              ("PullUps", "v_PullUps_g17_c01", "v_PullUps_g17_c01", 4, "pullup")],
+    "test": [("WalkingWithDog", "v_WalkingWithDog_g01_c01", "v_WalkingWithDog_g01_c01", 11, "walk"),
+             ("SoccerPenalty", "v_SoccerPenalty_g02_c04", "v_SoccerPenalty_g02_c04", 3, "kick_ball")],
 }
 HMDB = {
-    "train": [("climb", "Rock_Climbing_climb_f_cm_np1_ba_med_0", 0, "climb"), ("shoot_bow", "Archery_shoot_bow_u_nm_np1_fr_goo_1", 10, "shoot_bow"),
-              ("punch", "Boxing_punch_f_cm_np1_le_med_2", 5, "punch"), ("walk", "BIG_FISH_walk_f_nm_np1_fr_med_2", 11, "walk"),
-              ("kick_ball", "Goal_1__2_kick_ball_f_cm_np1_ba_med_3", 3, "kick_ball")],
-    "test": [("walk", "AmericanGangster_walk_f_cm_np1_le_bad_8", 11, "walk"), ("kick_ball", "Goal_1__2_kick_ball_f_cm_np1_fr_goo_2", 3, "kick_ball")],
+    "train": [("climb", "(HQ)_Rock_Climbing_-_Free_Solo_Speed_Climb_-_Dan_Osman_climb_f_cm_np1_le_med_3",
+               "HQ_Rock_Climbing_-_Free_Solo_Speed_Climb_-_Dan_Osman_climb_f_cm_np1_le_med_3", 0, "climb"),
+              ("shoot_bow", "Updatedvideoofmeshootingteamusaarchery_shoot_bow_u_nm_np1_ba_med_7",
+               "Updatedvideoofmeshootingteamusaarchery_shoot_bow_u_nm_np1_ba_med_7", 10, "shoot_bow"),
+              ("punch", "Two_Towers_6_punch_u_cm_np1_fr_bad_5", "Two_Towers_6_punch_u_cm_np1_fr_bad_5", 5, "punch"),
+              ("walk", "TheLastManOnearth_walk_f_nm_np1_fr_med_21", "TheLastManOnearth_walk_f_nm_np1_fr_med_21", 11, "walk"),
+              ("kick_ball", "Goal_1_&_2_kick_ball_f_cm_np1_fr_goo_2", "Goal_1__2_kick_ball_f_cm_np1_fr_goo_2", 3, "kick_ball"),
+              ("fencing", "Die_Another_Day_-_Fencing_Scene_Part_1_[HD]_fencing_f_cm_np2_le_goo_0",
+               "Die_Another_Day_-_Fencing_Scene_Part_1_[HD]_fencing_f_cm_np2_le_goo_0", 1, "fencing"),
+              ("golf", "Golf_Tips_-_Hit_The_Driver_300+_Yards!!!_golf_f_nm_np1_fr_med_0",
+               "Golf_Tips_-_Hit_The_Driver_300+_Yards!!!_golf_f_nm_np1_fr_med_0", 2, "golf"),
+              ("pushup", "Pushups___The_Hardway!!!_Shaolin_Style_pushup_f_cm_np1_le_med_2",
+               "Pushups___The_Hardway!!!_Shaolin_Style_pushup_f_cm_np1_le_med_2", 6, "pushup")],
+    "test": [("climb", "Kletter-WM_2005-_Bouldern_Finale_Damen__Vera_Kotasova_(CZE)_climb_f_cm_np1_ba_med_0",
+              "Kletter-WM_2005-_Bouldern_Finale_Damen__Vera_Kotasova_CZE_climb_f_cm_np1_ba_med_0", 0, "climb"),
+             ("walk", "AmericanGangster_walk_f_cm_np1_le_bad_8", "AmericanGangster_walk_f_cm_np1_le_bad_8", 11, "walk"),
+             ("kick_ball", "Amazing_Soccer_#2_kick_ball_f_cm_np1_fr_bad_1", "Amazing_Soccer_#2_kick_ball_f_cm_np1_fr_bad_1", 3, "kick_ball"),
+             ("pullup", "20_Pull_ups_at_160_15_1_2_inch_biceps_(_wide_grip_)_pullup_u_cm_np1_ba_med_0",
+              "20_Pull_ups_at_160_15_1_2_inch_biceps__wide_grip__pullup_u_cm_np1_ba_med_0", 4, "pullup")],
 }
 TA3N_DATASETS = {"ucf101": UCF, "hmdb51": HMDB}
 
@@ -83,15 +108,19 @@ def ta3n_list(root: Path, dataset: str, role: str) -> Path:
     return root / dataset / f"list_{dataset}_{ {'train': 'train', 'test': 'val'}[role]}_hmdb_ucf-feature.txt"
 
 
+def ta3n_lines(dataset: str, videos, spelling: int = 2) -> list[str]:
+    """TA3N list lines of ``videos``; ``spelling`` 2 writes TA3N's names, 1 the names on disk."""
+    return [f"{TA3N_PREFIX}/{dataset}/RGB-feature/{v[spelling]} {37 + i} {v[3]}" for i, v in enumerate(videos)]
+
+
 @pytest.fixture
 def ucf_hmdb_root(tmp_path, tiny_videos) -> Path:
     root = tmp_path / "ucf_hmdb"
     for dataset, splits in TA3N_DATASETS.items():
         for role, videos in splits.items():
-            for folder, name, index, _ in videos:
+            for folder, name, *_ in videos:
                 place(tiny_videos, root / dataset / "RGB" / folder / f"{name}.avi")
-            write_lines(ta3n_list(root, dataset, role),
-                        [f"{TA3N_PREFIX}/{dataset}/RGB-feature/{name} {37 + i} {index}" for i, (_, name, index, _) in enumerate(videos)])
+            write_lines(ta3n_list(root, dataset, role), ta3n_lines(dataset, videos))
     return root
 
 
@@ -104,7 +133,7 @@ def expected_ta3n_rows(root: Path, source: str, target: str) -> list[dict[str, s
     rows = []
     for side, dataset in (("source", source), ("target", target)):
         for role in ("train", "test"):
-            for folder, name, _, label in TA3N_DATASETS[dataset][role]:
+            for folder, name, _, _, label in TA3N_DATASETS[dataset][role]:
                 rows.append({"path": str((root / dataset / "RGB" / folder / f"{name}.avi").resolve()), "label": label, "domain": side,
                              "split": role, "video_id": f"{dataset}/{folder}/{name}"})
     return rows
@@ -139,8 +168,8 @@ def test_ucf_hmdb_overrides_for_split_files_and_video_folder(ucf_hmdb_root, tmp_
                        video_dirs={"target": moved / "videos"})
     rows = read_rows(build_manifest(cfg).manifest)
     target = [r for r in rows if r["domain"] == "target"]
-    assert [r["path"] for r in target] == [str((moved / "videos" / f / f"{n}.avi").resolve()) for role in ("train", "test") for f, n, _, _ in HMDB[role]]
-    assert [r["video_id"] for r in target] == [f"hmdb51/{f}/{n}" for role in ("train", "test") for f, n, _, _ in HMDB[role]]
+    assert [r["path"] for r in target] == [str((moved / "videos" / f / f"{n}.avi").resolve()) for role in ("train", "test") for f, n, *_ in HMDB[role]]
+    assert [r["video_id"] for r in target] == [f"hmdb51/{f}/{n}" for role in ("train", "test") for f, n, *_ in HMDB[role]]
 
 
 # ---------------------------------------------------------------- bad input (UCF-HMDB_full)
@@ -192,8 +221,8 @@ def test_absent_videos_fail_then_skip_missing_writes_side_file(ucf_hmdb_root, tm
     skipped = read_rows(skipped_path(out))
     assert [(Path(s["split_file"]).name, s["line"], s["domain"], s["split"], s["label"]) for s in skipped] == [
         ("list_ucf101_train_hmdb_ucf-feature.txt", "2", "source", "train", "climb"),
-        ("list_hmdb51_val_hmdb_ucf-feature.txt", "1", "target", "test", "walk")]
-    assert all(s["listed_path"].endswith(n) and "no video named" in s["reason"] for s, (_, n, _, _) in zip(skipped, gone))
+        ("list_hmdb51_val_hmdb_ucf-feature.txt", "1", "target", "test", "climb")]
+    assert all(s["listed_path"].endswith(listed) and "no video named" in s["reason"] for s, (_, _, listed, _, _) in zip(skipped, gone))
     # nothing lost: every listed line is in the manifest or in the side file
     listed = sum(len(TA3N_DATASETS[d][r]) for d in TA3N_DATASETS for r in ("train", "test"))
     assert len(rows) + len(skipped) == listed
@@ -248,7 +277,50 @@ def test_malformed_lines_duplicates_and_ambiguous_names(ucf_hmdb_root, tiny_vide
     assert "expected 3 fields" in p["malformed line"][0] and "frame count 'forty'" in p["malformed line"][1]
     assert len(p["video listed twice"]) == 1 and f"train_hmdb_ucf-feature.txt:{n + 4}: " in p["video listed twice"][0]
     assert p["video listed twice"][0].endswith("train_hmdb_ucf-feature.txt:1")
-    assert len(p["ambiguous video name"]) == 1 and "2 videos named same_name_walk_f" in p["ambiguous video name"][0]
+    (ambiguous,) = p["ambiguous video name"]
+    assert "2 videos below" in ambiguous and "match same_name_walk_f" in ambiguous  # naming both files
+    assert all(str(ucf_hmdb_root / "hmdb51" / "RGB" / f / "same_name_walk_f.avi") in ambiguous for f in ("walk", "climb"))
+
+
+def test_ta3n_name_rule_by_hand():
+    """TA3N's lists drop &, ( and ) from HMDB51 names and keep every other character."""
+    assert ta3n_name("Goal_1_&_2_kick_ball_f_cm_np1_fr_goo_2") == "Goal_1__2_kick_ball_f_cm_np1_fr_goo_2"
+    assert ta3n_name("(HQ)_Rock_Climbing_-_Free_Solo_Speed_Climb_-_Dan_Osman_climb_f_cm_np1_le_med_3") == \
+        "HQ_Rock_Climbing_-_Free_Solo_Speed_Climb_-_Dan_Osman_climb_f_cm_np1_le_med_3"
+    assert ta3n_name("Vera_Kotasova_(CZE)_climb") == "Vera_Kotasova_CZE_climb"
+    for kept in ("Die_Another_Day_-_Fencing_Scene_Part_1_[HD]_fencing", "Amazing_Soccer_#2_kick_ball", "Hit_The_Driver_300+_Yards!!!_golf",
+                 "v_Archery_g08_c01"):
+        assert ta3n_name(kept) == kept
+
+
+@pytest.mark.parametrize("listed,on_disk", [(1, 1), (1, 2), (2, 2)])
+def test_names_found_whichever_spelling_the_list_and_the_disk_use(tmp_path, tiny_videos, listed, on_disk):
+    """Lists in TA3N's spelling (2) or with the real names (1), videos on disk under the real names or renamed the
+    TA3N way: every listed video is found, in both adaptation directions."""
+    root = tmp_path / "ucf_hmdb"
+    for dataset, splits in TA3N_DATASETS.items():
+        for role, videos in splits.items():
+            for v in videos:
+                place(tiny_videos, root / dataset / "RGB" / v[0] / f"{v[on_disk]}.avi")
+            write_lines(ta3n_list(root, dataset, role), ta3n_lines(dataset, videos, spelling=listed))
+    for source, target in (("ucf101", "hmdb51"), ("hmdb51", "ucf101")):
+        rows = read_rows(build_manifest(ucf_hmdb_cfg(root, tmp_path / f"out_{source}", source, target)).manifest)
+        expected = [str((root / d / "RGB" / v[0] / f"{v[on_disk]}.avi").resolve()) for d in (source, target)
+                    for role in ("train", "test") for v in TA3N_DATASETS[d][role]]
+        assert [r["path"] for r in rows] == expected
+
+
+def test_a_list_name_matching_two_files_under_the_rule_names_both(ucf_hmdb_root, tiny_videos, tmp_path):
+    folder = ucf_hmdb_root / "hmdb51" / "RGB" / "kick_ball"
+    place(tiny_videos, folder / "Goal_(1)_kick_ball_f_cm_np1_ba_med_3.avi")
+    place(tiny_videos, folder / "Goal_1_kick_ball_f_cm_np1_ba_med_3.avi")
+    with ta3n_list(ucf_hmdb_root, "hmdb51", "train").open("a") as f:
+        f.write(f"{TA3N_PREFIX}/hmdb51/RGB-feature/Goal_1_kick_ball_f_cm_np1_ba_med_3 40 3\n")
+    with pytest.raises(DatasetError) as e:
+        build_manifest(ucf_hmdb_cfg(ucf_hmdb_root, tmp_path / "out"))
+    (ambiguous,) = problems(e)["ambiguous video name"]
+    assert list(problems(e)) == ["ambiguous video name"] and "&, ( and ) removed" in ambiguous
+    assert str(folder / "Goal_(1)_kick_ball_f_cm_np1_ba_med_3.avi") in ambiguous and str(folder / "Goal_1_kick_ball_f_cm_np1_ba_med_3.avi") in ambiguous
 
 
 def test_target_class_without_source_videos_and_empty_domain(ucf_hmdb_root, tmp_path):
@@ -257,12 +329,12 @@ def test_target_class_without_source_videos_and_empty_domain(ucf_hmdb_root, tmp_
     with pytest.raises(DatasetError) as e:
         build_manifest(cfg)
     orphans = problems(e)["target class without source videos"]
-    assert sorted(m.split("'")[1] for m in orphans) == ["climb", "kick_ball", "punch", "walk"]
+    assert sorted(m.split("'")[1] for m in orphans) == ["climb", "fencing", "golf", "kick_ball", "pullup", "punch", "pushup", "walk"]
     assert "2 target video(s) of class 'walk'" in " ".join(orphans)  # one train, one test
     assert not cfg.output.exists()
 
-    for _, name, _, _ in HMDB["train"] + HMDB["test"]:
-        next((ucf_hmdb_root / "hmdb51" / "RGB").rglob(f"{name}.avi")).unlink()
+    for folder, name, *_ in HMDB["train"] + HMDB["test"]:
+        (ucf_hmdb_root / "hmdb51" / "RGB" / folder / f"{name}.avi").unlink()
     with pytest.raises(DatasetError) as e:
         build_manifest(ucf_hmdb_cfg(ucf_hmdb_root, tmp_path / "out", skip_missing=True))
     assert list(problems(e)) == ["empty domain"] and "target" in problems(e)["empty domain"][0]

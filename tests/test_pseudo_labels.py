@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 
 import numpy as np
 import open_clip
@@ -11,8 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from lmft_core.config import ConfigError, load_profile
-from lmft_core.pseudo_labels import (ClipZeroShot, PseudoLabelConfig, WeightsError, build_clip_model, fetch_pretrained,
-                                     save_random_checkpoint, uses_quick_gelu, weights_identity)
+from lmft_core.pseudo_labels import (TINY_CLIP_CONFIG, ClipZeroShot, PseudoLabelConfig, WeightsError, build_clip_model,
+                                     fetch_pretrained, save_random_checkpoint, uses_quick_gelu, weights_identity)
 
 CLASSES = ("ride_bike", "jump", "wave")
 
@@ -95,7 +96,7 @@ def test_weights_identity_hashes_checkpoint_files(tiny_clip):
     assert tag["kind"] == "tag" and "openai" in str(tag["source"])
 
 
-def test_bad_weights_and_configs_fail_clearly(tiny_clip, tmp_path, monkeypatch):
+def test_bad_weights_and_configs_fail_clearly(tiny_clip, tmp_path, monkeypatch, network_up):
     with pytest.raises(ConfigError, match="checkpoint file not found"):
         weights_identity(dataclasses.replace(tiny_clip, pretrained=str(tmp_path / "missing.pt")))
     with pytest.raises(ConfigError, match="neither an open_clip tag"):
@@ -105,15 +106,94 @@ def test_bad_weights_and_configs_fail_clearly(tiny_clip, tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="action"):
         PseudoLabelConfig(prompt_template="a photo of {}")
 
-    def offline(*args, **kwargs):
+    def hub_error(*args, **kwargs):
         raise OSError("Name or service not known")
 
-    monkeypatch.setattr("open_clip.pretrained.download_pretrained", offline)
-    monkeypatch.setattr("open_clip.factory.download_pretrained", offline)
+    monkeypatch.setattr("open_clip.pretrained.download_pretrained", hub_error)
     for attempt in (fetch_pretrained, build_clip_model):
         with pytest.raises(WeightsError, match=r"pseudo_labels.pretrained=/path/to/open_clip_pytorch_model.bin") as e:
-            attempt(PseudoLabelConfig())
+            attempt(PseudoLabelConfig(cache_dir=str(tmp_path)))
         assert "timm/vit_base_patch16_clip_224.openai" in str(e.value) and "Name or service not known" in str(e.value)
+
+
+@pytest.fixture
+def network_up(monkeypatch):
+    """The download host answers: a listening local socket stands in for the hub."""
+    import socket
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        monkeypatch.setattr("huggingface_hub.constants.ENDPOINT", f"http://127.0.0.1:{server.getsockname()[1]}")
+        monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
+        monkeypatch.setattr("urllib.request.getproxies", dict)
+        yield
+
+
+def network_down(monkeypatch) -> None:
+    """The download host refuses connections at once (nothing listens on port 9 of the loopback)."""
+    monkeypatch.setattr("huggingface_hub.constants.ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
+    monkeypatch.setattr("urllib.request.getproxies", dict)
+
+
+def test_without_network_a_tag_fails_within_seconds_with_instructions(tmp_path, monkeypatch):
+    network_down(monkeypatch)
+
+    def no_hub(*args, **kwargs):
+        raise AssertionError("the hub client must not be called without a network")
+
+    monkeypatch.setattr("open_clip.pretrained.download_pretrained", no_hub)
+    for attempt in (fetch_pretrained, build_clip_model):
+        t0 = time.perf_counter()
+        with pytest.raises(WeightsError) as e:
+            attempt(PseudoLabelConfig(cache_dir=str(tmp_path)))
+        assert time.perf_counter() - t0 < 5
+        assert "not in the download cache and 127.0.0.1:9 cannot be reached (ConnectionRefusedError" in str(e.value)
+        assert "--set pseudo_labels.pretrained=/path/to/open_clip_pytorch_model.bin" in str(e.value)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    with pytest.raises(WeightsError, match="HF_HUB_OFFLINE is set"):
+        fetch_pretrained(PseudoLabelConfig(cache_dir=str(tmp_path)))
+
+
+def test_a_cached_tag_needs_no_network(tmp_path, monkeypatch):
+    """A checkpoint in the hub cache layout open_clip downloads into is used as it is, without the network."""
+    network_down(monkeypatch)
+    snapshot = tmp_path / "models--timm--vit_base_patch16_clip_224.openai" / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    (snapshot / "open_clip_pytorch_model.bin").write_bytes(b"weights")
+    (tmp_path / "models--timm--vit_base_patch16_clip_224.openai" / "refs").mkdir()
+    (tmp_path / "models--timm--vit_base_patch16_clip_224.openai" / "refs" / "main").write_text("abc123")
+    t0 = time.perf_counter()
+    assert fetch_pretrained(PseudoLabelConfig(cache_dir=str(tmp_path))) == str(snapshot / "open_clip_pytorch_model.bin")
+    assert time.perf_counter() - t0 < 1
+    (snapshot / "open_clip_model.safetensors").write_bytes(b"weights")  # preferred, as open_clip does
+    assert fetch_pretrained(PseudoLabelConfig(cache_dir=str(tmp_path))) == str(snapshot / "open_clip_model.safetensors")
+
+
+def test_errors_that_are_not_downloads_keep_their_own_message_and_traceback(tiny_clip, tmp_path, monkeypatch):
+    # a corrupt local checkpoint: torch's own error, raised from torch's loader
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"not a checkpoint" * 100)
+    with pytest.raises(Exception) as e:
+        build_clip_model(dataclasses.replace(tiny_clip, pretrained=str(corrupt)))
+    assert not isinstance(e.value, WeightsError) and "download" not in str(e.value)
+    assert any("torch" in entry.path.parts and entry.name == "load" for entry in e.traceback)
+    assert any(str(corrupt) in note for note in e.value.__notes__)
+    # weights of another architecture: the size mismatch as load_state_dict reports it
+    wide = save_random_checkpoint(tmp_path / "wide", name="lmft-wide-clip",
+                                  model_config={**TINY_CLIP_CONFIG, "embed_dim": 48})
+    with pytest.raises(RuntimeError, match="size mismatch") as e:
+        build_clip_model(dataclasses.replace(tiny_clip, pretrained=wide.pretrained))
+    assert not isinstance(e.value, WeightsError)
+    # out of memory while building: the same exception, with a note naming the model
+    def oom(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr("open_clip.create_model", oom)
+    with pytest.raises(torch.OutOfMemoryError, match="Tried to allocate 2.00 GiB") as e:
+        build_clip_model(tiny_clip)
+    assert e.value.__notes__ == [f"lmft: while building open_clip model {tiny_clip.model!r} with weights {tiny_clip.pretrained!r}"]
 
 
 def activations(model: torch.nn.Module) -> set[str]:
@@ -145,7 +225,7 @@ def test_a_quick_gelu_tag_builds_quick_gelu_modules(tiny_clip, monkeypatch):
     assert activations(build_clip_model(tiny_clip)) == {"GELU"}  # the tiny config itself: standard GELU
     tag = {"url": "https://example.invalid/tiny.pt", "hf_hub": "", "quick_gelu": True, "mean": None, "std": None}
     monkeypatch.setitem(pretrained_registry._PRETRAINED, tiny_clip.model, {"quickgelu_tag": tag})
-    monkeypatch.setattr("open_clip.factory.download_pretrained", lambda cfg, cache_dir=None: tiny_clip.pretrained)
+    monkeypatch.setattr("lmft_core.pseudo_labels.fetch_pretrained", lambda cfg: tiny_clip.pretrained)
     cfg = dataclasses.replace(tiny_clip, pretrained="quickgelu_tag")
     assert uses_quick_gelu(cfg)
     model = build_clip_model(cfg)
@@ -157,13 +237,10 @@ def test_a_quick_gelu_tag_builds_quick_gelu_modules(tiny_clip, monkeypatch):
     torch.testing.assert_close(model.state_dict()["text_projection"], saved["text_projection"])
 
 
-def test_offline_advice_for_a_plain_vit_b_16_with_openai_names_the_quickgelu_model(monkeypatch):
-    def offline(*args, **kwargs):
-        raise OSError("Name or service not known")
-
-    monkeypatch.setattr("open_clip.pretrained.download_pretrained", offline)
+def test_offline_advice_for_a_plain_vit_b_16_with_openai_names_the_quickgelu_model(tmp_path, monkeypatch):
+    network_down(monkeypatch)
     with pytest.raises(WeightsError, match="pseudo_labels.model=ViT-B-16-quickgelu"):
-        fetch_pretrained(PseudoLabelConfig(model="ViT-B-16", pretrained="openai"))
+        fetch_pretrained(PseudoLabelConfig(model="ViT-B-16", pretrained="openai", cache_dir=str(tmp_path)))
     with pytest.raises(WeightsError) as e:
-        fetch_pretrained(PseudoLabelConfig())  # already the QuickGELU model: no model advice
+        fetch_pretrained(PseudoLabelConfig(cache_dir=str(tmp_path)))  # already the QuickGELU model: no model advice
     assert "pseudo_labels.model=" not in str(e.value)

@@ -20,7 +20,9 @@ NO_LIST = "none"
 
 def _describe(bench: Benchmark) -> str:
     lines = [bench.title, f"Source: {bench.citation}.", f"Class mapping: {DATA_DIR / (bench.name + '.csv')}.",
-             f"Split-file lines: {bench.line_format}.", "", "domains (video folder; default train / test split files, relative to --root):"]
+             f"Split-file lines: {bench.line_format}.",
+             f"Videos: found by name below the video folder, {bench.name_rule}." if bench.name_key else
+             "Videos: the listed paths, below the video folder.", "", "domains (video folder; default train / test split files, relative to --root):"]
     for d in bench.domains:
         lists = " / ".join(d.split_files.get(r) or "(give on the command line)" for r in ROLES)
         lines.append(f"  {d.name:9s} {d.title}: {d.video_dir}; {lists}")

@@ -11,7 +11,7 @@ published, so all split files are given on the command line; only human -> anima
 
 from __future__ import annotations
 
-from lmft_core.datasets.core import Benchmark, DomainSpec, register, split_fields
+from lmft_core.datasets.core import Benchmark, DomainSpec, register, same_name, split_fields
 
 
 def parse_actorshift_line(text: str) -> tuple[str, str]:
@@ -30,6 +30,7 @@ BENCHMARK = register(Benchmark(
     ),
     line_format="<path>,<class name>  (CSV, no header; videos found by name)",
     parse_line=parse_actorshift_line,
-    match_by_stem=True,
+    name_key=same_name,
+    name_rule="file names compared without their suffix",
     directions=(("human", "animal"),),
 ))

@@ -126,10 +126,12 @@ class Benchmark:
     """A benchmark: its domains, split-file line format and class table.
 
     ``parse_line`` turns one non-blank split-file line into ``(listed path, class token)`` or raises
-    ValueError saying what is wrong. ``match_by_stem``: a listed path that is not a file below the video
-    folder is looked up by file name without suffix anywhere below it (the lists name feature folders
-    or other containers than the videos users have). ``directions``: the allowed (source, target) pairs;
-    None allows any two different domains.
+    ValueError saying what is wrong. ``name_key``: a listed path that is not a file below the video
+    folder is looked up by name anywhere below it (the lists name feature folders or other containers
+    than the videos users have): a video matches when ``name_key`` of its file name without suffix equals
+    ``name_key`` of the listed name (None: no lookup by name, only the path as written). ``name_rule``
+    says in words how names are compared, for messages. ``directions``: the allowed (source, target)
+    pairs; None allows any two different domains.
     """
 
     name: str
@@ -138,7 +140,8 @@ class Benchmark:
     domains: tuple[DomainSpec, ...]
     line_format: str
     parse_line: Callable[[str], tuple[str, str]]
-    match_by_stem: bool
+    name_key: Callable[[str], str] | None
+    name_rule: str = "names compared as written"
     directions: tuple[tuple[str, str], ...] | None = None
 
     @property
@@ -236,22 +239,29 @@ class _Entry:
         return f"{self.split_file}:{self.line}"
 
 
-class _VideoFinder:
-    """Finds a listed video below one domain's video folder: as written, else (``by_stem``) by file name."""
+def same_name(name: str) -> str:
+    """The identity name key: list names and file names compared as written."""
+    return name
 
-    def __init__(self, video_dir: Path, by_stem: bool):
+
+class _VideoFinder:
+    """Finds a listed video below one domain's video folder: as written, else (``name_key``) by name."""
+
+    def __init__(self, video_dir: Path, name_key: Callable[[str], str] | None, name_rule: str):
         self.video_dir = video_dir
-        self.by_stem = by_stem
+        self.name_key = name_key
+        self.name_rule = name_rule
         self._index: dict[str, list[Path]] | None = None
 
-    def _stem_index(self) -> dict[str, list[Path]]:
+    def _name_index(self) -> dict[str, list[Path]]:
+        """name key -> every video below the folder whose file name (without suffix) has that key."""
         if self._index is None:
             self._index = {}
             for dirpath, _, files in os.walk(self.video_dir, followlinks=True):
                 for name in files:
                     p = Path(dirpath) / name
                     if p.suffix.lower() in VIDEO_SUFFIXES:
-                        self._index.setdefault(p.stem, []).append(p)
+                        self._index.setdefault(self.name_key(p.stem), []).append(p)
         return self._index
 
     def find(self, listed: str) -> tuple[Path | None, str, str]:
@@ -259,16 +269,17 @@ class _VideoFinder:
         exact = Path(listed) if Path(listed).is_absolute() else self.video_dir / listed
         if exact.is_file():
             return exact, "", ""
-        if not self.by_stem:
+        if self.name_key is None:
             return None, MISSING_VIDEO, f"no file {exact}"
         name = Path(listed.rstrip("/")).name
         stem = Path(name).stem if Path(name).suffix.lower() in VIDEO_SUFFIXES else name
-        hits = self._stem_index().get(stem, [])
+        hits = self._name_index().get(self.name_key(stem), [])
         if len(hits) == 1:
             return hits[0], "", ""
         if not hits:
-            return None, MISSING_VIDEO, f"no video named {stem}.* below {self.video_dir}"
-        return None, "ambiguous video name", f"{len(hits)} videos named {stem}.* below {self.video_dir}: {sorted(map(str, hits))[:3]}"
+            return None, MISSING_VIDEO, f"no video named {stem}.* below {self.video_dir} ({self.name_rule})"
+        return None, "ambiguous video name", (f"{len(hits)} videos below {self.video_dir} match {stem} ({self.name_rule}): "
+                                              f"{', '.join(sorted(map(str, hits)))}")
 
 
 def _resolve(override: Path | None, default: str | None, root: Path) -> Path | None:
@@ -350,7 +361,7 @@ def build_manifest(cfg: DatasetConfig) -> BuildResult:
         spec = bench.domain(domain)
         video_dir = _resolve(cfg.video_dirs.get(side), spec.video_dir, root)
         if video_dir.is_dir():
-            finders[side] = _VideoFinder(video_dir, bench.match_by_stem)
+            finders[side] = _VideoFinder(video_dir, bench.name_key, bench.name_rule)
         else:
             report.add("missing video folder", f"{side} ({domain}) video folder {video_dir} is not a folder")
         for role in ROLES:

@@ -4,7 +4,9 @@ Published definition (xuyu0010/ATCoN, ``dataset/README.md`` and ``data/iterator_
 ``<Domain>/raw/data/`` holds the videos and ``<Domain>/raw/list_cvt/`` the train and test lists, one
 video per line ``<video index>\\t<label>\\t<path below raw/data>`` (``data/video_iterator.py`` splits on
 whitespace). The label indexes the 8 classes of ``data/daily_da.csv``; the class folders of the paths
-are checked against its folder rows. Any two different domains make a direction.
+are checked against its folder rows. Any two different domains make a direction. The lists write the
+videos' real file names (HMDB51's keep ``!``, ``#``, ``(`` and ``)``; the ARID, MIT and Kinetics lists use
+none of these), so paths are matched as written, with no name rule.
 """
 
 from __future__ import annotations
@@ -36,5 +38,5 @@ BENCHMARK = register(Benchmark(
     ),
     line_format="<video index>\\t<label 0-7>\\t<path below <Domain>/raw/data>",
     parse_line=parse_daily_da_line,
-    match_by_stem=False,
+    name_key=None,
 ))

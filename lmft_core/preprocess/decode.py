@@ -2,7 +2,8 @@
 
 Each Ray worker process keeps one isolated decoder child (:class:`~lmft_core.video.IsolatedDecoder`)
 across tasks, so a decoder crash or hang costs one video. Videos that fail are left out of the
-returned table and written to a rejects CSV with their reason.
+returned table and written to a rejects CSV with their reason. Every row and reject carries the
+identity of the file it was made from (:mod:`lmft_core.preprocess.identity`), taken before decoding.
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ import pyarrow as pa
 from lmft_core.config import ClipConfig
 from lmft_core.energy import motion_energy
 from lmft_core.files import atomic_write
-from lmft_core.shard_format import DECODE_FIELDS, ENERGY_FIELDS, FRAME_FIELDS, REJECT_COLUMNS, ROW_FIELDS, list_column
-from lmft_core.video import DecodeError, IsolatedDecoder
+from lmft_core.preprocess.identity import FileIdentity
+from lmft_core.shard_format import (DECODE_FIELDS, ENERGY_FIELDS, FRAME_FIELDS, IDENTITY_FIELDS, REJECT_COLUMNS, ROW_FIELDS,
+                                    list_column, pack_frames)
+from lmft_core.video import DecodeError, IsolatedDecoder, one_line
 
 
 class PreprocessError(RuntimeError):
@@ -27,8 +30,8 @@ class PreprocessError(RuntimeError):
 
 
 def decoded_schema(energy: bool) -> pa.Schema:
-    """Columns of the decode task's output: the row, decode facts, (energy), frames."""
-    return pa.schema(ROW_FIELDS + DECODE_FIELDS + (ENERGY_FIELDS if energy else []) + FRAME_FIELDS)
+    """Columns of the decode task's output: the row, the file's identity, decode facts, (energy), frames."""
+    return pa.schema(ROW_FIELDS + IDENTITY_FIELDS + DECODE_FIELDS + (ENERGY_FIELDS if energy else []) + FRAME_FIELDS)
 
 
 _DECODER: IsolatedDecoder | None = None
@@ -47,7 +50,7 @@ def _decoder(timeout_s: float) -> IsolatedDecoder:
 def write_rejects_csv(rows: Sequence[dict], path: Path) -> None:
     """Reject records (:data:`REJECT_COLUMNS`) written atomically."""
     with atomic_write(path, newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=REJECT_COLUMNS)
+        w = csv.DictWriter(f, fieldnames=REJECT_COLUMNS, extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
 
@@ -64,27 +67,34 @@ def decode_batch(batch: pa.Table, clip: ClipConfig, timeout_s: float, rejects_di
     ok, clips, rejects = [], [], []
     for row in rows:
         try:
+            identity = FileIdentity.of(row["path"]).columns()
+        except OSError as e:  # says nothing about the video: tried again on the next run
+            reason = f"The file cannot be read: check that it exists and its permissions. {one_line(e)}"
+            rejects.append(row | {"reason": DecodeError(reason, transient=True).reason})
+            continue
+        try:
             clips.append(dec.decode(row["path"], clip.num_frames, clip.image_size))
-            ok.append(row)
+            ok.append(row | identity)
         except DecodeError as e:
-            rejects.append({k: row[k] for k in REJECT_COLUMNS if k != "reason"} | {"reason": e.reason})
+            rejects.append(row | identity | {"decoder": e.decoder, "reason": e.reason})
     if rejects:
         if rejects_dir is None:
             raise PreprocessError(f"{len(rejects)} video(s) failed to decode: {rejects}")
         name = hashlib.sha1("\n".join(r["video_id"] for r in rows).encode()).hexdigest()
         write_rejects_csv(rejects, Path(rejects_dir) / f"{name}.csv")
-    cols = {f.name: [r[f.name] for r in ok] for f in ROW_FIELDS}
+    cols = {f.name: [r[f.name] for r in ok] for f in ROW_FIELDS + IDENTITY_FIELDS}
     frames = [c.frames for c in clips]
     cols |= {
         "num_video_frames": [c.num_video_frames for c in clips],
         "frame_indices": list_column([c.frame_indices for c in clips], pa.int64()),
         "short_video": [c.short for c in clips],
         "decoder": [c.decoder for c in clips],
+        "decode_note": [c.note for c in clips],
     }
     if energy:
         maps = [motion_energy(f, clip.tubelet, clip.patch) for f in frames]
         cols["energy"] = list_column(maps, pa.float32())
         cols["energy_shape"] = [list(clip.grid)] * len(ok)
-    cols["frames"] = [f.tobytes() for f in frames]
+    cols["frames"] = pack_frames(frames)
     cols["frames_shape"] = [list(f.shape) for f in frames]
     return pa.table(cols, schema=decoded_schema(energy))

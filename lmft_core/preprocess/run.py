@@ -14,8 +14,10 @@ folder, so outputs never mix; ``<output>/LATEST`` names the newest): see :mod:`l
 Every manifest row ends in exactly one of shards or rejects (checked at the end of every run).
 A re-run with the same manifest and configuration skips the videos already in shards or rejects
 (including the complete files an interrupted run left in staging), except rejects whose reason is
-transient (a decoding timeout, reason starting with ``transient``): those are tried again, and the
-new outcome (a shard row or a new reject) replaces the old record.
+transient (a decoding timeout, a decoder killed from outside; reason starting with ``transient``): those
+are tried again, and the new outcome (a shard row or a new reject) replaces the old record. A video whose
+file was replaced since its row or reject was made (:mod:`lmft_core.preprocess.identity`) is processed
+again; its old record is dropped first.
 Shard files appear under ``shards/`` only complete (written in staging, then renamed). On a
 cluster, ``<output>`` must be storage every node can write (NFS or a mounted bucket).
 """
@@ -43,15 +45,16 @@ from lmft_core.preprocess.store import (
     check_accounting,
     commit,
     config_hash,
-    done_video_ids,
+    done_and_changed,
+    forget,
     read_rejects_csv,
     resolved_config,
     shard_stats,
 )
 from lmft_core.pseudo_labels import PseudoLabelConfig
 from lmft_core.ray_cluster import connect
-from lmft_core.shard_format import ROW_SCHEMA, shard_schema
-from lmft_core.video import is_transient_reason
+from lmft_core.shard_format import (FRAMES_JPEG_QUALITY, FRAMES_JPEG_SUBSAMPLING, ROW_SCHEMA, SCHEMA_VERSION,
+                                    SHARD_PARQUET_OPTIONS, shard_schema)
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,7 @@ class PreprocessSummary:
     config_hash: str
     videos_in: int  # manifest rows
     already_done: int  # skipped: in shards or rejects before this run
+    changed_files: int  # had a shard row or reject, but the file was replaced since: processed again
     processed: int  # decoded (or rejected) by this run
     shard_rows: int
     rejects: int
@@ -89,6 +93,7 @@ class PreprocessSummary:
     def metrics(self) -> dict[str, float]:
         """Numbers for MLflow, units in the names."""
         out = {"preprocess/videos_in": self.videos_in, "preprocess/processed_videos": self.processed,
+               "preprocess/changed_files": self.changed_files,
                "preprocess/shard_rows": self.shard_rows, "preprocess/rejects": self.rejects,
                "preprocess/rejected_fraction": self.rejected_fraction, "preprocess/short_videos": self.short_videos,
                "preprocess/elapsed_s": self.elapsed_s, "preprocess/videos_per_s": self.videos_per_s}
@@ -105,7 +110,7 @@ class PreprocessSummary:
         return "\n".join([
             f"preprocessing output: {self.output_dir}",
             f"  videos: {self.videos_in} in manifest, {self.already_done} already done, {self.processed} processed now "
-            f"({self.videos_per_s:.2f} videos/s over {self.elapsed_s:.1f} s)",
+            f"({self.changed_files} because their file was replaced; {self.videos_per_s:.2f} videos/s over {self.elapsed_s:.1f} s)",
             f"  shards: {self.shard_rows} rows ({self.short_videos} short videos, {self.pyav_decoded} decoded with PyAV); "
             f"rejects: {self.rejects} ({pct(self.rejected_fraction)}) -> {self.rejects_path}",
             f"  CLIP {self.clip_weights}{clip_note}",
@@ -169,7 +174,7 @@ def _run_pipeline(todo: pa.Table, manifest: Manifest, clip: ClipConfig, labels: 
         fn_constructor_kwargs={"cfg": labels, "classes": manifest.classes, "store_frames": pre.store_frames,
                                "num_threads": max(1, int(pre.labeler_num_cpus))},
     )
-    ds.write_parquet(str(staging / "shards"), min_rows_per_file=pre.rows_per_shard)
+    ds.write_parquet(str(staging / "shards"), min_rows_per_file=pre.rows_per_shard, **SHARD_PARQUET_OPTIONS)
 
 
 def run_preprocess(manifest: Manifest | str | Path, output_dir: str | Path, profile: Profile) -> PreprocessSummary:
@@ -198,9 +203,8 @@ def run_preprocess(manifest: Manifest | str | Path, output_dir: str | Path, prof
         except BlockingIOError:
             raise PreprocessError(f"{out}: another preprocessing run is writing there") from None
         commit(out)  # salvage what an interrupted earlier run finished
-        shard_ids, rejects = done_video_ids(out)
-        # transient rejects (timeouts) are retried: perhaps with a larger preprocess.decode_timeout_s
-        done = set(shard_ids) | {r["video_id"] for r in rejects if not is_transient_reason(r["reason"])}
+        done, changed = done_and_changed(out, manifest)
+        forget(out, changed)  # replaced files: their old rows and rejects go, the videos are processed again
         todo_rows = [r for r in manifest.rows if r.video_id not in done]
         if todo_rows:
             if not labels.untrained and content["pseudo_labels"]["weights"]["kind"] == "tag":
@@ -216,7 +220,7 @@ def run_preprocess(manifest: Manifest | str | Path, output_dir: str | Path, prof
         elapsed = time.perf_counter() - t0
         weights = content["pseudo_labels"]["weights"]
         summary = PreprocessSummary(
-            output_dir=out, config_hash=digest, videos_in=len(manifest.rows), already_done=len(done),
+            output_dir=out, config_hash=digest, videos_in=len(manifest.rows), already_done=len(done), changed_files=len(changed),
             processed=len(todo_rows), shard_rows=stats["rows"], rejects=len(rejects),
             short_videos=stats["short_videos"], pyav_decoded=stats["pyav_decoded"], elapsed_s=elapsed,
             videos_per_s=len(todo_rows) / elapsed if elapsed > 0 else 0.0,
@@ -225,9 +229,10 @@ def run_preprocess(manifest: Manifest | str | Path, output_dir: str | Path, prof
             untrained_clip=labels.untrained,
         )
         metadata = {
-            "config_hash": digest, "profile": profile.name, "manifest": str(manifest.path.resolve()),
+            "schema_version": SCHEMA_VERSION, "config_hash": digest, "profile": profile.name, "manifest": str(manifest.path.resolve()),
             "classes": list(manifest.classes), "prompts": labels.prompts(manifest.classes),
             "shard_schema": [f"{f.name}: {f.type}" for f in shard_schema(pre.store_frames)],
+            "frames_storage": {"codec": "jpeg", "quality": FRAMES_JPEG_QUALITY, "subsampling": FRAMES_JPEG_SUBSAMPLING},
             "resolved_config": {"content": content, "clip": dataclasses.asdict(clip),
                                 "pseudo_labels": dataclasses.asdict(labels), "preprocess": dataclasses.asdict(pre)},
             "clip_model": weights, "untrained_clip": labels.untrained,
@@ -235,7 +240,7 @@ def run_preprocess(manifest: Manifest | str | Path, output_dir: str | Path, prof
             "counts": {"manifest_rows": summary.videos_in, "shard_rows": summary.shard_rows, "rejects": summary.rejects,
                        "short_videos": summary.short_videos, "pyav_decoded": summary.pyav_decoded},
             "source_clip_accuracy": summary.source_clip_accuracy, "target_clip_accuracy": summary.target_clip_accuracy,
-            "last_run": {"processed": summary.processed, "already_done": summary.already_done,
+            "last_run": {"processed": summary.processed, "already_done": summary.already_done, "changed_files": summary.changed_files,
                          "elapsed_s": summary.elapsed_s, "videos_per_s": summary.videos_per_s},
         }
         with atomic_write(summary.metadata_path) as f:

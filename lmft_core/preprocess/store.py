@@ -1,7 +1,7 @@
 """The preprocessing output store: one folder per configuration, shards committed atomically, rejects.
 
 Layout of ``<output>/<config hash>/`` in :mod:`lmft_core.shard_format`; here: what names the folder
-(:func:`resolved_config`, :func:`config_hash`), what is done (:func:`done_video_ids`), how a run's staged
+(:func:`resolved_config`, :func:`config_hash`), what is done or changed (:func:`done_and_changed`), how a run's staged
 files are committed (:func:`commit`), and the check that every manifest row is accounted for.
 """
 
@@ -23,8 +23,9 @@ from lmft_core.files import file_sha256
 from lmft_core.manifest import Manifest
 from lmft_core.preprocess.config import PreprocessConfig
 from lmft_core.preprocess.decode import PreprocessError, write_rejects_csv
+from lmft_core.preprocess.identity import unchanged
 from lmft_core.pseudo_labels import PseudoLabelConfig, weights_identity
-from lmft_core.shard_format import SCHEMA_VERSION
+from lmft_core.shard_format import IDENTITY_FIELDS, SCHEMA_VERSION, SHARD_PARQUET_OPTIONS
 from lmft_core.video import is_transient_reason
 
 
@@ -52,11 +53,53 @@ def config_hash(content: dict) -> str:
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def done_video_ids(out: Path) -> tuple[list[str], list[dict]]:
-    """(video ids in committed shards, reject records) of an output folder (transient rejects included)."""
-    shards = sorted((out / "shards").glob("*.parquet"))
-    ids = [v for f in shards for v in pq.read_table(f, columns=["video_id"]).column("video_id").to_pylist()]
-    return ids, read_rejects_csv(out / "rejects.csv")
+def shard_records(out: Path) -> list[dict]:
+    """``video_id`` and the file identity (:data:`~lmft_core.shard_format.IDENTITY_FIELDS`) of every committed shard row."""
+    cols = ["video_id"] + [f.name for f in IDENTITY_FIELDS]
+    return [r for f in sorted((out / "shards").glob("*.parquet")) for r in pq.read_table(f, columns=cols).to_pylist()]
+
+
+def forget(out: Path, video_ids: set[str]) -> None:
+    """Drop the shard rows and rejects of ``video_ids`` (files replaced since: they are processed again).
+
+    Each shard file is rewritten atomically; a run stopped half-way leaves some rows, which the next run
+    finds changed again, so no video ends in two places.
+    """
+    for f in sorted((out / "shards").glob("*.parquet")):
+        ids = pq.read_table(f, columns=["video_id"]).column("video_id").to_pylist()
+        if video_ids.isdisjoint(ids):
+            continue
+        kept = pq.read_table(f).filter(pa.array([v not in video_ids for v in ids]))
+        if not kept.num_rows:
+            f.unlink()
+            continue
+        tmp = f.with_name(f".{f.name}.tmp")
+        pq.write_table(kept, tmp, **SHARD_PARQUET_OPTIONS)
+        os.replace(tmp, f)
+    rejects = read_rejects_csv(out / "rejects.csv")
+    write_rejects_csv([r for r in rejects if r["video_id"] not in video_ids], out / "rejects.csv")
+
+
+def done_and_changed(out: Path, manifest: Manifest) -> tuple[set[str], set[str]]:
+    """(videos done, videos whose file changed) of ``manifest`` in output folder ``out``.
+
+    Done: in a shard or a permanent reject made from the file now at its path
+    (:func:`~lmft_core.preprocess.identity.unchanged`). Transient rejects (timeouts, a decoder killed from
+    outside) are not done: they are retried, perhaps with a larger ``preprocess.decode_timeout_s``.
+    Changed: a shard row or reject exists but the file was replaced since.
+    """
+    records = {r["video_id"]: r for r in shard_records(out)}
+    records |= {r["video_id"]: r for r in read_rejects_csv(out / "rejects.csv") if not is_transient_reason(r["reason"])}
+    done, changed = set(), set()
+    for row in manifest.rows:
+        record = records.get(row.video_id)
+        if record is None:
+            continue
+        if unchanged(record, row.path):
+            done.add(row.video_id)
+        else:
+            changed.add(row.video_id)
+    return done, changed
 
 
 def commit(out: Path) -> None:
@@ -70,7 +113,7 @@ def commit(out: Path) -> None:
     """
     shards = out / "shards"
     shards.mkdir(exist_ok=True)
-    done = set(done_video_ids(out)[0])
+    done = {r["video_id"] for r in shard_records(out)}
     for f in sorted((out / "_staging").glob("*/shards/*.parquet")):
         try:
             ids = pq.read_table(f, columns=["video_id"]).column("video_id").to_pylist()
@@ -82,7 +125,7 @@ def commit(out: Path) -> None:
             table = pq.read_table(f)
             keep = pa.array([v not in done for v in ids])
             tmp = f.with_name(f".{f.name}.filtered")
-            pq.write_table(table.filter(keep), tmp)
+            pq.write_table(table.filter(keep), tmp, **SHARD_PARQUET_OPTIONS)
             os.replace(tmp, shards / f.name)
         done.update(ids)
     rejects = [r for r in read_rejects_csv(out / "rejects.csv") if r["video_id"] not in done]  # retried, now decoded
