@@ -6,19 +6,24 @@
 ``(s, t_y, t_x)``; no motion is ``(1, 0, 0)``. With ``zoom=False`` the model is a translation (``s = 1``).
 
 **Estimation** (:func:`estimate_motion`; every consecutive pair of a clip at once, on small
-grayscale images, e.g. tubelet means pooled to about 48 px, blurred with sigma of about 1 px):
+grayscale images, e.g. tubelet means pooled to about 48 px; blurred first with sigma of about 1 px;
+residuals are compared at every other pixel of the image minus a border of 1/8):
 
 1. Candidates: no motion and the 3 highest peaks of the phase correlation, each also with one of its
    components set to 0 (a scene that varies along one direction only, e.g. a vertical gradient,
    cannot show motion along the other).
-2. Selection: the lowest median absolute residual ``|b - a(warped)|`` over the image minus a border of
-   1/8; among the candidates within 5% of it, the smallest shift. The median ignores an actor that
-   covers less than half the image; the smallest-shift rule keeps what the scene cannot show at rest.
-3. Refinement: Gauss-Newton steps on the residual with Cauchy weights (a moving actor barely
-   counts) and a weak pull toward no motion.
+2. Selection: the lowest median absolute residual ``|b(p) - a(p - d)|``; among the candidates within
+   5% of it, the smallest shift. The median ignores an actor that covers less than half the image;
+   the smallest-shift rule keeps at rest what the scene cannot show.
+3. Refinement: 3 Gauss-Newton steps on the residual (bilinear sampling), weighted by a Cauchy
+   function with a median-based scale (a moving actor barely counts), with a weak pull toward no
+   motion.
 4. Acceptance: the motion is kept only when it lowers the median absolute residual by at least
    ``min_gain`` and stays within ``max_shift`` (fraction of the image side) and ``max_zoom``
    (``|log s|``); otherwise the pair gets no motion.
+
+Limits: one global motion per pair (no parallax, no rotation); an actor that covers most of the
+image, or that outweighs a textureless scene, can be taken for the camera.
 """
 
 from __future__ import annotations
@@ -61,31 +66,37 @@ def _grid(n: int, device: torch.device, margin: int = 0) -> Tensor:
     return torch.arange(margin, n - margin, STRIDE, device=device, dtype=torch.float32)
 
 
+def _source(index: Tensor, n: int, s: Tensor | float, t: Tensor | float) -> Tensor:
+    """Where pixel ``index`` of an axis of n pixels of ``b`` lies in ``a`` (pixel index coordinates)
+    under the zoom ``s`` and translation ``t``: c + s (p - c) + t for the pixel centre p = index + 0.5."""
+    return n / 2 + s * (index + 0.5 - n / 2) + t - 0.5
+
+
 def _inside(motion: Tensor, ys: Tensor, xs: Tensor, h: int, w: int) -> Tensor:
-    """(P, len(ys), len(xs)) float: 1 where the pixel's source under ``motion`` lies inside the image."""
+    """(P, len(ys), len(xs)) float: 1 where the pixel's source under ``motion`` (P, 3) lies inside the image."""
     s, ty, tx = motion[:, :, None].unbind(1)
-    y = h / 2 + s * (ys + 0.5 - h / 2) + ty - 0.5
-    x = w / 2 + s * (xs + 0.5 - w / 2) + tx - 0.5
+    y, x = _source(ys, h, s, ty), _source(xs, w, s, tx)
     return (((y >= 0) & (y <= h - 1))[:, :, None] & ((x >= 0) & (x <= w - 1))[:, None, :]).float()
-
-
-def _abs_residual(a: Tensor, b: Tensor, motion: Tensor) -> Tensor:
-    """|b - a(motion)| for images (P, h, w) and motions (P, 3), at :func:`_cost_pixels`: (P, n)."""
-    ys, xs = _cost_pixels(a.shape[1], a.shape[2], a.device)
-    return (_take(b, ys, xs) - sample(a[:, None], motion, ys, xs)[:, 0]).abs().reshape(a.shape[0], -1)
 
 
 def _shift_residual(a: Tensor, b: Tensor, shifts: Tensor) -> Tensor:
     """|b(p) - a(p - d)| for images (P, h, w) and K integer shifts d (P, K, 2) per pair, at
-    :func:`_cost_pixels` (nearest pixel of ``a`` inside the image): (P, K, n)."""
+    :func:`_cost_pixels` (the border pixel of ``a`` outside): (P, K, n)."""
     p, h, w = a.shape
+    k = shifts.shape[1]
     ys, xs = _cost_pixels(h, w, a.device)
     d = shifts.long()
     rows = (ys.long() - d[..., :1]).clamp(0, h - 1)  # (P, K, ny)
     cols = (xs.long() - d[..., 1:]).clamp(0, w - 1)  # (P, K, nx)
-    index = (rows[..., :, None] * w + cols[..., None, :]).reshape(p, d.shape[1], -1)
-    seen = torch.gather(a.reshape(p, 1, -1).expand(-1, d.shape[1], -1), 2, index)
+    index = (rows[..., :, None] * w + cols[..., None, :]).reshape(p, k, -1)
+    seen = torch.gather(a.reshape(p, 1, -1).expand(-1, k, -1), 2, index)
     return (_take(b, ys, xs).reshape(p, 1, -1) - seen).abs()
+
+
+def _residual(a: Tensor, b: Tensor, motion: Tensor) -> Tensor:
+    """|b - a(motion)| for images (P, h, w) and motions (P, 3), at :func:`_cost_pixels`: (P, n)."""
+    ys, xs = _cost_pixels(a.shape[1], a.shape[2], a.device)
+    return (_take(b, ys, xs) - sample(a[:, None], motion, ys, xs)[:, 0]).abs().reshape(a.shape[0], -1)
 
 
 def _cost_pixels(h: int, w: int, device: torch.device) -> tuple[Tensor, Tensor]:
@@ -181,7 +192,7 @@ def estimate_motion(images: Tensor, zoom: bool = True, max_shift: float = 0.25, 
     start = -shifts[torch.arange(p), size.argmin(1)]  # b(p) = a(p - d): the translation is -d
     motion = _refine(a, b, torch.cat([torch.ones_like(start[:, :1]), start], 1), zoom)
     rest = no_motion(p, images.device)
-    before, after = _abs_residual(torch.cat([a, a]), torch.cat([b, b]), torch.cat([rest, motion])).median(1).values.split(p)
+    before, after = _residual(torch.cat([a, a]), torch.cat([b, b]), torch.cat([rest, motion])).median(1).values.split(p)
     ok = (after <= (1 - min_gain) * before) & (motion[:, 1:].abs() <= limit).all(1) & (motion[:, 0].log().abs() <= max_zoom)
     return torch.where(ok[:, None], motion, rest)
 
@@ -189,5 +200,5 @@ def estimate_motion(images: Tensor, zoom: bool = True, max_shift: float = 0.25, 
 def source_index(n: int, s: float, t: float, device: torch.device | None = None) -> tuple[Tensor, Tensor]:
     """Along an axis of n pixels, the nearest pixel of ``a`` that each pixel of ``b`` sees under the
     motion (zoom ``s``, translation ``t`` px): (int64 indices (n,), clamped; bool (n,) inside ``a``)."""
-    u = (n / 2 + s * (torch.arange(n, device=device) + 0.5 - n / 2) + t - 0.5).round()
+    u = _source(torch.arange(n, device=device), n, s, t).round()
     return u.clamp(0, n - 1).long(), (u >= 0) & (u <= n - 1)

@@ -12,21 +12,22 @@ segments and an ``N_h`` x ``N_w`` grid of patches (``N_h = H / patch``, ``N_w = 
 
 Token ``(t, h, w)`` is kept by the threshold rule when ``energy[t, h, w] > tau``.
 
-**Variants** (:data:`ENERGY_VARIANTS`, chosen by ``[energy] variant``; :class:`EnergyConfig`). Each is
-a function ``(frames, tubelet, patch, cfg) -> energy`` with the contract of :func:`motion_energy`:
-frames (..., T, H, W, C) -> float32 (..., N_t, N_h, N_w) in [0, 1], segment 0 all ones, segment
-t >= 1 the change from segment t-1 to t.
+**Variants** (:data:`ENERGY_VARIANTS`, chosen by ``[energy] variant``; :class:`EnergyConfig`). Each
+replaces steps 2 and 3 (the change per token); steps 4 and 5 are shared, so every variant keeps the
+contract of :func:`motion_energy` (:meth:`EnergyConfig.compute`): frames (..., T, H, W, C) -> float32
+(..., N_t, N_h, N_w) in [0, 1], segment 0 all ones, segment t >= 1 the change from segment t-1 to t.
 
 - ``diff``: the paper's definition above (:func:`motion_energy`).
-- ``translate``, ``translate_zoom``: camera-compensated. Between each pair of adjacent tubelet means
-  the camera's motion (a translation; or a zoom about the centre and a translation) is estimated
-  on grayscale tubelet means pooled to about ``estimate_size`` pixels
+- ``translate``, ``translate_zoom``: camera-compensated. For each pair of adjacent tubelet means the
+  camera's motion (a translation; or a zoom about the centre and a translation) is estimated on
+  grayscale tubelet means pooled to about ``estimate_size`` pixels
   (:func:`lmft_core.camera_motion.estimate_motion`), and step 2 compares each pixel of ``P̄_{t+1}``
-  with the pixel of ``P̄_t`` that showed the same scene point (nearest pixel). Step 3 averages over
-  the pixels that ``P̄_t`` saw; a token that ``P̄_t`` did not see at all (revealed by the camera's
-  motion) keeps the uncompensated difference. A pair without a reliable motion (no gain in the
-  median residual, or beyond ``max_shift`` / ``max_zoom``) is differenced as in ``diff``, so a static
-  camera gives exactly ``diff``'s energy.
+  with the pixel of ``P̄_t`` that showed the same scene point (the nearest pixel). Step 3 averages
+  over the pixels that ``P̄_t`` saw; a token that ``P̄_t`` did not see at all (revealed by the
+  camera's motion) keeps the uncompensated difference. A pair keeps ``diff``'s step 2 and 3 when no
+  motion is accepted (no gain in the median residual, or beyond ``max_shift`` / ``max_zoom``) or
+  when compensating does not lower its median token change; so a static camera gives exactly
+  ``diff``'s energy.
 """
 
 from __future__ import annotations
@@ -175,17 +176,28 @@ def _diff_change(sums: Tensor, unit: float, patch: int, cfg: EnergyConfig) -> Te
 ENERGY_VARIANTS.register("diff", EnergyVariant(_diff_change))
 
 
-def estimate_pool(side: int, patch: int, estimate_size: int) -> int:
+def _estimate_pool(side: int, patch: int, estimate_size: int) -> int:
     """Block size f for motion estimation: the largest divisor of ``patch`` leaving ``side / f >= estimate_size``."""
     return max([f for f in range(1, patch + 1) if patch % f == 0 and side // f >= estimate_size], default=1)
 
 
-def camera_motion_of(sums: Tensor, unit: float, patch: int, cfg: EnergyConfig, zoom: bool) -> Tensor:
-    """Camera motion between adjacent tubelets of one clip: tubelet sums (N_t, H, W, C) (times
-    ``unit``: means in [0, 1]) -> (N_t - 1, 3) rows (s, t_y, t_x), translations in clip pixels
-    (:func:`lmft_core.camera_motion.estimate_motion` on grayscale means pooled f x f)."""
+def camera_motion_of(frames: Frames, tubelet: int, patch: int, cfg: EnergyConfig, zoom: bool = True) -> Tensor:
+    """The camera motion the compensated variants estimate between adjacent tubelets of one clip
+    (``zoom``: as ``translate_zoom``, else as ``translate``): frames (T, H, W, C) -> (N_t - 1, 3) rows
+    (s, t_y, t_x) (model of :mod:`lmft_core.camera_motion`, translations in clip pixels; (1, 0, 0)
+    where none is accepted)."""
+    if frames.ndim != 4:
+        raise ValueError(f"camera_motion_of takes one clip (T, H, W, C), got shape {tuple(frames.shape)}")
+    x, _, _ = _clips(frames, tubelet, patch)
+    sums, unit = _segment_sums(x, tubelet)
+    return _camera_motion(sums[0], unit, patch, cfg, zoom)
+
+
+def _camera_motion(sums: Tensor, unit: float, patch: int, cfg: EnergyConfig, zoom: bool) -> Tensor:
+    """:func:`camera_motion_of` from tubelet sums (N_t, H, W, C) (times ``unit``: means in [0, 1]):
+    :func:`lmft_core.camera_motion.estimate_motion` on grayscale means pooled f x f."""
     n_t, h, w, c = sums.shape
-    f = estimate_pool(min(h, w), patch, cfg.estimate_size)
+    f = _estimate_pool(min(h, w), patch, cfg.estimate_size)
     gray = sums.reshape(n_t, h // f, f, w // f, f * c).sum(-1, dtype=None if sums.is_floating_point() else torch.int32)
     gray = gray.sum(2).float() * (unit / (f * f * c))  # (N_t, H / f, W / f) means in [0, 1]
     motion = estimate_motion(gray, zoom, cfg.max_shift, cfg.max_zoom, cfg.min_gain)
@@ -199,7 +211,7 @@ def _compensated_change(sums: Tensor, unit: float, patch: int, cfg: EnergyConfig
     change = _diff_change(sums, unit, patch, cfg)  # pairs without camera motion, and unseen tokens, keep it
     rest = no_motion(1, sums.device)[0]
     for k in range(b):
-        motion = camera_motion_of(sums[k], unit, patch, cfg, zoom)
+        motion = _camera_motion(sums[k], unit, patch, cfg, zoom)
         for i in torch.nonzero((motion != rest).any(dim=1)).flatten().tolist():
             s, ty, tx = motion[i].tolist()
             rows, seen_y = source_index(h, s, ty, sums.device)
@@ -207,8 +219,9 @@ def _compensated_change(sums: Tensor, unit: float, patch: int, cfg: EnergyConfig
             diff = (sums[k, i + 1] - sums[k, i].index_select(0, rows).index_select(1, cols)).abs_()
             diff *= (seen_y[:, None] & seen_x[None, :])[..., None]  # pixels that P̄_t did not see count 0
             seen = torch.outer(seen_y.reshape(n_h, patch).sum(1), seen_x.reshape(n_w, patch).sum(1)).float()
-            compensated = _pool(diff, patch) * (unit / c) / seen.clamp(min=1)
-            change[k, i] = torch.where(seen > 0, compensated, change[k, i])
+            compensated = torch.where(seen > 0, _pool(diff, patch) * (unit / c) / seen.clamp(min=1), change[k, i])
+            if compensated.median() < change[k, i].median():  # it removed change from most tokens, as it should
+                change[k, i] = compensated
     return change
 
 
