@@ -91,10 +91,10 @@ def real_clip_rows(variants: dict[str, EnergyConfig]) -> list[list]:
     return rows
 
 
-def quality(root: Path, videos_per_class: int, variants: dict[str, EnergyConfig]) -> tuple[dict[str, list[list]], dict[str, list[str]]]:
+def quality(root: Path, videos_per_class: int, variants: dict[str, EnergyConfig],
+            geometries: dict[str, ClipConfig]) -> tuple[dict[str, list[list]], dict[str, list[str]]]:
     """Ground-truth tables (geometry -> rows [setting, domain, variant, recall at each keep, AUC]),
     and the demo clips' paths per setting for the cost table."""
-    geometries = {"paper": PAPER, "demo": load_profile("demo").clip}
     tables = {g: [] for g in geometries}
     paths = {}
     for i, (setting, camera) in enumerate(SETTINGS.items()):
@@ -122,8 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(1)  # one CPU per decode task, as in preprocessing
     variants = {v: EnergyConfig(variant=v) for v in ENERGY_VARIANTS}
+    geometries = {"Paper": PAPER, "Demo profile": load_profile("demo").clip}
     with tempfile.TemporaryDirectory() as tmp:
-        tables, paths = quality(Path(tmp), args.videos_per_class, variants)
+        tables, paths = quality(Path(tmp), args.videos_per_class, variants, geometries)
         costs = [cost_rows("demo clips, static camera", paths["static"][::4], variants),
                  cost_rows("demo clips, pan + shake + zoom", paths["pan + shake + zoom"][::4], variants),
                  cost_rows("real clips (240-540p)", [str(REAL_VIDEOS / n) for n in REAL_CLIPS], variants)]
@@ -149,10 +150,9 @@ def main(argv: list[str] | None = None) -> int:
         "each clip keeps its k x N' highest-energy tokens of the N' outside the always-kept first segment "
         "(ties shared); the fraction of its actor tokens kept, averaged over clips. ROC AUC of energy "
         "against the actor mask over the same tokens, averaged over clips.",
-        "Paper geometry (16 x 224, 8 x 14 x 14 tokens):",
-        markdown_table(quality_header, tables["paper"]),
-        "Demo profile geometry (16 x 64, 8 x 4 x 4 tokens):",
-        markdown_table(quality_header, tables["demo"]),
+        *[part for g, c in geometries.items() for part in (
+            f"{g} geometry ({c.num_frames} x {c.image_size}, {' x '.join(map(str, c.grid))} tokens):",
+            markdown_table(quality_header, tables[g]))],
     ])
     print(md)
     if not args.no_write:

@@ -97,8 +97,8 @@ class CameraMotion:
       mid-video (so the actor, near the scene centre, stays mostly in view).
     - ``shake_px``: hand-held shake: per axis a smooth random offset (three sinusoids of 1.5-4 Hz with
       random phases), at most ``shake_px`` from the path.
-    - ``zoom_per_s``: a zoom in or out: the image scale is ``exp(±zoom_per_s * (s - duration / 2))``
-      about the frame centre (1 at mid-video).
+    - ``zoom_per_s``: a zoom in or out: the image scale is ``exp(±zoom_per_s * (s - s_mid))`` about
+      the frame centre, ``s`` a frame's time and ``s_mid`` midway between the first and last frame.
     """
 
     pan_px_per_s: float = 0.0
@@ -224,9 +224,11 @@ def render_video_and_mask(cfg: DemoDataConfig, domain: str, label: str, index: i
     aspect = w / h
     frames = np.empty((cfg.num_frames, h, w, 3), dtype=np.uint8)
     masks = np.empty((cfg.num_frames, h, w), dtype=bool)
-    scene, fx, fy, z = (scene_at(px, py), px, py, 1.0) if cam.static else (None, None, None, None)
+    still = scene_at(px, py) if cam.static else None
     for t in range(cfg.num_frames):
-        if not cam.static:  # the scene point each pixel sees: zoom about the frame centre, then offset
+        if cam.static:
+            fx, fy, z, scene = px, py, 1.0, still
+        else:  # the scene point each pixel sees: zoom about the frame centre, then offset
             z = zoom[t]
             fx, fy = w / 2 + (px - w / 2) / z + offset[t, 0], h / 2 + (py - h / 2) / z + offset[t, 1]
             scene = scene_at(fx, fy)

@@ -82,11 +82,10 @@ class EnergyConfig:
     def compute(self, frames: Frames, tubelet: int, patch: int) -> Frames:
         """Motion energy of one clip or a batch of clips with this variant (contract of :func:`motion_energy`)."""
         x, lead, as_numpy = _clips(frames, tubelet, patch)
-        n_t, n_h, n_w = x.shape[1] // tubelet, x.shape[2] // patch, x.shape[3] // patch
-        if n_t == 1:  # a single segment: nothing to compare with, the first segment is all ones
-            e = torch.ones((x.shape[0], 1, n_h, n_w), dtype=torch.float32, device=x.device)
+        if x.shape[1] == tubelet:  # a single segment: nothing to compare with, the first segment is all ones
+            e = torch.ones((x.shape[0], 1, x.shape[2] // patch, x.shape[3] // patch), device=x.device)
         else:
-            e = _normalise(ENERGY_VARIANTS[self.variant].change(*_segment_sums(x, tubelet), patch, self))
+            e = _normalise(self.token_change(x, tubelet, patch))
         e = e.reshape(*lead, *e.shape[1:])
         return e.numpy() if as_numpy else e
 
