@@ -134,11 +134,13 @@ def _refine(a: Tensor, b: Tensor, motion: Tensor, zoom: bool) -> Tensor:
     y, x = (ys + 0.5 - h / 2)[:, None], (xs + 0.5 - w / 2)[None, :]
     free = [0, 1, 2] if zoom else [1, 2]
     rest = no_motion(1, a.device)
+    scale = None
     for _ in range(GN_STEPS):
         warped, sx, sy = sample(stack, motion, ys, xs).unbind(1)
         inside = _inside(motion, ys, xs, h, w)
         r = (b - warped) * inside
-        scale = 1.4826 * r.abs().reshape(p, -1).median(1).values[:, None, None] + 1e-6  # robust: the actor barely counts
+        if scale is None:  # robust scale of the starting residual: a moving actor lies far outside it
+            scale = 1.4826 * r.abs().reshape(p, -1).median(1).values[:, None, None] + 1e-6
         weight = (inside / (1.0 + (r / scale) ** 2)).reshape(p, -1, 1)
         cols = ([sx * x + sy * y] if zoom else []) + [sy, sx]  # d warped / d (s), t_y, t_x
         jac = torch.stack(cols, -1).reshape(p, -1, len(cols))
