@@ -101,8 +101,7 @@ def _residual(a: Tensor, b: Tensor, motion: Tensor) -> Tensor:
 
 def _cost_pixels(h: int, w: int, device: torch.device) -> tuple[Tensor, Tensor]:
     """Where residuals are compared: every other pixel, leaving out a border of 1/8 of the image."""
-    m = max(1, h // 8)
-    return _grid(h, device, m), _grid(w, device, m)
+    return _grid(h, device, max(1, h // 8)), _grid(w, device, max(1, w // 8))
 
 
 def _take(images: Tensor, ys: Tensor, xs: Tensor) -> Tensor:
