@@ -6,7 +6,8 @@ Terms used across lmft (defined here once):
 - **tubelet**: ``tubelet`` consecutive frames by ``patch`` x ``patch`` pixels of a clip.
 - **token**: the embedding of one tubelet; a clip has ``N_t * N_h * N_w`` tokens with
   ``N_t = num_frames / tubelet`` temporal segments and ``N_h = N_w = image_size / patch``.
-- **motion energy**: one scalar per token in [0, 1]; see :mod:`lmft_core.energy`.
+- **motion energy**: one scalar per token in [0, 1]; see :mod:`lmft_core.energy` (the ``[energy]``
+  section chooses its variant).
 - **threshold** (tau): a token is kept when its motion energy is > tau.
 - **keep ratio**: kept tokens / all tokens of a clip; **discard rate** = 1 - keep ratio.
 
@@ -34,6 +35,7 @@ SECTIONS = {
     "tracking": "lmft_core.tracking:TrackingConfig",
     "pseudo_labels": "lmft_core.pseudo_labels:PseudoLabelConfig",
     "preprocess": "lmft_core.preprocess.config:PreprocessConfig",
+    "energy": "lmft_core.energy:EnergyConfig",
     "model": "lmft_core.model.vit:ModelConfig",
     "selector": "lmft_core.model.selectors:SelectorConfig",
     "policy": "lmft_core.model.policy:PolicyConfig",

@@ -7,10 +7,17 @@ backgrounds with little clutter and little noise; target videos have textured, d
 backgrounds, more static clutter and more sensor noise. So the background tokens carry the domain
 shift and the moving tokens carry the class: the situation LMFT is built for.
 
+Each domain can also have a moving camera (:class:`CameraMotion`: pan, shake, zoom, each optional):
+the frames are then windows onto a larger scene, and the actor moves with the scene as a real camera
+sees it. Beside every video, ``<video>.actor.npz`` holds its **actor mask**: a boolean per pixel and
+frame, true where the actor's disc covers at least half the pixel (:func:`load_actor_mask`;
+:mod:`lmft_core.ground_truth` brings it to token resolution).
+
 Videos are real H.264 mp4 files written with PyAV, listed in ``DIR/manifest.csv`` (the manifest
 format of :mod:`lmft_core.manifest`). Source videos split into ``train``/``val``; target videos into
 ``train`` (used unlabelled) and ``test``; target rows carry labels for evaluation only. The output
-is a deterministic function of :class:`DemoDataConfig` (frames are bit-identical for a seed).
+is a deterministic function of :class:`DemoDataConfig` (frames are bit-identical for a seed, and a
+static camera renders exactly what it rendered before camera motion existed).
 """
 
 from __future__ import annotations
@@ -81,8 +88,37 @@ APPEARANCES: dict[str, Appearance] = {
 
 
 @dataclass(frozen=True)
+class CameraMotion:
+    """How the camera moves in one domain's videos; all zero (the default) is a static camera.
+
+    Magnitudes are in the video's own pixels and seconds; directions are drawn per video:
+
+    - ``pan_px_per_s``: a constant-velocity pan in a random direction, through the rest position at
+      mid-video (so the actor, near the scene centre, stays mostly in view).
+    - ``shake_px``: hand-held shake: per axis a smooth random offset (three sinusoids of 1.5-4 Hz with
+      random phases), at most ``shake_px`` from the path.
+    - ``zoom_per_s``: a zoom in or out: the image scale is ``exp(±zoom_per_s * (s - s_mid))`` about
+      the frame centre, ``s`` a frame's time and ``s_mid`` midway between the first and last frame.
+    """
+
+    pan_px_per_s: float = 0.0
+    shake_px: float = 0.0
+    zoom_per_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("pan_px_per_s", "shake_px", "zoom_per_s"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"camera motion {name} must be >= 0 (directions are drawn per video), got {getattr(self, name)}")
+
+    @property
+    def static(self) -> bool:
+        return self.pan_px_per_s == 0 and self.shake_px == 0 and self.zoom_per_s == 0
+
+
+@dataclass(frozen=True)
 class DemoDataConfig:
-    """What :func:`generate_demo_data` writes. ``videos_per_class`` counts per class and domain."""
+    """What :func:`generate_demo_data` writes. ``videos_per_class`` counts per class and domain;
+    ``source_camera`` and ``target_camera`` are each domain's camera motion (static by default)."""
 
     seed: int = 0
     classes: tuple[str, ...] = ("wave", "jump", "spin", "walk", "clap")
@@ -93,6 +129,8 @@ class DemoDataConfig:
     fps: int = 15
     source_val_fraction: float = 0.25
     target_test_fraction: float = 0.5
+    source_camera: CameraMotion = CameraMotion()
+    target_camera: CameraMotion = CameraMotion()
 
     def __post_init__(self) -> None:
         unknown = [c for c in self.classes if c not in MOTIONS]
@@ -102,6 +140,9 @@ class DemoDataConfig:
             raise ValueError(f"demo_data: width and height must be even for H.264, got {self.width}x{self.height}")
         if self.videos_per_class < 2:
             raise ValueError("demo_data.videos_per_class must be >= 2 (each domain needs two splits)")
+
+    def camera(self, domain: str) -> CameraMotion:
+        return self.source_camera if domain == "source" else self.target_camera
 
     @classmethod
     def preset(cls, name: str) -> "DemoDataConfig":
@@ -123,29 +164,55 @@ def _split_of(domain: str, index: int, n: int, cfg: DemoDataConfig) -> str:
     return "test" if index >= n - n_test else "train"
 
 
-def render_video(cfg: DemoDataConfig, domain: str, label: str, index: int) -> np.ndarray:
-    """Frames of one video, uint8 (num_frames, height, width, 3). Deterministic for its arguments."""
+def _camera_path(cam: CameraMotion, cfg: DemoDataConfig, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Per frame: the camera's offset (T, 2) in pixels (x, y) and its image scale (T,).
+
+    Every random draw happens whatever is switched on, so enabling shake keeps a video's pan direction.
+    """
+    s = np.arange(cfg.num_frames) / cfg.fps
+    s = s - s.mean()  # the camera passes its rest position mid-video
+    angle, zoom_sign = rng.uniform(0, 2 * math.pi), rng.choice([-1.0, 1.0])
+    freqs, phases = rng.uniform(1.5, 4.0, (2, 3)), rng.uniform(0, 2 * math.pi, (2, 3))
+    shake = np.sin(2 * math.pi * freqs[:, :, None] * s + phases[:, :, None]).sum(1).T  # (T, 2)
+    shake *= cam.shake_px / max(np.abs(shake).max(), 1e-9)
+    offset = cam.pan_px_per_s * s[:, None] * [math.cos(angle), math.sin(angle)] + shake
+    return offset, np.exp(zoom_sign * cam.zoom_per_s * s)
+
+
+def render_video_and_mask(cfg: DemoDataConfig, domain: str, label: str, index: int) -> tuple[np.ndarray, np.ndarray]:
+    """Frames uint8 (num_frames, height, width, 3) and actor mask bool (num_frames, height, width) of
+    one video (the mask is true where the actor's disc covers at least half a pixel). Deterministic."""
     d_idx, c_idx = list(APPEARANCES).index(domain), list(MOTIONS).index(label)
     rng = np.random.default_rng([cfg.seed, d_idx, c_idx, index])
-    app = APPEARANCES[domain]
+    app, cam = APPEARANCES[domain], cfg.camera(domain)
     h, w = cfg.height, cfg.width
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    yy, xx = yy / h, xx / w
+    py, px = np.mgrid[0:h, 0:w].astype(np.float32)  # pixel coordinates; the scene is a function of them
 
-    # Static scene.
+    # The scene, in pixel coordinates of the static camera's frame (it extends beyond the frame).
     c0, c1 = rng.uniform(0.55, 0.95, 3), rng.uniform(0.55, 0.95, 3)
-    if app.texture:
-        cell = rng.integers(6, 14)
-        checker = ((np.arange(h)[:, None] // cell + np.arange(w)[None, :] // cell) % 2).astype(np.float32)
-        scene = c0 * checker[..., None] + (c1 * 0.6) * (1 - checker[..., None])
-    else:
-        scene = c0 * (1 - yy[..., None]) + c1 * yy[..., None]
-    for _ in range(app.clutter):
-        x0, y0 = rng.uniform(0, 0.85), rng.uniform(0, 0.85)
-        bw, bh = rng.uniform(0.05, 0.2), rng.uniform(0.05, 0.2)
-        box = (xx >= x0) & (xx < x0 + bw) & (yy >= y0) & (yy < y0 + bh)
-        scene[box] = rng.uniform(0.1, 0.9, 3)
-    scene = scene * app.brightness * np.asarray(app.color_cast, dtype=np.float32)
+    cell = rng.integers(6, 14) if app.texture else 0
+    boxes = [(rng.uniform(0, 0.85), rng.uniform(0, 0.85), rng.uniform(0.05, 0.2), rng.uniform(0.05, 0.2),
+              rng.uniform(0.1, 0.9, 3)) for _ in range(app.clutter)]
+    if not cam.static:  # a moving camera sees around the frame: more clutter there, from its own stream
+        cam_rng = np.random.default_rng([cfg.seed, d_idx, c_idx, index, 1])
+        offset, zoom = _camera_path(cam, cfg, cam_rng)
+        margin = [(cam_rng.uniform(-0.5, 1.35), cam_rng.uniform(-0.5, 1.35), cam_rng.uniform(0.05, 0.2),
+                   cam_rng.uniform(0.05, 0.2), cam_rng.uniform(0.1, 0.9, 3)) for _ in range(3 * app.clutter)]
+
+    def scene_at(px: np.ndarray, py: np.ndarray) -> np.ndarray:
+        xx, yy = px / w, py / h
+        if app.texture:
+            checker = ((np.floor(py / cell) + np.floor(px / cell)) % 2).astype(np.float32)
+            scene = c0 * checker[..., None] + (c1 * 0.6) * (1 - checker[..., None])
+        else:
+            scene = c0 * (1 - yy[..., None]) + c1 * yy[..., None]
+        if not cam.static:
+            outside = (xx < 0) | (xx >= 1) | (yy < 0) | (yy >= 1)
+            for x0, y0, bw, bh, colour in margin:
+                scene[outside & (xx >= x0) & (xx < x0 + bw) & (yy >= y0) & (yy < y0 + bh)] = colour
+        for x0, y0, bw, bh, colour in boxes:
+            scene[(xx >= x0) & (xx < x0 + bw) & (yy >= y0) & (yy < y0 + bh)] = colour
+        return scene * app.brightness * np.asarray(app.color_cast, dtype=np.float32)
 
     # The actor.
     actor_color = rng.uniform(0.0, 1.0, 3)
@@ -156,17 +223,32 @@ def render_video(cfg: DemoDataConfig, domain: str, label: str, index: int) -> np
     motion = MOTIONS[label]
     aspect = w / h
     frames = np.empty((cfg.num_frames, h, w, 3), dtype=np.uint8)
+    masks = np.empty((cfg.num_frames, h, w), dtype=bool)
+    still = scene_at(px, py) if cam.static else None
     for t in range(cfg.num_frames):
+        if cam.static:
+            fx, fy, z, scene = px, py, 1.0, still
+        else:  # the scene point each pixel sees: zoom about the frame centre, then offset
+            z = zoom[t]
+            fx, fy = w / 2 + (px - w / 2) / z + offset[t, 0], h / 2 + (py - h / 2) / z + offset[t, 1]
+            scene = scene_at(fx, fy)
+        xx, yy = fx / w, fy / h
         cx, cy, scale = motion(t / cfg.fps, params)
         dx, dy = (xx - cx) * aspect, yy - cy
         r = radius * scale
         dist = np.sqrt(dx * dx + dy * dy)
-        disc = np.clip((r - dist) * h, 0.0, 1.0)[..., None]  # anti-aliased edge
+        disc = np.clip((r - dist) * h * z, 0.0, 1.0)[..., None]  # anti-aliased edge (one pixel wide on screen)
         stripe = (np.sin(dx / r * 3 * math.pi) > 0)[..., None]
         frame = scene * (1 - disc) + np.where(stripe, light, dark) * disc
         frame = frame + rng.normal(0.0, app.noise_std, frame.shape)
         frames[t] = np.clip(frame * 255.0 + 0.5, 0, 255).astype(np.uint8)
-    return frames
+        masks[t] = disc[..., 0] >= 0.5
+    return frames, masks
+
+
+def render_video(cfg: DemoDataConfig, domain: str, label: str, index: int) -> np.ndarray:
+    """Frames of one video, uint8 (num_frames, height, width, 3). Deterministic for its arguments."""
+    return render_video_and_mask(cfg, domain, label, index)[0]
 
 
 def write_mp4(frames: np.ndarray, path: Path, fps: int) -> None:
@@ -186,8 +268,29 @@ def write_mp4(frames: np.ndarray, path: Path, fps: int) -> None:
             container.mux(packet)
 
 
+def actor_mask_path(video: str | Path) -> Path:
+    """Where the actor mask of a demo video lies: ``<video without suffix>.actor.npz``."""
+    return Path(video).with_suffix(".actor.npz")
+
+
+def write_actor_mask(mask: np.ndarray, video: str | Path) -> None:
+    """Store a bool (T, H, W) actor mask beside ``video`` (bit-packed along W, compressed)."""
+    with atomic_write(actor_mask_path(video), "wb") as f:
+        np.savez_compressed(f, packed=np.packbits(mask, axis=-1), shape=np.asarray(mask.shape))
+
+
+def load_actor_mask(video: str | Path) -> np.ndarray:
+    """The actor mask of a demo video: bool (T, H, W), T = the video's frames, H x W its size."""
+    path = actor_mask_path(video)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no actor mask for {video} (only generated demo videos have one)")
+    with np.load(path) as f:
+        t, h, w = f["shape"].tolist()
+        return np.unpackbits(f["packed"], axis=-1, count=w).astype(bool).reshape(t, h, w)
+
+
 def generate_demo_data(cfg: DemoDataConfig, output: str | Path) -> Path:
-    """Write the video set and ``output/manifest.csv``; return the manifest path.
+    """Write the video set, each video's actor mask and ``output/manifest.csv``; return the manifest path.
 
     A non-empty ``output`` that is not an earlier output of this function is refused. An earlier
     output made with the same config is reused as it is; one made with another config is replaced.
@@ -211,7 +314,9 @@ def generate_demo_data(cfg: DemoDataConfig, output: str | Path) -> Path:
         for label in cfg.classes:
             for i in range(cfg.videos_per_class):
                 rel = Path(domain) / label / f"{label}_{i:03d}.mp4"
-                write_mp4(render_video(cfg, domain, label, i), output / rel, cfg.fps)
+                frames, mask = render_video_and_mask(cfg, domain, label, i)
+                write_mp4(frames, output / rel, cfg.fps)
+                write_actor_mask(mask, output / rel)
                 rows.append({"path": output.resolve() / rel, "label": label, "domain": domain,
                              "split": _split_of(domain, i, cfg.videos_per_class, cfg)})
     return write_manifest(rows, manifest_path)

@@ -2,6 +2,7 @@
 
     python pipelines/make_demo_data.py --output data/demo [--preset demo|tiny] [--seed 0]
         [--classes wave,jump,spin] [--videos-per-class 12] [--num-frames 48] [--width 160] [--height 128]
+        [--source-camera KEY=VALUE,...] [--target-camera pan_px_per_s=20,shake_px=3,zoom_per_s=0.1]
 """
 
 from __future__ import annotations
@@ -9,9 +10,20 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+import tomllib
 
-from lmft_core.demo_data import MOTIONS, DemoDataConfig, generate_demo_data
+from lmft_core.config import from_dict
+from lmft_core.demo_data import MOTIONS, CameraMotion, DemoDataConfig, generate_demo_data
 from lmft_core.manifest import load_manifest
+
+
+def parse_camera(text: str, where: str) -> CameraMotion:
+    """``"pan_px_per_s=20,shake_px=3"`` (a TOML inline table's content) -> CameraMotion; errors name ``where``."""
+    try:
+        fields = tomllib.loads(f"v = {{{text}}}")["v"]
+    except tomllib.TOMLDecodeError as e:
+        raise ValueError(f"{where}: {text!r} is not KEY=NUMBER,... ({e})") from None
+    return from_dict(CameraMotion, fields, where)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,11 +36,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-frames", type=int)
     p.add_argument("--width", type=int)
     p.add_argument("--height", type=int)
+    for domain in ("source", "target"):
+        p.add_argument(f"--{domain}-camera", metavar="KEY=VALUE,...",
+                       help=f"camera motion of {domain} videos: pan_px_per_s, shake_px, zoom_per_s (default: static)")
     args = p.parse_args(argv)
     overrides = {k: v for k, v in vars(args).items() if k not in ("output", "preset") and v is not None}
     if "classes" in overrides:
         overrides["classes"] = tuple(c.strip() for c in overrides["classes"].split(","))
     try:
+        for key in ("source_camera", "target_camera"):
+            if key in overrides:
+                overrides[key] = parse_camera(overrides[key], f"--{key.replace('_', '-')}")
         cfg = dataclasses.replace(DemoDataConfig.preset(args.preset), **overrides)
         manifest = generate_demo_data(cfg, args.output)
     except (ValueError, FileExistsError) as e:

@@ -1,13 +1,29 @@
-"""The synthetic domain-shift set: decodable, classes separable by motion, domains by appearance."""
+"""The synthetic domain-shift set: decodable, classes separable by motion, domains by appearance; camera
+motion as configured (measured on the actor masks against a static camera); masks that mark the actor."""
 
 from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
 
 import decord
 import numpy as np
 import pytest
 
-from lmft_core.demo_data import MARKER, DemoDataConfig, generate_demo_data, render_video
+from lmft_core.config import ConfigError, load_profile
+from lmft_core.demo_data import (
+    MARKER,
+    CameraMotion,
+    DemoDataConfig,
+    generate_demo_data,
+    load_actor_mask,
+    render_video,
+    render_video_and_mask,
+)
 from lmft_core.manifest import load_manifest
+
+from conftest import entry_main
 
 CFG = DemoDataConfig(videos_per_class=4, num_frames=32, width=64, height=48)
 
@@ -114,3 +130,93 @@ def test_bad_config_is_refused():
         DemoDataConfig(classes=("fly",))
     with pytest.raises(ValueError, match="even"):
         DemoDataConfig(width=63)
+
+
+# --- camera motion and actor masks ----------------------------------------------------------------
+
+STATIC_SHA256 = {  # render_video(CFG, ...) before camera motion existed: a static camera must not change it
+    ("source", "wave", 0): "0d8da56c7f0ac1abd441073d6dde3eaec7c0aa7845610981b73564dd1cb731d6",
+    ("target", "spin", 1): "2779d6a645b7e2a5c192fc3d46d92d02e226fb8a8d1f74baaa6834ecc67f44db",
+    ("target", "clap", 3): "6fd4a2122a80baf5790e039cdbe4cd53570e90ed15b643f3745eacda1c8a70ac",
+}
+CAM = DemoDataConfig(num_frames=16, width=160, height=128)  # 15 fps: frame t is at t / 15 s
+
+
+def test_static_camera_renders_bit_identical_frames():
+    for (domain, label, index), digest in STATIC_SHA256.items():
+        assert hashlib.sha256(render_video(CFG, domain, label, index).tobytes()).hexdigest() == digest
+
+
+def centroids(mask: np.ndarray) -> np.ndarray:
+    """(T, 2) (y, x) centre of the mask in each frame."""
+    yy, xx = np.mgrid[0:mask.shape[1], 0:mask.shape[2]]
+    n = mask.sum(axis=(1, 2))
+    return np.stack([(mask * yy).sum(axis=(1, 2)) / n, (mask * xx).sum(axis=(1, 2)) / n], 1)
+
+
+def camera_displacement(camera: CameraMotion, index: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The actor's masks with and without ``camera`` (a ``clap`` actor stays in place in the scene):
+    (static masks, moving masks, seconds from mid-video per frame)."""
+    static = render_video_and_mask(CAM, "target", "clap", index)[1]
+    moving = render_video_and_mask(dataclasses.replace(CAM, target_camera=camera), "target", "clap", index)[1]
+    s = np.arange(CAM.num_frames) / CAM.fps
+    return static, moving, s - s.mean()
+
+
+def test_pan_moves_the_scene_and_the_actor_at_the_configured_speed():
+    static, moving, s = camera_displacement(CameraMotion(pan_px_per_s=20.0))
+    shift = np.linalg.norm(centroids(moving) - centroids(static), axis=1)
+    np.testing.assert_allclose(shift, 20.0 * np.abs(s), atol=0.3)  # the camera passes its rest mid-video
+
+
+def test_zoom_scales_the_view_at_the_configured_rate():
+    static, moving, s = camera_displacement(CameraMotion(zoom_per_s=0.2), index=1)
+    log_zoom = np.abs(0.5 * np.log(moving.sum(axis=(1, 2)) / static.sum(axis=(1, 2))))  # area scales by zoom^2
+    assert (log_zoom * np.abs(s)).sum() / (s * s).sum() == pytest.approx(0.2, abs=0.01)  # fitted rate
+    np.testing.assert_allclose(log_zoom, 0.2 * np.abs(s), atol=0.02)  # each frame (small discs: coarse areas)
+
+
+def test_shake_reaches_its_amplitude_and_no_further():
+    static, moving, _ = camera_displacement(CameraMotion(shake_px=3.0), index=2)
+    offset = centroids(moving) - centroids(static)
+    assert np.abs(offset).max() == pytest.approx(3.0, abs=0.25)
+    assert np.abs(np.diff(offset, axis=0)).max() < 3.0  # smooth: 1.5-4 Hz at 15 fps, not a jump per frame
+
+
+def test_camera_motion_leaves_the_actor_path_and_other_domain_alone():
+    cfg = dataclasses.replace(CFG, target_camera=CameraMotion(pan_px_per_s=10.0, shake_px=1.0, zoom_per_s=0.05))
+    assert np.array_equal(render_video(cfg, "source", "wave", 0), render_video(CFG, "source", "wave", 0))
+    assert not np.array_equal(render_video(cfg, "target", "wave", 0), render_video(CFG, "target", "wave", 0))
+
+
+def test_actor_mask_covers_the_pixels_that_move():
+    frames, mask = render_video_and_mask(CAM, "target", "wave", 0)
+    gray = frames.astype(np.float32).mean(-1)
+    moved = np.abs(gray - np.median(gray, axis=0)) > 60  # far above the sensor noise: the actor passing
+    grown = mask | np.roll(mask, 1, 1) | np.roll(mask, -1, 1) | np.roll(mask, 1, 2) | np.roll(mask, -1, 2)
+    assert moved.sum() > 1000 and grown[moved].mean() > 0.98
+    assert 0.02 < mask.mean() < 0.08  # a disc of radius ~0.11 of the height
+
+
+def test_masks_are_written_beside_the_videos(demo):
+    for r in demo.rows[:: len(CFG.classes)]:
+        index = int(r.path.rsplit("_", 1)[1][:3])
+        assert np.array_equal(load_actor_mask(r.path), render_video_and_mask(CFG, r.domain, r.label, index)[1])
+    with pytest.raises(FileNotFoundError, match=r"no_such\.actor\.npz: no actor mask"):
+        load_actor_mask("/tmp/no_such.mp4")
+
+
+def test_camera_motion_is_configured_per_domain_from_profiles_and_the_command_line(tmp_path):
+    profile = load_profile("demo", ["demo_data.target_camera={pan_px_per_s=20, zoom_per_s=0.1}"])
+    cam = profile.section("demo_data", DemoDataConfig)
+    assert cam.target_camera == CameraMotion(pan_px_per_s=20.0, zoom_per_s=0.1) and cam.source_camera.static
+    with pytest.raises(ConfigError, match=r"target_camera: unknown key\(s\) \['pan'\]"):
+        load_profile("demo", ["demo_data.target_camera={pan=20}"])
+    with pytest.raises(ConfigError, match="shake_px must be >= 0"):
+        load_profile("demo", ["demo_data.source_camera={shake_px=-1}"])
+    main = entry_main("make_demo_data")
+    assert main(["--output", str(tmp_path / "bad"), "--preset", "tiny", "--target-camera", "pan_px_per_s"]) == 2
+    assert main(["--output", str(tmp_path / "ok"), "--preset", "tiny", "--target-camera", "shake_px=2,zoom_per_s=0.1"]) == 0
+    marker = json.loads((tmp_path / "ok" / MARKER).read_text())
+    assert marker["target_camera"] == {"pan_px_per_s": 0.0, "shake_px": 2.0, "zoom_per_s": 0.1}
+    assert len(list((tmp_path / "ok").rglob("*.actor.npz"))) == len(list((tmp_path / "ok").rglob("*.mp4"))) == 24

@@ -17,9 +17,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from lmft_core.config import load_profile
-from lmft_core.energy import motion_energy
+from lmft_core.energy import EnergyConfig, motion_energy
 from lmft_core.manifest import ManifestError, load_manifest, write_manifest
 from lmft_core.preprocess import PreprocessError, run_preprocess
+from lmft_core.preprocess.store import config_hash, resolved_config
 from lmft_core.shard_format import SCHEMA_VERSION, resolve_output, shard_schema, unpack_array
 from lmft_core.pseudo_labels import ClipZeroShot, save_random_checkpoint
 from lmft_core.video import decode_clip, is_transient_reason, sample_frame_indices
@@ -144,6 +145,7 @@ def test_metadata_and_summary(first_run, mixed_manifest, tiny_clip):
     assert meta["clip_model"]["kind"] == "file" and meta["clip_model"]["untrained"] is False
     assert meta["clip_model"]["path"] == str(Path(tiny_clip.pretrained).resolve())
     assert meta["resolved_config"]["clip"] == {"num_frames": 8, "image_size": 32, "tubelet": 2, "patch": 8}
+    assert meta["energy"] == meta["resolved_config"]["content"]["energy"] == {"variant": "diff"}
     assert {"torch", "open_clip_torch", "decord", "av", "ray", "pyarrow"} <= set(meta["library_versions"])
     assert meta["prompts"][0] == f"a video of a person {manifest.classes[0]}"
     assert resolve_output(out) == summary.output_dir == out / summary.config_hash
@@ -218,6 +220,28 @@ def test_other_config_gets_its_own_output_and_reject_limit(ray_local, tiny_clip,
     assert other.output_dir != first and other.processed == 4 and resolve_output(out) == other.output_dir
     assert pq.read_table(next((other.output_dir / "shards").glob("*.parquet"))).schema.remove_metadata() == shard_schema(False)
     assert unpack_array(read_shards(first), "frame_indices", np.int64).shape[1] == 8  # the first output untouched
+
+
+def test_energy_variant_is_recorded_and_gets_its_own_output(ray_local, tiny_clip, tmp_path):
+    """``--set energy.variant=...`` computes that variant's energy, names it in the metadata and hashes
+    it into the output folder (the paper's energy of the same manifest would go elsewhere)."""
+    manifest = write_manifest(
+        [{"path": str(SHARED_VIDEOS / "moviepy__clip1024.flv"), "label": "wave", "domain": "source", "split": "train"}]
+        + real_rows(["mmaction2__tests__test.mp4", "mmaction2__demo__demo.mp4"]), tmp_path / "m.csv")
+    sets = [a for o in overrides(tiny_clip, "energy.variant=translate_zoom") for a in ("--set", o)]
+    out = tmp_path / "out"
+    assert entry_main("preprocess")(["--manifest", str(manifest), "--output", str(out), "--profile", "demo", *sets]) == 0
+    folder = resolve_output(out)
+    meta = json.loads((folder / "metadata.json").read_text())
+    assert meta["energy"] == EnergyConfig(variant="translate_zoom").identity() == meta["resolved_config"]["content"]["energy"]
+    profile = load_profile("demo", overrides(tiny_clip))
+    paper_energy = resolved_config(load_manifest(manifest), profile.clip, profile.section("pseudo_labels"),
+                                   profile.section("preprocess"), EnergyConfig())
+    assert folder.name == meta["config_hash"] != config_hash(paper_energy)
+    table = read_shards(folder)
+    frames, energy = unpack_array(table, "frames", np.uint8), unpack_array(table, "energy", np.float32)
+    np.testing.assert_array_equal(energy, EnergyConfig(variant="translate_zoom").compute(frames, 2, 8))
+    assert not np.array_equal(energy, motion_energy(frames, 2, 8))  # the hand-held clips were compensated
 
 
 def test_bad_manifest_fails_before_any_work(tmp_path, tiny_clip):

@@ -17,7 +17,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from lmft_core.config import ClipConfig
-from lmft_core.energy import motion_energy
+from lmft_core.energy import EnergyConfig
 from lmft_core.files import atomic_write
 from lmft_core.preprocess.identity import FileIdentity
 from lmft_core.shard_format import (DECODE_FIELDS, ENERGY_FIELDS, FRAME_FIELDS, IDENTITY_FIELDS, REJECT_COLUMNS, ROW_FIELDS,
@@ -56,8 +56,9 @@ def write_rejects_csv(rows: Sequence[dict], path: Path) -> None:
 
 
 def decode_batch(batch: pa.Table, clip: ClipConfig, timeout_s: float, rejects_dir: str | None,
-                 energy: bool = True) -> pa.Table:
-    """Decode the videos of a batch of manifest rows (and their motion energy when ``energy``).
+                 energy: bool = True, energy_config: EnergyConfig = EnergyConfig()) -> pa.Table:
+    """Decode the videos of a batch of manifest rows (and their motion energy when ``energy``, of the
+    variant ``energy_config`` names).
 
     Failed videos are left out of the returned table and written to ``rejects_dir`` (a CSV named
     after the batch's video ids, so a retried task rewrites the same file) with their reason.
@@ -92,7 +93,7 @@ def decode_batch(batch: pa.Table, clip: ClipConfig, timeout_s: float, rejects_di
         "decode_note": [c.note for c in clips],
     }
     if energy:
-        maps = [motion_energy(f, clip.tubelet, clip.patch) for f in frames]
+        maps = [energy_config.compute(f, clip.tubelet, clip.patch) for f in frames]
         cols["energy"] = list_column(maps, pa.float32())
         cols["energy_shape"] = [list(clip.grid)] * len(ok)
     cols["frames"] = pack_frames(frames)

@@ -36,6 +36,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from lmft_core.config import ClipConfig, Profile
+from lmft_core.energy import EnergyConfig
 from lmft_core.files import atomic_write
 from lmft_core.manifest import Manifest, load_manifest
 from lmft_core.preprocess.config import PreprocessConfig
@@ -141,8 +142,9 @@ def manifest_table(manifest: Manifest, rows: Sequence | None = None) -> pa.Table
 
 
 def decoded_dataset(todo: pa.Table, clip: ClipConfig, pre: PreprocessConfig, rejects_dir: Path | None,
-                    energy: bool = True):
-    """Ray Dataset of decoded clips (and motion energy) of manifest rows ``todo``: CPU tasks, one per batch."""
+                    energy: bool = True, energy_config: EnergyConfig = EnergyConfig()):
+    """Ray Dataset of decoded clips (and motion energy of the variant ``energy_config`` names) of
+    manifest rows ``todo``: CPU tasks, one per batch."""
     ray = connect()
     import ray.data
 
@@ -150,7 +152,8 @@ def decoded_dataset(todo: pa.Table, clip: ClipConfig, pre: PreprocessConfig, rej
     return ray.data.from_arrow(blocks).map_batches(
         decode_batch, batch_size=pre.decode_batch_size, batch_format="pyarrow", num_cpus=pre.decode_num_cpus,
         fn_kwargs={"clip": clip, "timeout_s": pre.decode_timeout_s,
-                   "rejects_dir": None if rejects_dir is None else str(rejects_dir), "energy": energy},
+                   "rejects_dir": None if rejects_dir is None else str(rejects_dir), "energy": energy,
+                   "energy_config": energy_config},
         # Declaring the decode tasks' memory also keeps Ray Data from fusing decoding into the CLIP
         # actors (their remote args differ), so decoding stays in CPU tasks.
         memory=pre.decode_memory_mb * 2**20,
@@ -158,7 +161,7 @@ def decoded_dataset(todo: pa.Table, clip: ClipConfig, pre: PreprocessConfig, rej
 
 
 def _run_pipeline(todo: pa.Table, manifest: Manifest, clip: ClipConfig, labels: PseudoLabelConfig,
-                  pre: PreprocessConfig, staging: Path) -> None:
+                  pre: PreprocessConfig, energy: EnergyConfig, staging: Path) -> None:
     ray = connect(shared_paths=[staging])  # workers write there: on a cluster, storage every node sees
     import ray.data
 
@@ -166,7 +169,7 @@ def _run_pipeline(todo: pa.Table, manifest: Manifest, clip: ClipConfig, labels: 
     if num_gpus is None:
         num_gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
     (staging / "rejects").mkdir(parents=True)
-    ds = decoded_dataset(todo, clip, pre, staging / "rejects")
+    ds = decoded_dataset(todo, clip, pre, staging / "rejects", energy_config=energy)
     ds = ds.map_batches(
         ClipLabeler, batch_size=pre.labeler_batch_size, batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=pre.labeler_num_actors),
@@ -192,7 +195,8 @@ def run_preprocess(manifest: Manifest | str | Path, output_dir: str | Path, prof
     clip = profile.clip
     labels = profile.section("pseudo_labels", PseudoLabelConfig)
     pre = profile.section("preprocess", PreprocessConfig)
-    content = resolved_config(manifest, clip, labels, pre)
+    energy = profile.section("energy", EnergyConfig)
+    content = resolved_config(manifest, clip, labels, pre, energy)
     digest = config_hash(content)
     root = Path(output_dir).resolve()
     out = root / digest
@@ -212,7 +216,7 @@ def run_preprocess(manifest: Manifest | str | Path, output_dir: str | Path, prof
 
                 fetch_pretrained(labels)  # fail fast, before any work, when the weights cannot be had
             staging = out / "_staging" / uuid.uuid4().hex
-            _run_pipeline(manifest_table(manifest, todo_rows), manifest, clip, labels, pre, staging)
+            _run_pipeline(manifest_table(manifest, todo_rows), manifest, clip, labels, pre, energy, staging)
             commit(out)
         stats = shard_stats(out)
         rejects = read_rejects_csv(out / "rejects.csv")
@@ -234,7 +238,9 @@ def run_preprocess(manifest: Manifest | str | Path, output_dir: str | Path, prof
             "shard_schema": [f"{f.name}: {f.type}" for f in shard_schema(pre.store_frames)],
             "frames_storage": {"codec": "jpeg", "quality": FRAMES_JPEG_QUALITY, "subsampling": FRAMES_JPEG_SUBSAMPLING},
             "resolved_config": {"content": content, "clip": dataclasses.asdict(clip),
-                                "pseudo_labels": dataclasses.asdict(labels), "preprocess": dataclasses.asdict(pre)},
+                                "pseudo_labels": dataclasses.asdict(labels), "preprocess": dataclasses.asdict(pre),
+                                "energy": dataclasses.asdict(energy)},
+            "energy": energy.identity(),
             "clip_model": weights, "untrained_clip": labels.untrained,
             "library_versions": library_versions(),
             "counts": {"manifest_rows": summary.videos_in, "shard_rows": summary.shard_rows, "rejects": summary.rejects,

@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lmft_core.config import ClipConfig
+from lmft_core.energy import EnergyConfig
 from lmft_core.files import file_sha256
 from lmft_core.manifest import Manifest
 from lmft_core.preprocess.config import PreprocessConfig
@@ -36,7 +37,8 @@ def read_rejects_csv(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def resolved_config(manifest: Manifest, clip: ClipConfig, labels: PseudoLabelConfig, pre: PreprocessConfig) -> dict:
+def resolved_config(manifest: Manifest, clip: ClipConfig, labels: PseudoLabelConfig, pre: PreprocessConfig,
+                    energy: EnergyConfig = EnergyConfig()) -> dict:
     """Everything that determines the shards' content; its hash names the output folder."""
     return {
         "schema_version": SCHEMA_VERSION,
@@ -46,6 +48,7 @@ def resolved_config(manifest: Manifest, clip: ClipConfig, labels: PseudoLabelCon
         "pseudo_labels": {"prompt_template": labels.prompt_template, "precision": labels.precision,
                           "weights": weights_identity(labels)},
         "store_frames": pre.store_frames,
+        "energy": energy.identity(),
     }
 
 

@@ -1,0 +1,205 @@
+"""Global camera motion between consecutive images: a zoom about the image centre and a translation.
+
+**Model.** Image ``b`` was taken after image ``a`` by a camera that moved:
+``b(p) ≈ a(c + s * (p - c) + t)`` for pixel centres ``p``, the image centre ``c``, a zoom factor ``s``
+(``s < 1``: the camera zoomed in) and a translation ``t = (t_y, t_x)`` in pixels. A motion is the row
+``(s, t_y, t_x)``; no motion is ``(1, 0, 0)``. With ``zoom=False`` the model is a translation (``s = 1``).
+
+**Estimation** (:func:`estimate_motion`; every consecutive pair of a clip at once, on small
+grayscale images, e.g. tubelet means pooled to about 48 px; blurred first with sigma of about 1 px;
+residuals are compared at every other pixel of the image minus a border of 1/8):
+
+1. Candidates: no motion and the 3 highest peaks of the phase correlation, each also with one of its
+   components set to 0 (a scene that varies along one direction only, e.g. a vertical gradient,
+   cannot show motion along the other).
+2. Selection: the lowest median absolute residual ``|b(p) - a(p - d)|``; among the candidates within
+   5% of it, the smallest shift. The median ignores an actor that covers less than half the image;
+   the smallest-shift rule keeps at rest what the scene cannot show.
+3. Refinement: 3 Gauss-Newton steps on the residual (bilinear sampling), weighted by a Cauchy
+   function with a median-based scale (a moving actor barely counts), with a weak pull toward no
+   motion.
+4. Acceptance: the motion is kept only when it lowers the median absolute residual by at least
+   ``min_gain`` and stays within ``max_shift`` (fraction of the image side) and ``max_zoom``
+   (``|log s|``); otherwise the pair gets no motion.
+
+Limits: one global motion per pair (no parallax, no rotation); an actor that covers most of the
+image, or that outweighs a textureless scene, can be taken for the camera.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+NUM_PEAKS = 3
+NEAR_BEST = 0.05  # candidates within 5% of the best median residual count as ties
+GN_STEPS = 3
+PRIOR = 1e-3  # pull toward no motion, relative to the curvature of each parameter
+STRIDE = 2  # residuals and Gauss-Newton equations at every other pixel (4x cheaper, as accurate here)
+
+
+def no_motion(n: int, device: torch.device | None = None) -> Tensor:
+    """(n, 3) rows (s, t_y, t_x) = (1, 0, 0)."""
+    return torch.tensor([1.0, 0.0, 0.0], device=device).repeat(n, 1)
+
+
+def sample(images: Tensor, motion: Tensor, ys: Tensor, xs: Tensor) -> Tensor:
+    """``images`` (P, C, h, w) seen through ``motion`` (P, 3) at the pixels ``ys`` x ``xs`` (integer
+    indices): ``out(p) = images(c + s (p - c) + t)``, bilinear, the border pixel outside.
+    Returns (P, C, len(ys), len(xs))."""
+    p, _, h, w = images.shape
+    s, ty, tx = motion[:, :, None].unbind(1)
+    gx = s * _normalised(xs, w) + tx * (2.0 / w)  # grid_sample's coordinates: -1 and 1 are the image edges
+    gy = s * _normalised(ys, h) + ty * (2.0 / h)
+    grid = torch.stack(torch.broadcast_tensors(gx[:, None, :], gy[:, :, None]), dim=-1)
+    return F.grid_sample(images, grid, align_corners=False, padding_mode="border")
+
+
+def _normalised(index: Tensor, n: int) -> Tensor:
+    """Centres of pixels ``index`` of an axis of n pixels in grid_sample's coordinates."""
+    return (index + 0.5) * (2.0 / n) - 1.0
+
+
+def _grid(n: int, device: torch.device, margin: int = 0) -> Tensor:
+    """Every other pixel of an axis of n pixels, leaving out ``margin`` pixels at each end."""
+    return torch.arange(margin, n - margin, STRIDE, device=device, dtype=torch.float32)
+
+
+def _source(index: Tensor, n: int, s: Tensor | float, t: Tensor | float) -> Tensor:
+    """Where pixel ``index`` of an axis of n pixels of ``b`` lies in ``a`` (pixel index coordinates)
+    under the zoom ``s`` and translation ``t``: c + s (p - c) + t for the pixel centre p = index + 0.5."""
+    return n / 2 + s * (index + 0.5 - n / 2) + t - 0.5
+
+
+def _inside(motion: Tensor, ys: Tensor, xs: Tensor, h: int, w: int) -> Tensor:
+    """(P, len(ys), len(xs)) float: 1 where the pixel's source under ``motion`` (P, 3) lies inside the image."""
+    s, ty, tx = motion[:, :, None].unbind(1)
+    y, x = _source(ys, h, s, ty), _source(xs, w, s, tx)
+    return (((y >= 0) & (y <= h - 1))[:, :, None] & ((x >= 0) & (x <= w - 1))[:, None, :]).float()
+
+
+def _shift_residual(a: Tensor, b: Tensor, shifts: Tensor) -> Tensor:
+    """|b(p) - a(p - d)| for images (P, h, w) and K integer shifts d (P, K, 2) per pair, at
+    :func:`_cost_pixels` (the border pixel of ``a`` outside): (P, K, n)."""
+    p, h, w = a.shape
+    k = shifts.shape[1]
+    ys, xs = _cost_pixels(h, w, a.device)
+    d = shifts.long()
+    rows = (ys.long() - d[..., :1]).clamp(0, h - 1)  # (P, K, ny)
+    cols = (xs.long() - d[..., 1:]).clamp(0, w - 1)  # (P, K, nx)
+    index = (rows[..., :, None] * w + cols[..., None, :]).reshape(p, k, -1)
+    seen = torch.gather(a.reshape(p, 1, -1).expand(-1, k, -1), 2, index)
+    return (_take(b, ys, xs).reshape(p, 1, -1) - seen).abs()
+
+
+def _residual(a: Tensor, b: Tensor, motion: Tensor) -> Tensor:
+    """|b - a(motion)| for images (P, h, w) and motions (P, 3), at :func:`_cost_pixels`: (P, n)."""
+    ys, xs = _cost_pixels(a.shape[1], a.shape[2], a.device)
+    return (_take(b, ys, xs) - sample(a[:, None], motion, ys, xs)[:, 0]).abs().reshape(a.shape[0], -1)
+
+
+def _cost_pixels(h: int, w: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Where residuals are compared: every other pixel, leaving out a border of 1/8 of the image."""
+    return _grid(h, device, max(1, h // 8)), _grid(w, device, max(1, w // 8))
+
+
+def _take(images: Tensor, ys: Tensor, xs: Tensor) -> Tensor:
+    """images (P, h, w) at the integer pixels ys x xs: (P, len(ys), len(xs))."""
+    return images[:, ys.long()][:, :, xs.long()]
+
+
+def _phase_peaks(images: Tensor, k: int) -> Tensor:
+    """Integer shifts d (N-1, k, 2) (d_y, d_x) with ``images[i+1](p) ≈ images[i](p - d)``: the k
+    highest peaks of the phase correlation of each consecutive pair (Hann-windowed)."""
+    n, h, w = images.shape
+    window = torch.outer(torch.hann_window(h, periodic=False, device=images.device),
+                         torch.hann_window(w, periodic=False, device=images.device))
+    spec = torch.fft.rfft2((images - images.mean((1, 2), keepdim=True)) * window)
+    cross = spec[1:] * spec[:-1].conj()
+    corr = torch.fft.irfft2(cross / (cross.abs() + 1e-12), s=(h, w))
+    top = torch.topk(corr.reshape(n - 1, -1), k, dim=1).indices
+    dy, dx = top // w, top % w
+    return torch.stack([torch.where(dy > h // 2, dy - h, dy), torch.where(dx > w // 2, dx - w, dx)], -1).float()
+
+
+def _refine(a: Tensor, b: Tensor, motion: Tensor, zoom: bool) -> Tensor:
+    """Robust Gauss-Newton steps from ``motion`` (P, 3) on images ``a``, ``b`` (P, h, w)."""
+    p, h, w = a.shape
+    gy, gx = torch.gradient(a, dim=(1, 2))
+    stack = torch.stack([a, gx, gy], 1)
+    ys, xs = _grid(h, a.device), _grid(w, a.device)
+    b = _take(b, ys, xs)
+    y, x = (ys + 0.5 - h / 2)[:, None], (xs + 0.5 - w / 2)[None, :]
+    free = [0, 1, 2] if zoom else [1, 2]
+    rest = no_motion(1, a.device)
+    scale = None
+    for _ in range(GN_STEPS):
+        warped, sx, sy = sample(stack, motion, ys, xs).unbind(1)
+        inside = _inside(motion, ys, xs, h, w)
+        r = (b - warped) * inside
+        if scale is None:  # robust scale of the starting residual: a moving actor lies far outside it
+            scale = 1.4826 * r.abs().reshape(p, -1).median(1).values[:, None, None] + 1e-6
+        weight = (inside / (1.0 + (r / scale) ** 2)).reshape(p, -1, 1)
+        cols = ([sx * x + sy * y] if zoom else []) + [sy, sx]  # d warped / d (s), t_y, t_x
+        jac = torch.stack(cols, -1).reshape(p, -1, len(cols))
+        hess = jac.transpose(1, 2) @ (jac * weight)
+        grad = jac.transpose(1, 2) @ (r.reshape(p, -1, 1) * weight)
+        diag = hess.diagonal(dim1=1, dim2=2)
+        shift_curv = diag[:, -2:].mean(1, keepdim=True).expand(p, 2)  # one scale for both shift axes
+        lam = PRIOR * (torch.cat([diag[:, :1], shift_curv], 1) if zoom else shift_curv) + 1e-12
+        grad = grad - (lam * (motion - rest)[:, free])[..., None]
+        step = torch.linalg.solve(hess + torch.diag_embed(lam), grad)[..., 0]
+        motion = motion.clone()
+        motion[:, free] += step
+    return motion
+
+
+def blur(images: Tensor) -> Tensor:
+    """Binomial blur [1, 4, 6, 4, 1] / 16 along both axes (about a Gaussian of sigma 1 px; edges
+    replicated) of (N, h, w) images."""
+    x = F.pad(images[:, None], (2, 2, 2, 2), mode="replicate")[:, 0]
+    for _ in range(2):  # [1, 2, 1] twice per axis
+        x = x[:, :, :-2] + 2 * x[:, :, 1:-1] + x[:, :, 2:]
+        x = x[:, :-2] + 2 * x[:, 1:-1] + x[:, 2:]
+    return x * (1.0 / 256)
+
+
+def estimate_motion(images: Tensor, zoom: bool = True, max_shift: float = 0.25, max_zoom: float = 0.2,
+                    min_gain: float = 0.2) -> Tensor:
+    """Camera motion between consecutive images (module docstring).
+
+    Args:
+        images: (N, h, w) float grayscale, N >= 2.
+        zoom: estimate a zoom as well as a translation.
+        max_shift: largest accepted translation, as a fraction of the image side (per axis).
+        max_zoom: largest accepted ``|log s|``.
+        min_gain: the motion must lower the median absolute residual by at least this fraction.
+
+    Returns:
+        (N-1, 3) float32 rows (s, t_y, t_x) in pixels of ``images``; row i takes ``images[i]`` to
+        ``images[i+1]``; (1, 0, 0) where no motion was found or accepted.
+    """
+    images = blur(images.float())
+    a, b = images[:-1], images[1:]
+    p, h, w = a.shape
+    peaks = _phase_peaks(images, NUM_PEAKS)
+    only_y, only_x = peaks * peaks.new_tensor([1.0, 0.0]), peaks * peaks.new_tensor([0.0, 1.0])
+    shifts = torch.cat([torch.zeros_like(peaks[:, :1]), peaks, only_y, only_x], 1)  # (P, K, 2)
+    limit = max_shift * shifts.new_tensor([h, w])
+    cost = _shift_residual(a, b, shifts).median(2).values.masked_fill(~(shifts.abs() <= limit).all(-1), float("inf"))
+    near_best = cost <= (1 + NEAR_BEST) * cost.min(1, keepdim=True).values
+    size = shifts.abs().sum(-1).masked_fill(~near_best, float("inf"))
+    start = -shifts[torch.arange(p), size.argmin(1)]  # b(p) = a(p - d): the translation is -d
+    motion = _refine(a, b, torch.cat([torch.ones_like(start[:, :1]), start], 1), zoom)
+    rest = no_motion(p, images.device)
+    before, after = _residual(torch.cat([a, a]), torch.cat([b, b]), torch.cat([rest, motion])).median(1).values.split(p)
+    ok = (after <= (1 - min_gain) * before) & (motion[:, 1:].abs() <= limit).all(1) & (motion[:, 0].log().abs() <= max_zoom)
+    return torch.where(ok[:, None], motion, rest)
+
+
+def source_index(n: int, s: float, t: float, device: torch.device | None = None) -> tuple[Tensor, Tensor]:
+    """Along an axis of n pixels, the nearest pixel of ``a`` that each pixel of ``b`` sees under the
+    motion (zoom ``s``, translation ``t`` px): (int64 indices (n,), clamped; bool (n,) inside ``a``)."""
+    u = _source(torch.arange(n, device=device), n, s, t).round()
+    return u.clamp(0, n - 1).long(), (u >= 0) & (u <= n - 1)
