@@ -7,6 +7,7 @@ over the smaller of source-train and target-train (the two are consumed together
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from lmft_core.config import ConfigError
@@ -38,8 +39,10 @@ class TrainConfig:
     classes that a flip swaps
     (``{slide_left = "slide_right"}``); ``shuffle`` reshuffles the training rows every epoch; a training
     split whose frames take at most ``materialize_max_mb`` is held in Ray's object store across epochs.
-    Workers: ``workers`` Ray Train workers with ``cpus_per_worker`` CPUs (leave CPUs for Ray Data's
-    ingest) and ``gpus_per_worker`` GPUs (absent: 1 when the cluster has GPUs, else 0);
+    Workers: ``workers`` Ray Train workers with ``cpus_per_worker`` CPUs (Ray's accounting: leave CPUs
+    for Ray Data's ingest, which stalls without them) and ``gpus_per_worker`` GPUs (absent: 1 when the
+    cluster has GPUs, else 0); ``threads_per_worker`` torch threads per worker (0: ``cpus_per_worker``
+    rounded up);
     ``precision`` ``auto`` is bf16 autocast on GPU and fp32 on CPU.
     Evaluation on target-test with tau_hat: the training selector and every selector of ``evaluate``
     at the end (and the training selector every ``eval_every_epochs`` epochs).
@@ -71,6 +74,7 @@ class TrainConfig:
     workers: int = 2
     cpus_per_worker: float = 0.5
     gpus_per_worker: float | None = None
+    threads_per_worker: int = 0
     precision: str = "auto"
     evaluate: tuple[SelectorConfig, ...] = DEFAULT_EVALUATE
     eval_every_epochs: int = 1
@@ -92,7 +96,7 @@ class TrainConfig:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"train.{name} must be > 0, got {getattr(self, name)}")
         for name in ("min_lr", "warmup_epochs", "weight_decay", "policy_lr", "grad_clip", "lambda_t", "max_failures",
-                     "max_steps_per_epoch", "materialize_max_mb"):
+                     "max_steps_per_epoch", "materialize_max_mb", "threads_per_worker"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)}")
         if not 0.0 <= self.gamma_c <= 1.0:
@@ -110,3 +114,8 @@ class TrainConfig:
             raise ConfigError(f"train.hflip_label_map must be a table of class names, got {self.hflip_label_map!r}")
         if self.run_name and ("/" in self.run_name or self.run_name.startswith(".")):
             raise ConfigError(f"train.run_name {self.run_name!r}: a plain folder name, please")
+
+    @property
+    def threads(self) -> int:
+        """torch threads per worker."""
+        return self.threads_per_worker or max(1, math.ceil(self.cpus_per_worker))

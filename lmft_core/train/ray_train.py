@@ -14,7 +14,6 @@ and are made model input on the worker's device.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -88,7 +87,7 @@ def train_fn(config: dict) -> None:
     from lmft_core.train.dist import from_ray_context
 
     job: TrainJob = config["job"]
-    torch.set_num_threads(max(1, math.ceil(job.train.cpus_per_worker)))
+    torch.set_num_threads(job.train.threads)
     dist = from_ray_context()
     data = RayEpochData(*(ray.train.get_dataset_shard(n) for n in TRAIN_DATASETS), job.train)
     checkpoint = ray.train.get_checkpoint()
