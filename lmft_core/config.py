@@ -40,6 +40,9 @@ SECTIONS = {
     "selector": "lmft_core.model.selectors:SelectorConfig",
     "policy": "lmft_core.model.policy:PolicyConfig",
     "train": "lmft_core.train.config:TrainConfig",
+    "predict": "lmft_core.predict:PredictConfig",
+    "sweep": "lmft_core.sweep:SweepConfig",
+    "workflow": "lmft_core.workflow:WorkflowConfig",
 }
 
 
@@ -174,8 +177,22 @@ class Profile:
 
     def validate(self) -> None:
         """Build every section present (unknown keys, wrong types and bad values fail here, at load)."""
+        unknown = sorted(set(self.sections) - set(SECTIONS))
+        if unknown:
+            raise ConfigError(f"{self.path}: unknown section(s) {unknown} (from the file or --set); known: {sorted(SECTIONS)}")
+        self.clip  # the geometry first: other sections' errors assume it is sound
         for name in self.sections:
             self.section(name)
+
+    def with_overrides(self, overrides: list[str] | tuple[str, ...]) -> Profile:
+        """A new, validated profile with ``section.key=value`` overrides applied (:func:`parse_override`)."""
+        sections = {name: dict(values) for name, values in self.sections.items()}
+        for override in overrides:
+            section, key, value = parse_override(override)
+            sections.setdefault(section, {})[key] = value
+        profile = Profile(name=self.name, path=self.path, sections=sections)
+        profile.validate()
+        return profile
 
     @property
     def clip(self) -> ClipConfig:
@@ -203,16 +220,7 @@ def load_profile(name_or_path: str | Path = "paper", overrides: list[str] | tupl
         sections = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: {e}") from None
-    for override in overrides:
-        section, key, value = parse_override(override)
-        sections.setdefault(section, {})[key] = value
-    unknown = sorted(set(sections) - set(SECTIONS))
-    if unknown:
-        raise ConfigError(f"{path}: unknown section(s) {unknown} (from the file or --set); known: {sorted(SECTIONS)}")
-    profile = Profile(name=path.stem, path=path, sections=sections)
-    profile.clip  # the geometry first: other sections' errors assume it is sound
-    profile.validate()
-    return profile
+    return Profile(name=path.stem, path=path, sections=sections).with_overrides(overrides)
 
 
 def parse_override(text: str) -> tuple[str, str, Any]:

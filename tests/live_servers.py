@@ -15,7 +15,11 @@ from pathlib import Path
 # against real servers (MLflow with authentication, a multi-node Ray cluster): extend it, in this one
 # place, when the workflow grows stages.
 TINY_WORKFLOW = ["demo_data.classes=['wave', 'jump']", "demo_data.videos_per_class=2", "demo_data.num_frames=16",
-                 "demo_data.width=64", "demo_data.height=48"]
+                 "demo_data.width=64", "demo_data.height=48",
+                 # 8 frames of 32 px (a 4 x 4 x 4 token grid), a two-block ViT, one epoch on one worker, no baseline
+                 "clip.num_frames=8", "clip.image_size=32", "clip.patch=8", "model.size='vit_tiny'", "model.embed_dim=48",
+                 "model.depth=2", "model.num_heads=3", "train.epochs=1", "train.batch_size=1", "train.workers=1",
+                 "train.eval_batch_size=8", "workflow.baselines=[]"]
 
 
 def free_port() -> int:

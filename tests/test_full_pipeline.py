@@ -1,44 +1,96 @@
-"""The main job end to end on a tiny demo set: outputs, the MLflow run, and bad input."""
+"""The whole workflow on a tiny demo set: nested MLflow runs, the registered model, predictions, re-runs
+that skip finished stages, forcing a stage, and bad input at start."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 from mlflow import MlflowClient
 
-from lmft_core.config import load_profile
-from lmft_core.workflow import run_full
+from lmft_core.config import ConfigError, load_profile
+from lmft_core.workflow import run_full, where_everything_is
+
+from live_servers import TINY_WORKFLOW
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["demo_data.classes=['wave', 'jump']", "demo_data.videos_per_class=2", "demo_data.num_frames=16",
-        "demo_data.width=64", "demo_data.height=48"]
+# the tiny workflow with a full-token baseline training in the evaluate stage
+TINY = TINY_WORKFLOW + ["workflow.baselines=['full']"]
 
 
 @pytest.fixture(scope="module")
 def full_run(tmp_path_factory, ray_local):
     workdir = tmp_path_factory.mktemp("full")
-    return workdir, run_full(load_profile("demo", TINY), workdir)
+    t0 = time.perf_counter()
+    result = run_full(load_profile("demo", TINY), workdir)
+    return workdir, result, time.perf_counter() - t0
 
 
-def test_outputs_and_mlflow_run(full_run):
-    workdir, result = full_run
+def test_parent_run_with_a_nested_run_per_stage(full_run):
+    workdir, result, _ = full_run
     assert result.manifest == workdir / "data" / "manifest.csv"
-    run = MlflowClient(tracking_uri=result.tracking_uri).get_run(result.run_id)
-    assert run.info.status == "FINISHED" and run.info.run_name == "full-demo"
-    assert run.data.params["demo_data.videos_per_class"] == "2"
-    assert run.data.params["clip.num_frames"] == "16"
-    assert run.data.metrics["data/videos"] == 8 and run.data.metrics["data/classes"] == 2
     client = MlflowClient(tracking_uri=result.tracking_uri)
+    run = client.get_run(result.run_id)
+    assert run.info.status == "FINISHED" and run.info.run_name.startswith("workflow-demo-")
+    assert run.data.params["demo_data.videos_per_class"] == "2" and run.data.params["clip.num_frames"] == "8"
+    assert run.data.metrics["data/videos"] == 8 and run.data.metrics["preprocess/shard_rows"] == 8
     assert {a.path for a in client.list_artifacts(result.run_id, "inputs")} == {"inputs/manifest.csv", "inputs/demo.toml"}
-    assert {a.path for a in client.list_artifacts(result.run_id, "preprocess")} == {"preprocess/metadata.json", "preprocess/rejects.csv"}
-    # every manifest row is in the shards (the demo videos are all good) and the summary says so
-    assert run.data.metrics["preprocess/shard_rows"] == 8 and run.data.metrics["preprocess/rejects"] == 0
-    assert run.data.metrics["preprocess/videos_per_s"] > 0
-    assert run.data.tags["lmft.untrained_clip"] == "True"
-    assert result.preprocess.output_dir.parent == workdir / "shards"
+    children = client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{result.run_id}'")
+    stages = sorted(c.data.tags["lmft.stage"] for c in children)
+    assert stages == ["evaluate", "predict", "preprocess", "register", "train", "train"]  # lmft and the full baseline
+    trained = {c.data.tags["lmft.selector"]: c for c in children if c.data.tags["lmft.stage"] == "train"}
+    assert set(trained) == {"lmft", "full"} and trained["lmft"].info.run_id == result.adapted_run
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert result.experiment_url.endswith(f"/#/experiments/{experiment.experiment_id}/runs?workflowType=machine_learning")
+
+
+def test_evaluate_compares_the_adapted_model_with_the_baseline_training(full_run):
+    workdir, result, _ = full_run
+    rows = {r["selector"]: r for r in result.comparison}
+    assert set(rows) == {"lmft", "full"}
+    assert rows["full"]["discard_rate"] == 0.0 and rows["lmft"]["gflops_per_clip"] <= rows["full"]["gflops_per_clip"]
+    client = MlflowClient(tracking_uri=result.tracking_uri)
+    assert "evaluation/comparison.md" in {a.path for a in client.list_artifacts(result.run_id, "evaluation")}
+
+
+def test_model_is_registered_with_an_alias_and_predicts_the_held_back_videos(full_run):
+    workdir, result, _ = full_run
+    client = MlflowClient(tracking_uri=result.tracking_uri)
+    version = client.get_model_version_by_alias("lmft-demo", "best")
+    assert str(version.version) == result.model_version and version.source == result.model_uri
+    tags = version.tags
+    assert json.loads(tags["lmft.classes"]) == ["jump", "wave"] and json.loads(tags["lmft.clip"])["image_size"] == 32
+    assert 0.0 < float(tags["lmft.tau_hat"]) < 1.0 and json.loads(tags["lmft.energy"]) == {"variant": "diff"}
+    table = pq.read_table(result.predictions)
+    assert sorted(table.column("video_id").to_pylist()) == ["target/jump/jump_001", "target/wave/wave_001"]
+    for col in ("predicted_label", "p_jump", "p_wave", "keep_ratio", "confidence"):
+        assert col in table.column_names
+    probs = table.column("p_jump").to_numpy() + table.column("p_wave").to_numpy()
+    assert abs(probs - 1.0).max() < 1e-5
+    assert result.prediction_summary["predicted"] == 2 and result.prediction_summary["rejected"] == 0
+
+
+def test_rerun_skips_every_finished_stage_and_force_redoes_one(full_run, capsys):
+    workdir, first, elapsed = full_run
+    t0 = time.perf_counter()
+    again = run_full(load_profile("demo", TINY), workdir)
+    rerun_s = time.perf_counter() - t0
+    assert again.run_id == first.run_id and again.model_uri == first.model_uri  # the same parent run and model
+    assert again.model_version == first.model_version and again.predictions == first.predictions
+    assert rerun_s < 0.6 * elapsed, (rerun_s, elapsed)
+    out = capsys.readouterr().out
+    assert "already finished" in out and "predictions of this model on these videos exist" in out
+    before = Path(first.predictions).stat().st_mtime_ns
+    forced = run_full(load_profile("demo", TINY), workdir, force=("predict",))
+    assert Path(forced.predictions).stat().st_mtime_ns != before and forced.model_uri == first.model_uri
+    text = where_everything_is(forced)
+    assert "models:/lmft-demo@best" in text and "mlflow ui --backend-store-uri" in text and "workflowType=machine_learning" in text
 
 
 def test_bad_manifest_fails_before_anything_is_written(tmp_path):
@@ -49,13 +101,17 @@ def test_bad_manifest_fails_before_anything_is_written(tmp_path):
                           capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 2
     assert "line 2: source row without a label" in proc.stderr and "line 2: file not found" in proc.stderr
-    assert not workdir.exists()
+    assert not (workdir / "data").exists() and not (workdir / "shards").exists()
 
 
 def test_bad_profile_setting_is_a_clear_error(tmp_path):
     proc = subprocess.run([sys.executable, str(REPO / "pipelines" / "full.py"), "--workdir", str(tmp_path / "w"),
                            "--set", "demo_data.videos_per_clas=3"], capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 2 and "unknown key(s) ['videos_per_clas']" in proc.stderr
+    with pytest.raises(ConfigError, match="workflow.adapt must be one of"):
+        load_profile("demo", ["workflow.adapt='tune'"])
+    with pytest.raises(ConfigError, match="--force: unknown stage"):
+        run_full(load_profile("demo"), tmp_path / "w2", force=("train",))
 
 
 def test_artifacts_beside_the_embedded_store_only(tmp_path, monkeypatch):

@@ -111,7 +111,12 @@ def test_job_submit_runs_the_main_job_on_the_cluster(cluster, tmp_path):
     assert (workdir / "shards" / latest / "metadata.json").is_file()
     client = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("lmft-demo").experiment_id])
-    assert [r.info.status for r in runs] == ["FINISHED"] and runs[0].data.metrics["preprocess/shard_rows"] == 8
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    (parent,) = [r for r in runs if r.data.tags.get("lmft.stage") == "workflow"]
+    assert parent.data.metrics["preprocess/shard_rows"] == 8
+    stages = {r.data.tags.get("lmft.stage") for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    assert stages == {"preprocess", "train", "evaluate", "register", "predict"}
+    assert (workdir / "predictions").is_dir()
 
 
 DRIVER = """

@@ -90,6 +90,11 @@ def test_main_job_logs_to_the_server_with_credentials_from_the_environment(as_us
     assert run.info.status == "FINISHED"
     assert run.data.params["demo_data.videos_per_class"] == "2" and run.data.metrics["data/videos"] == 8
     assert run.data.metrics["preprocess/shard_rows"] == 8
+    # every stage logged there too, the model included (workers and prediction actors had the credentials)
+    children = client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{result.run_id}'")
+    assert {c.data.tags["lmft.stage"] for c in children} == {"preprocess", "train", "evaluate", "register", "predict"}
+    assert str(client.get_model_version_by_alias("lmft-demo", "best").version) == result.model_version
+    assert result.prediction_summary["predicted"] + result.prediction_summary["rejected"] == 2
     assert {a.path for a in client.list_artifacts(result.run_id, "inputs")} == {"inputs/manifest.csv", "inputs/demo.toml"}
     experiment = client.get_experiment(run.info.experiment_id)
     assert experiment.name == "lmft-demo" and experiment.tags.items() >= EXPERIMENT_KIND.items()

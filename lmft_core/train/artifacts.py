@@ -92,7 +92,8 @@ def log_artifacts(job: TrainJob, run, name: str, run_dir: Path, checkpoint: Path
                      **{k.replace("eval_target/", "final/target/"): v for r in results.values()
                         for k, v in r.metrics("eval_target").items()}}, step=int(policy["step"]))
     metadata = {"classes": list(job.classes), "clip": dataclasses.asdict(job.model.clip), "tau_hat": policy["tau_hat"],
-                "selector": dataclasses.asdict(job.selector), "shards": job.shards}
+                "selector": dataclasses.asdict(job.selector), "shards": job.shards,
+                "energy": shards.metadata.get("energy", {"variant": "diff"})}
     model_uri = log_model(adapter, run.run_id, job.tracking_uri, metadata)
     return TrainResult(run_name=name, run_dir=str(run_dir), mlflow_run_id=run.run_id, tracking_uri=job.tracking_uri,
                        checkpoint=str(checkpoint), model_uri=model_uri, tau_hat=policy["tau_hat"], evaluation=evaluation,

@@ -1,0 +1,237 @@
+"""Batch prediction on Ray Data: label new videos with an adapted model (tau_hat inside).
+
+Inputs: a CSV with a ``path`` column (``video_id`` and ``label`` optional; any lmft manifest works, and
+``domain``/``split`` select rows from it) or a folder, searched recursively for video files. The
+pipeline is preprocessing's decode task (the same isolated decoder child, time limit, PyAV salvage and
+rejects, and the model's own clip geometry and energy variant, read from the model's metadata) followed
+by the model in an actor pool (on GPUs when the cluster has them)::
+
+    rows -> map_batches(decode + motion energy)   CPU tasks (lmft_core.preprocess.decode)
+         -> map_batches(Predictor)                actor pool: mlflow.pytorch model, tau_hat
+         -> write_parquet / write_csv
+
+Output folder: ``predictions.parquet`` (or ``.csv``) with ``video_id, path, label`` (as given, may be
+empty), ``predicted_label``, ``predicted_index``, ``confidence``, one ``p_<class>`` column per class,
+``keep_ratio`` (kept tokens / all tokens at tau_hat), ``decoder`` and ``decode_note``; ``rejects.csv``
+(every input that could not be decoded or was not found, with its reason); ``summary.json`` (model,
+counts, accuracy where labels were given). Every input row is in exactly one of predictions and rejects
+(checked at the end).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from lmft_core.config import ConfigError
+from lmft_core.files import atomic_write
+from lmft_core.manifest import ManifestError, default_video_id
+from lmft_core.model_registry import ModelInfo
+from lmft_core.shard_format import ROW_SCHEMA, unpack_array
+
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".flv", ".gif", ".m4v", ".mpg", ".mpeg", ".wmv", ".3gp", ".ts")
+OUTPUT_FORMATS = ("parquet", "csv")
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    """The ``[predict]`` profile section: ``batch_size`` clips per model call, ``num_actors`` model
+    replicas with ``num_cpus`` CPUs and ``num_gpus`` GPUs each (absent: 1 when the cluster has GPUs),
+    ``output_format`` ``parquet`` or ``csv``. Decoding uses the ``[preprocess]`` decode settings."""
+
+    batch_size: int = 16
+    num_actors: int = 1
+    num_cpus: float = 1.0
+    num_gpus: float | None = None
+    output_format: str = "parquet"
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.num_actors < 1:
+            raise ConfigError("predict.batch_size and predict.num_actors must be >= 1")
+        if self.output_format not in OUTPUT_FORMATS:
+            raise ConfigError(f"predict.output_format must be one of {list(OUTPUT_FORMATS)}, got {self.output_format!r}")
+
+
+def read_inputs(manifest: str | Path | None = None, folder: str | Path | None = None, domain: str | None = None,
+                split: str | None = None) -> pa.Table:
+    """The videos to label as a table of :data:`~lmft_core.shard_format.ROW_SCHEMA` rows.
+
+    Missing or unreadable files are kept (they end in the rejects with their reason); a missing ``path``
+    column, an empty path or a duplicate video id is a :class:`ManifestError` naming the line.
+    """
+    if (manifest is None) == (folder is None):
+        raise ConfigError("give either a manifest or a folder of videos")
+    rows: list[dict] = []
+    problems: list[str] = []
+    if folder is not None:
+        root = Path(folder).resolve()
+        if not root.is_dir():
+            raise ConfigError(f"{root}: not a folder")
+        for p in sorted(root.rglob("*")):
+            if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES:
+                rows.append({"video_id": p.relative_to(root).with_suffix("").as_posix(), "path": str(p), "label": None, "line": 0})
+        source = root
+    else:
+        source = Path(manifest)
+        if not source.is_file():
+            raise ManifestError(source, ["manifest file not found"])
+        root = source.resolve().parent
+        with source.open(newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            header = [h.strip() for h in (reader.fieldnames or [])]
+            if "path" not in header:
+                raise ManifestError(source, [f"line 1: no 'path' column; header is {header}"])
+            reader.fieldnames = header
+            for rec in reader:
+                rec = {k: (v or "").strip() for k, v in rec.items() if k is not None}
+                if domain and rec.get("domain", domain) != domain or split and rec.get("split", split) != split:
+                    continue
+                if not rec["path"]:
+                    problems.append(f"line {reader.line_num}: empty path")
+                    continue
+                path = Path(rec["path"]) if Path(rec["path"]).is_absolute() else root / rec["path"]
+                rows.append({"video_id": rec.get("video_id") or default_video_id(rec["path"], root), "path": str(path),
+                             "label": rec.get("label") or None, "line": reader.line_num})
+    seen: dict[str, int] = {}
+    for r in rows:
+        if r["video_id"] in seen:
+            problems.append(f"line {r['line']}: duplicate video_id {r['video_id']!r} (first on line {seen[r['video_id']]})")
+        seen.setdefault(r["video_id"], r["line"])
+    if problems:
+        raise ManifestError(source, problems)
+    if not rows:
+        raise ManifestError(source, ["no videos to label"])
+    return pa.table({"video_id": [r["video_id"] for r in rows], "path": [r["path"] for r in rows],
+                     "domain": ["target"] * len(rows), "split": [split or "test"] * len(rows),
+                     "label": [r["label"] for r in rows], "label_index": [None] * len(rows)}, schema=ROW_SCHEMA)
+
+
+class Predictor:
+    """Ray Data actor: decoded rows -> predictions with the model ``uri`` (loaded once per actor)."""
+
+    def __init__(self, uri: str, tracking_uri: str, classes: Sequence[str], num_threads: int = 1):
+        import mlflow
+        import mlflow.pytorch
+        import torch
+
+        torch.set_num_threads(max(1, num_threads))
+        mlflow.set_tracking_uri(tracking_uri)
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.model = mlflow.pytorch.load_model(uri, map_location=self.device).eval()
+        self.classes = list(classes)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        import torch
+
+        n = batch.num_rows
+        if n:
+            frames = torch.from_numpy(unpack_array(batch, "frames", np.uint8))
+            energy = torch.from_numpy(np.array(unpack_array(batch, "energy", np.float32)))
+            out = {k: v.float().cpu().numpy() if v.is_floating_point() else v.cpu().numpy()
+                   for k, v in self.model.predict(frames, energy).items()}
+        else:
+            out = {"probs": np.zeros((0, len(self.classes)), np.float32), "label": np.zeros(0, np.int64),
+                   "keep_ratio": np.zeros(0, np.float32)}
+        cols = {c: batch.column(c) for c in ("video_id", "path", "label")}
+        cols["predicted_label"] = pa.array([self.classes[i] for i in out["label"]], pa.string())
+        cols["predicted_index"] = pa.array(out["label"].astype(np.int64))
+        cols["confidence"] = pa.array(out["probs"].max(axis=1, initial=0.0).astype(np.float32))
+        for k, name in enumerate(self.classes):
+            cols[f"p_{name}"] = pa.array(out["probs"][:, k].astype(np.float32))
+        cols["keep_ratio"] = pa.array(out["keep_ratio"].astype(np.float32))
+        cols["decoder"], cols["decode_note"] = batch.column("decoder"), batch.column("decode_note")
+        return pa.table(cols)
+
+
+@dataclass(frozen=True)
+class PredictSummary:
+    output_dir: str
+    predictions: str
+    rejects: str
+    model: str
+    model_version: str
+    videos_in: int
+    predicted: int
+    rejected: int
+    accuracy: float | None  # where the inputs carried labels (classes of the model)
+    labelled: int
+    elapsed_s: float
+    videos_per_s: float
+
+    def metrics(self) -> dict[str, float]:
+        out = {"predict/videos_in": self.videos_in, "predict/predicted": self.predicted, "predict/rejected": self.rejected,
+               "predict/elapsed_s": self.elapsed_s, "predict/videos_per_s": self.videos_per_s}
+        if self.accuracy is not None:
+            out["predict/accuracy"] = self.accuracy
+        return {k: float(v) for k, v in out.items()}
+
+
+def run_predict(model: ModelInfo, tracking_uri: str, inputs: pa.Table, output: str | Path, profile) -> PredictSummary:
+    """Label ``inputs`` (:func:`read_inputs`) with ``model`` into ``output`` (module docstring)."""
+    from lmft_core.preprocess.config import PreprocessConfig
+    from lmft_core.preprocess.run import decoded_dataset
+    from lmft_core.preprocess.store import read_rejects_csv
+    from lmft_core.preprocess.decode import write_rejects_csv
+    from lmft_core.ray_cluster import connect, forwarded_env
+
+    t0 = time.perf_counter()
+    cfg: PredictConfig = profile.section("predict")
+    pre: PreprocessConfig = profile.section("preprocess")
+    out = Path(output).resolve()
+    staging = out / f"_staging-{uuid.uuid4().hex[:8]}"
+    ray = connect(shared_paths=[out])
+    import ray.data
+
+    num_gpus = cfg.num_gpus if cfg.num_gpus is not None else (1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0)
+    (staging / "rejects").mkdir(parents=True)
+    ds = decoded_dataset(inputs, model.clip, pre, staging / "rejects", energy_config=model.energy)
+    env = forwarded_env()  # the actors load the model from the tracking store: credentials too
+    ds = ds.map_batches(Predictor, batch_size=cfg.batch_size, batch_format="pyarrow",
+                        compute=ray.data.ActorPoolStrategy(size=cfg.num_actors), num_cpus=cfg.num_cpus, num_gpus=num_gpus,
+                        fn_constructor_kwargs={"uri": model.uri, "tracking_uri": tracking_uri, "classes": model.classes,
+                                               "num_threads": max(1, int(cfg.num_cpus))},
+                        **({"runtime_env": {"env_vars": env}} if env else {}))
+    ds.write_parquet(str(staging / "parts"))
+    parts = sorted((staging / "parts").glob("*.parquet"))
+    table = pa.concat_tables([pq.read_table(p) for p in parts]) if parts else None
+    rejects = [r for f in sorted((staging / "rejects").glob("*.csv")) for r in read_rejects_csv(f)]
+    predicted_ids = table.column("video_id").to_pylist() if table is not None else []
+    expected = inputs.column("video_id").to_pylist()
+    if sorted(predicted_ids + [r["video_id"] for r in rejects]) != sorted(expected):
+        raise RuntimeError(f"prediction lost or duplicated videos: {len(expected)} in, {len(predicted_ids)} predicted, "
+                           f"{len(rejects)} rejected")
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"predictions.{cfg.output_format}"
+    if table is None:
+        table = pa.table({"video_id": pa.array([], pa.string())})
+    if cfg.output_format == "parquet":
+        with atomic_write(path, "wb") as f:
+            pq.write_table(table, f)
+    else:
+        import pyarrow.csv as pacsv
+
+        with atomic_write(path, "wb") as f:
+            pacsv.write_csv(table, f)
+    write_rejects_csv(rejects, out / "rejects.csv")
+    shutil.rmtree(staging, ignore_errors=True)
+    labelled = [(y, p) for y, p in zip(table.column("label").to_pylist(), table.column("predicted_label").to_pylist())
+                if y in model.classes] if table.num_columns > 1 else []
+    elapsed = time.perf_counter() - t0
+    summary = PredictSummary(
+        output_dir=str(out), predictions=str(path), rejects=str(out / "rejects.csv"), model=model.uri,
+        model_version=model.version, videos_in=len(expected), predicted=len(predicted_ids), rejected=len(rejects),
+        accuracy=sum(y == p for y, p in labelled) / len(labelled) if labelled else None, labelled=len(labelled),
+        elapsed_s=elapsed, videos_per_s=len(expected) / elapsed)
+    with atomic_write(out / "summary.json") as f:
+        f.write(json.dumps(asdict(summary) | {"classes": list(model.classes), "tau_hat": model.tau_hat}, indent=2))
+    return summary

@@ -1,0 +1,58 @@
+"""Label new videos with an adapted model (tau_hat inside): Ray Data batch prediction.
+
+    python pipelines/predict.py --model models:/lmft@best --manifest new_videos.csv --output predictions/
+    python pipelines/predict.py --model models:/lmft@best --folder /data/new_videos --output predictions/
+    ray job submit --working-dir . -- python pipelines/predict.py --model models:/lmft@best --folder /shared/new --output /shared/pred
+
+``--model`` is any MLflow model reference of a model lmft training logged (``models:/<name>@<alias>``,
+``models:/<name>/<version>``, ``models:/m-...``); the tracking store is ``--tracking-uri``, else
+``MLFLOW_TRACKING_URI``, else the embedded store of ``--workdir``. The model brings its clip geometry,
+energy variant and classes. Writes ``<output>/predictions.parquet`` (or ``.csv``: ``--set
+predict.output_format=csv``), ``rejects.csv`` and ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from lmft_core.config import ConfigError, available_profiles, load_profile
+from lmft_core.manifest import ManifestError
+from lmft_core.model_registry import resolve
+from lmft_core.predict import read_inputs, run_predict
+from lmft_core.tracking import TrackingConfig, check_tracking_server
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="MLflow model reference, e.g. models:/lmft@best")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--manifest", type=Path, help="CSV with a path column (an lmft manifest works)")
+    src.add_argument("--folder", type=Path, help="a folder of videos (searched recursively)")
+    p.add_argument("--domain", help="only manifest rows of this domain")
+    p.add_argument("--split", help="only manifest rows of this split")
+    p.add_argument("--output", required=True, type=Path)
+    p.add_argument("--tracking-uri", default="", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or the embedded store)")
+    p.add_argument("--workdir", type=Path, default=Path("outputs"), help="where the embedded MLflow store is")
+    p.add_argument("--profile", default="demo", help=f"decode and actor settings: one of {available_profiles()} or a .toml path")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    args = p.parse_args(argv)
+    try:
+        profile = load_profile(args.profile, args.overrides)
+        uri = args.tracking_uri or profile.section("tracking", TrackingConfig).resolve_uri(args.workdir)
+        check_tracking_server(uri)
+        model = resolve(args.model, uri)  # a missing model or alias fails here, before any work
+        inputs = read_inputs(args.manifest, args.folder, args.domain, args.split)
+        summary = run_predict(model, uri, inputs, args.output, profile)
+    except (ConfigError, ManifestError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    acc = "" if summary.accuracy is None else f", accuracy {summary.accuracy:.3f} on {summary.labelled} labelled"
+    print(f"[lmft] {summary.predicted} of {summary.videos_in} videos labelled ({summary.rejected} rejected{acc}) "
+          f"with {summary.model}\n[lmft] predictions: {summary.predictions}\n[lmft] rejects: {summary.rejects}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
