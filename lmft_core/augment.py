@@ -10,7 +10,13 @@ either move the energy map with them or leave it unchanged:
   gain per channel for all frames. A gain scales every tubelet difference by the same factor and the
   per-video min-max normalisation of the energy cancels it; contrast about the clip's mean is a gain
   on differences too; per-channel gains reweight the channels' share of the mean (a small change).
-  Clipping to [0, 255] is the only other deviation.
+  Clipping to [0, 255] is the only other deviation;
+- **background mixing** (:func:`background_mix`, after CoMix, Sahoo et al., NeurIPS 2021): each source
+  clip is blended with the static background of an unlabelled target clip, ``(1 - lam) * x + lam * bg``
+  with ``bg`` that clip's per-pixel temporal median. A static term adds nothing to a tubelet difference
+  and the factor ``(1 - lam)`` cancels in the min-max normalisation, so the stored energy is exactly that
+  of the mixed clip (rounding aside), while the classifier sees source motion over target-looking scenes
+  and has to rely on the motion rather than on the source's appearance.
 
 Random crops are not offered: the energy grid is fixed at preprocessing (one scalar per patch of the
 stored clip), so a crop that is not a multiple of the patch would have no energy map, and one that is
@@ -64,3 +70,14 @@ def color_jitter(frames: Tensor, strength: float, generator: torch.Generator) ->
     x = (x - mean) * contrast.view(b, 1, 1, 1, 1) + mean
     x = x * (brightness.view(b, 1, 1, 1, 1) * channel.view(b, 1, 1, 1, 3))
     return x.round_().clamp_(0, 255).to(torch.uint8)
+
+
+def background_mix(frames: Tensor, backgrounds_from: Tensor, strength: float, generator: torch.Generator) -> Tensor:
+    """Blend each clip of ``frames`` (uint8 (B, T, S, S, 3)) with the temporal-median background of a
+    random clip of ``backgrounds_from`` (uint8 (B', T, S, S, 3)): ``(1 - lam) x + lam bg``, ``lam``
+    uniform in [0, ``strength``] per clip. Returns uint8 frames of the same shape and device."""
+    b = frames.shape[0]
+    pick = torch.randint(0, backgrounds_from.shape[0], (b,), generator=generator).to(frames.device)
+    lam = (strength * torch.rand(b, generator=generator)).to(frames.device).view(b, 1, 1, 1, 1)
+    bg = backgrounds_from[pick].median(dim=1, keepdim=True).values.float()  # (B, 1, S, S, 3)
+    return ((1 - lam) * frames.float() + lam * bg).round_().clamp_(0, 255).to(torch.uint8)

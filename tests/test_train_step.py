@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from lmft_core.config import ClipConfig, ConfigError
 from lmft_core.model import ModelConfig, PolicyConfig, SelectorConfig, keep_above
-from lmft_core.augment import color_jitter, hflip
+from lmft_core.augment import background_mix, color_jitter, hflip
 from lmft_core.shards import ClipBatch, label_map_tensor, model_input
 from lmft_core.train.adapter import Adapter
 from lmft_core.train.config import TrainConfig
@@ -226,6 +226,23 @@ def test_color_jitter_is_one_gain_per_clip_and_leaves_normalised_energy_almost_u
     before, after = motion_energy(frames, 2, 8), motion_energy(out, 2, 8)
     assert (after - before).abs().max() < 0.05  # gains cancel in the min-max normalisation (rounding aside)
     assert torch.equal(color_jitter(frames, 0.0, g), frames)
+
+
+def test_background_mix_blends_a_static_target_scene_and_keeps_the_energy():
+    from lmft_core.energy import motion_energy
+
+    g = torch.Generator().manual_seed(0)
+    src = torch.full((3, 8, 32, 32, 3), 90, dtype=torch.uint8)
+    for t in range(8):  # a bright square moving right
+        src[:, t, 10:18, 2 + 3 * t:10 + 3 * t] = 200
+    tgt = torch.randint(0, 256, (2, 1, 32, 32, 3), dtype=torch.uint8, generator=g).expand(2, 8, 32, 32, 3).contiguous()
+    out = background_mix(src, tgt, 0.6, g)
+    assert out.shape == src.shape and out.dtype == torch.uint8
+    # a static pixel of the source takes the same blend in every frame of a clip
+    assert (out[:, :, 0, 0] == out[:, :1, 0, 0]).all() and not torch.equal(out[:, :, 0, 0], src[:, :, 0, 0])
+    # the motion energy of the mixed clip is the source's (a static term adds no difference; 1 - lam cancels)
+    assert (motion_energy(out, 2, 8) - motion_energy(src, 2, 8)).abs().max() < 0.03
+    assert torch.equal(background_mix(src, tgt, 0.0, g), src)
 
 
 def test_train_config_is_validated():

@@ -35,7 +35,9 @@ class TrainConfig:
     above ``gamma_c`` (0 when none is). ``label_smoothing`` applies to both.
     Data: ``batch_size`` clips per domain per worker per micro-batch; ``hflip`` flips half the clips
     (frames and energy together); ``color_jitter`` (0 = off) is the strength of the per-clip
-    brightness, contrast and channel-gain jitter (:mod:`lmft_core.augment`); ``hflip_label_map`` pairs
+    brightness, contrast and channel-gain jitter; ``background_mix`` (0 = off) the largest weight of a
+    target clip's static scene blended into each source clip (CoMix's background mixing; both in
+    :mod:`lmft_core.augment`); ``hflip_label_map`` pairs
     classes that a flip swaps
     (``{slide_left = "slide_right"}``); ``shuffle`` reshuffles the training rows every epoch; a training
     split whose frames take at most ``materialize_max_mb`` is held in Ray's object store across epochs.
@@ -68,6 +70,7 @@ class TrainConfig:
     hflip: bool = True
     hflip_label_map: dict[str, str] = field(default_factory=dict)
     color_jitter: float = 0.0
+    background_mix: float = 0.0
     shuffle: bool = True
     materialize_max_mb: int = 2048
     seed: int = 0
@@ -101,8 +104,9 @@ class TrainConfig:
                 raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)}")
         if not 0.0 <= self.gamma_c <= 1.0:
             raise ConfigError(f"train.gamma_c must be in [0, 1], got {self.gamma_c}")
-        if not 0.0 <= self.color_jitter < 1.0:
-            raise ConfigError(f"train.color_jitter must be in [0, 1), got {self.color_jitter}")
+        for name in ("color_jitter", "background_mix"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"train.{name} must be in [0, 1), got {getattr(self, name)}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ConfigError(f"train.label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.gpus_per_worker is not None and self.gpus_per_worker < 0:

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lmft_core.model import ThresholdPolicy
-from lmft_core.augment import color_jitter, hflip
+from lmft_core.augment import background_mix, color_jitter, hflip
 from lmft_core.shards import ClipBatch
 from lmft_core.train.adapter import Adapter
 from lmft_core.train.config import TrainConfig
@@ -137,13 +137,20 @@ class Learner:
             batch = replace(batch, frames=color_jitter(batch.frames, self.cfg.color_jitter, g))
         return batch
 
+    def _mix(self, src: ClipBatch, tgt: ClipBatch, i: int) -> tuple[ClipBatch, ClipBatch]:
+        """Background mixing of the source clips with the target clips' scenes (``train.background_mix``)."""
+        if self.cfg.background_mix > 0:
+            g = step_generator(self.cfg.seed, self.step, 8191 + 2 * i + self.dist.rank)
+            src = replace(src, frames=background_mix(src.frames, tgt.frames, self.cfg.background_mix, g))
+        return src, tgt
+
     def step_once(self, micro_batches: Sequence[tuple[ClipBatch, ClipBatch]]) -> dict[str, float]:
         """One optimizer step over ``micro_batches`` (module docstring); returns its metrics (floats)."""
         cfg, policy, step = self.cfg, self.adapter.policy, self.step
         if len(micro_batches) != cfg.accum_steps:
             raise ValueError(f"a step takes train.accum_steps={cfg.accum_steps} micro-batches, got {len(micro_batches)}")
         self.adapter.train()
-        pairs = [(self._prepare(s, 2 * i), self._prepare(t, 2 * i + 1)) for i, (s, t) in enumerate(micro_batches)]
+        pairs = [self._mix(self._prepare(s, 2 * i), self._prepare(t, 2 * i + 1), i) for i, (s, t) in enumerate(micro_batches)]
         energy = torch.cat([b.energy for pair in pairs for b in pair])
         sel = self.adapter.selection(energy, step_generator(cfg.seed, step))  # one call: one tau for the step
         keeps = sel.keep.split([len(b) for pair in pairs for b in pair])
