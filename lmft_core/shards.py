@@ -116,12 +116,13 @@ class ShardSet:
             raise ShardError(f"{self.root}: no {domain}-{split} clips in the shards, and {what} needs them")
         return n
 
-    def dataset(self, domain: str, split: str, columns: Sequence[str] = BATCH_COLUMNS):
-        """A lazy Ray Dataset of ``(domain, split)`` rows with ``columns`` (the filter is pushed to the scan)."""
+    def dataset(self, domain: str, split: str, columns: Sequence[str] = BATCH_COLUMNS, num_cpus: float | None = None):
+        """A lazy Ray Dataset of ``(domain, split)`` rows with ``columns`` (the filter is pushed to the scan);
+        ``num_cpus`` per read task (default: Ray Data's, one)."""
         import ray.data
         from ray.data.expressions import col, lit
 
-        ds = ray.data.read_parquet([str(f) for f in self.files])
+        ds = ray.data.read_parquet([str(f) for f in self.files], num_cpus=num_cpus)
         return ds.filter(expr=(col("domain") == lit(domain)) & (col("split") == lit(split))).select_columns(list(columns))
 
 

@@ -13,8 +13,10 @@ needs ``sweep.select_on_target_labels = true`` (say so when reporting such a res
 
 Resources: each trial takes ``train.workers x train.cpus_per_worker`` CPUs (and GPUs) for its workers
 plus :data:`TRIAL_DRIVER_CPUS` for the Tune function; at least ``sweep.data_cpus`` CPUs of the cluster
-stay free for Ray Data's ingest (which stalls without them), and the trials that fit in the rest run at
-once (``sweep.max_concurrent`` caps it).
+stay free for Ray Data's ingest, and the trials that fit in the rest run at once (``sweep.max_concurrent``
+caps it). Ray Data's read and shuffle tasks each take a whole CPU, so ``data_cpus`` is at least 1: with
+less, concurrent trials wait for each other's ingest for ever (seen here: two trials on 2 CPUs with 0.5
+kept for Data hung).
 
 MLflow: one parent run per sweep with a child run per trial (params, the epochs' metrics from rank 0);
 at the end the parent holds the best trial (``best/*`` params and metrics), the results table and a plot
@@ -66,7 +68,7 @@ class SweepConfig:
     asha: bool = True
     grace_period: int = 1
     reduction_factor: int = 2
-    data_cpus: float = 0.5
+    data_cpus: float = 1.0
     max_concurrent: int = 0
     seed: int = 0
     name: str = ""
@@ -83,8 +85,9 @@ class SweepConfig:
             raise ConfigError(f"sweep.gamma_c values must be in [0, 1], got {self.gamma_c}")
         if self.num_samples < 1 or self.grace_period < 1 or self.reduction_factor < 2:
             raise ConfigError("sweep.num_samples and grace_period must be >= 1, reduction_factor >= 2")
-        if self.data_cpus < 0 or self.max_concurrent < 0:
-            raise ConfigError("sweep.data_cpus and max_concurrent must be >= 0")
+        if self.data_cpus < 1 or self.max_concurrent < 0:
+            raise ConfigError(f"sweep.data_cpus must be >= 1 (Ray Data's tasks take whole CPUs) and max_concurrent >= 0, "
+                              f"got {self.data_cpus} and {self.max_concurrent}")
         if self.metric.startswith("eval_target/") and not self.select_on_target_labels:
             raise ConfigError(f"sweep.metric={self.metric!r} selects by target labels: set "
                               "sweep.select_on_target_labels = true to do so knowingly")
@@ -159,10 +162,33 @@ def _trial(config: dict) -> None:
         run.log_params(job.config)
         run.set_tags({"lmft.stage": "sweep-trial", "lmft.trial": trial_id} | {f"lmft.{k}": v for k, v in params.items()})
         job = replace(job, mlflow_run_id=run.run_id)
-        trainer = build_trainer(job, train_datasets(ShardSet.open(job.shards), job.train), trial_id,
-                                Path(ctx["workdir"]) / "sweeps" / ctx["name"], ctx["gpus"],
+        storage = Path(ctx["workdir"]) / "sweeps" / ctx["name"]
+        trainer = build_trainer(job, train_datasets(ShardSet.open(job.shards), job.train), trial_id, storage, ctx["gpus"],
                                 callbacks=[TuneReportCallback()], worker_env=forwarded_env())
         trainer.fit()
+
+
+def _release_callback(storage: Path):
+    """A Tune callback that frees a finished or failed trial's Train worker placement group.
+
+    Tune stops a trial's actor as soon as the trial reports its last epoch (or ASHA stops it), before
+    Train's controller inside it has shut its worker group down, so the group's CPUs stay reserved
+    (ray issue #54305) and later trials and Ray Data's ingest wait for them for ever (seen here: a
+    2-CPU sweep stalled from its third trial on). The workers record their placement group
+    (:func:`lmft_core.train.ray_train.record_placement_group`); this callback removes it.
+    """
+    from ray import tune
+
+    from lmft_core.train.ray_train import release_placement_group
+
+    class ReleaseTrialPlacementGroup(tune.Callback):
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            release_placement_group(storage / trial.trial_id)
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            release_placement_group(storage / trial.trial_id)
+
+    return ReleaseTrialPlacementGroup()
 
 
 def run_sweep(profile: Profile, shards_path: str | Path, workdir: str | Path, parent_run_id: str | None = None) -> SweepResult:
@@ -210,7 +236,8 @@ def run_sweep(profile: Profile, shards_path: str | Path, workdir: str | Path, pa
             param_space=cfg.param_space() | {"ctx": ctx},
             tune_config=tune.TuneConfig(metric=metric, mode=mode, num_samples=1 if cfg.search == "grid" else cfg.num_samples,
                                         search_alg=searcher, scheduler=scheduler, max_concurrent_trials=concurrent),
-            run_config=tune.RunConfig(name=name, storage_path=str(workdir / "tune")),
+            run_config=tune.RunConfig(name=name, storage_path=str(workdir / "tune"),
+                                      callbacks=[_release_callback(workdir / "sweeps" / name)]),
         )
         grid = tuner.fit()
         table = _results_table(grid, metric, job.train.epochs, parent, name)

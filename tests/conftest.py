@@ -77,3 +77,13 @@ def tiny_shards(ray_local, tiny_demo, tiny_clip_weights, tmp_path_factory) -> Pa
                            + ["preprocess.decode_batch_size=4", "preprocess.labeler_batch_size=8"])
     run_preprocess(tiny_demo, out, profile)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_trained(tiny_shards, tmp_path_factory):
+    """(workdir, TrainResult) of a tiny LMFT training on ``tiny_shards`` (2 Ray Train workers, 3 epochs)."""
+    from lmft_core.config import load_profile
+    from lmft_core.train.run import run_training
+
+    workdir = tmp_path_factory.mktemp("train")
+    return workdir, run_training(load_profile("demo", TINY_CLIP_GEOMETRY + TINY_TRAIN), tiny_shards, workdir)

@@ -70,6 +70,9 @@ def _start(args: list[str], env: dict, log: Path) -> subprocess.Popen:
 def cluster(tmp_path_factory):
     root = tmp_path_factory.mktemp("ray_cluster")
     temp_dir = tempfile.mkdtemp(prefix="lmft-ray-")  # short: Ray's socket paths live under it
+    # The second node gets its own temp dir, as on separate machines: nodes sharing one unpack a job's
+    # working_dir into the same folder, and the second node's unpack deletes the driver's cwd.
+    worker_temp_dir = tempfile.mkdtemp(prefix="lmft-ray2-")
     token_file = root / "auth_token"
     token = secrets.token_hex(32)
     token_file.write_text(token)
@@ -83,7 +86,7 @@ def cluster(tmp_path_factory):
                              "--dashboard-port", str(dashboard_port), "--ray-client-server-port", str(free_port())],
                             env, root / "head.log"))
         head_s = wait_for(lambda: c.alive_nodes() == 1, 180, "ray head", nodes[0], root / "head.log")
-        nodes.append(_start(["--address", c.gcs], env, root / "worker.log"))
+        nodes.append(_start(["--address", c.gcs, "--temp-dir", worker_temp_dir], env, root / "worker.log"))
         worker_s = wait_for(lambda: c.alive_nodes() == 2, 180, "second ray node", nodes[1], root / "worker.log")
         print(f"ray head up after {head_s:.1f} s, second node after {worker_s:.1f} s more")
         yield c
@@ -91,6 +94,7 @@ def cluster(tmp_path_factory):
         for proc in reversed(nodes):
             stop_session(proc)
         shutil.rmtree(temp_dir, ignore_errors=True)
+        shutil.rmtree(worker_temp_dir, ignore_errors=True)
 
 
 def _ray(args: list[str], env: dict, timeout_s: float) -> subprocess.CompletedProcess:

@@ -28,9 +28,8 @@ def profile(*extra: str):
 
 
 @pytest.fixture(scope="module")
-def trained(tiny_shards, tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("train")
-    return workdir, run_training(profile(), tiny_shards, workdir)
+def trained(tiny_trained):
+    return tiny_trained
 
 
 def test_run_logs_params_metrics_artifacts_and_a_model_that_predicts(trained, tiny_shards):

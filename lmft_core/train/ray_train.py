@@ -26,6 +26,11 @@ from lmft_core.train.config import TrainConfig
 from lmft_core.train.loop import Pair, TrainJob, run_worker
 
 TRAIN_DATASETS = ("source_train", "target_train")
+# CPUs each ingest task (Parquet read, per-epoch shuffle) asks for. Ray Data's default is a whole CPU;
+# with fractional Train workers on a small machine, or Tune trials whose finished predecessors still
+# hold their last half CPU for a while, no whole CPU may be free and the ingest would wait for ever
+# (seen here in a 2-CPU sweep). The tasks are short: a quarter CPU each is plenty.
+INGEST_TASK_CPUS = 0.25
 
 
 class ShardCollate(ArrowBatchCollateFn):
@@ -62,11 +67,12 @@ def train_datasets(shards: ShardSet, cfg: TrainConfig) -> dict:
     t, s = shards.clip.num_frames, shards.clip.image_size
     out = {}
     for i, (name, domain) in enumerate(zip(TRAIN_DATASETS, ("source", "target"))):
-        ds = shards.dataset(domain, "train")
+        ds = shards.dataset(domain, "train", num_cpus=INGEST_TASK_CPUS)
         if counts.get((domain, "train"), 0) * t * s * s * 3 <= cfg.materialize_max_mb * 2**20:
             ds = ds.materialize()
         if cfg.shuffle:
-            ds = ds.random_shuffle(seed=RandomSeedConfig(seed=cfg.seed * 2 + i, reseed_after_execution=True))
+            ds = ds.random_shuffle(seed=RandomSeedConfig(seed=cfg.seed * 2 + i, reseed_after_execution=True),
+                                   num_cpus=INGEST_TASK_CPUS)
         out[name] = ds
     return out
 
@@ -96,7 +102,45 @@ def train_fn(config: dict) -> None:
         with checkpoint.as_directory() as folder:
             state = load_checkpoint(folder)
     sink = mlflow_sink(job) if dist.is_main else None
+    if dist.is_main:
+        record_placement_group(ray.train.get_context())
     run_worker(job, dist, data, state, report_to_ray, ray.train.torch.get_device(), sink)
+
+
+PLACEMENT_GROUP_FILE = "placement_group"
+
+
+def record_placement_group(ctx) -> None:
+    """Write the id of the placement group this worker group runs in to the run's storage folder.
+
+    Under Ray Tune, Train V2 can leave a finished run's worker placement group reserved (ray issue
+    #54305), and every later trial then finds that much less of the cluster free (seen here: a 2-CPU
+    sweep stalled from its third trial on). :func:`release_placement_group` removes it after the fit.
+    """
+    import ray.util
+
+    pg = ray.util.get_current_placement_group()
+    if pg is not None:
+        folder = Path(ctx.get_storage().experiment_fs_path)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / PLACEMENT_GROUP_FILE).write_text(pg.id.hex())
+
+
+def release_placement_group(run_folder: str | Path) -> bool:
+    """Remove the placement group a finished run recorded (:func:`record_placement_group`) if it is still
+    reserved; returns whether one was removed."""
+    import ray
+    from ray.util.placement_group import PlacementGroup, remove_placement_group
+
+    path = Path(run_folder) / PLACEMENT_GROUP_FILE
+    if not path.is_file():
+        return False
+    pg_id = path.read_text().strip()
+    entry = ray.util.placement_group_table().get(pg_id)
+    if entry is None or entry["state"] == "REMOVED":
+        return False
+    remove_placement_group(PlacementGroup(ray.PlacementGroupID(bytes.fromhex(pg_id))))
+    return True
 
 
 def mlflow_sink(job: TrainJob):
