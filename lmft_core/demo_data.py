@@ -84,7 +84,10 @@ class Appearance:
 APPEARANCES: dict[str, Appearance] = {
     "source": Appearance(texture=False, brightness=1.0, clutter=2, noise_std=0.01, color_cast=(1.0, 1.0, 1.0)),
     "target": Appearance(texture=True, brightness=0.6, clutter=8, noise_std=0.05, color_cast=(1.1, 0.9, 0.75)),
+    # a milder target look: no texture, half the darkening, cast and noise (the results' preset)
+    "target_mild": Appearance(texture=False, brightness=0.8, clutter=5, noise_std=0.03, color_cast=(1.05, 0.95, 0.87)),
 }
+DOMAINS = ("source", "target")
 
 
 @dataclass(frozen=True)
@@ -118,7 +121,8 @@ class CameraMotion:
 @dataclass(frozen=True)
 class DemoDataConfig:
     """What :func:`generate_demo_data` writes. ``videos_per_class`` counts per class and domain;
-    ``source_camera`` and ``target_camera`` are each domain's camera motion (static by default)."""
+    ``source_camera`` and ``target_camera`` are each domain's camera motion (static by default);
+    ``source_appearance`` and ``target_appearance`` name each domain's look in :data:`APPEARANCES`."""
 
     seed: int = 0
     classes: tuple[str, ...] = ("wave", "jump", "spin", "walk", "clap")
@@ -131,8 +135,14 @@ class DemoDataConfig:
     target_test_fraction: float = 0.5
     source_camera: CameraMotion = CameraMotion()
     target_camera: CameraMotion = CameraMotion()
+    source_appearance: str = "source"
+    target_appearance: str = "target"
 
     def __post_init__(self) -> None:
+        for domain in DOMAINS:
+            if self.appearance(domain) not in APPEARANCES:
+                raise ValueError(f"demo_data.{domain}_appearance: unknown appearance {self.appearance(domain)!r}; "
+                                 f"known: {sorted(APPEARANCES)}")
         unknown = [c for c in self.classes if c not in MOTIONS]
         if unknown:
             raise ValueError(f"demo_data.classes: unknown motion(s) {unknown}; known: {sorted(MOTIONS)}")
@@ -140,6 +150,9 @@ class DemoDataConfig:
             raise ValueError(f"demo_data: width and height must be even for H.264, got {self.width}x{self.height}")
         if self.videos_per_class < 2:
             raise ValueError("demo_data.videos_per_class must be >= 2 (each domain needs two splits)")
+
+    def appearance(self, domain: str) -> str:
+        return self.source_appearance if domain == "source" else self.target_appearance
 
     def camera(self, domain: str) -> CameraMotion:
         return self.source_camera if domain == "source" else self.target_camera
@@ -182,9 +195,9 @@ def _camera_path(cam: CameraMotion, cfg: DemoDataConfig, rng: np.random.Generato
 def render_video_and_mask(cfg: DemoDataConfig, domain: str, label: str, index: int) -> tuple[np.ndarray, np.ndarray]:
     """Frames uint8 (num_frames, height, width, 3) and actor mask bool (num_frames, height, width) of
     one video (the mask is true where the actor's disc covers at least half a pixel). Deterministic."""
-    d_idx, c_idx = list(APPEARANCES).index(domain), list(MOTIONS).index(label)
+    d_idx, c_idx = DOMAINS.index(domain), list(MOTIONS).index(label)
     rng = np.random.default_rng([cfg.seed, d_idx, c_idx, index])
-    app, cam = APPEARANCES[domain], cfg.camera(domain)
+    app, cam = APPEARANCES[cfg.appearance(domain)], cfg.camera(domain)
     h, w = cfg.height, cfg.width
     py, px = np.mgrid[0:h, 0:w].astype(np.float32)  # pixel coordinates; the scene is a function of them
 
@@ -310,7 +323,7 @@ def generate_demo_data(cfg: DemoDataConfig, output: str | Path) -> Path:
     output.mkdir(parents=True, exist_ok=True)
     marker.write_text(config_json)  # claim the folder first; the manifest, written last, marks completion
     rows = []
-    for domain in APPEARANCES:
+    for domain in DOMAINS:
         for label in cfg.classes:
             for i in range(cfg.videos_per_class):
                 rel = Path(domain) / label / f"{label}_{i:03d}.mp4"

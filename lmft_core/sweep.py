@@ -14,9 +14,9 @@ needs ``sweep.select_on_target_labels = true`` (say so when reporting such a res
 Resources: each trial takes ``train.workers x train.cpus_per_worker`` CPUs (and GPUs) for its workers
 plus :data:`TRIAL_DRIVER_CPUS` for the Tune function; at least ``sweep.data_cpus`` CPUs of the cluster
 stay free for Ray Data's ingest, and the trials that fit in the rest run at once (``sweep.max_concurrent``
-caps it). Ray Data's read and shuffle tasks each take a whole CPU, so ``data_cpus`` is at least 1: with
-less, concurrent trials wait for each other's ingest for ever (seen here: two trials on 2 CPUs with 0.5
-kept for Data hung).
+caps it). Ray Data's read and shuffle tasks take :data:`~lmft_core.train.ray_train.INGEST_TASK_CPUS`
+each, and ``data_cpus`` is at least 1: with less, concurrent trials wait for each other's ingest for
+ever (seen here: two trials on 2 CPUs with 0.5 kept for Data hung).
 
 MLflow: one parent run per sweep with a child run per trial (params, the epochs' metrics from rank 0);
 at the end the parent holds the best trial (``best/*`` params and metrics), the results table and a plot

@@ -220,3 +220,17 @@ def test_camera_motion_is_configured_per_domain_from_profiles_and_the_command_li
     marker = json.loads((tmp_path / "ok" / MARKER).read_text())
     assert marker["target_camera"] == {"pan_px_per_s": 0.0, "shake_px": 2.0, "zoom_per_s": 0.1}
     assert len(list((tmp_path / "ok").rglob("*.actor.npz"))) == len(list((tmp_path / "ok").rglob("*.mp4"))) == 24
+
+
+def test_appearances_are_chosen_per_domain():
+    cfg = DemoDataConfig(classes=("wave",), videos_per_class=2, num_frames=8, width=64, height=48)
+    mild = dataclasses.replace(cfg, target_appearance="target_mild")
+    src, _ = render_video_and_mask(cfg, "source", "wave", 0)
+    hard, mask = render_video_and_mask(cfg, "target", "wave", 0)
+    soft, mask_mild = render_video_and_mask(mild, "target", "wave", 0)
+    assert mask.any() and mask_mild.any()  # an actor in both (its draws follow the scene's, so its path differs)
+    assert np.array_equal(render_video_and_mask(mild, "source", "wave", 0)[0], src)  # the other domain is untouched
+    bright = [float(f.mean()) for f in (src, soft, hard)]
+    assert bright[0] > bright[1] > bright[2]  # the mild look sits between the source and the full target look
+    with pytest.raises(ValueError, match="demo_data.target_appearance: unknown appearance 'night'"):
+        dataclasses.replace(cfg, target_appearance="night")

@@ -218,3 +218,62 @@ def test_configs_build_from_profile_tables():
         from_dict(ModelConfig, {"sise": "vit_tiny"}, "demo.toml [model]")
     with pytest.raises(ConfigError, match="not a multiple of num_heads"):
         ModelConfig(size="vit_tiny", embed_dim=100)
+
+
+# ----------------------------------------------------------------------------- first-segment rule
+
+
+def naive_next_rule_keep(energy: torch.Tensor, tau: float) -> torch.Tensor:
+    """The ``next`` rule by hand: segment 0 scored by segment 1's energy, no forced keep, >= 1 token."""
+    b_, n_t, n_h, n_w = energy.shape
+    keep = torch.zeros(energy.shape, dtype=torch.bool)
+    for b in range(b_):
+        best, best_at = -1.0, None
+        for t in range(n_t):
+            for h in range(n_h):
+                for w in range(n_w):
+                    v = energy[b, max(t, 1), h, w].item()
+                    keep[b, t, h, w] = v > tau
+                    if v > best:
+                        best, best_at = v, (t, h, w)
+        if not keep[b].any():
+            keep[b][best_at] = True
+    return keep
+
+
+def test_next_first_segment_rule_against_a_naive_loop():
+    e = energies(4, seed=7)
+    e[:, 0] = 1.0  # as preprocessing stores it: the paper's rule
+    for tau in (0.3, 0.8):
+        sel = SelectorConfig(name="threshold", tau=tau, first_segment="next").build()(e)
+        assert torch.equal(sel.keep, naive_next_rule_keep(e, tau))
+        assert not sel.keep[:, 0].all()  # the first segment is not kept wholesale
+    # a clip with nothing above tau keeps exactly its highest-energy token
+    sel = SelectorConfig(name="threshold", tau=0.999, first_segment="next").build()(e)
+    assert sel.num_kept.tolist() == [1, 1, 1, 1]
+    assert torch.equal(sel.keep, naive_next_rule_keep(e, 0.999))
+    lmft = SelectorConfig(name="lmft", first_segment="next").build(ThresholdPolicy())
+    s = lmft(e, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(s.keep, naive_next_rule_keep(e, s.tau.item()))
+
+
+def test_next_rule_budgets_and_calibration():
+    e = energies(200, seed=8)
+    e[:, 0] = 1.0
+    top = SelectorConfig(name="topk", keep_ratio=0.1, first_segment="next").build()(e)
+    assert top.num_kept.tolist() == [round(0.1 * 64)] * 200  # no first-segment floor any more
+    rnd = SelectorConfig(name="random", drop_rate=0.9, first_segment="next").build()(e, torch.Generator().manual_seed(0))
+    assert rnd.num_kept.tolist() == [64 - round(0.9 * 64)] * 200 and not rnd.keep[:, 0].all()
+    # calibration: the calibrated tau keeps the asked-for ratio under each rule (ties are impossible here)
+    for rule in ("keep", "next"):
+        cfg = SelectorConfig(name="threshold", calibrate=True, keep_ratio=0.4, first_segment=rule).calibrated(e)
+        kept = cfg.build()(e).keep.float().mean().item()
+        assert abs(kept - 0.4) < 1 / 64, rule
+    # keep ratio 0.2 is below the first segment's share (0.25): only the next rule can reach it
+    keep_rule = SelectorConfig(name="threshold", calibrate=True, keep_ratio=0.2).calibrated(e)
+    assert keep_rule.build()(e).keep.float().mean().item() == pytest.approx(0.25)
+    nxt = SelectorConfig(name="threshold", calibrate=True, keep_ratio=0.2, first_segment="next").calibrated(e)
+    assert abs(nxt.build()(e).keep.float().mean().item() - 0.2) < 1 / 64
+    assert SelectorConfig(name="random", match="lmft", first_segment="next").label == "random-match-lmft+first-next"
+    with pytest.raises(ConfigError, match="selector.first_segment 'last'"):
+        SelectorConfig(first_segment="last")

@@ -97,6 +97,21 @@ def test_packed_equals_per_video_loop(backend):
     torch.testing.assert_close(packed, loop, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("backend", PACKED)
+def test_packed_without_the_first_segment_and_with_single_tokens(backend):
+    """Masks of the ``next`` first-segment rule: segment 0 partly dropped, a clip down to one token."""
+    model, x = make(), videos(3)
+    keep = torch.rand((3, *CLIP.grid), generator=torch.Generator().manual_seed(5)) < 0.4
+    keep[0, 0] = False
+    keep[1] = False
+    keep[1, 2, 1, 0] = True  # one token, not in the first segment
+    keep[2].flatten()[0] = True
+    with torch.no_grad():
+        loop = torch.cat([model(x[i : i + 1], keep[i : i + 1], attention="padded") for i in range(3)])
+        packed = model(x, keep, attention=backend)
+    torch.testing.assert_close(packed, loop, atol=1e-5, rtol=1e-5)
+
+
 def test_dropped_tokens_do_not_matter_and_kept_positions_do():
     model, x, keep = make(), videos(2), random_keep_mask(2, seed=5)
     y = x.clone()

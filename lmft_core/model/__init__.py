@@ -33,6 +33,7 @@ from lmft_core.model.checkpoints import (
 from lmft_core.model.flops import clip_flops, selection_flops
 from lmft_core.model.policy import PolicyConfig, ThresholdPolicy
 from lmft_core.model.selectors import (
+    FIRST_SEGMENT_RULES,
     SELECTORS,
     Selection,
     SelectorConfig,
@@ -44,6 +45,7 @@ from lmft_core.model.vit import MODEL_SIZES, ModelConfig, VideoViT, ViTSize, num
 
 __all__ = [
     "ATTENTION_BACKENDS",
+    "FIRST_SEGMENT_RULES",
     "MODEL_SIZES",
     "SELECTORS",
     "AttentionBackend",

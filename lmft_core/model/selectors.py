@@ -1,8 +1,19 @@
 """Token selectors: which tokens of each clip the model computes.
 
 Every selector is called as ``selector(energy, generator=None) -> Selection`` with motion energies
-``energy`` (B, N_t, N_h, N_w) in [0, 1] and returns a keep mask of the same shape. The first temporal
-segment is always kept. Selectors registered by name (:data:`SELECTORS`):
+``energy`` (B, N_t, N_h, N_w) in [0, 1] and returns a keep mask of the same shape.
+
+The first temporal segment has no preceding tubelet, so no motion energy of its own; the **first-segment
+rule** (``selector.first_segment``, registered in :data:`FIRST_SEGMENT_RULES`) says what happens to it:
+
+- ``keep`` (the paper's): its energy is 1 and it is always kept, whatever the threshold or budget;
+- ``next``: it takes the energy of the difference that follows it (``energy[:, 0] := energy[:, 1]``)
+  and competes like any other segment; a clip that would keep no token keeps its highest-energy one.
+
+At a keep ratio of 0.25 with 8 segments, ``keep`` spends half the kept tokens on the first frames'
+full background; ``next`` keeps only the first segment's moving parts.
+
+Selectors registered by name (:data:`SELECTORS`):
 
 - ``lmft``: learned threshold (:class:`~lmft_core.model.policy.ThresholdPolicy`): keep energy > tau,
   tau sampled per call in training, tau_hat in eval. One call draws one tau: select the source and
@@ -14,8 +25,8 @@ segment is always kept. Selectors registered by name (:data:`SELECTORS`):
 - ``threshold``: a fixed tau (the run-length tokenization rule on motion energy); or, with
   ``calibrate``, the tau whose mean keep ratio on given energies (source-train) is ``keep_ratio``
   (:func:`calibrate_tau`, :meth:`SelectorConfig.calibrated`).
-- ``topk``: a fixed budget of ``round(keep_ratio * N)`` tokens per clip, highest energy first (the
-  first segment counts in the budget and is kept even when it exceeds it).
+- ``topk``: a fixed budget of ``round(keep_ratio * N)`` tokens per clip, highest energy first (with
+  ``keep``, the first segment counts in the budget and is kept even when it exceeds it).
 """
 
 from __future__ import annotations
@@ -55,7 +66,8 @@ class SelectorConfig:
     """Builds a selector (TOML section ``[selector]``): ``name`` and the settings the named one uses:
     ``tau`` (threshold), or ``calibrate`` (threshold: tau is fitted to ``keep_ratio`` on given energies
     by :meth:`calibrated` before building), ``drop_rate`` and ``match`` (random; ``match`` names another
-    selector whose per-video discard rate to copy), ``keep_ratio`` (topk, calibrated threshold)."""
+    selector whose per-video discard rate to copy), ``keep_ratio`` (topk, calibrated threshold);
+    ``first_segment`` the first-segment rule (module docstring), for every selector."""
 
     name: str = "lmft"
     tau: float | None = None
@@ -63,9 +75,11 @@ class SelectorConfig:
     keep_ratio: float = 0.5
     match: str = ""
     calibrate: bool = False
+    first_segment: str = "keep"
 
     def __post_init__(self) -> None:
         SELECTORS.check(self.name, "selector.name")
+        FIRST_SEGMENT_RULES.check(self.first_segment, "selector.first_segment")
         if self.match and (self.name != "random" or self.match not in SELECTORS or self.match == "random"):
             raise ConfigError(f"selector.match={self.match!r} needs name='random' and another registered selector")
         for key in ("tau", "drop_rate", "keep_ratio"):
@@ -78,9 +92,7 @@ class SelectorConfig:
             raise ConfigError(f"selector.calibrate applies to name='threshold' only, not {self.name!r}")
 
     @property
-    def label(self) -> str:
-        """A short name for tables, metric names and run names: ``lmft``, ``random-match-lmft``,
-        ``random-drop0.50``, ``threshold-tau0.3``, ``threshold-keep0.50`` (to calibrate), ``topk-keep0.50``."""
+    def _name_label(self) -> str:
         if self.name == "random":
             return f"random-match-{self.match}" if self.match else f"random-drop{self.drop_rate:.2f}"
         if self.name == "threshold":
@@ -89,12 +101,20 @@ class SelectorConfig:
             return f"topk-keep{self.keep_ratio:.2f}"
         return self.name
 
+    @property
+    def label(self) -> str:
+        """A short name for tables, metric names and run names: ``lmft``, ``random-match-lmft``,
+        ``random-drop0.50``, ``threshold-tau0.3``, ``threshold-keep0.50`` (to calibrate), ``topk-keep0.50``;
+        ``+first-next`` appended under the ``next`` first-segment rule."""
+        return self._name_label + ("" if self.first_segment == "keep" else f"+first-{self.first_segment}")
+
     def calibrated(self, energy: Tensor) -> SelectorConfig:
         """A threshold to calibrate: this config with ``tau`` fitted on ``energy`` (:func:`calibrate_tau`);
         any other config as it is."""
         if not self.calibrate:
             return self
-        return replace(self, tau=calibrate_tau(energy, self.keep_ratio))
+        rule = FIRST_SEGMENT_RULES[self.first_segment]
+        return replace(self, tau=calibrate_tau(rule.energy(energy), self.keep_ratio, forced_first=rule.forced))
 
     def build(self, policy: ThresholdPolicy | None = None) -> Selector:
         """The selector named by ``name`` (``lmft`` needs the ``policy``; a threshold to calibrate
@@ -103,6 +123,27 @@ class SelectorConfig:
             raise ValueError(f"selector {self.label}: calibrate tau first (SelectorConfig.calibrated(energy))")
         return SELECTORS[self.name](self, policy)
 
+
+@dataclass(frozen=True)
+class FirstSegmentRule:
+    """A first-segment rule: ``forced`` (the first segment is always kept) and ``copies_next`` (its
+    energy becomes that of the segment after it)."""
+
+    forced: bool
+    copies_next: bool
+
+    def energy(self, energy: Tensor) -> Tensor:
+        """The energies the selector compares, (B, N_t, N_h, N_w) (a copy when changed)."""
+        if not self.copies_next or energy.shape[1] < 2:
+            return energy
+        energy = energy.clone()
+        energy[:, 0] = energy[:, 1]
+        return energy
+
+
+FIRST_SEGMENT_RULES: Registry[FirstSegmentRule] = Registry("first-segment rule")
+FIRST_SEGMENT_RULES.register("keep", FirstSegmentRule(forced=True, copies_next=False))
+FIRST_SEGMENT_RULES.register("next", FirstSegmentRule(forced=False, copies_next=True))
 
 Selector = Callable[..., Selection]
 SELECTORS: Registry[Callable[[SelectorConfig, ThresholdPolicy | None], Selector]] = Registry("selector")
@@ -118,36 +159,47 @@ def _check_energy(energy: Tensor) -> None:
         raise ValueError(f"energy must be (B, N_t, N_h, N_w), got shape {tuple(energy.shape)}")
 
 
-def keep_above(energy: Tensor, tau: Tensor | float) -> Tensor:
-    """Keep tokens with energy > tau, and the first temporal segment: (B, N_t, N_h, N_w) bool."""
+def keep_above(energy: Tensor, tau: Tensor | float, forced_first: bool = True) -> Tensor:
+    """Keep tokens with energy > tau: (B, N_t, N_h, N_w) bool. With ``forced_first`` the first temporal
+    segment is kept too; without, a clip with no token above tau keeps its highest-energy token."""
     _check_energy(energy)
     keep = energy > tau
-    keep[:, 0] = True
+    if forced_first:
+        keep[:, 0] = True
+    else:
+        empty = ~keep.flatten(1).any(1)
+        if empty.any():
+            flat = keep.flatten(1)
+            flat[empty, energy.flatten(1)[empty].argmax(1)] = True
+            keep = flat.view_as(energy)
     return keep
 
 
-def keep_highest(scores: Tensor, num_keep: Tensor) -> Tensor:
-    """Keep the ``num_keep[b]`` highest-scoring tokens of each video, first segment always first.
+def keep_highest(scores: Tensor, num_keep: Tensor, forced_first: bool = True) -> Tensor:
+    """Keep the ``num_keep[b]`` highest-scoring tokens of each video (at least one); with
+    ``forced_first`` the first segment is always kept, ranked first.
 
     ``scores`` (B, N_t, N_h, N_w), ``num_keep`` (B,) int -> keep (B, N_t, N_h, N_w) bool.
     """
     _check_energy(scores)
     flat = scores.flatten(1).clone()
-    first = scores[0, 0].numel()
-    flat[:, :first] = float("inf")
+    first = scores[0, 0].numel() if forced_first else 1
+    if forced_first:
+        flat[:, :first] = float("inf")
     order = flat.argsort(dim=1, descending=True, stable=True)
     rank = torch.empty_like(order).scatter_(1, order, torch.arange(flat.shape[1], device=flat.device).expand_as(order))
     return (rank < num_keep.clamp(min=first)[:, None]).view_as(scores)
 
 
-def calibrate_tau(energy: Tensor, keep_ratio: float) -> float:
+def calibrate_tau(energy: Tensor, keep_ratio: float, forced_first: bool = True) -> float:
     """The threshold whose mean keep ratio over the clips of ``energy`` (B, N_t, N_h, N_w) is
-    ``keep_ratio`` (up to ties): keep_above keeps the first segment plus the tokens above tau, so tau
-    is the k-th largest energy outside the first segment with k = B * (keep_ratio * N - N_first).
-    Ratios below the first segment's share give tau = 1 (nothing else kept)."""
+    ``keep_ratio`` (up to ties). With ``forced_first``, keep_above keeps the first segment plus the
+    tokens above tau, so tau is the k-th largest energy outside the first segment with
+    k = B * (keep_ratio * N - N_first) (ratios below the first segment's share give tau = 1, nothing
+    else kept); without, tau is the k-th largest of all energies, k = B * keep_ratio * N."""
     _check_energy(energy)
-    rest = energy[:, 1:].flatten().float()
-    n, first = energy[0].numel(), energy[0, 0].numel()
+    n, first = energy[0].numel(), (energy[0, 0].numel() if forced_first else 0)
+    rest = (energy[:, 1:] if forced_first else energy).flatten().float()
     k = round(energy.shape[0] * (keep_ratio * n - first))
     if k <= 0:
         return 1.0
@@ -167,9 +219,11 @@ def full(config: SelectorConfig, policy: ThresholdPolicy | None = None) -> Selec
 
 @register_selector("threshold")
 def threshold(config: SelectorConfig, policy: ThresholdPolicy | None = None) -> Selector:
+    rule = FIRST_SEGMENT_RULES[config.first_segment]
+
     def select(energy: Tensor, generator: torch.Generator | None = None) -> Selection:
         tau = torch.tensor(config.tau, device=energy.device)
-        return Selection(keep_above(energy, tau), tau)
+        return Selection(keep_above(rule.energy(energy), tau, rule.forced), tau)
 
     return select
 
@@ -178,30 +232,36 @@ def threshold(config: SelectorConfig, policy: ThresholdPolicy | None = None) -> 
 def lmft(config: SelectorConfig, policy: ThresholdPolicy | None = None) -> Selector:
     if policy is None:
         raise ValueError("the 'lmft' selector needs a ThresholdPolicy")
+    rule = FIRST_SEGMENT_RULES[config.first_segment]
 
     def select(energy: Tensor, generator: torch.Generator | None = None) -> Selection:
         tau = policy.threshold(generator)
-        return Selection(keep_above(energy, tau), tau)
+        return Selection(keep_above(rule.energy(energy), tau, rule.forced), tau)
 
     return select
 
 
 @register_selector("topk")
 def topk(config: SelectorConfig, policy: ThresholdPolicy | None = None) -> Selector:
+    rule = FIRST_SEGMENT_RULES[config.first_segment]
+
     def select(energy: Tensor, generator: torch.Generator | None = None) -> Selection:
         _check_energy(energy)
         budget = round(config.keep_ratio * energy[0].numel())
-        return Selection(keep_highest(energy, torch.full((energy.shape[0],), budget, device=energy.device)))
+        num_keep = torch.full((energy.shape[0],), budget, device=energy.device)
+        return Selection(keep_highest(rule.energy(energy), num_keep, rule.forced))
 
     return select
 
 
-def random_keep(energy: Tensor, num_drop: Tensor, generator: torch.Generator | None = None) -> Tensor:
-    """Drop ``num_drop[b]`` tokens of video b chosen uniformly outside the first segment -> keep mask."""
+def random_keep(energy: Tensor, num_drop: Tensor, generator: torch.Generator | None = None,
+                forced_first: bool = True) -> Tensor:
+    """Drop ``num_drop[b]`` tokens of video b chosen uniformly (outside the first segment with
+    ``forced_first``) -> keep mask."""
     _check_energy(energy)
     scores = torch.rand(energy.shape, generator=generator, device=generator.device if generator else energy.device)
     scores = scores.to(energy.device)
-    return keep_highest(scores, energy[0].numel() - num_drop)
+    return keep_highest(scores, energy[0].numel() - num_drop, forced_first)
 
 
 @register_selector("random")
@@ -215,6 +275,6 @@ def random(config: SelectorConfig, policy: ThresholdPolicy | None = None) -> Sel
             num_drop = n - other(energy, generator).num_kept
         else:
             num_drop = torch.full((energy.shape[0],), round(config.drop_rate * n), device=energy.device)
-        return Selection(random_keep(energy, num_drop, generator))
+        return Selection(random_keep(energy, num_drop, generator, FIRST_SEGMENT_RULES[config.first_segment].forced))
 
     return select

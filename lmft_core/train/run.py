@@ -118,7 +118,8 @@ def prepare(profile: Profile, shards_path: str | Path, workdir: str | Path) -> t
         steps = min(steps, cfg.max_steps_per_epoch)
     energy = _energy_of(shards, "source", "train")
     selector = selector.calibrated(energy)
-    evaluate = tuple(s.calibrated(energy) for s in cfg.evaluate)
+    # the baselines follow the training selector's first-segment rule, so they compare like with like
+    evaluate = tuple(replace(s, first_segment=selector.first_segment).calibrated(energy) for s in cfg.evaluate)
     config = resolved_config(profile, {"clip": profile.clip, "model": model, "policy": policy, "selector": selector,
                                        "train": cfg}, evaluate, shards)
     digest = hashlib.sha256(json.dumps({k: v for k, v in config.items() if k != "profile"}, sort_keys=True).encode()).hexdigest()[:10]
