@@ -13,7 +13,7 @@ Groups (each a comparison of trainings, ``--seeds`` seeds each, same data and sc
 - ``main``: LMFT; full tokens; random drop at LMFT's mean discard rate; a fixed threshold calibrated
   on source-train to LMFT's mean keep ratio; plus a sanity row without a ViT (nearest class mean of
   the energy maps).
-- ``camera``: a target domain filmed with a moving camera (pan and shake): LMFT on the paper's
+- ``camera``: a target domain filmed with a moving camera (pan, shake and zoom): LMFT on the paper's
   ``diff`` energy, LMFT on camera-compensated ``translate_zoom`` energy, full tokens.
 - ``pseudo``: target pseudo-labels from (untrained, offline) CLIP, from the model itself (``self``),
   and both (``clip+self``).
@@ -49,7 +49,7 @@ from lmft_core.shard_format import unpack_array
 from lmft_core.shards import ShardSet
 
 RESULTS_MD = Path(__file__).resolve().parent.parent / "docs" / "results.md"
-CAMERA = CameraMotion(pan_px_per_s=12.0, shake_px=3.0)  # the camera group's target domain
+CAMERA = CameraMotion(pan_px_per_s=20.0, shake_px=3.0, zoom_per_s=0.1)  # the camera group's target domain
 
 
 @dataclass(frozen=True)
