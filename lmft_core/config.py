@@ -45,6 +45,12 @@ SECTIONS = {
     "workflow": "lmft_core.workflow:WorkflowConfig",
 }
 
+# Checks that read more than one section, run when a profile loads, after every section has built:
+# "module:function", each called with the Profile (raising ConfigError). One place to list them.
+CROSS_CHECKS = (
+    "lmft_core.train.config:check_profile",  # [train] evaluate against [selector] (the policy kind)
+)
+
 
 def section_class(name: str) -> type:
     """The dataclass that the profile section ``name`` builds."""
@@ -183,6 +189,14 @@ class Profile:
         self.clip  # the geometry first: other sections' errors assume it is sound
         for name in self.sections:
             self.section(name)
+        import importlib
+
+        for check in CROSS_CHECKS:
+            module, _, func = check.partition(":")
+            try:
+                getattr(importlib.import_module(module), func)(self)
+            except ConfigError as e:
+                raise ConfigError(f"{self.path}: {e}") from None
 
     def with_overrides(self, overrides: list[str] | tuple[str, ...]) -> Profile:
         """A new, validated profile with ``section.key=value`` overrides applied (:func:`parse_override`)."""

@@ -24,13 +24,14 @@ class ModelRegistryError(ConfigError):
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """What prediction needs to know about an adapted model (from its MLflow metadata)."""
+    """What prediction needs to know about an adapted model (from its MLflow metadata). ``tau_hat`` is a
+    float, or one float per temporal segment 1..N_t-1 for a model trained with ``lmft-segment``."""
 
     uri: str
     classes: tuple[str, ...]
     clip: ClipConfig
     energy: EnergyConfig
-    tau_hat: float
+    tau_hat: float | tuple[float, ...]
     selector: dict
     name: str = ""
     version: str = ""
@@ -38,8 +39,20 @@ class ModelInfo:
     def tags(self) -> dict[str, str]:
         """The facts as registry tags (strings)."""
         return {"lmft.classes": json.dumps(list(self.classes)), "lmft.clip": json.dumps(asdict(self.clip)),
-                "lmft.energy": json.dumps(self.energy.identity()), "lmft.tau_hat": f"{self.tau_hat:.6f}",
+                "lmft.energy": json.dumps(self.energy.identity()), "lmft.tau_hat": _tau_tag(self.tau_hat),
                 "lmft.selector": json.dumps(self.selector)}
+
+
+def _tau_hat(value) -> float | tuple[float, ...]:
+    """tau_hat from the metadata: a number, or a list (per segment) as a tuple of floats."""
+    return tuple(float(v) for v in value) if isinstance(value, (list, tuple)) else float(value)
+
+
+def _tau_tag(tau_hat: float | tuple[float, ...]) -> str:
+    """``0.412345`` (6 decimals), or per segment a JSON list of such numbers."""
+    if isinstance(tau_hat, (list, tuple)):
+        return json.dumps([round(float(v), 6) for v in tau_hat])
+    return f"{tau_hat:.6f}"
 
 
 def _client(tracking_uri: str):
@@ -81,7 +94,7 @@ def resolve(ref: str, tracking_uri: str) -> ModelInfo:
         name, _, rest = body.partition("@") if "@" in body else body.partition("/")
         version = (client.get_model_version_by_alias(name, rest).version if "@" in body else rest)
     return ModelInfo(uri=ref, classes=tuple(meta["classes"]), clip=ClipConfig(**meta["clip"]),
-                     energy=EnergyConfig(**meta.get("energy", {"variant": "diff"})), tau_hat=float(meta["tau_hat"]),
+                     energy=EnergyConfig(**meta.get("energy", {"variant": "diff"})), tau_hat=_tau_hat(meta["tau_hat"]),
                      selector=meta.get("selector", {}), name=name, version=str(version))
 
 

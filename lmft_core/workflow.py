@@ -177,7 +177,7 @@ def run_full(profile: Profile, workdir: str | Path, manifest: str | Path | None 
 
         # evaluate: the same training with the baseline selectors
         rows = [_comparison_row("adapted", lmft_eval, adapted_run, uri)]
-        lmft_discard = lmft_eval.get("lmft", {}).get("discard_rate", 0.5)
+        lmft_discard = lmft_eval.get(adapted.section("selector").label, {}).get("discard_rate", 0.5)
         for baseline in flow.baselines:
             sets = ["selector.name='full'"] if baseline == "full" else \
                 ["selector.name='random'", f"selector.drop_rate={round(lmft_discard, 2)}"]

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from lmft_core.config import ConfigError, available_profiles, load_profile
+from lmft_core.model import tau_text
 from lmft_core.train.run import TrainError, run_training
 
 
@@ -35,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     main_result = result.evaluation.get(next(iter(result.evaluation)), {})
     print(f"[lmft] run {result.run_name}: target-test top-1 {main_result.get('top1', float('nan')):.3f}, "
-          f"discard rate {main_result.get('discard_rate', float('nan')):.3f}, tau_hat {result.tau_hat:.3f}\n"
+          f"discard rate {main_result.get('discard_rate', float('nan')):.3f}, tau_hat {tau_text(result.tau_hat)}\n"
           f"[lmft] model: {result.model_uri}\n[lmft] checkpoint: {result.checkpoint}\n"
           f"[lmft] MLflow run {result.mlflow_run_id} at {result.tracking_uri}")
     return 0

@@ -86,3 +86,33 @@ def test_section_builds_its_registered_class():
     assert isinstance(profile.section("demo_data"), DemoDataConfig)
     with pytest.raises(TypeError, match=r"\[demo_data\] builds DemoDataConfig, not ClipConfig"):
         profile.section("demo_data", ClipConfig)
+
+
+def test_the_selector_fixes_the_policy_kind_and_the_clip_its_segments():
+    """``lmft-segment`` learns one threshold per temporal segment: the profile says so once (the selector);
+    the policy's kind and segment count are derived, never set in [policy]."""
+    from lmft_core.model import SegmentThresholdPolicy, ThresholdPolicy
+    from lmft_core.train.config import TrainConfig
+
+    profile = load_profile("demo", ["selector.name=lmft-segment", "policy.mu=0.2"])
+    selector, clip = profile.section("selector"), profile.clip
+    policy_cfg = profile.section("policy").resolve(selector, clip)
+    assert (policy_cfg.kind, policy_cfg.num_segments, policy_cfg.mu) == ("segment", clip.grid[0], 0.2)
+    policy = policy_cfg.build()
+    assert isinstance(policy, SegmentThresholdPolicy) and policy.mu.shape == (clip.grid[0] - 1,)
+    assert isinstance(load_profile("demo").section("policy").resolve(load_profile("demo").section("selector"), clip)
+                      .build(), ThresholdPolicy)
+    # the default evaluation's random selector matches the run's learned selector
+    labels = [s.label for s in profile.section("train", TrainConfig).evaluate_for(selector)]
+    assert "random-match-lmft-segment" in labels and "random-match-lmft" not in labels
+    assert "random-match-lmft" in [s.label for s in TrainConfig().evaluate_for(load_profile("demo").section("selector"))]
+    for key, source in (("kind", "the selector"), ("num_segments", r"the profile's \[clip\]")):
+        with pytest.raises(ConfigError, match=rf"\[policy\]: '{key}' is not set in a profile section: it comes from {source}"):
+            load_profile("demo", [f"policy.{key}=1"])
+    # an explicit evaluation list must fit the policy the run builds: checked when the profile loads
+    with pytest.raises(ConfigError, match=r"demo.toml: train.evaluate: \['random-match-lmft'\] draw on a threshold "
+                                          r"policy of another kind than the 'segment' one"):
+        load_profile("demo", ["selector.name=lmft-segment", "train.evaluate=[{name='random', match='lmft'}]"])
+    with pytest.raises(ConfigError, match=r"train.evaluate: \['lmft-segment'\]"):
+        load_profile("demo", ["train.evaluate=[{name='lmft-segment'}]"])
+    load_profile("demo", ["selector.name=lmft-segment", "train.evaluate=[{name='full'}, {name='random', match='lmft-segment'}]"])

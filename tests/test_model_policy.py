@@ -1,4 +1,5 @@
-"""Learned threshold policy and token selectors: closed forms, torch.distributions, statistics."""
+"""Learned threshold policies (one threshold, one per temporal segment) and token selectors: closed forms,
+torch.distributions, statistics."""
 
 from __future__ import annotations
 
@@ -8,8 +9,17 @@ import pytest
 import torch
 from torch.distributions import Normal, SigmoidTransform, TransformedDistribution
 
-from lmft_core.config import ConfigError
-from lmft_core.model import PolicyConfig, SelectorConfig, ThresholdPolicy, keep_above
+from lmft_core.config import ClipConfig, ConfigError
+from lmft_core.model import (
+    SELECTOR_POLICY,
+    PolicyConfig,
+    SegmentThresholdPolicy,
+    SelectorConfig,
+    ThresholdPolicy,
+    flat_metrics,
+    keep_above,
+    tau_text,
+)
 
 GRID = (4, 4, 4)  # 64 tokens, 16 in the first temporal segment
 
@@ -277,3 +287,217 @@ def test_next_rule_budgets_and_calibration():
     assert SelectorConfig(name="random", match="lmft", first_segment="next").label == "random-match-lmft+first-next"
     with pytest.raises(ConfigError, match="selector.first_segment 'last'"):
         SelectorConfig(first_segment="last")
+
+
+# ----------------------------------------------------------------------------- per-segment thresholds
+
+N_T = GRID[0]  # 4 temporal segments: 3 thresholds (segments 1..3)
+SEG_MU = torch.tensor([-0.8, 0.2, 1.1])
+SEG_LOG_SIGMA = torch.tensor([-1.2, -0.5, -0.9])
+
+
+def segment_policy(mu: torch.Tensor = SEG_MU, log_sigma: torch.Tensor = SEG_LOG_SIGMA) -> SegmentThresholdPolicy:
+    policy = PolicyConfig().resolve(SelectorConfig(name="lmft-segment"), ClipConfig(num_frames=8, image_size=32,
+                                                                                   tubelet=2, patch=8)).build()
+    assert isinstance(policy, SegmentThresholdPolicy) and policy.mu.shape == (N_T - 1,)
+    with torch.no_grad():
+        policy.mu.copy_(mu)
+        policy.log_sigma.copy_(log_sigma)
+    return policy
+
+
+def logit_normal(mu: torch.Tensor, log_sigma: torch.Tensor) -> TransformedDistribution:
+    return TransformedDistribution(Normal(mu, log_sigma.exp()), [SigmoidTransform()])
+
+
+def test_segment_policy_shapes_defaults_and_state_dict():
+    policy = PolicyConfig(kind="segment", num_segments=4, mu=0.2, log_sigma=-0.3).build()
+    assert policy.kind == "segment" and policy.shape == (3,)
+    assert policy.mu.tolist() == pytest.approx([0.2] * 3) and policy.log_sigma.tolist() == pytest.approx([-0.3] * 3)
+    assert {k: tuple(v.shape) for k, v in policy.state_dict().items()} == {
+        "mu": (3,), "log_sigma": (3,), "baseline": (), "step": (), "tau_hat": (3,), "tau_hat_at": (2, 3)}
+    # the scalar policy keeps its keys and shapes
+    assert {k: tuple(v.shape) for k, v in ThresholdPolicy().state_dict().items()} == {
+        "mu": (), "log_sigma": (), "baseline": (), "step": (), "tau_hat": (), "tau_hat_at": (2,)}
+    # round trip: the vectors come back
+    trained = segment_policy()
+    trained.commit(-2.5)
+    tau_hat = trained.inference_tau()
+    fresh = PolicyConfig(kind="segment", num_segments=4).build()
+    fresh.load_state_dict(trained.state_dict())
+    for name in ("mu", "log_sigma", "baseline", "step", "tau_hat"):
+        assert torch.equal(getattr(fresh, name), getattr(trained, name)), name
+    assert torch.equal(fresh.inference_tau(), tau_hat)
+    with pytest.raises(ConfigError, match="policy.num_segments = N_t >= 2"):
+        PolicyConfig(kind="segment").build()
+    with pytest.raises(ConfigError, match="policy.kind 'vector' is not a registered threshold policy; known: "
+                                          r"\['scalar', 'segment'\]"):
+        PolicyConfig(kind="vector")
+
+
+def test_segment_log_prob_is_the_sum_over_segments_of_torch_distributions():
+    policy = segment_policy()
+    tau = torch.tensor([[0.05, 0.5, 0.9], [0.3, 0.31, 0.99], [0.7, 0.02, 0.6]])
+    ref_mu, ref_ls = SEG_MU.clone().requires_grad_(), SEG_LOG_SIGMA.clone().requires_grad_()
+    ref = logit_normal(ref_mu, ref_ls).log_prob(tau).sum(-1)  # (3,) draws -> one log pi each
+    ours = policy.log_prob(tau)
+    assert ours.shape == (3,)
+    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
+    one = policy.log_prob(tau[0])
+    assert one.dim() == 0 and one.item() == pytest.approx(ref[0].item(), abs=1e-5)
+    ours.sum().backward()
+    ref.sum().backward()
+    torch.testing.assert_close(policy.mu.grad, ref_mu.grad)
+    torch.testing.assert_close(policy.log_sigma.grad, ref_ls.grad)
+    with pytest.raises(ValueError, match="one threshold per segment"):
+        policy.log_prob(torch.tensor([0.5, 0.5]))
+
+
+def test_segment_samples_follow_each_segments_logit_normal_independently():
+    """20000 draws: per segment, logit(tau) has mean mu_s and std sigma_s, tau the logit-normal's mean
+    (quadrature); segments are uncorrelated. Tolerances: 4 standard errors."""
+    policy = segment_policy()
+    g = torch.Generator().manual_seed(0)
+    n = 20000
+    tau = torch.stack([policy.sample(g) for _ in range(n)]).double()
+    assert tau.shape == (n, 3) and ((tau > 0) & (tau < 1)).all()
+    u = torch.logit(tau)
+    sigma = SEG_LOG_SIGMA.double().exp()
+    assert ((u.mean(0) - SEG_MU.double()).abs() < 4 * sigma / math.sqrt(n)).all(), u.mean(0)
+    assert ((u.std(0) - sigma).abs() < 4 * sigma / math.sqrt(2 * n)).all(), u.std(0)
+    grid = torch.linspace(-8, 8, 20001, dtype=torch.float64)
+    w = torch.exp(-0.5 * grid**2) / math.sqrt(2 * math.pi) * (grid[1] - grid[0])
+    for s in range(3):
+        t = torch.sigmoid(SEG_MU[s].double() + sigma[s] * grid)
+        mean, std = (t * w).sum(), ((t**2 * w).sum() - (t * w).sum() ** 2).sqrt()
+        assert abs(tau[:, s].mean() - mean) < 4 * std / math.sqrt(n), (s, tau[:, s].mean(), mean)
+        assert abs(tau[:, s].std() - std) < 0.05 * std  # 5 % (SE of a std is ~0.5 % here)
+    corr = torch.corrcoef(u.T)
+    assert (corr - torch.eye(3, dtype=torch.float64)).abs().max() < 4 / math.sqrt(n)
+
+
+def test_segment_tau_hat_uses_the_same_seeded_draws_in_every_segment():
+    policy = segment_policy()
+    tau_hat = policy.inference_tau()
+    eps = torch.randn(100, generator=torch.Generator().manual_seed(0))
+    expected = torch.stack([torch.sigmoid(SEG_MU[s] + SEG_LOG_SIGMA[s].exp() * eps).mean() for s in range(3)])
+    torch.testing.assert_close(tau_hat, expected, atol=1e-7, rtol=0)
+    # a segment equal to a scalar policy has the scalar policy's tau_hat, exactly (the same eps_k)
+    for s in range(3):
+        scalar = ThresholdPolicy(PolicyConfig(mu=SEG_MU[s].item(), log_sigma=SEG_LOG_SIGMA[s].item()))
+        assert scalar.inference_tau().item() == tau_hat[s].item()
+    equal = segment_policy(torch.full((3,), 0.3), torch.full((3,), -0.7))
+    assert len(set(equal.inference_tau().tolist())) == 1
+    with torch.no_grad():
+        policy.mu[1] += 1.0  # recomputed when a parameter moves: only that segment changes
+    moved = policy.inference_tau()
+    assert moved[1] > tau_hat[1] + 0.1 and moved[0] == tau_hat[0] and moved[2] == tau_hat[2]
+
+
+def test_segment_reinforce_gradient_moves_each_mu_toward_its_sampled_logit():
+    policy = segment_policy()
+    g = torch.Generator().manual_seed(3)
+    for _ in range(20):
+        policy.zero_grad()
+        tau = policy.sample(g)
+        u = torch.logit(tau)
+        mu0 = policy.mu.detach().clone()
+        policy.surrogate(tau, torch.tensor(2.0)).backward()  # a positive advantage
+        # d/dmu_s of -(A) * sum_s log pi_s = -A (u_s - mu_s) / sigma_s^2: segment by segment
+        torch.testing.assert_close(policy.mu.grad, -2.0 * (u - mu0) / policy.sigma.detach() ** 2, rtol=1e-4, atol=1e-5)
+        with torch.no_grad():
+            policy.mu -= 0.001 * policy.mu.grad
+        assert torch.equal(torch.sign(policy.mu.detach() - mu0), torch.sign(u - mu0))
+        with torch.no_grad():
+            policy.mu.copy_(mu0)
+
+
+def test_segment_reinforce_learns_a_different_threshold_per_segment():
+    """Reward -sum_s 10 (tau_s - target_s)^2 with targets 0.8, 0.2, 0.5: each segment's tau_hat moves
+    towards its own target, from the one summed reward per step."""
+    torch.manual_seed(0)
+    policy = segment_policy(torch.zeros(3), torch.full((3,), -1.0))
+    opt = torch.optim.SGD(policy.parameters(), lr=0.05)
+    g = torch.Generator().manual_seed(1)
+    target = torch.tensor([0.8, 0.2, 0.5])
+    for _ in range(600):
+        tau = policy.sample(g)
+        loss = policy.reinforce_loss(tau, -10.0 * ((tau - target) ** 2).sum())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    tau_hat = policy.inference_tau()
+    # seeds 0-3 of g give mu (1.35..1.46, -1.48..-1.42, -0.02..0.03) and tau_hat within 0.013 of the targets
+    assert policy.mu[0].item() > 1.0 and policy.mu[1].item() < -1.0 and abs(policy.mu[2].item()) < 0.3, policy.mu
+    assert ((tau_hat - target).abs() < 0.05).all(), tau_hat
+
+
+def naive_segment_keep(energy: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
+    keep = torch.zeros_like(energy, dtype=torch.bool)
+    for b, t, h, w in torch.cartesian_prod(*(torch.arange(n) for n in energy.shape)).tolist():
+        keep[b, t, h, w] = t == 0 or energy[b, t, h, w].item() > tau[t - 1].item()
+    return keep
+
+
+def test_lmft_segment_selector_keeps_energy_above_each_segments_threshold():
+    policy = segment_policy(torch.tensor([-1.5, 0.0, 1.5]))
+    select = SelectorConfig(name="lmft-segment").build(policy)
+    e = energies(3, seed=5)
+    sel = select(e, generator=torch.Generator().manual_seed(0))
+    assert sel.tau.shape == (3,) and len(set(sel.tau.tolist())) == 3
+    assert torch.equal(sel.keep, naive_segment_keep(e, sel.tau))
+    assert sel.keep[:, 0].all()
+    # the (N_t,) form of keep_above: entry 0 unused
+    assert torch.equal(keep_above(e, torch.cat([torch.tensor([2.0]), sel.tau])), sel.keep)
+    with pytest.raises(ValueError, match="one per segment"):
+        keep_above(e, torch.tensor([0.5, 0.5]))
+    policy.eval()
+    fixed = select(e)
+    assert torch.equal(fixed.tau, policy.inference_tau()) and torch.equal(fixed.keep, naive_segment_keep(e, fixed.tau))
+    # the selector and the policy must be of one kind
+    with pytest.raises(ValueError, match="'lmft-segment' selector needs a SegmentThresholdPolicy"):
+        SelectorConfig(name="lmft-segment").build(ThresholdPolicy())
+    with pytest.raises(ValueError, match="'lmft' selector needs a ThresholdPolicy .*got a 'segment' one"):
+        SelectorConfig(name="lmft").build(policy)
+
+
+def test_random_matched_to_lmft_segment_drops_as_many_tokens_per_clip():
+    policy = segment_policy(torch.tensor([-1.0, 0.5, 0.0])).eval()
+    e = energies(40, seed=6)
+    cfg = SelectorConfig(name="random", match="lmft-segment")
+    assert cfg.label == "random-match-lmft-segment" and cfg.policy_kind == "segment" and not cfg.learns_policy
+    sel = cfg.build(policy)(e, generator=torch.Generator().manual_seed(0))
+    ref = SelectorConfig(name="lmft-segment").build(policy)(e)
+    assert torch.equal(sel.num_kept, ref.num_kept) and not torch.equal(sel.keep, ref.keep)
+    assert sel.keep[:, 0].all()
+
+
+def test_selector_policy_kinds_and_labels():
+    assert SELECTOR_POLICY == {"lmft": "scalar", "lmft-segment": "segment"}
+    lmft_seg = SelectorConfig(name="lmft-segment")
+    assert (lmft_seg.label, lmft_seg.policy_kind, lmft_seg.learns_policy) == ("lmft-segment", "segment", True)
+    assert (SelectorConfig().policy_kind, SelectorConfig().learns_policy) == ("scalar", True)
+    full = SelectorConfig(name="full")
+    assert full.policy_kind == "scalar" and not full.learns_policy and not full.uses_policy
+    assert SelectorConfig(name="random", match="lmft-segment").uses_policy and lmft_seg.uses_policy
+
+
+def test_flat_metrics_and_policy_values():
+    assert flat_metrics({"tau_hat": [0.2, 0.4], "step": 3, "mu": 0.5}) == pytest.approx(
+        {"tau_hat": 0.3, "tau_hat/seg1": 0.2, "tau_hat/seg2": 0.4, "step": 3.0, "mu": 0.5})
+    values = segment_policy().values()
+    assert values["mu"] == pytest.approx(SEG_MU.tolist()) and values["sigma"] == pytest.approx(SEG_LOG_SIGMA.exp().tolist())
+    assert values["tau_hat"] == pytest.approx(segment_policy().inference_tau().tolist()) and values["step"] == 0
+    scalar = ThresholdPolicy().values()
+    assert all(isinstance(scalar[k], float) for k in ("mu", "log_sigma", "sigma", "baseline", "tau_hat"))
+    assert tau_text(0.41234) == "0.412" and tau_text([0.1, 0.25]) == "[0.100, 0.250]"
+
+
+def test_segment_thresholds_under_the_next_rule_against_a_naive_loop():
+    e = energies(3, seed=9)
+    tau = torch.tensor([0.2, 0.5, 0.8])  # segments 1..3; segment 0 carries segment 1's energy and threshold
+    keep = keep_above(e.clone().index_copy_(1, torch.tensor([0]), e[:, 1:2]), tau, forced_first=False)
+    for b in range(3):
+        for t in range(4):
+            ref = e[b, max(t, 1)] > tau[max(t, 1) - 1]
+            assert torch.equal(keep[b, t], ref)

@@ -5,7 +5,18 @@ from __future__ import annotations
 import pytest
 
 from lmft_core.config import ConfigError
-from lmft_core.model import ATTENTION_BACKENDS, MODEL_SIZES, SELECTORS, ModelConfig, SelectorConfig
+from lmft_core.model import (
+    ATTENTION_BACKENDS,
+    MODEL_SIZES,
+    POLICIES,
+    SELECTORS,
+    ModelConfig,
+    PolicyConfig,
+    SegmentThresholdPolicy,
+    SelectorConfig,
+    ThresholdPolicy,
+    register_selector,
+)
 from lmft_core.registry import Registry
 
 
@@ -28,7 +39,7 @@ def test_register_direct_and_as_decorator():
 
 
 def test_the_model_registries_use_it():
-    for reg in (MODEL_SIZES, ATTENTION_BACKENDS, SELECTORS):
+    for reg in (MODEL_SIZES, ATTENTION_BACKENDS, SELECTORS, POLICIES):
         assert isinstance(reg, Registry)
     with pytest.raises(ConfigError, match="model.size 'vit_huge' is not a registered model size"):
         ModelConfig(size="vit_huge")
@@ -36,3 +47,14 @@ def test_the_model_registries_use_it():
         ModelConfig(attention="fast")
     with pytest.raises(ConfigError, match="selector.name 'best' is not a registered selector"):
         SelectorConfig(name="best")
+
+
+def test_threshold_policies_are_registered_by_kind():
+    assert dict(POLICIES) == {"scalar": ThresholdPolicy, "segment": SegmentThresholdPolicy}
+    assert {"lmft", "lmft-segment"} <= set(SELECTORS)
+    with pytest.raises(ConfigError, match=r"policy.kind 'vector' is not a registered threshold policy; known: "
+                                          r"\['scalar', 'segment'\]"):
+        PolicyConfig(kind="vector")
+    with pytest.raises(ConfigError, match="policy of selector 'mine' 'vector' is not a registered threshold policy"):
+        register_selector("mine", policy="vector")
+    assert "mine" not in SELECTORS

@@ -76,6 +76,40 @@ def test_run_logs_params_metrics_artifacts_and_a_model_that_predicts(trained, ti
     assert float(out["keep_ratio"].mean()) == pytest.approx(float(expected_keep), abs=1e-6)
 
 
+def test_a_run_with_one_threshold_per_segment(tiny_shards, tmp_path):
+    """``--set selector.name=lmft-segment``: a segment policy (N_t - 1 = 3 thresholds) trained, evaluated
+    (with random matched to it), checkpointed, logged with tau_hat per segment, and predicting."""
+    import mlflow.pytorch
+
+    from lmft_core.model_registry import resolve
+
+    result = run_training(profile("selector.name=lmft-segment", "train.epochs=2"), tiny_shards, tmp_path)
+    assert "-lmft-segment-" in result.run_name
+    assert isinstance(result.tau_hat, list) and len(result.tau_hat) == 3
+    ev = result.evaluation
+    assert list(ev)[0] == "lmft-segment" and "random-match-lmft-segment" in ev and "lmft" not in ev
+    assert ev["random-match-lmft-segment"]["discard_rate"] == pytest.approx(ev["lmft-segment"]["discard_rate"])
+    client = MlflowClient(tracking_uri=result.tracking_uri)
+    metrics = client.get_run(result.mlflow_run_id).data.metrics
+    for key in ("train/tau", "train/tau/seg1", "train/mu/seg3", "train/sigma/seg2", "train/tau_hat", "train/tau_hat/seg3",
+                "policy/tau_hat/seg1", "final/tau_hat", "final/tau_hat/seg2", "eval_target/lmft-segment/top1",
+                "eval_source_val/lmft-segment/top1"):
+        assert key in metrics, key
+    assert metrics["final/tau_hat"] == pytest.approx(sum(result.tau_hat) / 3)
+    state = load_checkpoint(result.checkpoint)
+    assert state["config"]["policy"]["kind"] == "segment" and state["config"]["policy"]["num_segments"] == 4
+    assert state["learner"]["adapter"]["policy.mu"].shape == (3,) and state["policy"]["tau_hat"] == result.tau_hat
+    assert state["policy"]["step"] == 2 and len(state["policy"]["mu"]) == 3
+    info = resolve(result.model_uri, result.tracking_uri)
+    assert info.tau_hat == pytest.approx(tuple(result.tau_hat)) and json.loads(info.tags()["lmft.tau_hat"]) == \
+        pytest.approx(result.tau_hat, abs=1e-6)
+    model = mlflow.pytorch.load_model(result.model_uri)
+    assert model.policy.inference_tau().tolist() == pytest.approx(result.tau_hat)
+    b = batch_from_table(ShardSet.open(tiny_shards).read("target", "test", BATCH_COLUMNS))
+    out = model.predict(b.frames, b.energy)
+    assert float(out["keep_ratio"].mean()) == pytest.approx(1.0 - ev["lmft-segment"]["discard_rate"], abs=1e-6)
+
+
 def test_checkpoint_holds_everything_and_loads_weights_only(trained):
     _, result = trained
     state = load_checkpoint(result.checkpoint)  # torch.load(weights_only=True) inside

@@ -256,13 +256,13 @@ def test_train_config_is_validated():
 
 # ----------------------------------------------------------------------------- two workers (gloo)
 
-def _worker(rank: int, world: int, init_file: str, out: dict, steps: int) -> None:
+def _worker(rank: int, world: int, init_file: str, out: dict, steps: int, selector: str) -> None:
     import torch.distributed as dist
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     torch.set_num_threads(1)
     try:
-        lrn = learner(dist=Dist(rank, world), accum_steps=2)
+        lrn = learner(selector=selector, dist=Dist(rank, world), accum_steps=2)
         rewards = []
         for step in range(steps):
             if step == steps - 2 and rank == 1:  # drift rank 1's policy: the next step must undo it
@@ -273,24 +273,76 @@ def _worker(rank: int, world: int, init_file: str, out: dict, steps: int) -> Non
                        for i in range(2)]
             rewards.append(lrn.step_once(batches)["reward"])
         p = lrn.adapter.policy
-        out[rank] = {"mu": p.mu.item(), "log_sigma": p.log_sigma.item(), "baseline": p.baseline.item(),
-                     "step": int(p.step), "rewards": rewards, "ddp": type(lrn.model).__name__,
+        p.inference_tau()
+        out[rank] = {**{k: v.tolist() for k, v in p.state_dict().items()},  # every parameter and buffer
+                     "rewards": rewards, "ddp": type(lrn.model).__name__,
                      "policy_in_ddp": any(q is p.mu for q in lrn.model.parameters())}
     finally:
         dist.destroy_process_group()
 
 
-def test_the_policy_is_identical_on_every_worker_after_every_step(tmp_path):
+@pytest.mark.parametrize("selector", ["lmft", "lmft-segment"])
+def test_the_policy_is_identical_on_every_worker_after_every_step(tmp_path, selector):
     import torch.multiprocessing as mp
 
     steps = 5
     with mp.Manager() as manager:
         out = manager.dict()
-        mp.spawn(_worker, args=(2, str(tmp_path / "pg"), out, steps), nprocs=2, join=True)
+        mp.spawn(_worker, args=(2, str(tmp_path / "pg"), out, steps, selector), nprocs=2, join=True)
         out = dict(out)
     a, b = out[0], out[1]
-    for key in ("mu", "log_sigma", "baseline", "step"):
-        assert a[key] == b[key], key  # bit-identical, after rank 1 was pushed off by 0.5
+    keys = ("mu", "log_sigma", "baseline", "step", "tau_hat", "tau_hat_at")
+    for key in keys:
+        # bit-identical (NaN-free lists compare exactly), after rank 1 was pushed off by 0.5
+        assert torch.equal(torch.tensor(a[key]), torch.tensor(b[key])), key
+    shape = () if selector == "lmft" else (CLIP.grid[0] - 1,)
+    assert tuple(torch.tensor(a["mu"]).shape) == shape and tuple(torch.tensor(a["tau_hat"]).shape) == shape
     assert a["step"] == steps and a["rewards"] == b["rewards"]  # the reward is all-reduced
     assert a["ddp"] == "DistributedDataParallel" and not a["policy_in_ddp"]
-    assert a["mu"] != pytest.approx(0.01)  # the policy did learn
+    assert (torch.tensor(a["mu"]) != 0.01).all()  # the policy did learn (every segment)
+
+
+# ----------------------------------------------------------------------------- per-segment thresholds
+
+
+def test_a_step_with_the_segment_selector_draws_one_threshold_per_segment_and_learns_them():
+    lrn = learner(selector="lmft-segment", policy_lr=0.05)
+    policy = lrn.adapter.policy
+    assert lrn.learns_policy and policy.kind == "segment" and policy.mu.shape == (CLIP.grid[0] - 1,)
+    m = lrn.step_once(micro(0))
+    # tau (3,) is a function of (seed, step): one draw of every segment from the step's generator
+    eps = torch.randn(3, generator=step_generator(0, 0))
+    expected = torch.sigmoid(torch.tensor(0.01) + math.exp(-1.0) * eps).clamp(1e-6, 1 - 1e-6)
+    assert [m[f"tau/seg{t}"] for t in (1, 2, 3)] == pytest.approx(expected.tolist(), abs=1e-6)
+    assert m["tau"] == pytest.approx(float(expected.mean()), abs=1e-6)
+    for key in ("mu", "sigma", "tau_hat"):  # the mean under the scalar policy's name, then each segment
+        per = [m[f"{key}/seg{t}"] for t in (1, 2, 3)]
+        assert m[key] == pytest.approx(sum(per) / 3)
+    assert m["advantage"] == 0.0 and policy.mu.tolist() == pytest.approx([0.01] * 3)  # b = R_1: no move yet
+    for step in range(1, 4):
+        m = lrn.step_once(micro(step))
+    assert int(policy.step) == 4 and all(math.isfinite(v) for v in m.values())
+    assert (policy.mu.detach() != 0.01).all() and len(set(policy.mu.tolist())) == 3  # each segment its own way
+    # checkpoint round trip: a fresh learner restores the vectors (and tau_hat)
+    fresh = learner(selector="lmft-segment", policy_lr=0.05)
+    fresh.load_state_dict(lrn.state_dict())
+    for name in ("mu", "log_sigma", "baseline", "step", "tau_hat"):
+        assert torch.equal(getattr(fresh.adapter.policy, name), getattr(policy, name)), name
+    assert torch.equal(fresh.adapter.policy.inference_tau(), policy.inference_tau())
+
+
+def test_adapter_predict_with_the_segment_selector_uses_tau_hat_per_segment():
+    adapter = learner(selector="lmft-segment").adapter
+    with torch.no_grad():
+        adapter.policy.mu.copy_(torch.tensor([-1.0, 0.0, 1.0]))
+    b = batch(5, 11)
+    out = adapter.predict(b.frames, b.energy)
+    tau_hat = adapter.policy.inference_tau()
+    keep = torch.ones_like(b.energy, dtype=torch.bool)
+    for t in range(1, CLIP.grid[0]):
+        keep[:, t] = b.energy[:, t] > tau_hat[t - 1]
+    torch.testing.assert_close(out["keep_ratio"], keep.flatten(1).float().mean(1))
+    assert out["probs"].shape == (5, K) and adapter.training  # back in training mode after predict
+    with torch.no_grad():
+        logits = adapter.eval().model(model_input(b.frames), keep)
+    torch.testing.assert_close(out["probs"], logits.softmax(-1))

@@ -10,6 +10,10 @@ Typical use::
     sel = select(energy)                      # energy (B, N_t, N_h, N_w) -> Selection
     logits = model(video, sel.keep)           # video (B, C, T, H, W) -> (B, num_classes)
 
+    # one threshold per temporal segment: the selector fixes the policy kind, the clip N_t
+    selector = SelectorConfig(name="lmft-segment")
+    policy = PolicyConfig().resolve(selector, ClipConfig()).build()   # SegmentThresholdPolicy, tau (N_t - 1,)
+
 Terms (tubelet, token, threshold, keep ratio, discard rate) are defined in :mod:`lmft_core.config`.
 """
 
@@ -31,9 +35,10 @@ from lmft_core.model.checkpoints import (
     read_state_dict,
 )
 from lmft_core.model.flops import clip_flops, selection_flops
-from lmft_core.model.policy import PolicyConfig, ThresholdPolicy
+from lmft_core.model.policy import POLICIES, PolicyConfig, SegmentThresholdPolicy, ThresholdPolicy, flat_metrics, tau_text
 from lmft_core.model.selectors import (
     FIRST_SEGMENT_RULES,
+    SELECTOR_POLICY,
     SELECTORS,
     Selection,
     SelectorConfig,
@@ -47,12 +52,15 @@ __all__ = [
     "ATTENTION_BACKENDS",
     "FIRST_SEGMENT_RULES",
     "MODEL_SIZES",
+    "POLICIES",
     "SELECTORS",
+    "SELECTOR_POLICY",
     "AttentionBackend",
     "CheckpointError",
     "LoadReport",
     "ModelConfig",
     "PolicyConfig",
+    "SegmentThresholdPolicy",
     "Selection",
     "SelectorConfig",
     "ThresholdPolicy",
@@ -61,6 +69,7 @@ __all__ = [
     "ViTSize",
     "clip_flops",
     "convert_state_dict",
+    "flat_metrics",
     "keep_above",
     "load_videomae",
     "model_config_from_hf",
@@ -72,4 +81,5 @@ __all__ = [
     "register_size",
     "resolve_attention",
     "selection_flops",
+    "tau_text",
 ]

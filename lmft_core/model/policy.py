@@ -13,18 +13,38 @@ d in {source, target}: ``R = sum_d (-lambda_L * loss_d - (1 - rho_d))`` with ``r
 discard rate of domain d's batch. At test time the threshold is the deterministic
 ``tau_hat = mean_k sigmoid(mu + sigma * eps_k)`` over K = 100 seeded normal samples, computed once
 per parameter value and kept as a buffer (it travels with the state dict).
+
+Policy variants are registered by name (:data:`POLICIES`, the ``kind``):
+
+- ``scalar`` (:class:`ThresholdPolicy`, the paper's): one threshold for every token of a step.
+- ``segment`` (:class:`SegmentThresholdPolicy`): one logit-normal threshold per temporal segment
+  t = 1..N_t-1 (segment 0 is always kept and has none), drawn independently; ``log pi`` of a draw
+  is the sum of the segments' log densities, so the same REINFORCE surrogate trains every segment.
+
+The kind is not a profile key: it follows from the selector (``lmft`` draws from a ``scalar`` policy,
+``lmft-segment`` from a ``segment`` one: :attr:`~lmft_core.model.selectors.SelectorConfig.policy_kind`),
+and ``num_segments`` from the clip geometry (``[clip]``: N_t = num_frames // tubelet), both filled in
+by :meth:`PolicyConfig.resolve`, so a profile cannot contradict itself.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
-from lmft_core.config import ConfigError
+from lmft_core.config import DERIVED, ClipConfig, ConfigError
+from lmft_core.registry import Registry
+
+if TYPE_CHECKING:
+    from lmft_core.model.selectors import SelectorConfig
+
+# policy variants by name (the ``kind``): "scalar" and "segment", registered below their classes
+POLICIES: Registry[type[ThresholdPolicy]] = Registry("threshold policy")
 
 
 @dataclass(frozen=True)
@@ -32,6 +52,9 @@ class PolicyConfig:
     """Learned threshold policy (TOML section ``[policy]``); defaults are the paper's.
 
     ``loss_weight`` is lambda_L of the reward; ``tau_hat_samples``/``tau_hat_seed`` fix tau_hat.
+    ``mu`` and ``log_sigma`` initialise every segment's parameters alike in a ``segment`` policy.
+    ``kind`` (a :data:`POLICIES` name) and ``num_segments`` (N_t) are derived, never profile keys
+    (:meth:`resolve`); ``num_segments`` = 0 means unset, which only a ``scalar`` policy accepts.
     """
 
     mu: float = 0.01
@@ -40,24 +63,37 @@ class PolicyConfig:
     loss_weight: float = 10.0
     tau_hat_samples: int = 100
     tau_hat_seed: int = 0
+    kind: str = field(default="scalar", metadata={
+        DERIVED: "the selector: [selector] name 'lmft-segment' learns a 'segment' policy, any other a 'scalar' one"})
+    num_segments: int = field(default=0, metadata={DERIVED: "the profile's [clip] section (num_frames // tubelet)"})
 
     def __post_init__(self) -> None:
+        POLICIES.check(self.kind, "policy.kind")
+        if self.num_segments < 0:
+            raise ConfigError(f"policy.num_segments must be >= 0, got {self.num_segments}")
         if not 0.0 <= self.baseline_momentum < 1.0:
             raise ConfigError(f"policy.baseline_momentum must be in [0, 1), got {self.baseline_momentum}")
         if self.tau_hat_samples <= 0:
             raise ConfigError(f"policy.tau_hat_samples must be positive, got {self.tau_hat_samples}")
 
+    def resolve(self, selector: SelectorConfig, clip: ClipConfig) -> PolicyConfig:
+        """This config with its derived fields set: ``kind`` from the selector
+        (:attr:`~lmft_core.model.selectors.SelectorConfig.policy_kind`), ``num_segments`` = N_t of ``clip``."""
+        return replace(self, kind=selector.policy_kind, num_segments=clip.grid[0])
+
     def build(self) -> ThresholdPolicy:
-        return ThresholdPolicy(self)
+        """The policy of ``kind`` (:data:`POLICIES`)."""
+        return POLICIES[self.kind](self)
 
 
 class ThresholdPolicy(nn.Module):
-    """Logit-normal distribution over the threshold tau, trained by REINFORCE.
+    """Logit-normal distribution over the threshold tau, trained by REINFORCE (kind ``scalar``).
 
-    Parameters ``mu`` and ``log_sigma`` (scalars). Buffers: ``baseline`` (NaN until the first
-    reward, which initialises it: ``b = R_1``, so the first advantage is 0), ``step`` (REINFORCE
-    updates committed so far, int64), ``tau_hat`` and ``tau_hat_at`` (the (mu, log_sigma) it was
-    computed from).
+    Parameters ``mu`` and ``log_sigma`` of shape :attr:`shape` (``()`` here: scalars). Buffers:
+    ``baseline`` (NaN until the first reward, which initialises it: ``b = R_1``, so the first
+    advantage is 0), ``step`` (REINFORCE updates committed so far, int64), ``tau_hat`` (shape
+    :attr:`shape`) and ``tau_hat_at`` (2, *shape): the (mu, log_sigma) it was computed from.
+    Subclasses change the shape and :meth:`log_prob` (:class:`SegmentThresholdPolicy`).
 
     A training step uses :meth:`advantage` and :meth:`surrogate` for the gradient and, once its
     optimizer step has succeeded, :meth:`commit` (the baseline update and ``step + 1``, together and
@@ -65,34 +101,55 @@ class ThresholdPolicy(nn.Module):
     does all three at once.
     """
 
-    def __init__(self, config: PolicyConfig = PolicyConfig()):
+    kind = "scalar"
+
+    def __init__(self, config: PolicyConfig | None = None):
         super().__init__()
+        config = PolicyConfig(kind=self.kind) if config is None else config
+        if config.kind != self.kind:
+            raise ValueError(f"{type(self).__name__} is the {self.kind!r} policy, but its config says kind={config.kind!r}: "
+                             "build policies with PolicyConfig.build()")
         self.config = config
-        self.mu = nn.Parameter(torch.tensor(float(config.mu)))
-        self.log_sigma = nn.Parameter(torch.tensor(float(config.log_sigma)))
+        shape = self.param_shape(config)
+        self.mu = nn.Parameter(torch.full(shape, float(config.mu)))
+        self.log_sigma = nn.Parameter(torch.full(shape, float(config.log_sigma)))
         self.register_buffer("baseline", torch.tensor(float("nan")))
         self.register_buffer("step", torch.tensor(0, dtype=torch.int64))
-        self.register_buffer("tau_hat", torch.tensor(float("nan")))
-        self.register_buffer("tau_hat_at", torch.full((2,), float("nan")))
+        self.register_buffer("tau_hat", torch.full(shape, float("nan")))
+        self.register_buffer("tau_hat_at", torch.full((2, *shape), float("nan")))
+
+    @classmethod
+    def param_shape(cls, config: PolicyConfig) -> tuple[int, ...]:
+        """The shape of mu, log_sigma, a sampled tau and tau_hat: ``()`` for one threshold."""
+        return ()
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.mu.shape)
 
     @property
     def sigma(self) -> Tensor:
         return self.log_sigma.exp()
 
     def sample(self, generator: torch.Generator | None = None) -> Tensor:
-        """One threshold tau in (0, 1), a detached scalar tensor.
+        """One threshold draw tau in (0, 1), detached, of shape :attr:`shape` (a scalar here).
 
         In data-parallel training give every rank a generator with the same seed so all share tau.
         """
-        eps = torch.randn((), generator=generator, device=generator.device if generator else self.mu.device)
+        eps = torch.randn(self.shape, generator=generator, device=generator.device if generator else self.mu.device)
         eps = eps.to(self.mu.device)
         return torch.sigmoid(self.mu + self.sigma * eps).detach().clamp(1e-6, 1 - 1e-6)  # finite log pi
 
-    def log_prob(self, tau: Tensor) -> Tensor:
-        """log pi(tau) of thresholds ``tau`` (any shape, values in (0, 1)); differentiable in mu, log_sigma."""
+    def log_density(self, tau: Tensor) -> Tensor:
+        """Elementwise logit-normal log densities of ``tau`` (values in (0, 1)), broadcast against mu:
+        ``log N(logit(tau); mu, sigma^2) - log(tau) - log(1 - tau)``; differentiable in mu, log_sigma."""
         u = torch.logit(tau)
         normal = -0.5 * ((u - self.mu) / self.sigma) ** 2 - self.log_sigma - 0.5 * math.log(2 * math.pi)
         return normal - torch.log(tau) - torch.log1p(-tau)
+
+    def log_prob(self, tau: Tensor) -> Tensor:
+        """log pi(tau) of thresholds ``tau`` (any shape, values in (0, 1)); differentiable in mu, log_sigma."""
+        return self.log_density(tau)
 
     def reward(self, losses: Sequence[Tensor | float], discard_rates: Sequence[Tensor | float]) -> Tensor:
         """R = sum_d (-lambda_L * loss_d - (1 - rho_d)); one loss and one mean discard rate per domain.
@@ -148,15 +205,81 @@ class ThresholdPolicy(nn.Module):
 
     @torch.no_grad()
     def inference_tau(self) -> Tensor:
-        """tau_hat = mean of sigmoid(mu + sigma * eps) over K seeded samples (cached per parameter value)."""
+        """tau_hat = mean of sigmoid(mu + sigma * eps) over K seeded samples eps (cached per parameter
+        value), of shape :attr:`shape`. Every segment of a segment policy uses the same K draws eps_k."""
         at = torch.stack([self.mu, self.log_sigma]).detach()
         if not torch.equal(at, self.tau_hat_at):
             gen = torch.Generator(device="cpu").manual_seed(self.config.tau_hat_seed)
             eps = torch.randn(self.config.tau_hat_samples, generator=gen).to(self.mu.device)
-            self.tau_hat.copy_(torch.sigmoid(self.mu + self.sigma * eps).mean())
+            eps = eps.view(-1, *([1] * self.mu.dim()))  # (K, 1, ...) against mu (*shape)
+            self.tau_hat.copy_(torch.sigmoid(self.mu + self.sigma * eps).mean(0))
             self.tau_hat_at.copy_(at)
         return self.tau_hat.clone()
 
     def threshold(self, generator: torch.Generator | None = None) -> Tensor:
-        """A sampled tau in training mode, tau_hat in eval mode."""
+        """A sampled tau in training mode, tau_hat in eval mode (shape :attr:`shape`)."""
         return self.sample(generator) if self.training else self.inference_tau()
+
+    @torch.no_grad()
+    def values(self) -> dict[str, float | list[float]]:
+        """mu, log_sigma, sigma, baseline, step and tau_hat (computed if needed) as plain numbers: floats
+        for a scalar policy; for a segment policy mu, log_sigma, sigma and tau_hat are lists, entry i
+        for temporal segment i + 1 (:func:`flat_metrics` turns them into metrics)."""
+        plain = lambda t: t.detach().cpu().tolist()  # noqa: E731 - float for a 0-d tensor, list otherwise
+        return {"mu": plain(self.mu), "log_sigma": plain(self.log_sigma), "sigma": plain(self.sigma),
+                "baseline": float(self.baseline), "step": int(self.step), "tau_hat": plain(self.inference_tau())}
+
+
+class SegmentThresholdPolicy(ThresholdPolicy):
+    """One logit-normal threshold per temporal segment (kind ``segment``), trained by the same REINFORCE.
+
+    ``mu``, ``log_sigma``, a sampled tau and ``tau_hat`` have shape (N_t - 1,): entry i is the threshold
+    of temporal segment i + 1 (segment 0 is always kept, so it has no parameters). A draw samples every
+    segment independently; :meth:`log_prob` is the sum over segments of the logit-normal log densities,
+    so ``-(R - b) * log pi(tau)`` gives each segment's policy gradient from the one reward of the step.
+    ``config.num_segments`` is N_t (>= 2).
+    """
+
+    kind = "segment"
+
+    @classmethod
+    def param_shape(cls, config: PolicyConfig) -> tuple[int, ...]:
+        if config.num_segments < 2:
+            raise ConfigError(f"a 'segment' policy needs policy.num_segments = N_t >= 2 (it comes from [clip]: "
+                              f"num_frames // tubelet; a library user passes PolicyConfig.resolve(selector, clip) "
+                              f"or num_segments=N_t), got {config.num_segments}")
+        return (config.num_segments - 1,)
+
+    def log_prob(self, tau: Tensor) -> Tensor:
+        """log pi(tau) of draws ``tau`` (..., N_t - 1): the sum over segments of the logit-normal log
+        densities -> (...); a scalar for one draw."""
+        if tau.shape[-1:] != self.mu.shape:
+            raise ValueError(f"tau must end in {tuple(self.mu.shape)} (one threshold per segment 1..N_t-1), "
+                             f"got shape {tuple(tau.shape)}")
+        return self.log_density(tau).sum(-1)
+
+
+POLICIES.register("scalar", ThresholdPolicy)
+POLICIES.register("segment", SegmentThresholdPolicy)
+
+
+def flat_metrics(values: dict[str, float | int | Sequence[float]]) -> dict[str, float]:
+    """Metrics (floats) from policy values (:meth:`ThresholdPolicy.values`, or tau): a number stays under
+    its name; a per-segment list becomes its mean under the name plus ``<name>/seg<t>`` for temporal
+    segment t = 1..N_t-1 (entry t - 1). E.g. ``{"tau_hat": [0.2, 0.4]}`` -> ``tau_hat`` 0.3,
+    ``tau_hat/seg1`` 0.2, ``tau_hat/seg2`` 0.4."""
+    out: dict[str, float] = {}
+    for key, value in values.items():
+        if isinstance(value, (list, tuple)):
+            out[key] = float(sum(value) / len(value)) if value else float("nan")
+            out.update({f"{key}/seg{i + 1}": float(v) for i, v in enumerate(value)})
+        else:
+            out[key] = float(value)
+    return out
+
+
+def tau_text(tau: float | Sequence[float], digits: int = 3) -> str:
+    """A threshold for messages: ``0.412`` or, per segment, ``[0.38, 0.41, ...]`` at ``digits`` decimals."""
+    if isinstance(tau, (list, tuple)):
+        return "[" + ", ".join(f"{float(v):.{digits}f}" for v in tau) + "]"
+    return f"{float(tau):.{digits}f}"

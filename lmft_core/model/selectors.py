@@ -18,6 +18,9 @@ Selectors registered by name (:data:`SELECTORS`):
 - ``lmft``: learned threshold (:class:`~lmft_core.model.policy.ThresholdPolicy`): keep energy > tau,
   tau sampled per call in training, tau_hat in eval. One call draws one tau: select the source and
   target batches of a step in one call (concatenated along B) so both share it, as the reward assumes.
+- ``lmft-segment``: learned threshold per temporal segment
+  (:class:`~lmft_core.model.policy.SegmentThresholdPolicy`): keep token (t, h, w) when its energy
+  is > tau[t - 1], tau (N_t - 1,) drawn per call like ``lmft``'s.
 - ``full``: keep every token.
 - ``random``: drop ``drop_rate`` of each clip's tokens (``round(drop_rate * N)``, at most the tokens
   outside the first segment), chosen uniformly; or, with ``match``, drop as many per clip as another
@@ -38,14 +41,14 @@ import torch
 from torch import Tensor
 
 from lmft_core.config import ConfigError
-from lmft_core.model.policy import ThresholdPolicy
+from lmft_core.model.policy import POLICIES, ThresholdPolicy
 from lmft_core.registry import Registry
 
 
 @dataclass
 class Selection:
     """A selector's output: ``keep`` (B, N_t, N_h, N_w) bool and the threshold ``tau`` it used
-    (a scalar tensor for ``lmft`` and ``threshold``, else None)."""
+    (a scalar tensor for ``lmft`` and ``threshold``, (N_t - 1,) for ``lmft-segment``, else None)."""
 
     keep: Tensor
     tau: Tensor | None = None
@@ -67,7 +70,9 @@ class SelectorConfig:
     ``tau`` (threshold), or ``calibrate`` (threshold: tau is fitted to ``keep_ratio`` on given energies
     by :meth:`calibrated` before building), ``drop_rate`` and ``match`` (random; ``match`` names another
     selector whose per-video discard rate to copy), ``keep_ratio`` (topk, calibrated threshold);
-    ``first_segment`` the first-segment rule (module docstring), for every selector."""
+    ``first_segment`` the first-segment rule (module docstring), for every selector.
+    A learned selector (``lmft``, ``lmft-segment``) fixes the kind of threshold policy the run builds
+    (:attr:`policy_kind`); it is never set separately."""
 
     name: str = "lmft"
     tau: float | None = None
@@ -103,10 +108,26 @@ class SelectorConfig:
 
     @property
     def label(self) -> str:
-        """A short name for tables, metric names and run names: ``lmft``, ``random-match-lmft``,
+        """A short name for tables, metric names and run names: ``lmft``, ``lmft-segment``, ``random-match-lmft``,
         ``random-drop0.50``, ``threshold-tau0.3``, ``threshold-keep0.50`` (to calibrate), ``topk-keep0.50``;
         ``+first-next`` appended under the ``next`` first-segment rule."""
         return self._name_label + ("" if self.first_segment == "keep" else f"+first-{self.first_segment}")
+
+    @property
+    def learns_policy(self) -> bool:
+        """Whether training with this selector trains the threshold policy (``lmft``, ``lmft-segment``)."""
+        return self.name in SELECTOR_POLICY
+
+    @property
+    def uses_policy(self) -> bool:
+        """Whether this selector draws on the threshold policy: a learned one, or ``random`` matched to one."""
+        return (self.match or self.name) in SELECTOR_POLICY
+
+    @property
+    def policy_kind(self) -> str:
+        """The kind of threshold policy (:data:`~lmft_core.model.policy.POLICIES`) this selector draws on:
+        a learned selector's own, a ``random`` one's matched selector's, else ``scalar`` (unused)."""
+        return SELECTOR_POLICY.get(self.match or self.name, "scalar")
 
     def calibrated(self, energy: Tensor) -> SelectorConfig:
         """A threshold to calibrate: this config with ``tau`` fitted on ``energy`` (:func:`calibrate_tau`);
@@ -117,8 +138,8 @@ class SelectorConfig:
         return replace(self, tau=calibrate_tau(rule.energy(energy), self.keep_ratio, forced_first=rule.forced))
 
     def build(self, policy: ThresholdPolicy | None = None) -> Selector:
-        """The selector named by ``name`` (``lmft`` needs the ``policy``; a threshold to calibrate
-        needs :meth:`calibrated` first)."""
+        """The selector named by ``name`` (``lmft`` and ``lmft-segment`` need a ``policy`` of their kind,
+        :attr:`policy_kind`; a threshold to calibrate needs :meth:`calibrated` first)."""
         if self.name == "threshold" and self.tau is None:
             raise ValueError(f"selector {self.label}: calibrate tau first (SelectorConfig.calibrated(energy))")
         return SELECTORS[self.name](self, policy)
@@ -147,11 +168,24 @@ FIRST_SEGMENT_RULES.register("next", FirstSegmentRule(forced=False, copies_next=
 
 Selector = Callable[..., Selection]
 SELECTORS: Registry[Callable[[SelectorConfig, ThresholdPolicy | None], Selector]] = Registry("selector")
+# learned selectors: name -> the kind of threshold policy it draws from and trains
+SELECTOR_POLICY: dict[str, str] = {}
 
 
-def register_selector(name: str):
-    """Decorator registering ``factory(config, policy) -> selector`` under ``name``."""
-    return SELECTORS.register(name)
+def register_selector(name: str, policy: str | None = None):
+    """Decorator registering ``factory(config, policy) -> selector`` under ``name``; ``policy`` names the
+    kind of threshold policy (:data:`~lmft_core.model.policy.POLICIES`) a learned selector trains."""
+    if policy is not None:
+        POLICIES.check(policy, f"policy of selector {name!r}")
+    register = SELECTORS.register(name)
+
+    def decorate(factory):
+        register(factory)
+        if policy is not None:
+            SELECTOR_POLICY[name] = policy
+        return factory
+
+    return decorate
 
 
 def _check_energy(energy: Tensor) -> None:
@@ -161,8 +195,22 @@ def _check_energy(energy: Tensor) -> None:
 
 def keep_above(energy: Tensor, tau: Tensor | float, forced_first: bool = True) -> Tensor:
     """Keep tokens with energy > tau: (B, N_t, N_h, N_w) bool. With ``forced_first`` the first temporal
-    segment is kept too; without, a clip with no token above tau keeps its highest-energy token."""
+    segment is kept too; without, a clip with no token above tau keeps its highest-energy token.
+
+    ``tau`` is one threshold (a float or 0-d tensor) or one per temporal segment: (N_t - 1,) for
+    segments 1..N_t-1 (segment 0, when not forced, compares with segment 1's: under the ``next`` rule it
+    carries segment 1's energy), or (N_t,).
+    """
     _check_energy(energy)
+    if isinstance(tau, Tensor) and tau.dim() > 0:
+        n_t = energy.shape[1]
+        if tau.dim() != 1 or tau.numel() not in (n_t - 1, n_t):
+            raise ValueError(f"tau of shape {tuple(tau.shape)} for {n_t} temporal segments: give one threshold, "
+                             f"or one per segment ({n_t - 1},) or ({n_t},)")
+        tau = tau.to(energy.device)
+        if tau.numel() == n_t - 1:
+            tau = torch.cat([tau[:1], tau])  # segment 0 compares with segment 1's threshold
+        tau = tau.view(1, n_t, 1, 1)
     keep = energy > tau
     if forced_first:
         keep[:, 0] = True
@@ -228,17 +276,29 @@ def threshold(config: SelectorConfig, policy: ThresholdPolicy | None = None) -> 
     return select
 
 
-@register_selector("lmft")
-def lmft(config: SelectorConfig, policy: ThresholdPolicy | None = None) -> Selector:
-    if policy is None:
-        raise ValueError("the 'lmft' selector needs a ThresholdPolicy")
-    rule = FIRST_SEGMENT_RULES[config.first_segment]
+def _learned(config: SelectorConfig, kind: str, policy: ThresholdPolicy | None) -> Selector:
+    """keep_above(energy, the policy's threshold) under the first-segment rule: sampled in training,
+    tau_hat in eval."""
+    name, rule = config.name, FIRST_SEGMENT_RULES[config.first_segment]
+    if policy is None or policy.kind != kind:
+        got = "none" if policy is None else f"a {policy.kind!r} one ({type(policy).__name__})"
+        raise ValueError(f"the {name!r} selector needs a {POLICIES[kind].__name__} (policy kind {kind!r}), got {got}")
 
     def select(energy: Tensor, generator: torch.Generator | None = None) -> Selection:
         tau = policy.threshold(generator)
         return Selection(keep_above(rule.energy(energy), tau, rule.forced), tau)
 
     return select
+
+
+@register_selector("lmft", policy="scalar")
+def lmft(config: SelectorConfig, policy: ThresholdPolicy | None = None) -> Selector:
+    return _learned(config, "scalar", policy)
+
+
+@register_selector("lmft-segment", policy="segment")
+def lmft_segment(config: SelectorConfig, policy: ThresholdPolicy | None = None) -> Selector:
+    return _learned(config, "segment", policy)
 
 
 @register_selector("topk")

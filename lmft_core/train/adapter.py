@@ -1,7 +1,7 @@
 """The adapted classifier: the video ViT, the learned threshold policy and the selector that joins them.
 
-One module holds both learned parts, so that ``.train()`` / ``.eval()`` alone switches the ``lmft``
-selector between a sampled tau and tau_hat, and one ``state_dict()`` (keys ``model.*`` and
+One module holds both learned parts, so that ``.train()`` / ``.eval()`` alone switches the learned
+selectors (``lmft``, ``lmft-segment``) between a sampled tau and tau_hat, and one ``state_dict()`` (keys ``model.*`` and
 ``policy.*``) holds both. Data-parallel training wraps only ``adapter.model`` in DDP (the policy is
 kept identical across workers by :mod:`lmft_core.train.step`); inference uses the adapter itself.
 """
@@ -33,7 +33,10 @@ class Adapter(nn.Module):
 
     @classmethod
     def build(cls, model: ModelConfig, policy: PolicyConfig, selector: SelectorConfig, classes: Sequence[str]) -> Adapter:
-        return cls(model.build(), policy.build(), selector, classes)
+        """The adapter of these configs; the policy's kind and segment count come from ``selector`` and
+        ``model.clip`` (:meth:`PolicyConfig.resolve`)."""
+        model.require_derived()
+        return cls(model.build(), policy.resolve(selector, model.clip).build(), selector, classes)
 
     def selection(self, energy: Tensor, generator: torch.Generator | None = None,
                   selector: SelectorConfig | None = None) -> Selection:

@@ -3,9 +3,10 @@
 Artifacts of a training run (MLflow paths):
 
 - ``config/resolved.json`` (every component's configuration as the run used it) and the profile file;
-- ``policy/policy.json``: mu, log sigma, sigma, baseline, step and tau_hat of the learned threshold;
+- ``policy/policy.json``: mu, log sigma, sigma, baseline, step and tau_hat of the learned threshold
+  (lists, one entry per temporal segment 1..N_t-1, for ``lmft-segment``; the model's metadata likewise);
 - ``evaluation/evaluation.json`` (every selector on target-test) and ``evaluation/efficiency.md``;
-- ``plots/threshold.png`` (tau and discard rates over training), ``plots/kept_tokens.png`` (energy and
+- ``plots/threshold.png`` (tau and discard rates over training; tau_hat per segment for ``lmft-segment``), ``plots/kept_tokens.png`` (energy and
   kept tokens over the frames of a few target-test clips), ``plots/confusion.png``;
 - ``model``: the adapter (model and policy, tau_hat inside), ``mlflow.pytorch`` pickle format with the
   lmft_core package as code, so ``mlflow.pytorch.load_model(uri)`` gives a module whose
@@ -22,6 +23,7 @@ import numpy as np
 import torch
 
 import lmft_core
+from lmft_core.model import flat_metrics
 from lmft_core.shards import ShardSet
 from lmft_core.train.adapter import Adapter
 from lmft_core.train.checkpoint import load_checkpoint, policy_values
@@ -69,7 +71,9 @@ def log_artifacts(job: TrainJob, run, name: str, run_dir: Path, checkpoint: Path
         "evaluation": [_write(out / "evaluation.json", json.dumps(evaluation, indent=2)),
                        _write(out / "efficiency.md", efficiency_table(results, _efficiency_note(job)))],
     }
-    history = {k: [(m.step, m.value) for m in run.client.get_metric_history(run.run_id, k)] for k in HISTORY_KEYS}
+    per_segment = [k for k in flat_metrics({"tau_hat": policy["tau_hat"]}) if k != "tau_hat"]  # tau_hat/seg<t>
+    keys = HISTORY_KEYS + tuple(f"train/{k}" for k in per_segment)
+    history = {k: [(m.step, m.value) for m in run.client.get_metric_history(run.run_id, k)] for k in keys}
     shards = ShardSet.open(job.shards)
     sample = next(eval_batches(shards, "target", "test", 4))
     with torch.no_grad():
@@ -88,7 +92,8 @@ def log_artifacts(job: TrainJob, run, name: str, run_dir: Path, checkpoint: Path
             run.log_artifact(p, folder)
     epochs = [m.value for m in run.client.get_metric_history(run.run_id, "epoch/clips_per_s")]
     clips_per_s = float(np.mean(epochs)) if epochs else float("nan")
-    run.log_metrics({"final/tau_hat": policy["tau_hat"], "final/train_clips_per_s": clips_per_s,
+    run.log_metrics({**{f"final/{k}": v for k, v in flat_metrics({"tau_hat": policy["tau_hat"]}).items()},
+                     "final/train_clips_per_s": clips_per_s,
                      **{k.replace("eval_target/", "final/target/"): v for r in results.values()
                         for k, v in r.metrics("eval_target").items()}}, step=int(policy["step"]))
     metadata = {"classes": list(job.classes), "clip": dataclasses.asdict(job.model.clip), "tau_hat": policy["tau_hat"],

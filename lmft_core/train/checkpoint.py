@@ -3,7 +3,7 @@
 A checkpoint is a folder holding ``checkpoint.pt``: the learner's state (adapter = model and policy,
 optimizer, scheduler), the completed ``epoch`` and ``step``, rank 0's RNG states, the resolved
 configuration, the classes and the clip geometry, and the policy's values (mu, log sigma, sigma,
-baseline, step, tau_hat) in plain numbers. The last epoch's checkpoint also holds ``evaluation.json``
+baseline, step, tau_hat) in plain numbers (lists, one entry per segment 1..N_t-1, for a per-segment policy). The last epoch's checkpoint also holds ``evaluation.json``
 (every selector's results on target-test). Only tensors, numbers, strings, lists and dicts are
 stored, so ``weights_only=True`` loads it.
 """
@@ -20,11 +20,10 @@ CHECKPOINT_FILE = "checkpoint.pt"
 FORMAT = "lmft-train-checkpoint-v1"
 
 
-def policy_values(policy: ThresholdPolicy) -> dict[str, float]:
-    """The policy's scalars as plain numbers (tau_hat computed if needed)."""
-    return {"mu": float(policy.mu.detach()), "log_sigma": float(policy.log_sigma.detach()),
-            "sigma": float(policy.sigma.detach()), "baseline": float(policy.baseline), "step": int(policy.step),
-            "tau_hat": float(policy.inference_tau())}
+def policy_values(policy: ThresholdPolicy) -> dict[str, float | list[float]]:
+    """The policy's values as plain numbers (tau_hat computed if needed): :meth:`ThresholdPolicy.values`,
+    floats for the scalar policy, per-segment lists for a segment policy."""
+    return policy.values()
 
 
 def rng_state() -> dict:

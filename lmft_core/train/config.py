@@ -8,10 +8,14 @@ over the smaller of source-train and target-train (the two are consumed together
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 from lmft_core.config import ConfigError
 from lmft_core.model.selectors import SelectorConfig
+
+if TYPE_CHECKING:
+    from lmft_core.config import Profile
 
 PRECISIONS = ("auto", "fp32", "bf16")
 
@@ -47,7 +51,8 @@ class TrainConfig:
     rounded up);
     ``precision`` ``auto`` is bf16 autocast on GPU and fp32 on CPU.
     Evaluation on target-test with tau_hat: the training selector and every selector of ``evaluate``
-    at the end (and the training selector every ``eval_every_epochs`` epochs).
+    at the end (and the training selector every ``eval_every_epochs`` epochs); see :meth:`evaluate_for`
+    for the default list under a per-segment threshold.
     Checkpoints every epoch (the last ``keep_checkpoints`` kept); ``max_failures`` worker-group
     restarts from the last checkpoint. ``run_name`` names the run (empty: derived from the
     configuration and the shards, so the same command resumes the same run).
@@ -119,7 +124,32 @@ class TrainConfig:
         if self.run_name and ("/" in self.run_name or self.run_name.startswith(".")):
             raise ConfigError(f"train.run_name {self.run_name!r}: a plain folder name, please")
 
+    def evaluate_for(self, selector: SelectorConfig) -> tuple[SelectorConfig, ...]:
+        """The selectors ``evaluate`` means for a run trained with ``selector``.
+
+        The default list's ``random`` is matched to ``lmft``; when the run's policy is another kind (it
+        trains ``lmft-segment``, or a ``random`` matched to it) that entry matches the run's learned
+        selector instead (label ``random-match-lmft-segment``). Every selector must draw on the policy the
+        run builds (:attr:`SelectorConfig.policy_kind`), else a ConfigError naming ``train.evaluate``.
+        """
+        evaluate = self.evaluate
+        learned = selector.match or selector.name
+        if evaluate == DEFAULT_EVALUATE and selector.policy_kind != "scalar":
+            evaluate = tuple(replace(s, match=learned) if s.match == "lmft" else s for s in evaluate)
+        wrong = [s.label for s in evaluate if s.uses_policy and s.policy_kind != selector.policy_kind]
+        if wrong:
+            raise ConfigError(f"train.evaluate: {wrong} draw on a threshold policy of another kind than the "
+                              f"{selector.policy_kind!r} one that selector.name={selector.name!r} builds; "
+                              f"evaluate the learned selector of this run ({learned!r} is always evaluated) "
+                              "or drop them")
+        return evaluate
+
     @property
     def threads(self) -> int:
         """torch threads per worker."""
         return self.threads_per_worker or max(1, math.ceil(self.cpus_per_worker))
+
+
+def check_profile(profile: Profile) -> None:
+    """Cross-section check run when a profile loads: ``[train] evaluate`` fits ``[selector]``'s policy."""
+    profile.section("train", TrainConfig).evaluate_for(profile.section("selector", SelectorConfig))

@@ -1,6 +1,6 @@
 """Evaluation of an adapted model on labelled clips, with any token selector, through one code path.
 
-:func:`evaluate` runs the adapter in eval mode (the ``lmft`` selector uses tau_hat) over batches of
+:func:`evaluate` runs the adapter in eval mode (the learned selectors use tau_hat) over batches of
 clips for each selector asked for: the training selector, ``full`` (every token), ``random`` matched
 to LMFT's per-clip discard (``match = "lmft"``), ``threshold`` (a tau, or a keep ratio calibrated on
 source-train energies: :meth:`SelectorConfig.calibrated`), ``topk``. Per selector it reports top-1,

@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from lmft_core.model import ModelConfig, PolicyConfig, SelectorConfig
+from lmft_core.model import ModelConfig, PolicyConfig, SelectorConfig, flat_metrics
 from lmft_core.shards import BATCH_COLUMNS, ClipBatch, ShardSet, batch_from_table, label_map_tensor
 from lmft_core.train.adapter import Adapter
 from lmft_core.train.checkpoint import policy_values, save_checkpoint, set_rng_state
@@ -42,8 +42,9 @@ Pair = tuple[ClipBatch, ClipBatch]
 class TrainJob:
     """Everything a worker needs, as plain data (it travels to Ray workers).
 
-    ``model`` has its clip geometry and class count set; ``evaluate`` are the selectors of the final
-    evaluation, thresholds already calibrated; ``config`` is the resolved configuration (JSON-able) saved
+    ``model`` has its clip geometry and class count set, ``policy`` its kind and segment count
+    (:meth:`PolicyConfig.resolve`); ``evaluate`` are the selectors of the final evaluation, thresholds
+    already calibrated; ``config`` is the resolved configuration (JSON-able) saved
     in checkpoints; ``mlflow_run_id`` (empty: no logging) the run rank 0 logs to at ``tracking_uri``.
     """
 
@@ -148,7 +149,7 @@ def run_worker(job: TrainJob, dist: Dist, data: EpochData, checkpoint: dict | No
     else:
         torch.manual_seed(cfg.seed * 7919 + dist.rank * 104729)  # per-rank randomness (drop path)
     resumed = {"resumed_from_epoch": float(start_epoch), "resumed_from_step": float(learner.step),
-               **{f"resumed_policy_{k}": float(v) for k, v in policy_values(adapter.policy).items()}}
+               **{f"resumed_policy_{k}": v for k, v in flat_metrics(policy_values(adapter.policy)).items()}}
     if checkpoint is not None and dist.is_main and sink is not None:
         sink.add({f"train/{k}": v for k, v in resumed.items()}, learner.step)
 
@@ -157,7 +158,7 @@ def run_worker(job: TrainJob, dist: Dist, data: EpochData, checkpoint: dict | No
         epoch_metrics = _train_epoch(learner, data.pairs(epoch), dist, sink)
         last = epoch == cfg.epochs - 1
         metrics = {"epoch": float(epoch + 1), "step": float(learner.step), **epoch_metrics,
-                   **{f"policy/{k}": float(v) for k, v in policy_values(adapter.policy).items()}}
+                   **{f"policy/{k}": v for k, v in flat_metrics(policy_values(adapter.policy)).items()}}
         if checkpoint is not None and epoch == start_epoch:
             metrics.update(resumed)
         results: dict[str, EvalResult] = {}

@@ -24,16 +24,23 @@ def save(fig, path: str | Path) -> Path:
 
 
 def threshold_over_training(history: Mapping[str, Sequence[tuple[int, float]]]):
-    """Top: sampled tau, tau_hat and sigmoid(mu) per step; bottom: discard rate per domain per step.
+    """Top: sampled tau and tau_hat per step (with a per-segment policy: their means over segments and
+    tau_hat of each segment, thin); bottom: discard rate per domain per step.
 
-    ``history`` maps metric names (``train/tau``, ``train/tau_hat``, ``train/mu``,
-    ``train/discard_rate_source``, ``train/discard_rate_target``) to (step, value) pairs.
+    ``history`` maps metric names (``train/tau``, ``train/tau_hat``, ``train/tau_hat/seg<t>``,
+    ``train/mu``, ``train/discard_rate_source``, ``train/discard_rate_target``) to (step, value) pairs.
     """
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
+    segments = sorted((k for k in history if k.startswith("train/tau_hat/seg") and history[k]),
+                      key=lambda k: int(k.rsplit("seg", 1)[1]))
     for key, label, style in (("train/tau", "sampled τ", dict(alpha=0.35, lw=0.8)), ("train/tau_hat", "τ̂ (test time)", dict(lw=2))):
         pts = history.get(key) or []
         if pts:
+            if segments:
+                label = label[:-1] + ", mean of segments)" if label.endswith(")") else label + " (mean of segments)"
             top.plot(*zip(*pts), label=label, **style)
+    for key in segments:
+        top.plot(*zip(*history[key]), label=f"τ̂ segment {key.rsplit('seg', 1)[1]}", lw=0.9)
     top.set_ylabel("threshold")
     top.set_ylim(0, 1)
     top.legend(loc="best")

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lmft_core.config import Profile
+from lmft_core.config import ConfigError, Profile
 from lmft_core.files import atomic_write
 from lmft_core.model import ModelConfig, PolicyConfig, SelectorConfig
 from lmft_core.shard_format import unpack_array
@@ -58,7 +58,7 @@ class TrainResult:
     tracking_uri: str
     checkpoint: str
     model_uri: str
-    tau_hat: float
+    tau_hat: float | list[float]  # per temporal segment 1..N_t-1 for lmft-segment
     evaluation: dict
     train_clips_per_s: float
     elapsed_s: float
@@ -93,8 +93,8 @@ def prepare(profile: Profile, shards_path: str | Path, workdir: str | Path) -> t
         raise TrainError(str(e)) from None
     cfg: TrainConfig = profile.section("train")
     model: ModelConfig = replace(profile.section("model"), clip=profile.clip, num_classes=shards.num_classes)
-    policy: PolicyConfig = profile.section("policy")
     selector: SelectorConfig = profile.section("selector")
+    policy: PolicyConfig = profile.section("policy").resolve(selector, profile.clip)  # kind, num_segments
     if cfg.require_pretrained and not model.pretrained:
         raise TrainError(f"{profile.path}: train.require_pretrained is set but model.pretrained is empty: pass the "
                          "VideoMAE checkpoint with --set model.pretrained=/path/to/checkpoint.pth")
@@ -118,8 +118,11 @@ def prepare(profile: Profile, shards_path: str | Path, workdir: str | Path) -> t
         steps = min(steps, cfg.max_steps_per_epoch)
     energy = _energy_of(shards, "source", "train")
     selector = selector.calibrated(energy)
-    # the baselines follow the training selector's first-segment rule, so they compare like with like
-    evaluate = tuple(replace(s, first_segment=selector.first_segment).calibrated(energy) for s in cfg.evaluate)
+    try:  # the baselines follow the training selector's first-segment rule, so they compare like with like
+        evaluate = tuple(replace(s, first_segment=selector.first_segment).calibrated(energy)
+                         for s in cfg.evaluate_for(selector))
+    except ConfigError as e:
+        raise TrainError(f"{profile.path}: {e}") from None
     config = resolved_config(profile, {"clip": profile.clip, "model": model, "policy": policy, "selector": selector,
                                        "train": cfg}, evaluate, shards)
     digest = hashlib.sha256(json.dumps({k: v for k, v in config.items() if k != "profile"}, sort_keys=True).encode()).hexdigest()[:10]

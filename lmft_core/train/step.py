@@ -3,8 +3,8 @@
 A step takes ``accum_steps`` micro-batches, each a (source, target) pair of :class:`ClipBatch`, and:
 
 1. selects the tokens of every clip of the step in **one** selector call (source and target, all
-   micro-batches), so one threshold tau serves the whole step; tau is drawn from a generator seeded by
-   ``(seed, step)``, the same on every rank;
+   micro-batches), so one threshold tau (one per temporal segment with ``lmft-segment``) serves the
+   whole step; tau is drawn from a generator seeded by ``(seed, step)``, the same on every rank;
 2. runs the packed forward of source and target together, per micro-batch, and back-propagates
    ``(L_s + lambda_t * L_t) / accum_steps``, where ``L_t`` is the cross-entropy against CLIP's
    pseudo-labels on the target clips whose confidence exceeds ``gamma_c``: ``sum / max(count, 1)``,
@@ -17,7 +17,9 @@ A step takes ``accum_steps`` micro-batches, each a (source, target) pair of :cla
    update the baseline twice) and synchronises the policy (below).
 
 **The policy is identical on every worker after every step** by one mechanism: rank 0's policy is the
-policy. After each step rank 0 broadcasts (mu, log sigma, baseline, step) and every rank copies them.
+policy. After each step rank 0 broadcasts all of the policy's parameters and buffers (mu, log sigma,
+baseline, step, tau_hat and what it was computed from; vectors for a per-segment policy) as one float64
+tensor and every rank copies them.
 (Every rank also computes the same update from the same tau and the same all-reduced reward, so the
 broadcast changes nothing where floating point agrees; it makes agreement exact where it would not,
 e.g. across GPU models.) The policy lives outside DDP and stays in fp32: it is never under autocast.
@@ -37,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lmft_core.model import ThresholdPolicy
+from lmft_core.model import ThresholdPolicy, flat_metrics
 from lmft_core.augment import background_mix, color_jitter, hflip
 from lmft_core.shards import ClipBatch
 from lmft_core.train.adapter import Adapter
@@ -84,17 +86,17 @@ def lr_factor(step: int, warmup_steps: int, total_steps: int, min_ratio: float) 
 
 
 def sync_policy(policy: ThresholdPolicy, dist: Dist) -> None:
-    """Copy rank 0's (mu, log sigma, baseline, step) to every rank (see the module docstring)."""
+    """Copy rank 0's policy (every parameter and buffer, any shape) to every rank in one broadcast of
+    a flat float64 tensor (exact for fp32 values and for the int64 step count below 2^53)."""
     if not dist.active:
         return
     with torch.no_grad():
-        state = torch.stack([policy.mu.detach(), policy.log_sigma.detach(), policy.baseline,
-                             policy.step.to(policy.mu.dtype)]).to(torch.float64)
+        tensors = [*policy.parameters(), *policy.buffers()]
+        state = torch.cat([t.detach().reshape(-1).to(torch.float64) for t in tensors])
         dist.broadcast(state, src=0)
-        policy.mu.copy_(state[0])
-        policy.log_sigma.copy_(state[1])
-        policy.baseline.copy_(state[2])
-        policy.step.copy_(state[3].round().to(torch.int64))
+        for t, part in zip(tensors, state.split([t.numel() for t in tensors])):
+            part = part.view_as(t)
+            t.copy_(part if t.is_floating_point() else part.round())
 
 
 class Learner:
@@ -118,7 +120,7 @@ class Learner:
         self.optimizer = torch.optim.AdamW(param_groups(self.adapter, cfg), betas=(0.9, 0.999))
         model_lambda = lambda s: lr_factor(s, warmup, self.total_steps, cfg.min_lr / cfg.lr)  # noqa: E731
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, [model_lambda, model_lambda, lambda s: 1.0])
-        self.learns_policy = adapter.selector_config.name == "lmft"
+        self.learns_policy = adapter.selector_config.learns_policy  # lmft, lmft-segment
         self.skipped_steps = 0
 
     @property
@@ -207,11 +209,13 @@ class Learner:
         self.optimizer.zero_grad(set_to_none=True)
         policy.commit(reward, step)
         sync_policy(policy, self.dist)
+        # tau, mu, sigma, tau_hat: floats; per segment, their mean and tau/seg1, ... (flat_metrics)
+        values = policy.values()
+        tau = float("nan") if sel.tau is None else sel.tau.detach().cpu().tolist()
         return metrics | {
             "reward": float(reward), "advantage": float(advantage), "baseline": float(policy.baseline),
-            "tau": float(sel.tau) if sel.tau is not None else float("nan"), "mu": float(policy.mu.detach()),
-            "sigma": float(policy.sigma.detach()), "tau_hat": float(policy.inference_tau()), "lr": lr,
-            "grad_norm": float(grad_norm), "skipped_steps": float(self.skipped_steps),
+            **flat_metrics({"tau": tau, "mu": values["mu"], "sigma": values["sigma"], "tau_hat": values["tau_hat"]}),
+            "lr": lr, "grad_norm": float(grad_norm), "skipped_steps": float(self.skipped_steps),
         }
 
     def state_dict(self) -> dict:
