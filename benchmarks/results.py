@@ -5,8 +5,9 @@
 Every number in ``docs/results.md`` comes from this script: it generates the data, preprocesses it,
 runs every training through the product's own path (:func:`lmft_core.train.run.run_training`: Ray
 Train, MLflow, the logged model) with the ``results`` profile, and writes the tables. A training that
-finished before is not run again (runs are keyed by their configuration), so an interrupted run of the
-script resumes, and ``--groups`` runs a part.
+finished before is not run again (each row's trainings are stored in ``<workdir>/results.json``, keyed
+by data, energy, overrides and seed; delete it to train again), so an interrupted run of the script
+resumes, and ``--groups`` runs a part.
 
 Groups (each a comparison of trainings, ``--seeds`` seeds each, same data and schedule):
 
@@ -112,7 +113,7 @@ def prepare_data(profile: Profile, workdir: Path, data: str, energy: str) -> Pat
     manifest = generate_demo_data(demo, workdir / f"data-{data}")
     pre = profile.with_overrides([f'energy.variant="{energy}"'])
     summary = run_preprocess(manifest, workdir / f"shards-{data}-{energy}", pre)
-    return Path(summary.output)
+    return Path(summary.output_dir)
 
 
 def energy_ncm(shards: ShardSet) -> float:
@@ -186,7 +187,14 @@ def main(argv: list[str] | None = None) -> int:
         for setting in GROUPS[group]:
             shards = prepare_data(profile, workdir, setting.data, setting.energy)
             overrides = setting.overrides + (setting.derive(rows) if setting.derive else ())
-            rows[setting.label] = [train_row(profile, shards, workdir, overrides, seed) for seed in range(args.seeds)]
+            runs = done.setdefault("runs", {})
+            rows[setting.label] = []
+            for seed in range(args.seeds):
+                key = json.dumps([setting.data, setting.energy, list(args.overrides), list(overrides), seed])
+                if key not in runs:
+                    runs[key] = train_row(profile, shards, workdir, overrides, seed)
+                    store.write_text(json.dumps(done, indent=2))
+                rows[setting.label].append(runs[key])
             print(f"[results] {group} / {setting.label}: top-1 {_mean_spread([r['top1'] for r in rows[setting.label]])}",
                   flush=True)
         extra = {}

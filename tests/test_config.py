@@ -11,8 +11,8 @@ from lmft_core.demo_data import DemoDataConfig
 
 
 def test_named_profiles_exist_and_carry_their_launch_command():
-    assert {"demo", "paper"} <= set(available_profiles())
-    for name in ("demo", "paper"):
+    assert {"demo", "paper", "results"} <= set(available_profiles())
+    for name in available_profiles():
         profile = load_profile(name)
         assert profile.path.read_text().startswith("# Launch: ")
     assert load_profile("paper").clip == ClipConfig(num_frames=16, image_size=224, tubelet=2, patch=16)
