@@ -25,6 +25,8 @@ would cut tokens from the grid that the model's positional table expects.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from torch import Tensor
 
@@ -39,12 +41,8 @@ def hflip(batch: ClipBatch, flip: Tensor, label_map: Tensor | None = None) -> Cl
     flipped clips. None: every class is its own mirror image.
     """
     f5, f4 = flip.view(-1, 1, 1, 1, 1), flip.view(-1, 1, 1, 1)
-    out = ClipBatch(
-        frames=torch.where(f5, batch.frames.flip(3), batch.frames),
-        energy=torch.where(f4, batch.energy.flip(3), batch.energy),
-        label=batch.label, pseudo_label=batch.pseudo_label, pseudo_confidence=batch.pseudo_confidence,
-        clip_probs=batch.clip_probs,
-    )
+    out = replace(batch, frames=torch.where(f5, batch.frames.flip(3), batch.frames),
+                  energy=torch.where(f4, batch.energy.flip(3), batch.energy))
     if label_map is not None:
         mapped = torch.where(batch.label >= 0, label_map[batch.label.clamp(min=0)], batch.label)
         out.label = torch.where(flip, mapped, batch.label)

@@ -15,8 +15,9 @@ Augmentations of these batches live in :mod:`lmft_core.augment`.
 
 from __future__ import annotations
 
+import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -35,7 +36,17 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # The columns a training or evaluation batch needs (the binary frames are decoded by ShardCollate).
 BATCH_COLUMNS = ("label_index", "energy", "energy_shape", "clip_probs", "pseudo_label", "pseudo_confidence",
-                 "frames", "frames_shape")
+                 "frames", "frames_shape", "video_id")
+
+
+def video_key(video_id: str) -> int:
+    """A stable int64 key (>= 0) of a ``video_id``: the first 8 bytes of its BLAKE2b hash, top bit cleared.
+
+    Batches carry it as :attr:`ClipBatch.key`, so per-clip state kept outside the shards (the self-training
+    labels, :mod:`lmft_core.train.pseudo`) is looked up by the clip's identity whatever order, split over
+    workers or shuffle the rows arrive in. The same id gives the same key in every process and run.
+    """
+    return int.from_bytes(hashlib.blake2b(video_id.encode("utf-8"), digest_size=8).digest(), "little") & (2**63 - 1)
 
 
 class ShardError(ValueError):
@@ -132,7 +143,8 @@ class ClipBatch:
 
     ``frames`` uint8 (B, T, S, S, 3); ``energy`` float32 (B, N_t, N_h, N_w); ``label`` int64 (B,), -1
     where unlabelled (target rows without a label); ``pseudo_label`` int64 (B,) and
-    ``pseudo_confidence`` float32 (B,), CLIP's argmax and its probability; ``clip_probs`` float32 (B, K).
+    ``pseudo_confidence`` float32 (B,), CLIP's argmax and its probability; ``clip_probs`` float32 (B, K);
+    ``key`` int64 (B,), :func:`video_key` of the row's ``video_id``.
     """
 
     frames: Tensor
@@ -141,6 +153,7 @@ class ClipBatch:
     pseudo_label: Tensor
     pseudo_confidence: Tensor
     clip_probs: Tensor
+    key: Tensor
 
     def __len__(self) -> int:
         return self.frames.shape[0]
@@ -184,7 +197,32 @@ def batch_from_table(table: pa.Table) -> ClipBatch:
         label=column("label_index", np.int64), pseudo_label=column("pseudo_label", np.int64),
         pseudo_confidence=column("pseudo_confidence", np.float32),
         clip_probs=torch.from_numpy(np.array(unpack_array(table, "clip_probs", np.float32))),
+        key=torch.tensor([video_key(v) for v in table.column("video_id").to_pylist()], dtype=torch.int64),
     )
+
+
+def read_batches(shards: ShardSet, domain: str, split: str, batch_size: int,
+                 video_ids: Sequence[str] | None = None) -> Iterator[ClipBatch]:
+    """Batches of ``(domain, split)`` rows (only those of ``video_ids`` when given) read straight from the
+    Parquet files in file order, all of ``batch_size`` clips but the last (evaluation, self-training labels)."""
+    ds = pads.dataset([str(f) for f in shards.files], format="parquet")
+    flt = shards._filter(domain, split)
+    if video_ids is not None:
+        if not video_ids:
+            return
+        flt = flt & pads.field("video_id").isin(list(video_ids))
+    pending: list[pa.RecordBatch] = []
+    rows = 0
+    for rb in ds.to_batches(columns=list(BATCH_COLUMNS), filter=flt, batch_size=batch_size):
+        pending.append(rb)
+        rows += rb.num_rows
+        while rows >= batch_size:
+            table = pa.Table.from_batches(pending)
+            yield batch_from_table(table.slice(0, batch_size))
+            rest = table.slice(batch_size)
+            pending, rows = rest.to_batches(), rest.num_rows
+    if rows:
+        yield batch_from_table(pa.Table.from_batches(pending))
 
 
 def label_map_tensor(classes: Sequence[str], mirror: Mapping[str, str]) -> Tensor | None:

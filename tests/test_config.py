@@ -74,6 +74,10 @@ def test_from_dict_coerces_nested_and_optional():
     ("policy.baseline_momentum=2.0", r"\[policy\]: policy.baseline_momentum must be in \[0, 1\)"),
     ("preprocess.rows_per_shard=0", r"\[preprocess\]: preprocess.rows_per_shard must be >= 1"),
     ("demo_data.classes=['dance']", r"\[demo_data\]: demo_data.classes: unknown motion"),
+    ("train.pseudo_labels='clip-self'", r"\[train\]: train.pseudo_labels 'clip-self' is not a registered pseudo-label "
+                                        r"source; known: \['clip', 'clip\+self', 'self'\]"),
+    ("train.self_gamma=1.5", r"\[train\]: train.self_gamma must be in \[0, 1\]"),
+    ("train.self_refresh_epochs=0", r"\[train\]: train.self_refresh_epochs must be >= 1"),
 ])
 def test_every_section_is_validated_when_the_profile_loads(override, message):
     """A typo in any section fails at load, not when (hours later) the component is built."""

@@ -1,9 +1,11 @@
 """Adaptation on Ray Train end to end: the MLflow run, the logged model, checkpoints, resuming after a
-killed worker, finished runs not retrained, and bad input caught before any compute."""
+killed worker, finished runs not retrained, bad input caught before any compute, and self-training labels
+refreshed on two Ray Train workers."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -198,3 +200,36 @@ def test_job_has_geometry_from_clip_and_classes_from_the_shards(tiny_shards, tmp
     assert prepare(profile("train.seed=1"), tiny_shards, tmp_path)[1] != name
     calibrated = {s.label: s for s in job.evaluate}["threshold-keep0.50"]
     assert calibrated.tau is not None and 0.0 <= calibrated.tau <= 1.0
+
+
+
+def test_self_training_runs_on_ray_train(tiny_shards, tmp_path):
+    """clip+self on 2 Ray Train workers (gloo DDP, Ray Data shards) for 2 epochs: one refresh, after epoch 1
+    (none after the last); its metrics reach Ray, and the table in the checkpoint is checked against the
+    shards' CLIP labels. (Fit only: the MLflow side is the same sink as for every other metric.)"""
+    from lmft_core.shards import video_key
+    from lmft_core.train.run import fit
+
+    job, name = prepare(profile("train.pseudo_labels='clip+self'", "train.self_gamma=0.0", "train.epochs=2",
+                                "train.evaluate=[]", "train.run_name='selftrain'"), tiny_shards, tmp_path)
+    result = fit(job, name, tmp_path)
+    reports = result.metrics_dataframe.sort_values("epoch").to_dict("records")
+    assert [r["epoch"] for r in reports] == [1.0, 2.0]
+    refresh = reports[0]
+    assert refresh["pseudo/self_refresh_epoch"] == 1.0 and refresh["pseudo/self_pass_rate"] == 1.0  # self_gamma 0
+    assert math.isnan(reports[1]["pseudo/self_pass_rate"])  # not reported: no refresh after the last epoch
+
+    table = load_checkpoint(result.checkpoint.path)["learner"]["self_labels"]
+    assert table["epoch"] == 1
+    rows = ShardSet.open(tiny_shards).read("target", "train", ["video_id", "label_index", "pseudo_label", "pseudo_confidence"])
+    keys = [video_key(v) for v in rows.column("video_id").to_pylist()]
+    assert table["keys"].tolist() == sorted(keys)  # every target-train clip, predicted by one of the two ranks
+    at = {k: i for i, k in enumerate(table["keys"].tolist())}
+    self_label = [int(table["label"][at[k]]) for k in keys]
+    clip_label, clip_conf = rows.column("pseudo_label").to_pylist(), rows.column("pseudo_confidence").to_pylist()
+    truth = rows.column("label_index").to_pylist()
+    conflicts = [c > 0.3 and c_l != s_l for c, c_l, s_l in zip(clip_conf, clip_label, self_label)]
+    assert refresh["pseudo/conflict_rate"] == pytest.approx(sum(conflicts) / 6)
+    assert refresh["pseudo/used_pass_rate"] == pytest.approx(1 - sum(conflicts) / 6)
+    assert refresh["pseudo/self_accuracy_all"] == pytest.approx(sum(s == t for s, t in zip(self_label, truth)) / 6)
+    assert refresh["pseudo/self_clip_agreement"] == pytest.approx(sum(a == b for a, b in zip(self_label, clip_label)) / 6)

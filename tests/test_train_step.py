@@ -36,7 +36,7 @@ def batch(n: int, seed: int, confidence: float | None = None) -> ClipBatch:
                      energy=torch.rand((n, *CLIP.grid), generator=g), label=torch.randint(0, K, (n,), generator=g),
                      pseudo_label=torch.randint(0, K, (n,), generator=g),
                      pseudo_confidence=torch.rand(n, generator=g) if confidence is None else torch.full((n,), confidence),
-                     clip_probs=torch.rand(n, K, generator=g).softmax(-1))
+                     clip_probs=torch.rand(n, K, generator=g).softmax(-1), key=torch.arange(n) + 1000 * seed)
 
 
 def learner(selector: str = "lmft", seed: int = 0, dist: Dist = Dist(), **train) -> Learner:

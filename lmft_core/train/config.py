@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from lmft_core.config import ConfigError
 from lmft_core.model.selectors import SelectorConfig
+from lmft_core.train.pseudo import PSEUDO_LABEL_SOURCES
 
 if TYPE_CHECKING:
     from lmft_core.config import Profile
@@ -35,8 +36,12 @@ class TrainConfig:
     to ``min_lr``, ``weight_decay`` on weight matrices only), gradient clipping at ``grad_clip`` (global
     norm; 0 = off). The threshold policy has its own parameter group: ``policy_lr``, constant, no
     weight decay (decay would pull log sigma towards 0 on its own).
-    Losses: ``L_s + lambda_t * L_t``; L_t is the cross-entropy on target clips whose CLIP confidence is
-    above ``gamma_c`` (0 when none is). ``label_smoothing`` applies to both.
+    Losses: ``L_s + lambda_t * L_t``; L_t is the cross-entropy on target clips against their pseudo-labels,
+    on the clips whose label passes its threshold (0 when none does). ``label_smoothing`` applies to both.
+    Pseudo-labels (:mod:`lmft_core.train.pseudo`): ``pseudo_labels`` names their source: ``clip`` (CLIP's,
+    confidence above ``gamma_c``; the paper's), ``self`` (the model's own predictions on target-train,
+    refreshed every ``self_refresh_epochs`` epochs, softmax probability above ``self_gamma``) or
+    ``clip+self`` (either passing; both passing and disagreeing: dropped).
     Data: ``batch_size`` clips per domain per worker per micro-batch; ``hflip`` flips half the clips
     (frames and energy together); ``color_jitter`` (0 = off) is the strength of the per-clip
     brightness, contrast and channel-gain jitter; ``background_mix`` (0 = off) the largest weight of a
@@ -71,6 +76,9 @@ class TrainConfig:
     grad_clip: float = 1.0
     gamma_c: float = 0.8
     lambda_t: float = 0.5
+    pseudo_labels: str = "clip"
+    self_gamma: float = 0.9
+    self_refresh_epochs: int = 1
     label_smoothing: float = 0.0
     hflip: bool = True
     hflip_label_map: dict[str, str] = field(default_factory=dict)
@@ -97,7 +105,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "accum_steps", "workers", "eval_every_epochs", "eval_batch_size",
-                     "log_every_steps", "keep_checkpoints", "prefetch_batches"):
+                     "log_every_steps", "keep_checkpoints", "prefetch_batches", "self_refresh_epochs"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
         for name in ("lr", "cpus_per_worker"):
@@ -107,8 +115,10 @@ class TrainConfig:
                      "max_steps_per_epoch", "materialize_max_mb", "threads_per_worker"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)}")
-        if not 0.0 <= self.gamma_c <= 1.0:
-            raise ConfigError(f"train.gamma_c must be in [0, 1], got {self.gamma_c}")
+        for name in ("gamma_c", "self_gamma"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"train.{name} must be in [0, 1], got {getattr(self, name)}")
+        PSEUDO_LABEL_SOURCES.check(self.pseudo_labels, "train.pseudo_labels")
         for name in ("color_jitter", "background_mix"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"train.{name} must be in [0, 1), got {getattr(self, name)}")

@@ -8,6 +8,11 @@ all-reduce of a flag) that every one of them has a batch, and stop together othe
 Time is split into **data wait** (blocked waiting for the next batch) and **step time** (selection,
 forward, backward, optimizer, policy); ``clips/s`` counts source and target clips over both.
 Rank 0 alone logs to MLflow (batched), evaluates and writes checkpoints; every rank reports.
+
+With a ``train.pseudo_labels`` source that uses the model's own labels (``self``, ``clip+self``), every
+rank refreshes them together after every ``train.self_refresh_epochs``-th epoch but the last
+(:func:`lmft_core.train.pseudo.refresh_self_labels`), before the evaluation and the checkpoint, which
+holds them; the refresh's ``pseudo/*`` metrics join the epoch's.
 """
 
 from __future__ import annotations
@@ -26,12 +31,13 @@ import pyarrow as pa
 import torch
 
 from lmft_core.model import ModelConfig, PolicyConfig, SelectorConfig, flat_metrics
-from lmft_core.shards import BATCH_COLUMNS, ClipBatch, ShardSet, batch_from_table, label_map_tensor
+from lmft_core.shards import BATCH_COLUMNS, ClipBatch, ShardSet, batch_from_table, label_map_tensor, read_batches
 from lmft_core.train.adapter import Adapter
 from lmft_core.train.checkpoint import policy_values, save_checkpoint, set_rng_state
 from lmft_core.train.config import TrainConfig
 from lmft_core.train.dist import Dist
 from lmft_core.train.evaluate import EvalResult, evaluate
+from lmft_core.train.pseudo import refresh_self_labels
 from lmft_core.train.step import Learner
 
 EVALUATION_FILE = "evaluation.json"
@@ -91,22 +97,7 @@ class TableEpochData:
 
 def eval_batches(shards: ShardSet, domain: str, split: str, batch_size: int) -> Iterator[ClipBatch]:
     """Batches of ``(domain, split)`` rows read straight from the Parquet files (rank 0's evaluation)."""
-    import pyarrow.dataset as pads
-
-    ds = pads.dataset([str(f) for f in shards.files], format="parquet")
-    flt = (pads.field("domain") == domain) & (pads.field("split") == split)
-    pending: list[pa.RecordBatch] = []
-    rows = 0
-    for rb in ds.to_batches(columns=list(BATCH_COLUMNS), filter=flt, batch_size=batch_size):
-        pending.append(rb)
-        rows += rb.num_rows
-        while rows >= batch_size:
-            table = pa.Table.from_batches(pending)
-            yield batch_from_table(table.slice(0, batch_size))
-            rest = table.slice(batch_size)
-            pending, rows = rest.to_batches(), rest.num_rows
-    if rows:
-        yield batch_from_table(pa.Table.from_batches(pending))
+    return read_batches(shards, domain, split, batch_size)
 
 
 class MetricSink(Protocol):
@@ -150,6 +141,8 @@ def run_worker(job: TrainJob, dist: Dist, data: EpochData, checkpoint: dict | No
         torch.manual_seed(cfg.seed * 7919 + dist.rank * 104729)  # per-rank randomness (drop path)
     resumed = {"resumed_from_epoch": float(start_epoch), "resumed_from_step": float(learner.step),
                **{f"resumed_policy_{k}": v for k, v in flat_metrics(policy_values(adapter.policy)).items()}}
+    if learner.pseudo_source.uses_self:  # the epoch whose self labels the checkpoint held (-1: none yet)
+        resumed["resumed_self_labels_epoch"] = float(-1 if learner.self_labels is None else learner.self_labels.epoch)
     if checkpoint is not None and dist.is_main and sink is not None:
         sink.add({f"train/{k}": v for k, v in resumed.items()}, learner.step)
 
@@ -159,6 +152,11 @@ def run_worker(job: TrainJob, dist: Dist, data: EpochData, checkpoint: dict | No
         last = epoch == cfg.epochs - 1
         metrics = {"epoch": float(epoch + 1), "step": float(learner.step), **epoch_metrics,
                    **{f"policy/{k}": v for k, v in flat_metrics(policy_values(adapter.policy)).items()}}
+        if learner.pseudo_source.uses_self and not last and (epoch + 1) % cfg.self_refresh_epochs == 0:
+            learner.self_labels, pseudo = refresh_self_labels(
+                adapter, shards, dist, source=learner.pseudo_source, gamma_c=cfg.gamma_c, self_gamma=cfg.self_gamma,
+                epoch=epoch + 1, batch_size=cfg.eval_batch_size, device=device, amp_dtype=learner.amp_dtype)
+            metrics.update(pseudo)
         if checkpoint is not None and epoch == start_epoch:
             metrics.update(resumed)
         results: dict[str, EvalResult] = {}

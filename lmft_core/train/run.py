@@ -140,6 +140,21 @@ def target_pass_rate(shards: ShardSet, gamma_c: float) -> tuple[int, int]:
     return int((conf > gamma_c).sum()), len(conf)
 
 
+def clip_label_report(shards: ShardSet, cfg: TrainConfig) -> dict[str, float]:
+    """CLIP's pseudo-labels of target-train before training: ``pseudo/clip_pass_rate`` and, where target
+    labels exist, ``pseudo/clip_accuracy`` (clips above gamma_c) and ``pseudo/clip_accuracy_all`` (for
+    monitoring only: :func:`lmft_core.train.pseudo.pseudo_label_report`)."""
+    from lmft_core.train.pseudo import PSEUDO_LABEL_SOURCES, pseudo_label_report, target_train_rows
+
+    rows = target_train_rows(shards)
+
+    def col(name: str, dtype) -> torch.Tensor:
+        return torch.from_numpy(np.asarray(rows.column(name).fill_null(-1).to_numpy(zero_copy_only=False), dtype=dtype))
+
+    return pseudo_label_report(PSEUDO_LABEL_SOURCES[cfg.pseudo_labels], col("pseudo_label", np.int64),
+                               col("pseudo_confidence", np.float32), cfg.gamma_c, col("label_index", np.int64))
+
+
 def run_training(profile: Profile, shards_path: str | Path, workdir: str | Path,
                  parent_run_id: str | None = None) -> TrainResult:
     """Adapt on ``shards_path`` with ``profile`` (module docstring); returns the finished run's result."""
@@ -156,9 +171,15 @@ def run_training(profile: Profile, shards_path: str | Path, workdir: str | Path,
     run_dir.mkdir(parents=True, exist_ok=True)
     shards = ShardSet.open(job.shards)
     passing, n_target = target_pass_rate(shards, job.train.gamma_c)
-    if passing == 0:
+    if passing == 0 and job.train.pseudo_labels == "clip":
         log.warning("no target-train clip has a CLIP confidence above train.gamma_c=%s: L_t is 0 throughout and the "
-                    "adaptation is source-only (untrained CLIP: %s)", job.train.gamma_c, shards.metadata.get("untrained_clip"))
+                    "adaptation is source-only (untrained CLIP: %s); train.pseudo_labels='self' or 'clip+self' "
+                    "trains on the model's own confident predictions instead", job.train.gamma_c,
+                    shards.metadata.get("untrained_clip"))
+    elif passing == 0:
+        log.warning("no target-train clip has a CLIP confidence above train.gamma_c=%s: L_t comes from the model's "
+                    "own labels only (train.pseudo_labels=%r), from the first refresh after epoch %d on",
+                    job.train.gamma_c, job.train.pseudo_labels, job.train.self_refresh_epochs)
     tracking = profile.section("tracking", TrackingConfig)
     check_tracking_server(job.tracking_uri)  # an unreachable or refusing server fails here, before any compute
     id_file = run_dir / "mlflow_run_id"
@@ -171,7 +192,8 @@ def run_training(profile: Profile, shards_path: str | Path, workdir: str | Path,
                           "lmft.untrained_clip": shards.metadata.get("untrained_clip", False),
                           "lmft.pretrained": job.model.pretrained or "none (random init)"})
             run.log_metrics({"data/target_train_clips": n_target, "data/target_train_pseudo_pass": passing,
-                             "data/target_train_pseudo_pass_rate": passing / n_target, "data/steps_per_epoch": job.steps_per_epoch})
+                             "data/target_train_pseudo_pass_rate": passing / n_target, "data/steps_per_epoch": job.steps_per_epoch,
+                             **clip_label_report(shards, job.train)})
         job = replace(job, mlflow_run_id=run.run_id)
         checkpoint = Path(fit(job, name, workdir).checkpoint.path)
         result = log_artifacts(job, run, name, run_dir, checkpoint, profile.path, time.perf_counter() - t0)

@@ -6,9 +6,13 @@ A step takes ``accum_steps`` micro-batches, each a (source, target) pair of :cla
    micro-batches), so one threshold tau (one per temporal segment with ``lmft-segment``) serves the
    whole step; tau is drawn from a generator seeded by ``(seed, step)``, the same on every rank;
 2. runs the packed forward of source and target together, per micro-batch, and back-propagates
-   ``(L_s + lambda_t * L_t) / accum_steps``, where ``L_t`` is the cross-entropy against CLIP's
-   pseudo-labels on the target clips whose confidence exceeds ``gamma_c``: ``sum / max(count, 1)``,
-   so a micro-batch with no such clip contributes exactly 0 (never 0/0 = NaN);
+   ``(L_s + lambda_t * L_t) / accum_steps``, where ``L_t`` is the cross-entropy against the target
+   clips' pseudo-labels on the clips whose label passes its threshold: ``sum / max(count, 1)``, so a
+   micro-batch with no such clip contributes exactly 0 (never 0/0 = NaN). Which labels and thresholds is
+   ``train.pseudo_labels`` (:mod:`lmft_core.train.pseudo`): CLIP's above ``gamma_c`` (the paper's), the
+   model's own (:attr:`Learner.self_labels`, refreshed by the loop) above ``self_gamma``, or both. The
+   labels are resolved before augmentation, so a flip maps them as it maps CLIP's. The target batches'
+   true ``label`` is set to -1 first: target labels can never reach a loss;
 3. sums the step's losses and discard rates over micro-batches and ranks (one all-reduce), computes
    the reward ``R = sum_d (-lambda_L * L_d - (1 - rho_d))`` from those global means, identical on
    every rank, and back-propagates the REINFORCE surrogate ``-(R - b) * log pi(tau)``;
@@ -45,11 +49,12 @@ from lmft_core.shards import ClipBatch
 from lmft_core.train.adapter import Adapter
 from lmft_core.train.config import TrainConfig
 from lmft_core.train.dist import Dist
+from lmft_core.train.pseudo import PSEUDO_LABEL_SOURCES, SelfLabels, TargetLabels, target_labels
 
 
 # What a step sums over its micro-batches and over ranks (one all-reduce of these, in this order).
 SUMS = ("ce_source", "labelled", "ce_target", "passing", "discard_source", "source_clips", "discard_target",
-        "target_clips", "non_finite")
+        "target_clips", "non_finite", "clip_passing", "self_passing", "conflicts")
 
 
 def step_generator(seed: int, step: int, stream: int = 0) -> torch.Generator:
@@ -122,6 +127,8 @@ class Learner:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, [model_lambda, model_lambda, lambda s: 1.0])
         self.learns_policy = adapter.selector_config.learns_policy  # lmft, lmft-segment
         self.skipped_steps = 0
+        self.pseudo_source = PSEUDO_LABEL_SOURCES[cfg.pseudo_labels]
+        self.self_labels: SelfLabels | None = None  # the model's own target labels, once refreshed (loop)
 
     @property
     def step(self) -> int:
@@ -139,6 +146,12 @@ class Learner:
             batch = replace(batch, frames=color_jitter(batch.frames, self.cfg.color_jitter, g))
         return batch
 
+    def _targets(self, tgt: ClipBatch) -> tuple[ClipBatch, TargetLabels]:
+        """The target batch with its true labels blanked (-1) and ``pseudo_label`` set to the label it trains
+        on (``train.pseudo_labels``), and which clips use it."""
+        labels = target_labels(self.pseudo_source, tgt, self.self_labels, self.cfg.gamma_c, self.cfg.self_gamma)
+        return replace(tgt, label=torch.full_like(tgt.label, -1), pseudo_label=labels.label), labels
+
     def _mix(self, src: ClipBatch, tgt: ClipBatch, i: int) -> tuple[ClipBatch, ClipBatch]:
         """Background mixing of the source clips with the target clips' scenes (``train.background_mix``)."""
         if self.cfg.background_mix > 0:
@@ -152,7 +165,9 @@ class Learner:
         if len(micro_batches) != cfg.accum_steps:
             raise ValueError(f"a step takes train.accum_steps={cfg.accum_steps} micro-batches, got {len(micro_batches)}")
         self.adapter.train()
-        pairs = [self._mix(self._prepare(s, 2 * i), self._prepare(t, 2 * i + 1), i) for i, (s, t) in enumerate(micro_batches)]
+        targets = [self._targets(t) for _, t in micro_batches]
+        pairs = [self._mix(self._prepare(s, 2 * i), self._prepare(targets[i][0], 2 * i + 1), i)
+                 for i, (s, _) in enumerate(micro_batches)]
         energy = torch.cat([b.energy for pair in pairs for b in pair])
         sel = self.adapter.selection(energy, step_generator(cfg.seed, step))  # one call: one tau for the step
         keeps = sel.keep.split([len(b) for pair in pairs for b in pair])
@@ -174,7 +189,8 @@ class Learner:
                 ce_s = F.cross_entropy(logits[: len(src)], src.label, ignore_index=-1, reduction="none",
                                        label_smoothing=cfg.label_smoothing)
                 labelled = src.label >= 0
-                passing = tgt.pseudo_confidence > cfg.gamma_c
+                tl = targets[i][1]
+                passing = tl.use.to(self.device)
                 ce_t = F.cross_entropy(logits[len(src):], tgt.pseudo_label, reduction="none",
                                        label_smoothing=cfg.label_smoothing) * passing
                 loss_s = ce_s.sum() / labelled.sum().clamp(min=1)
@@ -183,14 +199,17 @@ class Learner:
             with torch.no_grad():
                 parts = [ce_s.sum(), labelled.sum(), ce_t.sum(), passing.sum(), rho[2 * i].sum(),
                          src.label.new_tensor(len(src)), rho[2 * i + 1].sum(), src.label.new_tensor(len(tgt)),
-                         ~torch.isfinite(logits).all()]
-                sums += torch.stack([p.double() for p in parts])
+                         ~torch.isfinite(logits).all(), tl.clip_pass.sum(), tl.self_pass.sum(), tl.conflict.sum()]
+                sums += torch.stack([p.double().to(self.device) for p in parts])
         s = dict(zip(SUMS, self.dist.all_reduce_sum(sums)))
         loss_s, loss_t = s["ce_source"] / s["labelled"].clamp(min=1), s["ce_target"] / s["passing"].clamp(min=1)
         rho_s, rho_t = s["discard_source"] / s["source_clips"], s["discard_target"] / s["target_clips"]
         metrics = {"loss_source": float(loss_s), "loss_target": float(loss_t),
                    "loss": float(loss_s + cfg.lambda_t * loss_t), "discard_rate_source": float(rho_s),
                    "discard_rate_target": float(rho_t), "pseudo_label_pass_rate": float(s["passing"] / s["target_clips"]),
+                   "pseudo_clip_pass_rate": float(s["clip_passing"] / s["target_clips"]),
+                   "pseudo_self_pass_rate": float(s["self_passing"] / s["target_clips"]),
+                   "pseudo_conflict_rate": float(s["conflicts"] / s["target_clips"]),
                    "clips": float(s["source_clips"] + s["target_clips"])}
         if s["non_finite"] > 0 or not (math.isfinite(metrics["loss_source"]) and math.isfinite(metrics["loss_target"])):
             self.optimizer.zero_grad(set_to_none=True)
@@ -219,12 +238,15 @@ class Learner:
         }
 
     def state_dict(self) -> dict:
-        """Adapter (model and policy), optimizer, scheduler and counters, for a checkpoint."""
+        """Adapter (model and policy), optimizer, scheduler, counters and the self-training labels (None
+        before the first refresh), for a checkpoint."""
         return {"adapter": self.adapter.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "skipped_steps": self.skipped_steps}
+                "scheduler": self.scheduler.state_dict(), "skipped_steps": self.skipped_steps,
+                "self_labels": None if self.self_labels is None else self.self_labels.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self.adapter.load_state_dict(state["adapter"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.skipped_steps = int(state["skipped_steps"])
+        self.self_labels = SelfLabels.from_state(state.get("self_labels"))
