@@ -34,13 +34,18 @@ def shared_videos() -> Path:
     return SHARED_VIDEOS
 
 
-@pytest.fixture(scope="session")
-def ray_local():
-    """One local Ray instance for the whole session (2 CPUs, no dashboard)."""
+def start_local_ray():
     import ray
 
     os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    return ray
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray instance for the whole session (2 CPUs, no dashboard)."""
+    ray = start_local_ray()
     yield ray
     ray.shutdown()
 

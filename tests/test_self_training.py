@@ -215,7 +215,7 @@ def _refresh_worker(rank: int, world: int, init_file: str, shards_path: str, out
 def test_every_rank_holds_the_same_table_after_a_refresh(tiny_shards, tmp_path):
     import torch.multiprocessing as mp
 
-    with mp.Manager() as manager:
+    with mp.get_context("spawn").Manager() as manager:  # never fork the test process (it may hold a Ray driver)
         out = manager.dict()
         mp.spawn(_refresh_worker, args=(2, str(tmp_path / "pg"), str(tiny_shards), out), nprocs=2, join=True)
         out = dict(out)

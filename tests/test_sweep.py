@@ -21,6 +21,14 @@ SWEEP = ["sweep.search='random'", "sweep.num_samples=3", "sweep.gamma_c=[0.2, 0.
 
 @pytest.fixture(scope="module")
 def swept(tiny_shards, tmp_path_factory):
+    import ray
+
+    from conftest import start_local_ray
+
+    # a new Ray instance for the sweep: nothing left over from earlier tests of the session
+    # (a sweep once waited for ever here for a trial that Ray had started, after the whole suite before it)
+    ray.shutdown()
+    start_local_ray()
     workdir = tmp_path_factory.mktemp("sweep")
     return run_sweep(load_profile("demo", TINY_CLIP_GEOMETRY + TINY_TRAIN + SWEEP), tiny_shards, workdir), workdir
 

@@ -286,7 +286,7 @@ def test_the_policy_is_identical_on_every_worker_after_every_step(tmp_path, sele
     import torch.multiprocessing as mp
 
     steps = 5
-    with mp.Manager() as manager:
+    with mp.get_context("spawn").Manager() as manager:  # never fork the test process (it may hold a Ray driver)
         out = manager.dict()
         mp.spawn(_worker, args=(2, str(tmp_path / "pg"), out, steps, selector), nprocs=2, join=True)
         out = dict(out)
