@@ -237,11 +237,32 @@ def render(done: dict, profile: Profile) -> str:
         f"x {train.workers} worker(s). Chance is {1 / len(demo.classes):.2f}. Machine: {machine_description()}.",
         "",
     ]
+    chance = 1 / len(demo.classes)
     for group, title in TITLES.items():
         if group not in done:
             continue
-        lines += [f"## {title}", "", group_table(done[group]["rows"], done[group]["extra"]), ""]
+        lines += [f"## {title}", "", group_table(done[group]["rows"], done[group]["extra"]), "", reading(done[group]["rows"], chance), ""]
+    lines += ["*train clips/s* is each training's own measurement (source + target clips over its epochs' data wait and",
+              "step time) and depends on what else ran on the machine; `docs/benchmarks.md` (section `train`) has",
+              "throughput measured side by side on a quiet machine.", ""]
     return "\n".join(lines)
+
+
+def reading(rows: dict[str, list[dict]], chance: float) -> str:
+    """What the table supports, computed from it: transfer against chance, differences against the spread."""
+    means = {label: statistics.mean(r["top1"] for r in runs) for label, runs in rows.items()}
+    spread = max((statistics.stdev(r["top1"] for r in runs) for runs in rows.values() if len(runs) > 1), default=0.0)
+    best, worst = max(means, key=means.get), min(means, key=means.get)
+    text = (f"Reading (computed): the best row is *{best}* ({means[best]:.3f}), the worst *{worst}* ({means[worst]:.3f}); "
+            f"their difference {means[best] - means[worst]:.3f} against a largest seed spread (sd) of {spread:.3f}")
+    text += ": larger than the spread." if means[best] - means[worst] > 2 * spread else ": within about two spreads, not a clear difference."
+    full = [runs for label, runs in rows.items() if label.startswith("full tokens")]
+    if full:
+        m = statistics.mean(r["top1"] for r in full[0])
+        met = "meets" if m >= 2 * chance else "does not meet"
+        text += (f" Full-token training reaches {m:.3f} on target against chance {chance:.2f}: it {met} the bar of twice "
+                 f"chance ({2 * chance:.2f}) below which comparisons of token selection say little.")
+    return text
 
 
 if __name__ == "__main__":
