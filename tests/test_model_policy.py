@@ -284,7 +284,7 @@ def test_next_rule_budgets_and_calibration():
     assert keep_rule.build()(e).keep.float().mean().item() == pytest.approx(0.25)
     nxt = SelectorConfig(name="threshold", calibrate=True, keep_ratio=0.2, first_segment="next").calibrated(e)
     assert abs(nxt.build()(e).keep.float().mean().item() - 0.2) < 1 / 64
-    assert SelectorConfig(name="random", match="lmft", first_segment="next").label == "random-match-lmft+first-next"
+    assert SelectorConfig(name="random", match="lmft", first_segment="next").label == "random-match-lmft.first-next"
     with pytest.raises(ConfigError, match="selector.first_segment 'last'"):
         SelectorConfig(first_segment="last")
 
@@ -501,3 +501,13 @@ def test_segment_thresholds_under_the_next_rule_against_a_naive_loop():
         for t in range(4):
             ref = e[b, max(t, 1)] > tau[max(t, 1) - 1]
             assert torch.equal(keep[b, t], ref)
+
+
+def test_selector_labels_are_valid_mlflow_metric_names():
+    """Labels name metrics (``eval_target/<label>/top1``): MLflow allows only alphanumerics, _ - . space : /."""
+    from mlflow.utils.validation import _validate_metric_name
+
+    for cfg in (SelectorConfig(), SelectorConfig(name="lmft-segment"), SelectorConfig(name="random", match="lmft-segment"),
+                SelectorConfig(name="threshold", calibrate=True, first_segment="next"), SelectorConfig(name="topk", first_segment="next"),
+                SelectorConfig(name="threshold", tau=0.25), SelectorConfig(name="random", drop_rate=0.3, first_segment="next")):
+        _validate_metric_name(f"eval_target/{cfg.label}/top1")

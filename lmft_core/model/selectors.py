@@ -110,8 +110,8 @@ class SelectorConfig:
     def label(self) -> str:
         """A short name for tables, metric names and run names: ``lmft``, ``lmft-segment``, ``random-match-lmft``,
         ``random-drop0.50``, ``threshold-tau0.3``, ``threshold-keep0.50`` (to calibrate), ``topk-keep0.50``;
-        ``+first-next`` appended under the ``next`` first-segment rule."""
-        return self._name_label + ("" if self.first_segment == "keep" else f"+first-{self.first_segment}")
+        ``.first-next`` appended under the ``next`` first-segment rule."""
+        return self._name_label + ("" if self.first_segment == "keep" else f".first-{self.first_segment}")
 
     @property
     def learns_policy(self) -> bool:
