@@ -94,7 +94,7 @@ GROUPS: dict[str, list[Setting]] = {
     ],
     "policy": [
         Setting("one threshold per clip"),
-        Setting("one threshold per segment", overrides=('selector.name="lmft-segment"', 'policy.kind="segment"')),
+        Setting("one threshold per segment", overrides=('selector.name="lmft-segment"',)),
     ],
     "first": [
         Setting("first segment always kept (paper)"),
@@ -242,6 +242,10 @@ def render(done: dict, profile: Profile) -> str:
         if group not in done:
             continue
         lines += [f"## {title}", "", group_table(done[group]["rows"], done[group]["extra"]), "", reading(done[group]["rows"], chance), ""]
+    missing = [g for g in TITLES if g not in done]
+    if missing:
+        lines += [f"Not run yet for this document: {', '.join(f'`{g}`' for g in missing)} "
+                  f"(`python benchmarks/results.py --groups {','.join(missing)}` adds them).", ""]
     lines += ["*train clips/s* is each training's own measurement (source + target clips over its epochs' data wait and",
               "step time) and depends on what else ran on the machine; `docs/benchmarks.md` (section `train`) has",
               "throughput measured side by side on a quiet machine.", ""]

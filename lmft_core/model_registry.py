@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 
 from lmft_core.config import ClipConfig, ConfigError
 from lmft_core.energy import EnergyConfig
+from lmft_core.tracking import using_tracking_uri
 
 
 class ModelRegistryError(ConfigError):
@@ -56,10 +57,8 @@ def _tau_tag(tau_hat: float | tuple[float, ...]) -> str:
 
 
 def _client(tracking_uri: str):
-    import mlflow
     from mlflow import MlflowClient
 
-    mlflow.set_tracking_uri(tracking_uri)
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
 
@@ -80,7 +79,8 @@ def resolve(ref: str, tracking_uri: str) -> ModelInfo:
 
     client = _client(tracking_uri)
     try:
-        info = mlflow.models.get_model_info(ref)
+        with using_tracking_uri(tracking_uri):
+            info = mlflow.models.get_model_info(ref)
     except (MlflowException, OSError) as e:
         raise ModelRegistryError(f"model {ref!r} cannot be found in the MLflow store {tracking_uri}: "
                                  f"{getattr(e, 'message', e)}{_known_models(client)}") from None
@@ -110,7 +110,11 @@ def register(model_uri: str, name: str, alias: str, tracking_uri: str, tags: dic
         existing = [v for v in client.search_model_versions(f"name='{name}'") if v.source == model_uri]
     except Exception:  # noqa: BLE001 - no such registered model yet
         existing = []
-    version = existing[0] if existing else mlflow.register_model(model_uri, name)
+    if existing:
+        version = existing[0]
+    else:
+        with using_tracking_uri(tracking_uri):
+            version = mlflow.register_model(model_uri, name)
     for key, value in (facts.tags() | (tags or {})).items():
         client.set_model_version_tag(name, version.version, key, value)
     client.set_registered_model_alias(name, alias, version.version)

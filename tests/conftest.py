@@ -34,6 +34,17 @@ def shared_videos() -> Path:
     return SHARED_VIDEOS
 
 
+@pytest.fixture(autouse=True)
+def _no_tracking_uri_leaks(monkeypatch):
+    """No test sees, or leaves behind, a tracking URI of another test (``mlflow.set_tracking_uri`` also sets
+    ``MLFLOW_TRACKING_URI`` for the process)."""
+    from mlflow.tracking._tracking_service import utils
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setattr(utils, "_tracking_uri", None)
+    yield
+
+
 def start_local_ray():
     import ray
 

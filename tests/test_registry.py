@@ -58,3 +58,20 @@ def test_threshold_policies_are_registered_by_kind():
     with pytest.raises(ConfigError, match="policy of selector 'mine' 'vector' is not a registered threshold policy"):
         register_selector("mine", policy="vector")
     assert "mine" not in SELECTORS
+
+
+def test_using_tracking_uri_restores_the_process_state(monkeypatch, tmp_path):
+    import os
+
+    import mlflow
+
+    from lmft_core.tracking import using_tracking_uri
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://user-choice:5000")
+    with using_tracking_uri(f"sqlite:///{tmp_path / 'a.db'}"):
+        assert mlflow.get_tracking_uri().endswith("a.db") and os.environ["MLFLOW_TRACKING_URI"].endswith("a.db")
+    assert os.environ["MLFLOW_TRACKING_URI"] == "http://user-choice:5000"
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    with using_tracking_uri(f"sqlite:///{tmp_path / 'b.db'}"):
+        pass
+    assert "MLFLOW_TRACKING_URI" not in os.environ

@@ -53,8 +53,10 @@ def test_trials_parent_and_child_runs_and_the_best_model(swept):
     assert result.model_uri.startswith("models:/m-")
     import mlflow
 
-    mlflow.set_tracking_uri(f"sqlite:///{workdir / 'mlflow.db'}")
-    assert mlflow.models.get_model_info(result.model_uri).metadata["classes"] == ["jump", "walk", "wave"]
+    from lmft_core.tracking import using_tracking_uri
+
+    with using_tracking_uri(f"sqlite:///{workdir / 'mlflow.db'}"):
+        assert mlflow.models.get_model_info(result.model_uri).metadata["classes"] == ["jump", "walk", "wave"]
     with open(result.results_csv, newline="") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 3 and {"trial", "gamma_c", "eval_source_val/lmft/top1", "eval_target/lmft/top1"} <= set(rows[0])

@@ -45,9 +45,10 @@ def log_model(adapter: Adapter, run_id: str, tracking_uri: str, metadata: dict) 
     """Log ``adapter`` as the run's ``model``; returns its ``models:/`` URI."""
     import mlflow
 
-    mlflow.set_tracking_uri(tracking_uri)
+    from lmft_core.tracking import using_tracking_uri
+
     reqs = [f"torch=={torch.__version__.split('+')[0]}", f"numpy=={np.__version__}"]
-    with mlflow.start_run(run_id=run_id):
+    with using_tracking_uri(tracking_uri), mlflow.start_run(run_id=run_id):
         info = mlflow.pytorch.log_model(adapter, name="model", serialization_format="pickle",
                                         code_paths=[str(Path(lmft_core.__file__).parent)], pip_requirements=reqs,
                                         metadata=metadata)
