@@ -68,7 +68,10 @@ def test_run_logs_params_metrics_artifacts_and_a_model_that_predicts(trained, ti
     # the logged model: mlflow.pytorch.load_model gives the adapter with tau_hat inside
     import mlflow.pytorch
 
-    model = mlflow.pytorch.load_model(result.model_uri)
+    from lmft_core.tracking import using_tracking_uri
+
+    with using_tracking_uri(result.tracking_uri):
+        model = mlflow.pytorch.load_model(result.model_uri)
     b = batch_from_table(ShardSet.open(tiny_shards).read("target", "test", BATCH_COLUMNS))
     out = model.predict(b.frames, b.energy)
     assert out["probs"].shape == (6, 3) and torch.allclose(out["probs"].sum(-1), torch.ones(6))
@@ -105,7 +108,10 @@ def test_a_run_with_one_threshold_per_segment(tiny_shards, tmp_path):
     info = resolve(result.model_uri, result.tracking_uri)
     assert info.tau_hat == pytest.approx(tuple(result.tau_hat)) and json.loads(info.tags()["lmft.tau_hat"]) == \
         pytest.approx(result.tau_hat, abs=1e-6)
-    model = mlflow.pytorch.load_model(result.model_uri)
+    from lmft_core.tracking import using_tracking_uri
+
+    with using_tracking_uri(result.tracking_uri):
+        model = mlflow.pytorch.load_model(result.model_uri)
     assert model.policy.inference_tau().tolist() == pytest.approx(result.tau_hat)
     b = batch_from_table(ShardSet.open(tiny_shards).read("target", "test", BATCH_COLUMNS))
     out = model.predict(b.frames, b.energy)
