@@ -23,9 +23,13 @@ TINY_WORKFLOW = ["demo_data.classes=['wave', 'jump']", "demo_data.videos_per_cla
 
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on now (for servers a test starts)."""
+    """A TCP port that nothing uses now on any IPv4 address (for servers a test starts).
+
+    Bound on all interfaces, not 127.0.0.1 only: Ray's gRPC servers set SO_REUSEPORT, so a head whose GCS
+    takes a port another process holds on the host's IP (a core worker of the session's local Ray) starts
+    fine, while a second node, which dials the host's IP, reaches the other process and never joins."""
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind(("", 0))
         return s.getsockname()[1]
 
 
