@@ -88,7 +88,7 @@ GROUPS: dict[str, list[Setting]] = {
         Setting("full tokens", data="camera", overrides=('selector.name="full"',)),
     ],
     "pseudo": [
-        Setting("pseudo-labels: clip", overrides=('train.pseudo_labels="clip"',)),
+        Setting("pseudo-labels: clip (paper; the LMFT row of main)"),
         Setting("pseudo-labels: self", overrides=('train.pseudo_labels="self"',)),
         Setting("pseudo-labels: clip+self", overrides=('train.pseudo_labels="clip+self"',)),
     ],
