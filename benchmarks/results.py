@@ -37,8 +37,7 @@ import json
 import statistics
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -55,32 +54,29 @@ CAMERA = CameraMotion(pan_px_per_s=20.0, shake_px=3.0, zoom_per_s=0.1)  # the ca
 
 @dataclass(frozen=True)
 class Setting:
-    """One row of a group: a label, the data it trains on and its ``--set`` overrides."""
+    """One row of a group: a label, the data it trains on and its ``--set`` overrides; ``from_lmft`` one
+    more override, formatted with the group's LMFT row's mean discard rate ``d`` (its keep ratio ``k = 1 - d``)."""
 
     label: str
     data: str = "static"  # "static" or "camera"
     energy: str = "diff"
     overrides: tuple[str, ...] = ()
-    derive: Callable[[dict], tuple[str, ...]] | None = field(default=None, compare=False)  # overrides from other rows
+    from_lmft: str = ""
 
-
-def _match_lmft(rows: dict) -> tuple[str, ...]:
-    rate = statistics.mean(r["discard_rate"] for r in rows["LMFT"])
-    return (f"selector.drop_rate={rate:.3f}",)
-
-
-def _keep_as_lmft(rows: dict) -> tuple[str, ...]:
-    rate = statistics.mean(r["discard_rate"] for r in rows["LMFT"])
-    return (f"selector.keep_ratio={1 - rate:.3f}",)
+    def all_overrides(self, rows: dict[str, list[dict]]) -> tuple[str, ...]:
+        if not self.from_lmft:
+            return self.overrides
+        d = statistics.mean(r["discard_rate"] for r in rows["LMFT"])
+        return (*self.overrides, self.from_lmft.format(d=d, k=1 - d))
 
 
 GROUPS: dict[str, list[Setting]] = {
     "main": [
         Setting("LMFT"),
         Setting("full tokens", overrides=('selector.name="full"',)),
-        Setting("random drop at LMFT's rate", overrides=('selector.name="random"',), derive=_match_lmft),
+        Setting("random drop at LMFT's rate", overrides=('selector.name="random"',), from_lmft="selector.drop_rate={d:.3f}"),
         Setting("fixed threshold at LMFT's keep ratio", overrides=('selector.name="threshold"', "selector.calibrate=true"),
-                derive=_keep_as_lmft),
+                from_lmft="selector.keep_ratio={k:.3f}"),
     ],
     "camera": [
         Setting("LMFT, diff energy", data="camera"),
@@ -120,9 +116,8 @@ def energy_ncm(shards: ShardSet) -> float:
     """Sanity row without a ViT: classify each target-test clip by the nearest (L2) class mean of the
     source-train energy maps; top-1 on target-test."""
     def read(domain, split):
-        t = shards.read(domain, split, ["energy", "energy_shape", "label"])
-        x = unpack_array(t, "energy", np.float32).reshape(t.num_rows, -1)
-        return x, np.array([shards.classes.index(v) for v in t.column("label").to_pylist()])
+        t = shards.read(domain, split, ["energy", "energy_shape", "label_index"])
+        return unpack_array(t, "energy", np.float32).reshape(t.num_rows, -1), t.column("label_index").fill_null(-1).to_numpy()
 
     xs, ys = read("source", "train")
     xt, yt = read("target", "test")
@@ -132,15 +127,12 @@ def energy_ncm(shards: ShardSet) -> float:
 
 
 def train_row(profile: Profile, shards: Path, workdir: Path, overrides: tuple[str, ...], seed: int) -> dict:
+    from lmft_core.train.evaluate import headline
     from lmft_core.train.run import run_training
 
-    p = profile.with_overrides([*overrides, f"train.seed={seed}"])
-    result = run_training(p, shards, workdir)
-    main = next(iter(result.evaluation.values()))
-    return {"seed": seed, "top1": main["top1"], "mean_class_accuracy": main["mean_class_accuracy"],
-            "discard_rate": main["discard_rate"], "gflops_per_clip": main["gflops_per_clip"],
-            "train_clips_per_s": result.train_clips_per_s, "elapsed_s": result.elapsed_s, "run": result.run_name,
-            "evaluation": result.evaluation}
+    result = run_training(profile.with_overrides([*overrides, f"train.seed={seed}"]), shards, workdir)
+    return {"seed": seed, **headline(result.evaluation), "train_clips_per_s": result.train_clips_per_s,
+            "elapsed_s": result.elapsed_s, "run": result.run_name, "evaluation": result.evaluation}
 
 
 def _mean_spread(values: list[float]) -> str:
@@ -182,11 +174,18 @@ def main(argv: list[str] | None = None) -> int:
     store = workdir / "results.json"
     done: dict = json.loads(store.read_text()) if store.is_file() else {}
     t0 = time.perf_counter()
+    prepared: dict[tuple[str, str], Path] = {}
+
+    def shards_of(data: str, energy: str) -> Path:
+        if (data, energy) not in prepared:
+            prepared[data, energy] = prepare_data(profile, workdir, data, energy)
+        return prepared[data, energy]
+
     for group in groups:
         rows: dict[str, list[dict]] = {}
         for setting in GROUPS[group]:
-            shards = prepare_data(profile, workdir, setting.data, setting.energy)
-            overrides = setting.overrides + (setting.derive(rows) if setting.derive else ())
+            shards = shards_of(setting.data, setting.energy)
+            overrides = setting.all_overrides(rows)
             runs = done.setdefault("runs", {})
             rows[setting.label] = []
             for seed in range(args.seeds):
@@ -199,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
                   flush=True)
         extra = {}
         if group == "main":
-            shards = ShardSet.open(prepare_data(profile, workdir, "static", "diff"))
+            shards = ShardSet.open(shards_of("static", "diff"))
             extra["sanity: nearest class mean of the energy maps (no ViT)"] = f"{energy_ncm(shards):.3f}"
         done[group] = {"rows": rows, "extra": extra, "overrides": args.overrides, "seeds": args.seeds}
         store.write_text(json.dumps(done, indent=2))

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from lmft_core.files import atomic_write
-from lmft_core.manifest import write_manifest
+from lmft_core.manifest import DOMAINS, write_manifest
 
 MARKER = ".lmft_demo_data.json"
 
@@ -87,7 +87,6 @@ APPEARANCES: dict[str, Appearance] = {
     # a milder target look: no texture, half the darkening, cast and noise (the results' preset)
     "target_mild": Appearance(texture=False, brightness=0.8, clutter=5, noise_std=0.03, color_cast=(1.05, 0.95, 0.87)),
 }
-DOMAINS = ("source", "target")
 
 
 @dataclass(frozen=True)

@@ -86,7 +86,8 @@ class SweepConfig:
         if self.num_samples < 1 or self.grace_period < 1 or self.reduction_factor < 2:
             raise ConfigError("sweep.num_samples and grace_period must be >= 1, reduction_factor >= 2")
         if self.data_cpus < 1 or self.max_concurrent < 0:
-            raise ConfigError(f"sweep.data_cpus must be >= 1 (Ray Data's tasks take whole CPUs) and max_concurrent >= 0, "
+            raise ConfigError(f"sweep.data_cpus must be >= 1 (with less, concurrent trials wait for each other's ingest: "
+                              f"module docstring) and max_concurrent >= 0, "
                               f"got {self.data_cpus} and {self.max_concurrent}")
         if self.metric.startswith("eval_target/") and not self.select_on_target_labels:
             raise ConfigError(f"sweep.metric={self.metric!r} selects by target labels: set "

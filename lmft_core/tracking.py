@@ -196,20 +196,16 @@ def using_tracking_uri(uri: str) -> Iterator[None]:
     """MLflow's module-level functions (``log_model``, ``get_model_info``, ``load_model``) read the global
     tracking URI, and ``mlflow.set_tracking_uri`` also sets ``MLFLOW_TRACKING_URI`` for the whole process.
     Set ``uri`` for the block only; the previous URI and environment come back afterwards, so one call
-    never redirects what the process logs next."""
+    never redirects what the process logs next (``set_tracking_uri`` keeps the global and the variable in
+    step; ``None`` unsets both)."""
     import mlflow
-    from mlflow.tracking._tracking_service import utils
 
-    old_uri, old_env = utils._tracking_uri, os.environ.get("MLFLOW_TRACKING_URI")
+    previous = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)
     try:
         yield
     finally:
-        mlflow.set_tracking_uri(old_uri)
-        if old_env is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = old_env
+        mlflow.set_tracking_uri(previous)
 
 
 @contextmanager

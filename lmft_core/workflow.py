@@ -240,12 +240,11 @@ def _evaluation_of(run_id: str, uri: str) -> dict:
 def _comparison_row(training: str, evaluation: dict, run_id: str, uri: str) -> dict:
     from mlflow import MlflowClient
 
-    main = next(iter(evaluation.values()))  # the training selector comes first
+    from lmft_core.train.evaluate import headline
+
     metrics = MlflowClient(tracking_uri=uri).get_run(run_id).data.metrics
-    return {"training": training, "selector": main["selector"], "top1": main["top1"],
-            "mean_class_accuracy": main["mean_class_accuracy"], "discard_rate": main["discard_rate"],
-            "gflops_per_clip": main["gflops_per_clip"], "train_clips_per_s": metrics.get("final/train_clips_per_s", float("nan")),
-            "run_id": run_id}
+    return {"training": training, **headline(evaluation),
+            "train_clips_per_s": metrics.get("final/train_clips_per_s", float("nan")), "run_id": run_id}
 
 
 def _write_comparison(rows: list[dict], path: Path) -> Path:

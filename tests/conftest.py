@@ -37,11 +37,8 @@ def shared_videos() -> Path:
 @pytest.fixture(autouse=True)
 def _no_tracking_uri_leaks(monkeypatch):
     """No test sees, or leaves behind, a tracking URI of another test (``mlflow.set_tracking_uri`` also sets
-    ``MLFLOW_TRACKING_URI`` for the process)."""
-    from mlflow.tracking._tracking_service import utils
-
+    ``MLFLOW_TRACKING_URI`` for the process; the library sets it only inside ``using_tracking_uri``)."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.setattr(utils, "_tracking_uri", None)
     yield
 
 

@@ -114,10 +114,9 @@ def test_bad_profile_setting_is_a_clear_error(tmp_path):
         run_full(load_profile("demo"), tmp_path / "w2", force=("train",))
 
 
-def test_artifacts_beside_the_embedded_store_only(tmp_path, monkeypatch):
+def test_artifacts_beside_the_embedded_store_only(tmp_path):
     from lmft_core.tracking import TrackingConfig, artifact_location
 
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     embedded = TrackingConfig().resolve_uri(tmp_path)
     assert embedded == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
     assert artifact_location(embedded, tmp_path) == (tmp_path.resolve() / "mlartifacts").as_uri()

@@ -447,8 +447,6 @@ def test_lmft_segment_selector_keeps_energy_above_each_segments_threshold():
     assert sel.tau.shape == (3,) and len(set(sel.tau.tolist())) == 3
     assert torch.equal(sel.keep, naive_segment_keep(e, sel.tau))
     assert sel.keep[:, 0].all()
-    # the (N_t,) form of keep_above: entry 0 unused
-    assert torch.equal(keep_above(e, torch.cat([torch.tensor([2.0]), sel.tau])), sel.keep)
     with pytest.raises(ValueError, match="one per segment"):
         keep_above(e, torch.tensor([0.5, 0.5]))
     policy.eval()

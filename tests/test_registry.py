@@ -74,4 +74,4 @@ def test_using_tracking_uri_restores_the_process_state(monkeypatch, tmp_path):
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
     with using_tracking_uri(f"sqlite:///{tmp_path / 'b.db'}"):
         pass
-    assert "MLFLOW_TRACKING_URI" not in os.environ
+    assert "MLFLOW_TRACKING_URI" not in os.environ and not mlflow.get_tracking_uri().endswith("b.db")

@@ -140,16 +140,12 @@ class ThresholdPolicy(nn.Module):
         eps = eps.to(self.mu.device)
         return torch.sigmoid(self.mu + self.sigma * eps).detach().clamp(1e-6, 1 - 1e-6)  # finite log pi
 
-    def log_density(self, tau: Tensor) -> Tensor:
-        """Elementwise logit-normal log densities of ``tau`` (values in (0, 1)), broadcast against mu:
+    def log_prob(self, tau: Tensor) -> Tensor:
+        """log pi(tau) of thresholds ``tau`` (any shape, values in (0, 1)), elementwise, broadcast against mu:
         ``log N(logit(tau); mu, sigma^2) - log(tau) - log(1 - tau)``; differentiable in mu, log_sigma."""
         u = torch.logit(tau)
         normal = -0.5 * ((u - self.mu) / self.sigma) ** 2 - self.log_sigma - 0.5 * math.log(2 * math.pi)
         return normal - torch.log(tau) - torch.log1p(-tau)
-
-    def log_prob(self, tau: Tensor) -> Tensor:
-        """log pi(tau) of thresholds ``tau`` (any shape, values in (0, 1)); differentiable in mu, log_sigma."""
-        return self.log_density(tau)
 
     def reward(self, losses: Sequence[Tensor | float], discard_rates: Sequence[Tensor | float]) -> Tensor:
         """R = sum_d (-lambda_L * loss_d - (1 - rho_d)); one loss and one mean discard rate per domain.
@@ -256,7 +252,7 @@ class SegmentThresholdPolicy(ThresholdPolicy):
         if tau.shape[-1:] != self.mu.shape:
             raise ValueError(f"tau must end in {tuple(self.mu.shape)} (one threshold per segment 1..N_t-1), "
                              f"got shape {tuple(tau.shape)}")
-        return self.log_density(tau).sum(-1)
+        return super().log_prob(tau).sum(-1)
 
 
 POLICIES.register("scalar", ThresholdPolicy)

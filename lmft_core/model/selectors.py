@@ -97,21 +97,18 @@ class SelectorConfig:
             raise ConfigError(f"selector.calibrate applies to name='threshold' only, not {self.name!r}")
 
     @property
-    def _name_label(self) -> str:
-        if self.name == "random":
-            return f"random-match-{self.match}" if self.match else f"random-drop{self.drop_rate:.2f}"
-        if self.name == "threshold":
-            return f"threshold-keep{self.keep_ratio:.2f}" if self.calibrate else f"threshold-tau{self.tau:.3g}"
-        if self.name == "topk":
-            return f"topk-keep{self.keep_ratio:.2f}"
-        return self.name
-
-    @property
     def label(self) -> str:
         """A short name for tables, metric names and run names: ``lmft``, ``lmft-segment``, ``random-match-lmft``,
         ``random-drop0.50``, ``threshold-tau0.3``, ``threshold-keep0.50`` (to calibrate), ``topk-keep0.50``;
         ``.first-next`` appended under the ``next`` first-segment rule."""
-        return self._name_label + ("" if self.first_segment == "keep" else f".first-{self.first_segment}")
+        base = self.name
+        if self.name == "random":
+            base = f"random-match-{self.match}" if self.match else f"random-drop{self.drop_rate:.2f}"
+        elif self.name == "threshold":
+            base = f"threshold-keep{self.keep_ratio:.2f}" if self.calibrate else f"threshold-tau{self.tau:.3g}"
+        elif self.name == "topk":
+            base = f"topk-keep{self.keep_ratio:.2f}"
+        return base + ("" if self.first_segment == "keep" else f".first-{self.first_segment}")
 
     @property
     def learns_policy(self) -> bool:
@@ -147,15 +144,14 @@ class SelectorConfig:
 
 @dataclass(frozen=True)
 class FirstSegmentRule:
-    """A first-segment rule: ``forced`` (the first segment is always kept) and ``copies_next`` (its
-    energy becomes that of the segment after it)."""
+    """A first-segment rule: ``forced``, the first segment is always kept (the paper's); else it is
+    selected like the others, on the energy of the segment after it."""
 
     forced: bool
-    copies_next: bool
 
     def energy(self, energy: Tensor) -> Tensor:
         """The energies the selector compares, (B, N_t, N_h, N_w) (a copy when changed)."""
-        if not self.copies_next or energy.shape[1] < 2:
+        if self.forced or energy.shape[1] < 2:
             return energy
         energy = energy.clone()
         energy[:, 0] = energy[:, 1]
@@ -163,8 +159,8 @@ class FirstSegmentRule:
 
 
 FIRST_SEGMENT_RULES: Registry[FirstSegmentRule] = Registry("first-segment rule")
-FIRST_SEGMENT_RULES.register("keep", FirstSegmentRule(forced=True, copies_next=False))
-FIRST_SEGMENT_RULES.register("next", FirstSegmentRule(forced=False, copies_next=True))
+FIRST_SEGMENT_RULES.register("keep", FirstSegmentRule(forced=True))
+FIRST_SEGMENT_RULES.register("next", FirstSegmentRule(forced=False))
 
 Selector = Callable[..., Selection]
 SELECTORS: Registry[Callable[[SelectorConfig, ThresholdPolicy | None], Selector]] = Registry("selector")
@@ -199,18 +195,16 @@ def keep_above(energy: Tensor, tau: Tensor | float, forced_first: bool = True) -
 
     ``tau`` is one threshold (a float or 0-d tensor) or one per temporal segment: (N_t - 1,) for
     segments 1..N_t-1 (segment 0, when not forced, compares with segment 1's: under the ``next`` rule it
-    carries segment 1's energy), or (N_t,).
+    carries segment 1's energy).
     """
     _check_energy(energy)
     if isinstance(tau, Tensor) and tau.dim() > 0:
         n_t = energy.shape[1]
-        if tau.dim() != 1 or tau.numel() not in (n_t - 1, n_t):
+        if tau.dim() != 1 or tau.numel() != n_t - 1:
             raise ValueError(f"tau of shape {tuple(tau.shape)} for {n_t} temporal segments: give one threshold, "
-                             f"or one per segment ({n_t - 1},) or ({n_t},)")
+                             f"or one per segment 1..{n_t - 1}: ({n_t - 1},)")
         tau = tau.to(energy.device)
-        if tau.numel() == n_t - 1:
-            tau = torch.cat([tau[:1], tau])  # segment 0 compares with segment 1's threshold
-        tau = tau.view(1, n_t, 1, 1)
+        tau = torch.cat([tau[:1], tau]).view(1, n_t, 1, 1)  # segment 0 compares with segment 1's threshold
     keep = energy > tau
     if forced_first:
         keep[:, 0] = True
@@ -276,10 +270,12 @@ def threshold(config: SelectorConfig, policy: ThresholdPolicy | None = None) -> 
     return select
 
 
-def _learned(config: SelectorConfig, kind: str, policy: ThresholdPolicy | None) -> Selector:
+@register_selector("lmft", policy="scalar")
+@register_selector("lmft-segment", policy="segment")
+def learned(config: SelectorConfig, policy: ThresholdPolicy | None = None) -> Selector:
     """keep_above(energy, the policy's threshold) under the first-segment rule: sampled in training,
-    tau_hat in eval."""
-    name, rule = config.name, FIRST_SEGMENT_RULES[config.first_segment]
+    tau_hat in eval; the policy's kind is the one the selector is registered with."""
+    name, rule, kind = config.name, FIRST_SEGMENT_RULES[config.first_segment], SELECTOR_POLICY[config.name]
     if policy is None or policy.kind != kind:
         got = "none" if policy is None else f"a {policy.kind!r} one ({type(policy).__name__})"
         raise ValueError(f"the {name!r} selector needs a {POLICIES[kind].__name__} (policy kind {kind!r}), got {got}")
@@ -289,16 +285,6 @@ def _learned(config: SelectorConfig, kind: str, policy: ThresholdPolicy | None) 
         return Selection(keep_above(rule.energy(energy), tau, rule.forced), tau)
 
     return select
-
-
-@register_selector("lmft", policy="scalar")
-def lmft(config: SelectorConfig, policy: ThresholdPolicy | None = None) -> Selector:
-    return _learned(config, "scalar", policy)
-
-
-@register_selector("lmft-segment", policy="segment")
-def lmft_segment(config: SelectorConfig, policy: ThresholdPolicy | None = None) -> Selector:
-    return _learned(config, "segment", policy)
 
 
 @register_selector("topk")

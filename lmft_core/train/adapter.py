@@ -8,6 +8,8 @@ kept identical across workers by :mod:`lmft_core.train.step`); inference uses th
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 from collections.abc import Sequence
 
 import torch
@@ -49,17 +51,20 @@ class Adapter(nn.Module):
         return self.model(video, sel.keep), sel
 
     @torch.no_grad()
-    def predict(self, frames: Tensor, energy: Tensor) -> dict[str, Tensor]:
+    def predict(self, frames: Tensor, energy: Tensor, generator: torch.Generator | None = None,
+                amp_dtype: torch.dtype | None = None) -> dict[str, Tensor]:
         """Class probabilities of clips as stored in the shards, with tau_hat (eval mode).
 
         ``frames`` uint8 (B, T, S, S, 3), ``energy`` float (B, N_t, N_h, N_w) -> ``probs`` (B, K),
-        ``label`` (B,) argmax, ``keep_ratio`` (B,) fraction of tokens kept.
+        ``label`` (B,) argmax, ``keep_ratio`` (B,) fraction of tokens kept; on the adapter's device.
+        ``generator`` drives random selectors; ``amp_dtype`` runs the forward under autocast.
         """
         was_training = self.training
         self.eval()
         try:
             device = next(self.parameters()).device
-            logits, sel = self(model_input(frames.to(device)), energy.to(device).float())
+            with torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext():
+                logits, sel = self(model_input(frames.to(device)), energy.to(device).float(), generator)
             probs = logits.float().softmax(-1)
             return {"probs": probs, "label": probs.argmax(-1), "keep_ratio": 1.0 - sel.discard_rate}
         finally:

@@ -24,11 +24,11 @@ import torch
 
 import lmft_core
 from lmft_core.model import flat_metrics
-from lmft_core.shards import ShardSet
+from lmft_core.shards import ShardSet, read_batches
 from lmft_core.train.adapter import Adapter
-from lmft_core.train.checkpoint import load_checkpoint, policy_values
+from lmft_core.train.checkpoint import load_checkpoint
 from lmft_core.train.evaluate import EvalResult, efficiency_table
-from lmft_core.train.loop import EVALUATION_FILE, TrainJob, eval_batches
+from lmft_core.train.loop import EVALUATION_FILE, TrainJob
 
 HISTORY_KEYS = ("train/tau", "train/tau_hat", "train/mu", "train/discard_rate_source", "train/discard_rate_target")
 
@@ -64,7 +64,7 @@ def log_artifacts(job: TrainJob, run, name: str, run_dir: Path, checkpoint: Path
     adapter = load_adapter(job, checkpoint)
     evaluation = json.loads((checkpoint / EVALUATION_FILE).read_text())
     results = {k: EvalResult(**v) for k, v in evaluation.items()}
-    policy = policy_values(adapter.policy)
+    policy = adapter.policy.values()
     out = run_dir / "artifacts"
     files = {
         "config": [_write(out / "resolved.json", json.dumps(job.config, indent=2)), profile_path],
@@ -72,11 +72,12 @@ def log_artifacts(job: TrainJob, run, name: str, run_dir: Path, checkpoint: Path
         "evaluation": [_write(out / "evaluation.json", json.dumps(evaluation, indent=2)),
                        _write(out / "efficiency.md", efficiency_table(results, _efficiency_note(job)))],
     }
-    per_segment = [k for k in flat_metrics({"tau_hat": policy["tau_hat"]}) if k != "tau_hat"]  # tau_hat/seg<t>
+    tau_hat = flat_metrics({"tau_hat": policy["tau_hat"]})  # tau_hat, or tau_hat/seg<t> per segment
+    per_segment = [k for k in tau_hat if k != "tau_hat"]
     keys = HISTORY_KEYS + tuple(f"train/{k}" for k in per_segment)
     history = {k: [(m.step, m.value) for m in run.client.get_metric_history(run.run_id, k)] for k in keys}
     shards = ShardSet.open(job.shards)
-    sample = next(eval_batches(shards, "target", "test", 4))
+    sample = next(read_batches(shards, "target", "test", 4))
     with torch.no_grad():
         keep = adapter.selection(sample.energy).keep
     titles = [f"{job.classes[y]}" if y >= 0 else "?" for y in sample.label.tolist()]
@@ -93,7 +94,7 @@ def log_artifacts(job: TrainJob, run, name: str, run_dir: Path, checkpoint: Path
             run.log_artifact(p, folder)
     epochs = [m.value for m in run.client.get_metric_history(run.run_id, "epoch/clips_per_s")]
     clips_per_s = float(np.mean(epochs)) if epochs else float("nan")
-    run.log_metrics({**{f"final/{k}": v for k, v in flat_metrics({"tau_hat": policy["tau_hat"]}).items()},
+    run.log_metrics({**{f"final/{k}": v for k, v in tau_hat.items()},
                      "final/train_clips_per_s": clips_per_s,
                      **{k.replace("eval_target/", "final/target/"): v for r in results.values()
                         for k, v in r.metrics("eval_target").items()}}, step=int(policy["step"]))

@@ -21,12 +21,6 @@ CHECKPOINT_FILE = "checkpoint.pt"
 FORMAT = "lmft-train-checkpoint-v1"
 
 
-def policy_values(policy: ThresholdPolicy) -> dict[str, float | list[float]]:
-    """The policy's values as plain numbers (tau_hat computed if needed): :meth:`ThresholdPolicy.values`,
-    floats for the scalar policy, per-segment lists for a segment policy."""
-    return policy.values()
-
-
 def rng_state() -> dict:
     state = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
@@ -48,7 +42,7 @@ def save_checkpoint(folder: str | Path, learner_state: dict, policy: ThresholdPo
     path = folder / CHECKPOINT_FILE
     torch.save({"format": FORMAT, "learner": learner_state, "epoch": int(epoch), "step": int(policy.step),
                 "rng": rng_state(), "config": config, "classes": list(classes), "clip": dict(clip),
-                "policy": policy_values(policy)}, path)
+                "policy": policy.values()}, path)
     return path
 
 

@@ -140,7 +140,9 @@ class TrainConfig:
         The default list's ``random`` is matched to ``lmft``; when the run's policy is another kind (it
         trains ``lmft-segment``, or a ``random`` matched to it) that entry matches the run's learned
         selector instead (label ``random-match-lmft-segment``). Every selector must draw on the policy the
-        run builds (:attr:`SelectorConfig.policy_kind`), else a ConfigError naming ``train.evaluate``.
+        run builds (:attr:`SelectorConfig.policy_kind`), else a ConfigError naming ``train.evaluate``. Every
+        selector takes the run's first-segment rule (``selector.first_segment``), so the baselines compare
+        like with like.
         """
         evaluate = self.evaluate
         learned = selector.match or selector.name
@@ -152,7 +154,7 @@ class TrainConfig:
                               f"{selector.policy_kind!r} one that selector.name={selector.name!r} builds; "
                               f"evaluate the learned selector of this run ({learned!r} is always evaluated) "
                               "or drop them")
-        return evaluate
+        return tuple(replace(s, first_segment=selector.first_segment) for s in evaluate)
 
     @property
     def threads(self) -> int:

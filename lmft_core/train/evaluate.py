@@ -120,3 +120,11 @@ def efficiency_table(results: dict[str, EvalResult], classes_note: str = "") -> 
         lines.append(f"| {r.selector} | {r.clips} | {r.top1:.3f} | {r.mean_class_accuracy:.3f} | {r.discard_rate:.3f} | "
                      f"{r.gflops_per_clip:.3f} | {r.clips_per_s:.1f} |")
     return "\n".join(lines) + (f"\n\n{classes_note}" if classes_note else "")
+
+
+def headline(evaluation: dict) -> dict:
+    """The training selector's ``selector``, ``top1``, ``mean_class_accuracy``, ``discard_rate`` and
+    ``gflops_per_clip`` of a run's ``evaluation.json`` (selector label -> :meth:`EvalResult.as_dict`; the
+    training selector comes first)."""
+    main = next(iter(evaluation.values()))
+    return {k: main[k] for k in ("selector", "top1", "mean_class_accuracy", "discard_rate", "gflops_per_clip")}

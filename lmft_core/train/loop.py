@@ -33,7 +33,7 @@ import torch
 from lmft_core.model import ModelConfig, PolicyConfig, SelectorConfig, flat_metrics
 from lmft_core.shards import BATCH_COLUMNS, ClipBatch, ShardSet, batch_from_table, label_map_tensor, read_batches
 from lmft_core.train.adapter import Adapter
-from lmft_core.train.checkpoint import policy_values, save_checkpoint, set_rng_state
+from lmft_core.train.checkpoint import save_checkpoint, set_rng_state
 from lmft_core.train.config import TrainConfig
 from lmft_core.train.dist import Dist
 from lmft_core.train.evaluate import EvalResult, evaluate
@@ -95,11 +95,6 @@ class TableEpochData:
         return zip(self._batches(self.tables[0], epoch, 0), self._batches(self.tables[1], epoch, 1))
 
 
-def eval_batches(shards: ShardSet, domain: str, split: str, batch_size: int) -> Iterator[ClipBatch]:
-    """Batches of ``(domain, split)`` rows read straight from the Parquet files (rank 0's evaluation)."""
-    return read_batches(shards, domain, split, batch_size)
-
-
 class MetricSink(Protocol):
     def add(self, metrics: dict[str, float], step: int) -> None: ...
     def flush(self) -> None: ...
@@ -140,7 +135,7 @@ def run_worker(job: TrainJob, dist: Dist, data: EpochData, checkpoint: dict | No
     else:
         torch.manual_seed(cfg.seed * 7919 + dist.rank * 104729)  # per-rank randomness (drop path)
     resumed = {"resumed_from_epoch": float(start_epoch), "resumed_from_step": float(learner.step),
-               **{f"resumed_policy_{k}": v for k, v in flat_metrics(policy_values(adapter.policy)).items()}}
+               **{f"resumed_policy_{k}": v for k, v in flat_metrics(adapter.policy.values()).items()}}
     if learner.pseudo_source.uses_self:  # the epoch whose self labels the checkpoint held (-1: none yet)
         resumed["resumed_self_labels_epoch"] = float(-1 if learner.self_labels is None else learner.self_labels.epoch)
     if checkpoint is not None and dist.is_main and sink is not None:
@@ -151,7 +146,7 @@ def run_worker(job: TrainJob, dist: Dist, data: EpochData, checkpoint: dict | No
         epoch_metrics = _train_epoch(learner, data.pairs(epoch), dist, sink)
         last = epoch == cfg.epochs - 1
         metrics = {"epoch": float(epoch + 1), "step": float(learner.step), **epoch_metrics,
-                   **{f"policy/{k}": v for k, v in flat_metrics(policy_values(adapter.policy)).items()}}
+                   **{f"policy/{k}": v for k, v in flat_metrics(adapter.policy.values()).items()}}
         if learner.pseudo_source.uses_self and not last and (epoch + 1) % cfg.self_refresh_epochs == 0:
             learner.self_labels, pseudo = refresh_self_labels(
                 adapter, shards, dist, source=learner.pseudo_source, gamma_c=cfg.gamma_c, self_gamma=cfg.self_gamma,
@@ -164,7 +159,7 @@ def run_worker(job: TrainJob, dist: Dist, data: EpochData, checkpoint: dict | No
             results = _evaluate(adapter, shards, job, device, learner.amp_dtype, final=last)
             metrics.update({k: v for r in results.values() for k, v in r.metrics("eval_target").items()})
             if shards.counts().get(("source", "val"), 0):
-                val = evaluate(adapter, eval_batches(shards, "source", "val", cfg.eval_batch_size), [job.selector],
+                val = evaluate(adapter, read_batches(shards, "source", "val", cfg.eval_batch_size), [job.selector],
                                device, learner.amp_dtype)
                 metrics.update(next(iter(val.values())).metrics("eval_source_val"))
         if dist.is_main and sink is not None:
@@ -213,5 +208,5 @@ def _evaluate(adapter: Adapter, shards: ShardSet, job: TrainJob, device: torch.d
               final: bool) -> dict[str, EvalResult]:
     """Target-test: the training selector every time, every selector of ``job.evaluate`` at the end."""
     selectors = [job.selector] + ([s for s in job.evaluate if s.label != job.selector.label] if final else [])
-    batches = eval_batches(shards, "target", "test", job.train.eval_batch_size)
+    batches = read_batches(shards, "target", "test", job.train.eval_batch_size)
     return evaluate(adapter, batches, selectors, device, amp_dtype)

@@ -161,27 +161,17 @@ def target_labels(source: PseudoLabelSource, batch: ClipBatch, table: SelfLabels
 
 
 @torch.no_grad()
-def predict_clips(adapter: Adapter, batches: Iterable[ClipBatch], device: torch.device | str = "cpu",
+def predict_clips(adapter: Adapter, batches: Iterable[ClipBatch],
                   amp_dtype: torch.dtype | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """(keys, argmax label, max softmax probability) of every clip of ``batches``, with the adapter in eval
-    mode (its selector with tau_hat; random selectors draw from a fixed seed). CPU tensors."""
-    device = torch.device(device)
-    was_training = adapter.training
-    adapter.eval()
+    mode (:meth:`Adapter.predict`: its selector with tau_hat; random selectors draw from a fixed seed). CPU tensors."""
     keys, labels, confs = [torch.zeros(0, dtype=torch.int64)], [torch.zeros(0, dtype=torch.int64)], [torch.zeros(0)]
     generator = torch.Generator().manual_seed(0)
-    try:
-        for batch in batches:
-            batch = batch.to(device)
-            amp = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else torch.autocast(device.type, enabled=False)
-            with amp:
-                logits, _ = adapter(batch.video(), batch.energy, generator)
-            conf, label = logits.float().softmax(-1).max(-1)
-            keys.append(batch.key.cpu())
-            labels.append(label.cpu())
-            confs.append(conf.cpu())
-    finally:
-        adapter.train(was_training)
+    for batch in batches:
+        conf, label = adapter.predict(batch.frames, batch.energy, generator, amp_dtype)["probs"].max(-1)
+        keys.append(batch.key)
+        labels.append(label.cpu())
+        confs.append(conf.cpu())
     return torch.cat(keys), torch.cat(labels), torch.cat(confs)
 
 
@@ -189,6 +179,16 @@ def target_train_rows(shards: ShardSet):
     """The target-train rows' ``video_id``, ``label_index`` (monitoring only), CLIP's ``pseudo_label`` and
     ``pseudo_confidence``, in file order (no frames: cheap)."""
     return shards.read("target", "train", ["video_id", "label_index", "pseudo_label", "pseudo_confidence"])
+
+
+def label_columns(rows, order: np.ndarray | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """(CLIP ``pseudo_label`` (N,) int64, ``pseudo_confidence`` (N,) float32, ``label_index`` (N,) int64,
+    -1 where unlabelled) of :func:`target_train_rows`, in ``order`` (default: file order)."""
+    def col(name: str, dtype) -> Tensor:
+        values = np.asarray(rows.column(name).fill_null(-1).to_numpy(zero_copy_only=False), dtype=dtype)
+        return torch.from_numpy(values if order is None else values[order])
+
+    return col("pseudo_label", np.int64), col("pseudo_confidence", np.float32), col("label_index", np.int64)
 
 
 def sorted_keys(video_ids: list[str]) -> tuple[Tensor, np.ndarray]:
@@ -216,8 +216,8 @@ def refresh_self_labels(adapter: Adapter, shards: ShardSet, dist: Dist, *, sourc
     keys, order = sorted_keys(ids)
     n = len(keys)
     mine = [ids[i] for i in order[dist.rank::dist.world_size]]
-    k, label, conf = predict_clips(adapter, read_batches(shards, "target", "train", batch_size, mine), device, amp_dtype)
-    if set(k.tolist()) != {video_key(v) for v in mine}:
+    k, label, conf = predict_clips(adapter, read_batches(shards, "target", "train", batch_size, mine), amp_dtype)
+    if not torch.equal(k.sort().values, keys[dist.rank::dist.world_size].sort().values):
         raise RuntimeError(f"rank {dist.rank}: predicted {len(k)} clips for its {len(mine)} target-train clips")
     pos = torch.searchsorted(keys, k)
     table = torch.zeros(3, n, dtype=torch.float64)
@@ -227,13 +227,9 @@ def refresh_self_labels(adapter: Adapter, shards: ShardSet, dist: Dist, *, sourc
         raise RuntimeError(f"self-training labels: {int((table[2] != 1).sum())} of {n} target-train clips predicted "
                            "by no rank or by several")
     labels = SelfLabels(keys=keys, label=table[0].round().long(), confidence=table[1].float(), epoch=epoch)
-
-    def col(name: str) -> Tensor:
-        values = rows.column(name).fill_null(-1).to_numpy(zero_copy_only=False)[order]
-        return torch.from_numpy(np.asarray(values))
-
-    metrics = pseudo_label_report(source, col("pseudo_label").long(), col("pseudo_confidence").float(), gamma_c,
-                                  col("label_index").long(), labels.label, labels.confidence, self_gamma)
+    clip_label, clip_conf, true_label = label_columns(rows, order)
+    metrics = pseudo_label_report(source, clip_label, clip_conf, gamma_c, true_label, labels.label, labels.confidence,
+                                  self_gamma)
     metrics |= {"pseudo/self_refresh_epoch": float(epoch), "pseudo/self_refresh_s": time.perf_counter() - t0,
                 "pseudo/target_train_clips": float(n)}
     return labels, metrics

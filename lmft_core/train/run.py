@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lmft_core.config import ConfigError, Profile
+from lmft_core.config import Profile
 from lmft_core.files import atomic_write
 from lmft_core.model import ModelConfig, PolicyConfig, SelectorConfig
 from lmft_core.shard_format import unpack_array
@@ -70,7 +70,7 @@ class TrainResult:
 
 def _energy_of(shards: ShardSet, domain: str, split: str) -> torch.Tensor:
     table = shards.read(domain, split, ["energy", "energy_shape"])
-    return torch.from_numpy(np.ascontiguousarray(unpack_array(table, "energy", np.float32)))
+    return torch.tensor(unpack_array(table, "energy", np.float32))  # a copy: the Arrow buffer is read-only
 
 
 def resolved_config(profile: Profile, parts: dict, evaluate: tuple[SelectorConfig, ...], shards: ShardSet) -> dict:
@@ -118,11 +118,7 @@ def prepare(profile: Profile, shards_path: str | Path, workdir: str | Path) -> t
         steps = min(steps, cfg.max_steps_per_epoch)
     energy = _energy_of(shards, "source", "train")
     selector = selector.calibrated(energy)
-    try:  # the baselines follow the training selector's first-segment rule, so they compare like with like
-        evaluate = tuple(replace(s, first_segment=selector.first_segment).calibrated(energy)
-                         for s in cfg.evaluate_for(selector))
-    except ConfigError as e:
-        raise TrainError(f"{profile.path}: {e}") from None
+    evaluate = tuple(s.calibrated(energy) for s in cfg.evaluate_for(selector))  # checked when the profile loaded
     config = resolved_config(profile, {"clip": profile.clip, "model": model, "policy": policy, "selector": selector,
                                        "train": cfg}, evaluate, shards)
     digest = hashlib.sha256(json.dumps({k: v for k, v in config.items() if k != "profile"}, sort_keys=True).encode()).hexdigest()[:10]
@@ -134,25 +130,16 @@ def prepare(profile: Profile, shards_path: str | Path, workdir: str | Path) -> t
     return job, name
 
 
-def target_pass_rate(shards: ShardSet, gamma_c: float) -> tuple[int, int]:
-    """(target-train clips whose CLIP confidence exceeds gamma_c, target-train clips)."""
-    conf = shards.read("target", "train", ["pseudo_confidence"]).column("pseudo_confidence").to_numpy()
-    return int((conf > gamma_c).sum()), len(conf)
+def clip_label_report(shards: ShardSet, cfg: TrainConfig) -> tuple[int, int, dict[str, float]]:
+    """CLIP's pseudo-labels of target-train before training: (clips whose confidence exceeds gamma_c,
+    target-train clips, metrics). The metrics: ``pseudo/clip_pass_rate`` and, where target labels exist,
+    ``pseudo/clip_accuracy`` (clips above gamma_c) and ``pseudo/clip_accuracy_all`` (for monitoring only:
+    :func:`lmft_core.train.pseudo.pseudo_label_report`)."""
+    from lmft_core.train.pseudo import PSEUDO_LABEL_SOURCES, label_columns, pseudo_label_report, target_train_rows
 
-
-def clip_label_report(shards: ShardSet, cfg: TrainConfig) -> dict[str, float]:
-    """CLIP's pseudo-labels of target-train before training: ``pseudo/clip_pass_rate`` and, where target
-    labels exist, ``pseudo/clip_accuracy`` (clips above gamma_c) and ``pseudo/clip_accuracy_all`` (for
-    monitoring only: :func:`lmft_core.train.pseudo.pseudo_label_report`)."""
-    from lmft_core.train.pseudo import PSEUDO_LABEL_SOURCES, pseudo_label_report, target_train_rows
-
-    rows = target_train_rows(shards)
-
-    def col(name: str, dtype) -> torch.Tensor:
-        return torch.from_numpy(np.asarray(rows.column(name).fill_null(-1).to_numpy(zero_copy_only=False), dtype=dtype))
-
-    return pseudo_label_report(PSEUDO_LABEL_SOURCES[cfg.pseudo_labels], col("pseudo_label", np.int64),
-                               col("pseudo_confidence", np.float32), cfg.gamma_c, col("label_index", np.int64))
+    clip_label, clip_conf, true_label = label_columns(target_train_rows(shards))
+    report = pseudo_label_report(PSEUDO_LABEL_SOURCES[cfg.pseudo_labels], clip_label, clip_conf, cfg.gamma_c, true_label)
+    return int((clip_conf > cfg.gamma_c).sum()), len(clip_conf), report
 
 
 def run_training(profile: Profile, shards_path: str | Path, workdir: str | Path,
@@ -170,7 +157,7 @@ def run_training(profile: Profile, shards_path: str | Path, workdir: str | Path,
         return TrainResult.load(run_dir / RESULT_FILE)
     run_dir.mkdir(parents=True, exist_ok=True)
     shards = ShardSet.open(job.shards)
-    passing, n_target = target_pass_rate(shards, job.train.gamma_c)
+    passing, n_target, clip_report = clip_label_report(shards, job.train)
     if passing == 0 and job.train.pseudo_labels == "clip":
         log.warning("no target-train clip has a CLIP confidence above train.gamma_c=%s: L_t is 0 throughout and the "
                     "adaptation is source-only (untrained CLIP: %s); train.pseudo_labels='self' or 'clip+self' "
@@ -193,7 +180,7 @@ def run_training(profile: Profile, shards_path: str | Path, workdir: str | Path,
                           "lmft.pretrained": job.model.pretrained or "none (random init)"})
             run.log_metrics({"data/target_train_clips": n_target, "data/target_train_pseudo_pass": passing,
                              "data/target_train_pseudo_pass_rate": passing / n_target, "data/steps_per_epoch": job.steps_per_epoch,
-                             **clip_label_report(shards, job.train)})
+                             **clip_report})
         job = replace(job, mlflow_run_id=run.run_id)
         checkpoint = Path(fit(job, name, workdir).checkpoint.path)
         result = log_artifacts(job, run, name, run_dir, checkpoint, profile.path, time.perf_counter() - t0)
