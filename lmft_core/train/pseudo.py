@@ -186,7 +186,7 @@ def label_columns(rows, order: np.ndarray | None = None) -> tuple[Tensor, Tensor
     -1 where unlabelled) of :func:`target_train_rows`, in ``order`` (default: file order)."""
     def col(name: str, dtype) -> Tensor:
         values = np.asarray(rows.column(name).fill_null(-1).to_numpy(zero_copy_only=False), dtype=dtype)
-        return torch.from_numpy(values if order is None else values[order])
+        return torch.tensor(values if order is None else values[order])  # a copy: Arrow buffers are read-only
 
     return col("pseudo_label", np.int64), col("pseudo_confidence", np.float32), col("label_index", np.int64)
 
