@@ -150,8 +150,9 @@ def run_metrics(workdir: Path, row: dict) -> dict[str, float]:
     result = TrainResult.load(workdir / "train" / row["run"] / RESULT_FILE)
     label = next(iter(row["evaluation"]))
     metrics = MlflowClient(tracking_uri=result.tracking_uri).get_run(result.mlflow_run_id).data.metrics
+    used = "pseudo/used_pass_rate" if "pseudo/used_pass_rate" in metrics else "data/target_train_pseudo_pass_rate"
     return {"source_val_top1": metrics.get(f"eval_source_val/{label}/top1", float("nan")),
-            "pseudo_label_rate": metrics.get("pseudo/used_pass_rate", metrics["data/target_train_pseudo_pass_rate"])}
+            "pseudo_label_rate": metrics[used]}
 
 
 def _mean_spread(values: list[float]) -> str:

@@ -98,6 +98,15 @@ def resolve(ref: str, tracking_uri: str) -> ModelInfo:
                      selector=meta.get("selector", {}), name=name, version=str(version))
 
 
+def load_model(ref: str, tracking_uri: str, map_location: str = "cpu"):
+    """The logged adapter of model reference ``ref`` from the store at ``tracking_uri``, in eval mode
+    (``mlflow.pytorch.load_model``; its ``predict`` classifies clips with tau_hat inside)."""
+    import mlflow.pytorch
+
+    with using_tracking_uri(tracking_uri):
+        return mlflow.pytorch.load_model(ref, map_location=map_location).eval()
+
+
 def register(model_uri: str, name: str, alias: str, tracking_uri: str, tags: dict[str, str] | None = None) -> ModelInfo:
     """Register ``model_uri`` as a version of ``name`` (once: a version of the same source is reused),
     point ``alias`` at it and tag it; returns the version's :class:`ModelInfo` (uri ``models:/name@alias``)."""

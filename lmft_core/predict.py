@@ -36,7 +36,7 @@ import pyarrow.parquet as pq
 from lmft_core.config import ConfigError
 from lmft_core.files import atomic_write
 from lmft_core.manifest import ManifestError, default_video_id
-from lmft_core.model_registry import ModelInfo
+from lmft_core.model_registry import ModelInfo, load_model
 from lmft_core.shard_format import ROW_SCHEMA, unpack_array
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".flv", ".gif", ".m4v", ".mpg", ".mpeg", ".wmv", ".3gp", ".ts")
@@ -120,14 +120,11 @@ class Predictor:
     """Ray Data actor: decoded rows -> predictions with the model ``uri`` (loaded once per actor)."""
 
     def __init__(self, uri: str, tracking_uri: str, classes: Sequence[str], num_threads: int = 1):
-        import mlflow
-        import mlflow.pytorch
         import torch
 
         torch.set_num_threads(max(1, num_threads))
-        mlflow.set_tracking_uri(tracking_uri)
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.model = mlflow.pytorch.load_model(uri, map_location=self.device).eval()
+        self.model = load_model(uri, tracking_uri, self.device)
         self.classes = list(classes)
 
     def __call__(self, batch: pa.Table) -> pa.Table:

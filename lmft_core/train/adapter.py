@@ -8,9 +8,8 @@ kept identical across workers by :mod:`lmft_core.train.step`); inference uses th
 
 from __future__ import annotations
 
-from contextlib import nullcontext
-
 from collections.abc import Sequence
+from contextlib import nullcontext
 
 import torch
 from torch import Tensor, nn

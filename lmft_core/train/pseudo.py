@@ -160,7 +160,6 @@ def target_labels(source: PseudoLabelSource, batch: ClipBatch, table: SelfLabels
                         conflict=clip_pass & self_pass & (clip_label != self_label))
 
 
-@torch.no_grad()
 def predict_clips(adapter: Adapter, batches: Iterable[ClipBatch],
                   amp_dtype: torch.dtype | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """(keys, argmax label, max softmax probability) of every clip of ``batches``, with the adapter in eval
