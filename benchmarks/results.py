@@ -1,10 +1,11 @@
 """Training results on generated demo data, written to ``docs/results.md``.
 
-    python benchmarks/results.py [--workdir outputs/results] [--seeds 3] [--groups main,camera,...] [--no-write]
+    python benchmarks/results.py [--profile results] [--workdir outputs/<profile>] [--seeds 3] [--groups main,...] [--no-write]
 
 Every number in ``docs/results.md`` comes from this script: it generates the data, preprocesses it,
 runs every training through the product's own path (:func:`lmft_core.train.run.run_training`: Ray
-Train, MLflow, the logged model) with the ``results`` profile, and writes the tables. A training that
+Train, MLflow, the logged model) with the ``--profile`` (``results``; ``results-small`` is the earlier,
+smaller preset), and writes the tables into that profile's section of ``docs/results.md``. A training that
 finished before is not run again (each row's trainings are stored in ``<workdir>/results.json``, keyed
 by data, energy, overrides and seed; delete it to train again), so an interrupted run of the script
 resumes, and ``--groups`` runs a part.
@@ -42,13 +43,15 @@ from pathlib import Path
 
 import numpy as np
 
-from lmft_core.benchmarking import machine_description, markdown_table
+from lmft_core.benchmarking import machine_description, markdown_table, write_section
 from lmft_core.config import Profile, load_profile
 from lmft_core.demo_data import CameraMotion, DemoDataConfig, generate_demo_data
 from lmft_core.shard_format import unpack_array
 from lmft_core.shards import ShardSet
 
 RESULTS_MD = Path(__file__).resolve().parent.parent / "docs" / "results.md"
+RESULTS_HEADER = ("# Results\n\nWritten by `python benchmarks/results.py`, one section per results profile "
+                  "(`--profile`); do not edit by hand.\n")
 CAMERA = CameraMotion(pan_px_per_s=20.0, shake_px=3.0, zoom_per_s=0.1)  # the camera group's target domain
 
 
@@ -179,7 +182,8 @@ def group_table(rows: dict[str, list[dict]], extra: dict[str, str] | None = None
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--workdir", type=Path, default=Path("outputs/results"))
+    ap.add_argument("--profile", default="results", help="the results preset (results, results-small)")
+    ap.add_argument("--workdir", type=Path, default=None, help="default: outputs/<profile>")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--groups", default=",".join(GROUPS), help=f"comma-separated, of {list(GROUPS)}")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
@@ -190,8 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(groups) - set(GROUPS))
     if unknown:
         ap.error(f"unknown group(s) {unknown}; known: {list(GROUPS)}")
-    profile = load_profile("results", args.overrides)
-    workdir = args.workdir.resolve()
+    profile = load_profile(args.profile, args.overrides)
+    workdir = (args.workdir or Path("outputs") / args.profile).resolve()
     store = workdir / "results.json"
     done: dict = json.loads(store.read_text()) if store.is_file() else {}
     t0 = time.perf_counter()
@@ -229,12 +233,12 @@ def main(argv: list[str] | None = None) -> int:
                 row |= run_metrics(workdir, row)
     store.write_text(json.dumps(done, indent=2))
     print(f"[results] {len(groups)} group(s) in {time.perf_counter() - t0:.0f} s")
-    text = render(done, profile)
+    text = render(done, profile, args.profile)
     if args.no_write:
         print(text)
     else:
-        RESULTS_MD.write_text(text)
-        print(f"[results] wrote {RESULTS_MD}")
+        write_section(args.profile, text, RESULTS_MD, header=RESULTS_HEADER)
+        print(f"[results] wrote the {args.profile} section of {RESULTS_MD}")
     return 0
 
 
@@ -247,12 +251,12 @@ TITLES = {
 }
 
 
-def render(done: dict, profile: Profile) -> str:
+def render(done: dict, profile: Profile, name: str) -> str:
     demo = profile.section("demo_data", DemoDataConfig)
     train = profile.section("train")
     lines = [
-        "# Results", "",
-        "Written by `python benchmarks/results.py` (profile `results`); do not edit by hand. Every row is a",
+        f"## Profile `{name}`", "",
+        f"`python benchmarks/results.py --profile {name}`. Every row is a",
         "training through the product's path (Ray Train, MLflow), evaluated on target-test with tau_hat;",
         "mean ± standard deviation over seeds (`train.seed`: model initialisation, data order, augmentation).",
         "",
@@ -266,11 +270,11 @@ def render(done: dict, profile: Profile) -> str:
     for group, title in TITLES.items():
         if group not in done:
             continue
-        lines += [f"## {title}", "", group_table(done[group]["rows"], done[group]["extra"]), "", reading(done[group]["rows"], chance), ""]
+        lines += [f"### {title}", "", group_table(done[group]["rows"], done[group]["extra"]), "", reading(done[group]["rows"], chance), ""]
     missing = [g for g in TITLES if g not in done]
     if missing:
-        lines += [f"Not run yet for this document: {', '.join(f'`{g}`' for g in missing)} "
-                  f"(`python benchmarks/results.py --groups {','.join(missing)}` adds them).", ""]
+        lines += [f"Not run on this profile: {', '.join(f'`{g}`' for g in missing)} "
+                  f"(`python benchmarks/results.py --profile {name} --groups {','.join(missing)}` adds them).", ""]
     lines += ["*train clips/s* is each training's own measurement (source + target clips over its epochs' data wait and",
               "step time) and depends on what else ran on the machine; `docs/benchmarks.md` (section `train`) has",
               "throughput measured side by side on a quiet machine. *source-val top-1* is the same model on held-out",

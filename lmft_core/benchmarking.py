@@ -43,11 +43,15 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> s
     return "\n".join(lines)
 
 
-def write_section(name: str, markdown: str, path: Path = BENCHMARKS_MD) -> Path:
-    """Replace (or append) the section ``name`` of ``docs/benchmarks.md`` with ``markdown``."""
+BENCHMARKS_HEADER = "# Benchmarks\n\nWritten by the scripts in `benchmarks/`; rerun a script to refresh its section.\n"
+
+
+def write_section(name: str, markdown: str, path: Path = BENCHMARKS_MD, header: str = BENCHMARKS_HEADER) -> Path:
+    """Replace (or append) the section ``name`` of ``path`` (``docs/benchmarks.md``) with ``markdown``;
+    a new file starts with ``header``."""
     begin, end = f"<!-- BEGIN {name} -->", f"<!-- END {name} -->"
     block = f"{begin}\n{markdown.strip()}\n{end}"
-    text = path.read_text() if path.exists() else "# Benchmarks\n\nWritten by the scripts in `benchmarks/`; rerun a script to refresh its section.\n"
+    text = path.read_text() if path.exists() else header
     if begin in text and end in text:
         head, rest = text.split(begin, 1)
         _, tail = rest.split(end, 1)

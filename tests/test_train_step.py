@@ -97,6 +97,25 @@ def test_target_loss_is_the_cross_entropy_of_confident_clips_and_exactly_zero_wi
         assert all(math.isfinite(m[k]) for k in ("reward", "mu", "sigma", "baseline", "tau_hat"))
 
 
+def test_only_target_clips_whose_label_passes_are_forwarded_and_the_others_change_nothing():
+    src, tgt = batch(4, 1), replace(batch(4, 2), pseudo_confidence=torch.tensor([0.9, 0.2, 0.7, 0.5]))
+    other = replace(tgt, frames=batch(4, 3).frames.clone())
+    other.frames[[0, 2]] = tgt.frames[[0, 2]]  # the passing clips as they were, the others' content changed
+    seen, results = [], []
+    for target in (tgt, other):
+        lrn = learner(gamma_c=0.5, hflip=False)
+        forward = lrn.model.forward
+        lrn.model.forward = lambda video, keep, *a, **kw: seen.append(video.shape[0]) or forward(video, keep, *a, **kw)
+        m = lrn.step_once([(src, target)])
+        results.append((m, [p.detach().clone() for p in lrn.adapter.parameters()]))
+    assert seen == [4 + 2, 4 + 2]  # the 4 source clips and the 2 passing target clips
+    (m0, p0), (m1, p1) = results
+    for key in ("loss_source", "loss_target", "discard_rate_target", "reward"):
+        assert m0[key] == pytest.approx(m1[key], rel=1e-6, abs=1e-7)
+    for a, b in zip(p0, p1):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
 def test_exactly_one_reinforce_and_baseline_update_per_optimizer_step_under_accumulation():
     cfg = {"accum_steps": 3, "policy_lr": 0.05}
     lrn = learner(**cfg)

@@ -5,7 +5,8 @@ A step takes ``accum_steps`` micro-batches, each a (source, target) pair of :cla
 1. selects the tokens of every clip of the step in **one** selector call (source and target, all
    micro-batches), so one threshold tau (one per temporal segment with ``lmft-segment``) serves the
    whole step; tau is drawn from a generator seeded by ``(seed, step)``, the same on every rank;
-2. runs the packed forward of source and target together, per micro-batch, and back-propagates
+2. runs the packed forward of the source clips and the target clips whose label passes (the others
+   add nothing to the loss, so they are selected but not forwarded), per micro-batch, and back-propagates
    ``(L_s + lambda_t * L_t) / accum_steps``, where ``L_t`` is the cross-entropy against the target
    clips' pseudo-labels on the clips whose label passes its threshold: ``sum / max(count, 1)``, so a
    micro-batch with no such clip contributes exactly 0 (never 0/0 = NaN). Which labels and thresholds is
@@ -45,7 +46,7 @@ from torch import Tensor
 
 from lmft_core.model import ThresholdPolicy, flat_metrics
 from lmft_core.augment import background_mix, color_jitter, hflip
-from lmft_core.shards import ClipBatch
+from lmft_core.shards import ClipBatch, model_input
 from lmft_core.train.adapter import Adapter
 from lmft_core.train.config import TrainConfig
 from lmft_core.train.dist import Dist
@@ -180,8 +181,13 @@ class Learner:
             last = i == len(pairs) - 1
             sync = nullcontext() if last or not self.dist.active else self.model.no_sync()
             with sync:
-                video = torch.cat([src.video(), tgt.video()])
-                keep = torch.cat([keeps[2 * i], keeps[2 * i + 1]])
+                tl = targets[i][1]
+                passing = tl.use.to(self.device)
+                # only the target clips whose label passes are forwarded: the others add nothing to the loss,
+                # and their discard rate (the reward's) comes from the selection alone
+                fwd = passing.nonzero().squeeze(1)
+                video = torch.cat([src.video(), model_input(tgt.frames[fwd])])
+                keep = torch.cat([keeps[2 * i], keeps[2 * i + 1][fwd]])
                 amp = torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
                 with amp:
                     logits = self.model(video, keep)
@@ -189,10 +195,8 @@ class Learner:
                 ce_s = F.cross_entropy(logits[: len(src)], src.label, ignore_index=-1, reduction="none",
                                        label_smoothing=cfg.label_smoothing)
                 labelled = src.label >= 0
-                tl = targets[i][1]
-                passing = tl.use.to(self.device)
-                ce_t = F.cross_entropy(logits[len(src):], tgt.pseudo_label, reduction="none",
-                                       label_smoothing=cfg.label_smoothing) * passing
+                ce_t = F.cross_entropy(logits[len(src):], tgt.pseudo_label[fwd], reduction="none",
+                                       label_smoothing=cfg.label_smoothing)
                 loss_s = ce_s.sum() / labelled.sum().clamp(min=1)
                 loss_t = ce_t.sum() / passing.sum().clamp(min=1)  # exactly 0 when no target clip passes
                 ((loss_s + cfg.lambda_t * loss_t) / cfg.accum_steps).backward()

@@ -1,0 +1,48 @@
+"""docs/results.md: one section per results profile, and the computed reading of a group's table."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+from lmft_core.benchmarking import write_section
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def results_script():
+    spec = importlib.util.spec_from_file_location("results_script", ROOT / "benchmarks" / "results.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_profile_section_is_replaced_and_the_other_profiles_sections_stay(tmp_path):
+    doc, header = tmp_path / "results.md", "# Results\n\nheader line\n"
+    write_section("results", "new setting v1", doc, header=header)
+    write_section("results-small", "old setting", doc, header=header)
+    write_section("results", "new setting v2", doc, header=header)
+    text = doc.read_text()
+    assert text.startswith(header)
+    assert "new setting v2" in text and "new setting v1" not in text and "old setting" in text
+    assert text.index("new setting v2") < text.index("old setting")  # replaced in place
+    assert text.count("<!-- BEGIN results -->") == 1 and text.count("<!-- END results-small -->") == 1
+
+
+def row(top1: float, src: float = 0.6) -> dict:
+    return {"top1": top1, "source_val_top1": src}
+
+
+def test_the_reading_states_the_transfer_bar_and_differences_against_the_spread():
+    reading = results_script().reading
+    chance = 0.2
+    transfers = {"LMFT": [row(0.50), row(0.52), row(0.54)], "full tokens": [row(0.44), row(0.45), row(0.46)]}
+    text = reading(transfers, chance)
+    # full tokens 0.45 >= 0.40; difference 0.07 against the largest sd 0.02: larger than two spreads
+    assert "it meets the bar of twice chance (0.40)" in text and "larger than the spread" in text
+    assert "the best row is *LMFT* (0.520)" in text
+    weak = {"LMFT": [row(0.30), row(0.20), row(0.25)], "full tokens": [row(0.28), row(0.27), row(0.29)]}
+    text = reading(weak, chance)
+    assert "does not meet the bar" in text and "not a clear difference" in text
