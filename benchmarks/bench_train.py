@@ -71,7 +71,8 @@ def overrides(setup: Setup, keep: float | None, epochs: int, steps: int) -> list
             f"train.threads_per_worker={setup.threads}",
             f"train.precision='{setup.precision}'", f"train.max_steps_per_epoch={steps}", "train.evaluate=[]",
             f"train.eval_every_epochs={epochs}", f"train.keep_checkpoints={epochs}", "train.warmup_epochs=0.0",
-            "train.hflip=false", "train.shuffle=true"]
+            "train.hflip=false", "train.shuffle=true",
+            "train.gamma_c=0.0"]  # every target clip's pseudo-label passes: each step forwards source and target
     if keep is None:
         return sets + ["selector.name='full'"]
     tau = tau_for_keep(keep, clip)
@@ -177,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
             "## Training throughput: whole steps, full tokens against LMFT (`benchmarks/bench_train.py`)",
             f"`python benchmarks/bench_train.py --setup {' '.join(args.setup)}` on {machine_description()}.",
             "*clips/s (whole step)*: source + target clips per second of a Ray Train epoch (data wait + step), on "
-            "synthetic shards at the setup's geometry. *data-wait fraction*: time blocked on the next batch over the "
+            "synthetic shards at the setup's geometry, every target clip pseudo-labelled (`gamma_c` 0), so every step "
+            "forwards all its source and target clips. *data-wait fraction*: time blocked on the next batch over the "
             "epoch. LMFT's policy is pinned near the threshold that keeps the stated share of tokens; the REINFORCE "
             "update still runs. *target*: the speed-up LMFT must reach, 1 / (keep ratio + 0.05). *step only*: "
             "`Learner.step_once` alone (no Ray, no data), configurations in turn, best round.",
