@@ -222,7 +222,14 @@ def load_profile(name_or_path: str | Path = "paper", overrides: list[str] | tupl
 
     Override values are parsed as TOML (``clip.num_frames=8``, ``pseudo_labels.pretrained="openai"``);
     a value that is not valid TOML is taken as a string (``pseudo_labels.pretrained=/ckpt/clip.pt``).
+    A profile whose file has a top-level ``base = "NAME"`` starts from that profile's sections, and its own
+    keys replace the base's key by key (``results-small`` is ``results`` with a smaller data set).
     """
+    path = _profile_path(name_or_path)
+    return Profile(name=path.stem, path=path, sections=_profile_sections(path, ())).with_overrides(overrides)
+
+
+def _profile_path(name_or_path: str | Path) -> Path:
     path = Path(name_or_path)
     if path.suffix != ".toml":
         path = PROFILE_DIR / f"{name_or_path}.toml"
@@ -230,11 +237,26 @@ def load_profile(name_or_path: str | Path = "paper", overrides: list[str] | tupl
             raise ConfigError(f"unknown profile {name_or_path!r}; available: {available_profiles()} or a .toml path")
     if not path.is_file():
         raise ConfigError(f"profile file not found: {path}")
+    return path
+
+
+def _profile_sections(path: Path, chain: tuple[Path, ...]) -> dict[str, dict[str, Any]]:
+    """The sections of the profile file ``path``, its ``base`` (if any) merged under them."""
+    if path in chain:
+        raise ConfigError(f"{path}: profile base cycle: {' -> '.join(str(p) for p in (*chain, path))}")
     try:
         sections = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: {e}") from None
-    return Profile(name=path.stem, path=path, sections=sections).with_overrides(overrides)
+    base = sections.pop("base", None)
+    if base is None:
+        return sections
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: base must be a profile name or .toml path, got {base!r}")
+    merged = _profile_sections(_profile_path(base), (*chain, path))
+    for name, values in sections.items():
+        merged[name] = {**merged.get(name, {}), **values}
+    return merged
 
 
 def parse_override(text: str) -> tuple[str, str, Any]:

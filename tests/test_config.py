@@ -120,3 +120,25 @@ def test_the_selector_fixes_the_policy_kind_and_the_clip_its_segments():
     with pytest.raises(ConfigError, match=r"train.evaluate: \['lmft-segment'\]"):
         load_profile("demo", ["train.evaluate=[{name='lmft-segment'}]"])
     load_profile("demo", ["selector.name=lmft-segment", "train.evaluate=[{name='full'}, {name='random', match='lmft-segment'}]"])
+
+
+def test_a_profile_with_a_base_replaces_the_bases_keys_one_by_one(tmp_path):
+    base = tmp_path / "base.toml"
+    base.write_text('[clip]\nnum_frames = 8\nimage_size = 64\n\n[train]\nepochs = 3\nlr = 0.01\n')
+    child = tmp_path / "child.toml"
+    child.write_text(f'base = "{base}"\n\n[train]\nepochs = 5\n\n[model]\nsize = "vit_tiny"\n')
+    profile = load_profile(child, ["train.lr=0.5"])
+    assert profile.name == "child"
+    assert profile.sections == {"clip": {"num_frames": 8, "image_size": 64}, "train": {"epochs": 5, "lr": 0.5},
+                                "model": {"size": "vit_tiny"}}
+    base.write_text(f'base = "{child}"\n')
+    with pytest.raises(ConfigError, match="profile base cycle"):
+        load_profile(child)
+
+
+def test_results_small_is_results_with_less_data_and_a_shorter_schedule():
+    small, results = load_profile("results-small").sections, load_profile("results").sections
+    differs = {(s, k) for s in results for k in results[s] if small[s][k] != results[s][k]}
+    assert differs == {("demo_data", "videos_per_class"), ("train", "epochs"), ("train", "batch_size"),
+                       ("train", "eval_every_epochs")}
+    assert small["demo_data"]["videos_per_class"] == 80 and small.keys() == results.keys()

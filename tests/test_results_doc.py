@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
+import runpy
 from pathlib import Path
 
 from lmft_core.benchmarking import write_section
@@ -11,12 +10,8 @@ from lmft_core.benchmarking import write_section
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def results_script():
-    spec = importlib.util.spec_from_file_location("results_script", ROOT / "benchmarks" / "results.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+def results_script() -> dict:
+    return runpy.run_path(str(ROOT / "benchmarks" / "results.py"))
 
 
 def test_a_profile_section_is_replaced_and_the_other_profiles_sections_stay(tmp_path):
@@ -36,7 +31,7 @@ def row(top1: float, src: float = 0.6) -> dict:
 
 
 def test_the_reading_states_the_transfer_bar_and_differences_against_the_spread():
-    reading = results_script().reading
+    reading = results_script()["reading"]
     chance = 0.2
     transfers = {"LMFT": [row(0.50), row(0.52), row(0.54)], "full tokens": [row(0.44), row(0.45), row(0.46)]}
     text = reading(transfers, chance)

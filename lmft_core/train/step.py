@@ -186,7 +186,7 @@ class Learner:
                 # only the target clips whose label passes are forwarded: the others add nothing to the loss,
                 # and their discard rate (the reward's) comes from the selection alone
                 fwd = passing.nonzero().squeeze(1)
-                video = torch.cat([src.video(), model_input(tgt.frames[fwd])])
+                video = model_input(torch.cat([src.frames, tgt.frames[fwd]]))
                 keep = torch.cat([keeps[2 * i], keeps[2 * i + 1][fwd]])
                 amp = torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
                 with amp:
