@@ -25,6 +25,7 @@ import json
 import shutil
 import time
 import uuid
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -67,50 +68,66 @@ def read_inputs(manifest: str | Path | None = None, folder: str | Path | None = 
     """The videos to label as a table of :data:`~lmft_core.shard_format.ROW_SCHEMA` rows.
 
     Missing or unreadable files are kept (they end in the rejects with their reason); a missing ``path``
-    column, an empty path or a duplicate video id is a :class:`ManifestError` naming the line.
+    column, an empty path or a duplicate video id is a :class:`ManifestError` naming the line and the files.
+    A folder's video ids are unique by construction (:func:`folder_video_ids`); a folder without video
+    files is a :class:`ManifestError` naming the folder.
     """
     if (manifest is None) == (folder is None):
         raise ConfigError("give either a manifest or a folder of videos")
-    rows: list[dict] = []
     problems: list[str] = []
     if folder is not None:
         root = Path(folder).resolve()
         if not root.is_dir():
             raise ConfigError(f"{root}: not a folder")
-        for p in sorted(root.rglob("*")):
-            if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES:
-                rows.append({"video_id": p.relative_to(root).with_suffix("").as_posix(), "path": str(p), "label": None, "line": 0})
-        source = root
-    else:
-        source = Path(manifest)
-        if not source.is_file():
-            raise ManifestError(source, ["manifest file not found"])
-        root = source.resolve().parent
-        with source.open(newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
-            header = [h.strip() for h in (reader.fieldnames or [])]
-            if "path" not in header:
-                raise ManifestError(source, [f"line 1: no 'path' column; header is {header}"])
-            reader.fieldnames = header
-            for rec in reader:
-                rec = {k: (v or "").strip() for k, v in rec.items() if k is not None}
-                if domain and rec.get("domain", domain) != domain or split and rec.get("split", split) != split:
-                    continue
-                if not rec["path"]:
-                    problems.append(f"line {reader.line_num}: empty path")
-                    continue
-                path = Path(rec["path"]) if Path(rec["path"]).is_absolute() else root / rec["path"]
-                rows.append({"video_id": rec.get("video_id") or default_video_id(rec["path"], root), "path": str(path),
-                             "label": rec.get("label") or None, "line": reader.line_num})
-    seen: dict[str, int] = {}
+        files = [p for p in sorted(root.rglob("*")) if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES]
+        if not files:
+            raise ManifestError(root, [f"no video files in the folder (searched recursively for {', '.join(VIDEO_SUFFIXES)})"])
+        rows = [{"video_id": vid, "path": str(p), "label": None} for p, vid in zip(files, folder_video_ids(files, root))]
+        return _input_table(rows, split)
+    rows: list[dict] = []
+    source = Path(manifest)
+    if not source.is_file():
+        raise ManifestError(source, ["manifest file not found"])
+    root = source.resolve().parent
+    with source.open(newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        header = [h.strip() for h in (reader.fieldnames or [])]
+        if "path" not in header:
+            raise ManifestError(source, [f"line 1: no 'path' column; header is {header}"])
+        reader.fieldnames = header
+        for rec in reader:
+            rec = {k: (v or "").strip() for k, v in rec.items() if k is not None}
+            if domain and rec.get("domain", domain) != domain or split and rec.get("split", split) != split:
+                continue
+            if not rec["path"]:
+                problems.append(f"line {reader.line_num}: empty path")
+                continue
+            path = Path(rec["path"]) if Path(rec["path"]).is_absolute() else root / rec["path"]
+            rows.append({"video_id": rec.get("video_id") or default_video_id(rec["path"], root), "path": str(path),
+                         "label": rec.get("label") or None, "line": reader.line_num})
+    seen: dict[str, dict] = {}
     for r in rows:
-        if r["video_id"] in seen:
-            problems.append(f"line {r['line']}: duplicate video_id {r['video_id']!r} (first on line {seen[r['video_id']]})")
-        seen.setdefault(r["video_id"], r["line"])
+        if (first := seen.setdefault(r["video_id"], r)) is not r:
+            problems.append(f"line {r['line']}: duplicate video_id {r['video_id']!r} ({r['path']}; first on line "
+                            f"{first['line']}, {first['path']})")
     if problems:
         raise ManifestError(source, problems)
     if not rows:
         raise ManifestError(source, ["no videos to label"])
+    return _input_table(rows, split)
+
+
+def folder_video_ids(files: Sequence[Path], root: Path) -> list[str]:
+    """Video ids of ``files`` under ``root``, unique by construction: the relative path without its extension
+    (``sub/clip``), or with it (``sub/clip.avi``) for a file whose extensionless path another file shares
+    (a clip and its re-encode, ``clip.avi`` and ``clip.mp4``) or equals another file's full relative path."""
+    full = [p.relative_to(root).as_posix() for p in files]
+    stems = [p.relative_to(root).with_suffix("").as_posix() for p in files]
+    shared = {s for s, n in Counter(stems).items() if n > 1} | (set(stems) & set(full))
+    return [f if s in shared else s for f, s in zip(full, stems)]
+
+
+def _input_table(rows: list[dict], split: str | None) -> pa.Table:
     return pa.table({"video_id": [r["video_id"] for r in rows], "path": [r["path"] for r in rows],
                      "domain": ["target"] * len(rows), "split": [split or "test"] * len(rows),
                      "label": [r["label"] for r in rows], "label_index": [None] * len(rows)}, schema=ROW_SCHEMA)

@@ -4,6 +4,7 @@ geometry, CSV output, and a missing model or alias failing at start."""
 from __future__ import annotations
 
 import csv
+import json
 import shutil
 
 import pyarrow.parquet as pq
@@ -38,7 +39,26 @@ def test_register_is_idempotent_and_resolves_by_alias(registered):
         resolve("models:/absent@best", result.tracking_uri)
 
 
-def test_every_video_of_a_folder_is_predicted_or_rejected(registered, tiny_demo, tmp_path):
+def test_folder_video_ids_are_unique_by_construction(tmp_path):
+    """A clip and its re-encode (same stem), a file whose stem is another file's name, a nested namesake."""
+    names = ["test.avi", "test.mp4", "a.avi", "a.avi.mp4", "b.mp4", "sub/test.mp4", "sub/c.MOV"]
+    for name in names:
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
+    inputs = read_inputs(folder=tmp_path)
+    ids = dict(zip(inputs.column("path").to_pylist(), inputs.column("video_id").to_pylist()))
+    assert ids == {str(tmp_path / "test.avi"): "test.avi", str(tmp_path / "test.mp4"): "test.mp4",
+                   str(tmp_path / "a.avi"): "a", str(tmp_path / "a.avi.mp4"): "a.avi.mp4", str(tmp_path / "b.mp4"): "b",
+                   str(tmp_path / "sub/test.mp4"): "sub/test", str(tmp_path / "sub/c.MOV"): "sub/c"}
+    empty = tmp_path / "no videos"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("x")
+    with pytest.raises(ManifestError, match=r"no videos: 1 problem\(s\):\n  - no video files in the folder \(searched recursively for \.mp4"):
+        read_inputs(folder=empty)
+
+
+def test_every_video_of_a_folder_is_predicted_or_rejected(registered, tiny_demo, tmp_path, capsys):
+    """Through the entry script: a folder with a clip and its re-encode (``real.avi``, ``real.mp4``)."""
     workdir, result, info = registered
     folder = tmp_path / "new videos"
     (folder / "sub").mkdir(parents=True)
@@ -48,17 +68,19 @@ def test_every_video_of_a_folder_is_predicted_or_rejected(registered, tiny_demo,
     for r in demo:
         shutil.copy(r.path, folder / f"{r.label}.mp4")
     shutil.copy(SHARED_VIDEOS / "mmaction2__tests__test.avi", folder / "sub" / "real.avi")
+    shutil.copy(SHARED_VIDEOS / "mmaction2__tests__test.mp4", folder / "sub" / "real.mp4")
     shutil.copy(SHARED_VIDEOS / "moviepy__doc_result_empty_0bytes.webm", folder / "empty.webm")
     (folder / "notes.txt").write_text("not a video")
-    inputs = read_inputs(folder=folder)
-    assert sorted(inputs.column("video_id").to_pylist()) == sorted([f"{r.label}" for r in demo] + ["sub/real", "empty"])
-    summary = run_predict(info, result.tracking_uri, inputs, tmp_path / "out", load_profile("demo", TINY_CLIP_GEOMETRY))
-    table = pq.read_table(summary.predictions)
-    assert sorted(table.column("video_id").to_pylist()) == sorted([r.label for r in demo] + ["sub/real"])
-    with open(summary.rejects, newline="") as f:
+    code = entry_main("predict")(["--model", info.uri, "--folder", str(folder), "--output", str(tmp_path / "out"),
+                                  "--tracking-uri", result.tracking_uri])
+    assert code == 0, capsys.readouterr().err
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    table = pq.read_table(summary["predictions"])
+    assert sorted(table.column("video_id").to_pylist()) == sorted([r.label for r in demo] + ["sub/real.avi", "sub/real.mp4"])
+    with open(summary["rejects"], newline="") as f:
         rejects = list(csv.DictReader(f))
     assert [r["video_id"] for r in rejects] == ["empty"] and "empty" in rejects[0]["reason"].lower()
-    assert summary.videos_in == 4 and summary.predicted == 3 and summary.rejected == 1
+    assert summary["videos_in"] == 5 and summary["predicted"] == 4 and summary["rejected"] == 1
     probs = sum(table.column(f"p_{c}").to_numpy() for c in info.classes)
     assert abs(probs - 1).max() < 1e-5 and set(table.column("predicted_label").to_pylist()) <= set(info.classes)
     keep = table.column("keep_ratio").to_numpy()
@@ -79,7 +101,7 @@ def test_manifest_input_csv_output_and_errors(registered, tmp_path):
     assert reject["video_id"] == "b" and "cannot be read" in reject["reason"]
     dup = tmp_path / "dup.csv"
     dup.write_text("path,video_id\nx.mp4,a\ny.mp4,a\n")
-    with pytest.raises(ManifestError, match="line 3: duplicate video_id 'a'"):
+    with pytest.raises(ManifestError, match=r"line 3: duplicate video_id 'a' \(.*y.mp4; first on line 2, .*x.mp4\)"):
         read_inputs(dup)
     nopath = tmp_path / "nopath.csv"
     nopath.write_text("file\nx.mp4\n")
