@@ -199,14 +199,40 @@ class Profile:
                 raise ConfigError(f"{self.path}: {e}") from None
 
     def with_overrides(self, overrides: list[str] | tuple[str, ...]) -> Profile:
-        """A new, validated profile with ``section.key=value`` overrides applied (:func:`parse_override`)."""
+        """A new, validated profile with ``section.key=value`` overrides applied (:func:`parse_override`).
+
+        An error that an override causes names it (``--set train.lr=abc: [train].lr: expected float, ...``),
+        not the profile file: the overrides without which the error changes or goes are named."""
+        profile = self._overridden(overrides)
+        try:
+            profile.validate()
+        except ConfigError as e:
+            raise self._blame(overrides, e) from None
+        return profile
+
+    def _overridden(self, overrides: list[str] | tuple[str, ...]) -> Profile:
         sections = {name: dict(values) for name, values in self.sections.items()}
         for override in overrides:
             section, key, value = parse_override(override)
             sections.setdefault(section, {})[key] = value
-        profile = Profile(name=self.name, path=self.path, sections=sections)
-        profile.validate()
-        return profile
+        return Profile(name=self.name, path=self.path, sections=sections)
+
+    def _blame(self, overrides: list[str] | tuple[str, ...], error: ConfigError) -> ConfigError:
+        """``error`` of the profile with ``overrides``, reworded to name the overrides that cause it."""
+        def outcome(subset: list[str]) -> str:
+            try:
+                self._overridden(subset).validate()
+            except ConfigError as e:
+                return str(e)
+            return ""
+
+        if not overrides or outcome([]) == str(error):
+            return error  # the file's own error
+        culprits = [o for i, o in enumerate(overrides) if outcome([*overrides[:i], *overrides[i + 1:]]) != str(error)]
+        message = str(error)
+        if message.startswith(str(self.path)):
+            message = message[len(str(self.path)):].lstrip(": ")
+        return ConfigError(", ".join(f"--set {o}" for o in culprits or overrides) + f": {message}")
 
     @property
     def clip(self) -> ClipConfig:

@@ -9,13 +9,13 @@ from conftest import entry_main
 CASES = {
     "unknown_profile": (["--profile", "papr"], "unknown profile 'papr'; available: ['demo', 'paper', 'results', 'results-small'] or a .toml path"),
     "missing_profile_file": (["--profile", "/nonexistent/mine.toml"], "profile file not found: /nonexistent/mine.toml"),
-    "unknown_key": (["--set", "clip.num_frame=8"], "[clip]: unknown key(s) ['num_frame']; known: ['image_size', 'num_frames', 'patch', 'tubelet']"),
-    "unknown_section": (["--set", "clipp.num_frames=8"], "unknown section(s) ['clipp'] (from the file or --set)"),
-    "malformed_value": (["--set", "clip.num_frames=abc"], "[clip].num_frames: expected int, got 'abc'"),
-    "empty_value": (["--set", "clip.num_frames="], "[clip].num_frames: expected int, got ''"),
+    "unknown_key": (["--set", "clip.num_frame=8"], "--set clip.num_frame=8: [clip]: unknown key(s) ['num_frame']; known: ['image_size', 'num_frames', 'patch', 'tubelet']"),
+    "unknown_section": (["--set", "clipp.num_frames=8"], "--set clipp.num_frames=8: unknown section(s) ['clipp'] (from the file or --set)"),
+    "malformed_value": (["--set", "clip.num_frames=abc"], "--set clip.num_frames=abc: [clip].num_frames: expected int, got 'abc'"),
+    "empty_value": (["--set", "clip.num_frames="], "--set clip.num_frames=: [clip].num_frames: expected int, got ''"),
     "no_dot": (["--set", "nodot"], "override 'nodot' is not of the form section.key=value"),
     "no_value": (["--set", "clip.num_frames"], "override 'clip.num_frames' is not of the form section.key=value"),
-    "bad_value": (["--set", "clip.num_frames=15"], "clip.num_frames=15 is not a multiple of clip.tubelet=2"),
+    "bad_value": (["--set", "clip.num_frames=15"], "--set clip.num_frames=15: [clip]: clip.num_frames=15 is not a multiple of clip.tubelet=2"),
 }
 
 

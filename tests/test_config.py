@@ -34,13 +34,13 @@ def test_overrides_parse_as_toml_and_fall_back_to_strings():
 
 
 def test_errors_name_file_section_and_key(tmp_path):
-    with pytest.raises(ConfigError, match=r"demo.toml \[demo_data\]: unknown key\(s\) \['colour'\]"):
+    with pytest.raises(ConfigError, match=r"^--set demo_data.colour=1: \[demo_data\]: unknown key\(s\) \['colour'\]"):
         load_profile("demo", ["demo_data.colour=1"]).section("demo_data", DemoDataConfig)
     with pytest.raises(ConfigError, match=r"\[demo_data\]\.seed: expected int, got 'x'"):
         load_profile("demo", ["demo_data.seed='x'"]).section("demo_data", DemoDataConfig)
     with pytest.raises(ConfigError, match="not a multiple of clip.patch"):
         load_profile("demo", ["clip.image_size=60"])
-    with pytest.raises(ConfigError, match=r"demo.toml: unknown section\(s\) \['preprocss'\]"):
+    with pytest.raises(ConfigError, match=r"^--set preprocss.decode_batch_size=4: unknown section\(s\) \['preprocss'\]"):
         load_profile("demo", ["preprocss.decode_batch_size=4"])
     with pytest.raises(ConfigError, match="unknown profile 'nope'"):
         load_profile("nope")
@@ -48,6 +48,26 @@ def test_errors_name_file_section_and_key(tmp_path):
     bad.write_text("[clip\n")
     with pytest.raises(ConfigError, match="bad.toml"):
         load_profile(bad)
+
+
+def test_an_error_from_set_names_set_not_the_profile_file(tmp_path, capsys):
+    """The value came from the command line: the message says so (and which override), not the file."""
+    with pytest.raises(ConfigError, match=r"^--set train.lr=abc: \[train\].lr: expected float, got 'abc'$") as e:
+        load_profile("demo", ["clip.num_frames=8", "train.lr=abc"])
+    assert "demo.toml" not in str(e.value)
+    # two bad overrides: the one the message is about is named
+    with pytest.raises(ConfigError, match=r"^--set train.epochs=x: \[train\].epochs: expected int"):
+        load_profile("demo", ["train.lr=0.1", "train.epochs=x"])
+    # the file's own error still names the file, whatever --set adds
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[train]\nlr = 'abc'\n")
+    with pytest.raises(ConfigError, match=r"^.*bad.toml \[train\].lr: expected float, got 'abc'$"):
+        load_profile(bad, ["train.epochs=2"])
+    # and the entry scripts print it
+    from conftest import entry_main
+
+    assert entry_main("train")(["--shards", str(tmp_path), "--set", "train.lr=abc"]) == 2
+    assert capsys.readouterr().err == "error: --set train.lr=abc: [train].lr: expected float, got 'abc'\n"
 
 
 @dataclass
@@ -69,7 +89,7 @@ def test_from_dict_coerces_nested_and_optional():
 
 
 @pytest.mark.parametrize("override,message", [
-    ("model.sise='vit_tiny'", r"demo.toml \[model\]: unknown key\(s\) \['sise'\]"),
+    ("model.sise='vit_tiny'", r"--set model.sise='vit_tiny': \[model\]: unknown key\(s\) \['sise'\]"),
     ("selector.name='best'", r"\[selector\]: selector.name 'best' is not a registered selector"),
     ("policy.baseline_momentum=2.0", r"\[policy\]: policy.baseline_momentum must be in \[0, 1\)"),
     ("preprocess.rows_per_shard=0", r"\[preprocess\]: preprocess.rows_per_shard must be >= 1"),
@@ -114,7 +134,7 @@ def test_the_selector_fixes_the_policy_kind_and_the_clip_its_segments():
         with pytest.raises(ConfigError, match=rf"\[policy\]: '{key}' is not set in a profile section: it comes from {source}"):
             load_profile("demo", [f"policy.{key}=1"])
     # an explicit evaluation list must fit the policy the run builds: checked when the profile loads
-    with pytest.raises(ConfigError, match=r"demo.toml: train.evaluate: \['random-match-lmft'\] draw on a threshold "
+    with pytest.raises(ConfigError, match=r"^--set selector.name=lmft-segment, --set train.evaluate=.*: train.evaluate: \['random-match-lmft'\] draw on a threshold "
                                           r"policy of another kind than the 'segment' one"):
         load_profile("demo", ["selector.name=lmft-segment", "train.evaluate=[{name='random', match='lmft'}]"])
     with pytest.raises(ConfigError, match=r"train.evaluate: \['lmft-segment'\]"):
