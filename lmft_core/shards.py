@@ -103,6 +103,50 @@ class ShardSet:
             raise ShardError(f"{self.root}: the profile's clip geometry differs from the shards' ("
                              + "; ".join(diffs) + "): preprocess with this profile, or set the profile's [clip] to the shards'")
 
+    def check_stored(self) -> None:
+        """Raise :class:`ShardError` when what the files hold disagrees with ``metadata.json``: every file's Parquet
+        footer must read, and the first row's ``frames_shape`` (T, S, S, 3), ``energy_shape`` (N_t, N_h, N_w),
+        class probabilities (K,) and decoded frames must match the metadata's clip geometry and classes (one row
+        is read: a mismatch fails in seconds here, not inside the training workers after their retries)."""
+        if bad := self.unreadable_files():
+            raise ShardError(f"{self.root}: shard file(s) cannot be read: " + "; ".join(bad)
+                             + ": preprocess the manifest again")
+        import pyarrow.parquet as pq
+
+        columns = ["frames", "frames_shape", "energy_shape", "clip_probs"]
+        path = next((f for f in self.files if pq.ParquetFile(f).metadata.num_rows), None)
+        if path is None:
+            raise ShardError(f"{self.root}: the shard files hold no rows")
+        row = pq.ParquetFile(path).read_row_group(0, columns=columns).slice(0, 1)
+        t, s = self.clip.num_frames, self.clip.image_size
+        expected = {"frames_shape": [t, s, s, 3], "energy_shape": list(self.clip.grid)}
+        diffs = [f"{k} {row.column(k)[0].as_py()}, metadata.json's clip geometry gives {v}"
+                 for k, v in expected.items() if row.column(k)[0].as_py() != v]
+        if len(row.column("clip_probs")[0]) != self.num_classes:
+            diffs.append(f"clip_probs has {len(row.column('clip_probs')[0])} classes, metadata.json lists {self.num_classes}")
+        if not diffs:
+            try:
+                unpack_array(row, "frames", np.uint8)
+            except (ValueError, OSError) as e:
+                diffs.append(f"frames do not decode to {expected['frames_shape']}: {e}")
+        if diffs:
+            raise ShardError(f"{path}: the stored rows disagree with {self.root / 'metadata.json'} ("
+                             + "; ".join(diffs) + "): the metadata belongs to other shards; preprocess again")
+
+    def unreadable_files(self, read_all: bool = False) -> list[str]:
+        """``"<file>: <error>"`` for each shard file whose Parquet footer cannot be read (truncated, overwritten),
+        or with ``read_all`` whose any part cannot be read (every page: a damaged page inside a file whose footer
+        is sound; costs a full read of the shards, for diagnosing a failure)."""
+        import pyarrow.parquet as pq
+
+        bad = []
+        for f in self.files:
+            try:
+                pq.ParquetFile(f).read() if read_all else pq.ParquetFile(f).metadata
+            except (OSError, pa.ArrowException) as e:
+                bad.append(f"{f}: {type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}")
+        return bad
+
     def _filter(self, domain: str, split: str) -> pads.Expression:
         return (pads.field("domain") == domain) & (pads.field("split") == split)
 

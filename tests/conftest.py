@@ -64,7 +64,7 @@ def ray_local():
 TINY_CLIP_GEOMETRY = ["clip.num_frames=8", "clip.image_size=32", "clip.patch=8"]
 TINY_TRAIN = ["model.size='vit_tiny'", "model.embed_dim=48", "model.depth=2", "model.num_heads=3",
               "train.epochs=3", "train.batch_size=2", "train.workers=2", "train.cpus_per_worker=0.5",
-              "train.eval_batch_size=8", "train.warmup_epochs=0.0", "train.gamma_c=0.3", "train.log_every_steps=1"]
+              "train.eval_batch_size=8", "train.warmup_epochs=0.0", "train.gamma_c=0.3"]
 
 
 @pytest.fixture(scope="session")

@@ -239,6 +239,12 @@ class ListSink:
     def flush(self):
         pass
 
+    def unsent(self):
+        return []
+
+    def resend(self, rows):
+        return 0
+
 
 def test_a_resumed_run_keeps_the_self_labels_of_its_checkpoint(tiny_shards, tmp_path):
     from lmft_core.train.checkpoint import load_checkpoint

@@ -171,6 +171,8 @@ def test_a_killed_worker_resumes_from_the_last_checkpoint(tiny_shards, tmp_path)
         restored = client.get_metric_history(result.mlflow_run_id, f"train/resumed_policy_{key}")[-1].value
         assert restored == pytest.approx(saved[key], rel=1e-6), key
     assert load_checkpoint(result.checkpoint)["epoch"] == 8  # and it finished
+    for key in ("train/tau", "train/loss", "train/mu", "epoch/steps", "policy/mu"):  # one value per step, no repeats
+        assert sorted(m.step for m in client.get_metric_history(result.mlflow_run_id, key)) == list(range(1, 9)), key
 
 
 def test_bad_input_is_caught_before_any_compute(tiny_shards, tmp_path):
@@ -239,3 +241,117 @@ def test_self_training_runs_on_ray_train(tiny_shards, tmp_path):
     assert refresh["pseudo/used_pass_rate"] == pytest.approx(1 - sum(conflicts) / 6)
     assert refresh["pseudo/self_accuracy_all"] == pytest.approx(sum(s == t for s, t in zip(self_label, truth)) / 6)
     assert refresh["pseudo/self_clip_agreement"] == pytest.approx(sum(a == b for a, b in zip(self_label, clip_label)) / 6)
+
+
+def _zero_frames_page(path: Path) -> None:
+    """Overwrite the start of the first ``frames`` data page of ``path`` with zeros (the footer still reads)."""
+    import pyarrow.parquet as pq
+
+    group = pq.ParquetFile(path).metadata.row_group(0)
+    column = next(group.column(i) for i in range(group.num_columns) if group.column(i).path_in_schema.startswith("frames."))
+    data = bytearray(path.read_bytes())
+    data[column.data_page_offset:column.data_page_offset + 64] = bytes(64)
+    path.write_bytes(bytes(data))
+
+
+def _copy_shards(tiny_shards, dest: Path) -> Path:
+    shutil.copytree(ShardSet.open(tiny_shards).root, dest)
+    return dest
+
+
+def test_stored_rows_disagreeing_with_the_metadata_fail_at_start(tiny_shards, tmp_path):
+    """metadata.json of other shards (the frames are 8 x 32 x 32, the metadata says 16 px), a truncated shard file,
+    class probabilities over another class list: each fails in prepare, in seconds, naming the file."""
+    copy = _copy_shards(tiny_shards, tmp_path / "meta")
+    meta = json.loads((copy / "metadata.json").read_text())
+    meta["resolved_config"]["clip"]["image_size"] = 16
+    (copy / "metadata.json").write_text(json.dumps(meta))
+    t0 = time.perf_counter()
+    with pytest.raises(TrainError, match=r"shards/.*\.parquet: the stored rows disagree with .*meta/metadata.json \("
+                                         r"frames_shape \[8, 32, 32, 3\], metadata.json's clip geometry gives \[8, 16, 16, 3\]; "
+                                         r"energy_shape \[4, 4, 4\], metadata.json's clip geometry gives \[4, 2, 2\]\)"):
+        prepare(profile("clip.image_size=16"), copy, tmp_path)
+    assert time.perf_counter() - t0 < 10
+    copy = _copy_shards(tiny_shards, tmp_path / "classes")
+    meta = json.loads((copy / "metadata.json").read_text())
+    meta["classes"] = meta["classes"] + ["extra"]
+    (copy / "metadata.json").write_text(json.dumps(meta))
+    with pytest.raises(TrainError, match="clip_probs has 3 classes, metadata.json lists 4"):
+        prepare(profile(), copy, tmp_path)
+    copy = _copy_shards(tiny_shards, tmp_path / "cut")
+    victim = sorted((copy / "shards").glob("*.parquet"))[-1]
+    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
+    with pytest.raises(TrainError, match=rf"shard file\(s\) cannot be read: {victim}: ArrowInvalid: .*preprocess the manifest again"):
+        prepare(profile(), copy, tmp_path)
+
+
+def test_failure_message_says_what_failed_whether_it_repeats_and_what_a_rerun_does(tmp_path):
+    from lmft_core.train.run import failure_message
+
+    same = failure_message("r", 1, [{1: "ValueError: bad row", 0: "ValueError: bad row"}, {0: "ValueError: bad row"}], None, [])
+    assert same == ("training run r failed on 2 attempt(s) (train.max_failures=1); rank 1: ValueError: bad row\n"
+                    "The same error on every attempt (2 of 2): it is not transient, and re-running the same command "
+                    "fails the same way until its cause is fixed.\nNo checkpoint was written: a re-run starts from the beginning.")
+    differ = failure_message("r", 1, [{0: "ActorDiedError: killed"}, {1: "OSError: disk full"}], tmp_path / "epoch_0002",
+                             ["/s/a.parquet: ArrowInvalid: magic bytes"])
+    assert "same error" not in differ and "attempt 1: ActorDiedError: killed; attempt 2: OSError: disk full" in differ
+    assert "Shard file(s) that cannot be read: /s/a.parquet: ArrowInvalid: magic bytes" in differ
+    assert differ.endswith(f"Last checkpoint: {tmp_path / 'epoch_0002'}; re-running the same command resumes from it.")
+
+
+def test_a_shard_damaged_after_the_checks_fails_with_an_honest_message(tiny_shards, tmp_path):
+    """A data page of every shard file zeroed after prepare (the footers still read): every attempt fails the same
+    way; the message says so, names the files and says there is no checkpoint (nothing promises a resume)."""
+    from lmft_core.train.run import fit
+
+    copy = _copy_shards(tiny_shards, tmp_path / "shards")
+    job, name = prepare(profile("train.max_failures=1", "train.materialize_max_mb=0", "train.run_name='cut'", "train.workers=1",
+                                "train.cpus_per_worker=1.0"), copy, tmp_path)
+    for victim in (copy / "shards").glob("*.parquet"):
+        _zero_frames_page(victim)
+    t0 = time.perf_counter()
+    with pytest.raises(TrainError) as e:
+        fit(job, name, tmp_path)
+    message = str(e.value)
+    print(f"failed after {time.perf_counter() - t0:.1f} s:\n{message}")
+    assert message.startswith("training run cut failed on 2 attempt(s) (train.max_failures=1); rank ")
+    assert "The same error on every attempt (2 of 2)" in message
+    assert f"Shard file(s) that cannot be read: {copy / 'shards'}" in message
+    assert message.endswith("No checkpoint was written: a re-run starts from the beginning.")
+    assert "resumes" not in message
+
+
+def test_metrics_reach_mlflow_after_the_checkpoint_so_a_resume_leaves_one_value_per_step(tiny_shards, tmp_path):
+    """A worker that dies after its epoch-1 checkpoint is stored but before it sends that epoch's metrics: MLflow has
+    nothing from it; the run resumed from that checkpoint sends the checkpoint's unsent metrics, then its own: every
+    step of every metric holds exactly one value, and epoch 1's are the values the checkpoint kept."""
+    from lmft_core.tracking import MetricBuffer, TrackingConfig, start_run
+    from lmft_core.train.dist import Dist
+    from lmft_core.train.loop import TableEpochData, run_worker
+
+    job, _ = prepare(profile("train.workers=1", "train.evaluate=[]"), tiny_shards, tmp_path)
+    shards = ShardSet.open(job.shards)
+    with start_run(TrackingConfig(experiment="resume"), tmp_path, "resume") as run:
+        client = MlflowClient(tracking_uri=TrackingConfig().resolve_uri(tmp_path))
+        saved = []
+
+        def die_after_the_checkpoint(metrics, folder):
+            saved.append(load_checkpoint(folder))
+            raise RuntimeError("worker lost after the report")
+
+        def data():
+            return TableEpochData(shards, job.train.batch_size, job.train.seed)
+
+        with pytest.raises(RuntimeError, match="worker lost"):
+            run_worker(job, Dist(), data(), None, die_after_the_checkpoint, sink=MetricBuffer(client, run.run_id))
+        assert client.get_metric_history(run.run_id, "train/tau") == []  # nothing sent before the checkpoint was stored
+        unsent = {(k, s): v for k, v, _, s in saved[0]["unsent_metrics"]}
+        assert unsent[("train/tau", 1)] and unsent[("epoch/steps", 1)] == 1.0
+        run_worker(job, Dist(), data(), saved[0], lambda metrics, folder: None, sink=MetricBuffer(client, run.run_id))
+    keys = {k for k, _ in unsent} | {"train/resumed_from_step"}
+    for key in keys:
+        steps = [m.step for m in client.get_metric_history(run.run_id, key)]
+        assert len(steps) == len(set(steps)), (key, steps)
+    assert sorted(m.step for m in client.get_metric_history(run.run_id, "train/tau")) == [1, 2, 3]
+    (tau1,) = [m.value for m in client.get_metric_history(run.run_id, "train/tau") if m.step == 1]
+    assert tau1 == pytest.approx(unsent[("train/tau", 1)])

@@ -95,7 +95,6 @@ class TrainConfig:
     evaluate: tuple[SelectorConfig, ...] = DEFAULT_EVALUATE
     eval_every_epochs: int = 1
     eval_batch_size: int = 32
-    log_every_steps: int = 10
     keep_checkpoints: int = 2
     max_failures: int = 2
     prefetch_batches: int = 2
@@ -105,7 +104,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "accum_steps", "workers", "eval_every_epochs", "eval_batch_size",
-                     "log_every_steps", "keep_checkpoints", "prefetch_batches", "self_refresh_epochs"):
+                     "keep_checkpoints", "prefetch_batches", "self_refresh_epochs"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
         for name in ("lr", "cpus_per_worker"):

@@ -7,7 +7,10 @@ all-reduce of a flag) that every one of them has a batch, and stop together othe
 
 Time is split into **data wait** (blocked waiting for the next batch) and **step time** (selection,
 forward, backward, optimizer, policy); ``clips/s`` counts source and target clips over both.
-Rank 0 alone logs to MLflow (batched), evaluates and writes checkpoints; every rank reports.
+Rank 0 alone logs to MLflow, evaluates and writes checkpoints; every rank reports. An epoch's step and epoch
+metrics are sent to MLflow once its checkpoint is stored (the report returned), so a run resumed from a checkpoint
+re-runs only steps MLflow has never seen and every step keeps one value, the resumed run's; the checkpoint keeps
+the metrics not yet sent, and a resumed run sends those MLflow lacks (a failure between the report and the send).
 
 With a ``train.pseudo_labels`` source that uses the model's own labels (``self``, ``clip+self``), every
 rank refreshes them together after every ``train.self_refresh_epochs``-th epoch but the last
@@ -33,7 +36,7 @@ import torch
 from lmft_core.model import ModelConfig, PolicyConfig, SelectorConfig, flat_metrics
 from lmft_core.shards import BATCH_COLUMNS, ClipBatch, ShardSet, batch_from_table, label_map_tensor, read_batches
 from lmft_core.train.adapter import Adapter
-from lmft_core.train.checkpoint import save_checkpoint, set_rng_state
+from lmft_core.train.checkpoint import save_checkpoint, save_unsent_metrics, set_rng_state
 from lmft_core.train.config import TrainConfig
 from lmft_core.train.dist import Dist
 from lmft_core.train.evaluate import EvalResult, evaluate
@@ -96,8 +99,13 @@ class TableEpochData:
 
 
 class MetricSink(Protocol):
+    """Rank 0's metrics (:class:`lmft_core.tracking.MetricBuffer`): ``add`` queues, ``flush`` sends, ``unsent`` lists
+    what is queued (saved with the checkpoint), ``resend`` queues those of an earlier process's rows not yet sent."""
+
     def add(self, metrics: dict[str, float], step: int) -> None: ...
     def flush(self) -> None: ...
+    def unsent(self) -> list[list]: ...
+    def resend(self, rows: list[list]) -> int: ...
 
 
 def _take(it: Iterator[Pair], n: int) -> list[Pair]:
@@ -116,7 +124,8 @@ def run_worker(job: TrainJob, dist: Dist, data: EpochData, checkpoint: dict | No
     """Train ``job`` on this rank from ``checkpoint`` (or from scratch) to its last epoch.
 
     ``report(metrics, checkpoint_folder)`` is called once per epoch on every rank (the folder only on
-    rank 0; it is deleted after the call). ``sink`` receives rank 0's step and epoch metrics.
+    rank 0; it is deleted after the call). ``sink`` receives rank 0's step and epoch metrics, sent after each
+    report (module docstring).
     ``stop_after_epochs`` ends early after that many epochs of this call (tests).
     """
     cfg, device = job.train, torch.device(device)
@@ -139,6 +148,7 @@ def run_worker(job: TrainJob, dist: Dist, data: EpochData, checkpoint: dict | No
     if learner.pseudo_source.uses_self:  # the epoch whose self labels the checkpoint held (-1: none yet)
         resumed["resumed_self_labels_epoch"] = float(-1 if learner.self_labels is None else learner.self_labels.epoch)
     if checkpoint is not None and dist.is_main and sink is not None:
+        sink.resend(checkpoint.get("unsent_metrics", []))  # the checkpointed epoch's, if their flush did not finish
         sink.add({f"train/{k}": v for k, v in resumed.items()}, learner.step)
 
     end_epoch = cfg.epochs if stop_after_epochs is None else min(cfg.epochs, start_epoch + stop_after_epochs)
@@ -164,16 +174,19 @@ def run_worker(job: TrainJob, dist: Dist, data: EpochData, checkpoint: dict | No
                 metrics.update(next(iter(val.values())).metrics("eval_source_val"))
         if dist.is_main and sink is not None:
             sink.add({k: v for k, v in metrics.items() if k not in ("epoch", "step")}, learner.step)
-            sink.flush()
         with tempfile.TemporaryDirectory(prefix="lmft-ckpt-") as tmp:
             folder = None
             if dist.is_main:
                 folder = Path(tmp)
                 save_checkpoint(folder, learner.state_dict(), adapter.policy, epoch + 1, job.config, list(job.classes),
                                 dataclasses.asdict(job.model.clip))
+                if sink is not None:
+                    save_unsent_metrics(folder, sink.unsent())
                 if last:
                     (folder / EVALUATION_FILE).write_text(json.dumps({k: r.as_dict() for k, r in results.items()}, indent=2))
             report(metrics, folder)
+        if dist.is_main and sink is not None:
+            sink.flush()  # only now: a run resumed from an earlier checkpoint never sends a step twice
 
 
 def _train_epoch(learner: Learner, pairs: Iterator[Pair], dist: Dist, sink: MetricSink | None) -> dict[str, float]:
@@ -195,8 +208,6 @@ def _train_epoch(learner: Learner, pairs: Iterator[Pair], dist: Dist, sink: Metr
         if dist.is_main and sink is not None:
             timing = {"step_time_s": t2 - t1, "data_wait_s": t1 - t0, "clips_per_s": m["clips"] / (t2 - t0)}
             sink.add({f"train/{k}": v for k, v in (m | timing).items() if k != "clips"}, learner.step)
-            if steps % cfg.log_every_steps == 0:
-                sink.flush()
     if steps == 0:
         raise RuntimeError("an epoch took no step: a rank has fewer clips than one batch (train.batch_size x accum_steps)")
     total = wait + compute

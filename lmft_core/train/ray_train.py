@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
+import ray.train
 import torch
 from ray.data.collate_fn import ArrowBatchCollateFn
 
@@ -141,6 +142,44 @@ def release_placement_group(run_folder: str | Path) -> bool:
         return False
     remove_placement_group(PlacementGroup(ray.PlacementGroupID(bytes.fromhex(pg_id))))
     return True
+
+
+def last_line(error: BaseException) -> str:
+    """``Type: message`` of the error at the bottom of ``error``'s chain (Ray wraps a worker's error, and Ray Data
+    a read task's, with their own text around it): the last line of the worker's traceback."""
+    seen = error
+    while (inner := getattr(seen, "cause", None) or seen.__cause__) is not None and inner is not seen:
+        seen = inner
+    text = str(seen).strip()
+    first = text.splitlines()[0].strip() if text else ""
+    return f"{type(seen).__name__}: {first}" if first else type(seen).__name__
+
+
+class AttemptErrorRecorder(ray.train.UserCallback):
+    """Ray Train callback (it runs in the controller): one JSON line per failed attempt of the worker group,
+    appended to ``path`` (on storage the driver sees), ``{"time": ..., "errors": {rank: last line}}``; read
+    back with :func:`read_attempt_errors`. ``fit`` gives only the last attempt's errors."""
+
+    def __init__(self, path: str | Path):
+        self.path = str(path)
+
+    def after_exception(self, run_context, worker_exceptions: dict) -> None:
+        import json
+        import time
+
+        errors = {int(rank): last_line(e) for rank, e in sorted(worker_exceptions.items())}
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"time": time.time(), "errors": errors}) + "\n")
+
+
+def read_attempt_errors(path: str | Path) -> list[dict[int, str]]:
+    """Per failed attempt (oldest first), ``{rank: the last line of its error}`` (:class:`AttemptErrorRecorder`)."""
+    import json
+
+    path = Path(path)
+    if not path.is_file():
+        return []
+    return [{int(k): v for k, v in json.loads(line)["errors"].items()} for line in path.read_text().splitlines() if line.strip()]
 
 
 def mlflow_sink(job: TrainJob):

@@ -1,7 +1,8 @@
 """The adaptation run on the driver: check inputs, fit on Ray Train, log everything to MLflow.
 
 :func:`prepare` turns a profile and a preprocessing output into a :class:`TrainJob`, checking before
-any compute: the shards' schema version and clip geometry against the profile's ``[clip]``, that
+any compute: the shards' schema version and clip geometry against the profile's ``[clip]``, one stored
+row's shapes against ``metadata.json`` and every shard file's footer, that
 source-train, target-train and target-test have clips, the class map of the flip, pretrained weights;
 it calibrates thresholds given as keep ratios on source-train energies, and counts the target-train
 clips above gamma_c (none: L_t is 0 throughout, said in the log and the run).
@@ -89,6 +90,7 @@ def prepare(profile: Profile, shards_path: str | Path, workdir: str | Path) -> t
     try:
         shards = ShardSet.open(shards_path)
         shards.check_geometry(profile.clip)
+        shards.check_stored()
     except ShardError as e:
         raise TrainError(str(e)) from None
     cfg: TrainConfig = profile.section("train")
@@ -191,22 +193,66 @@ def run_training(profile: Profile, shards_path: str | Path, workdir: str | Path,
 
 def fit(job: TrainJob, name: str, workdir: Path):
     """Fit ``job`` with Ray Train (resuming ``name`` if it ran before); returns Ray's ``Result`` (its
-    ``checkpoint`` is the last epoch's)."""
+    ``checkpoint`` is the last epoch's). A failure after the retries is a :class:`TrainError` saying what
+    failed (:func:`failure_message`)."""
     from lmft_core.ray_cluster import connect, forwarded_env
-    from lmft_core.train.ray_train import build_trainer, train_datasets
+    from lmft_core.train.ray_train import AttemptErrorRecorder, build_trainer, read_attempt_errors, train_datasets
 
     ray = connect(shared_paths=[workdir])  # checkpoints and run files: storage every node sees
     gpus = job.train.gpus_per_worker
     if gpus is None:
         gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+    errors_file = workdir / "train" / name / ATTEMPT_ERRORS_FILE
+    errors_file.parent.mkdir(parents=True, exist_ok=True)
+    errors_file.unlink(missing_ok=True)  # this fit's attempts only
     trainer = build_trainer(job, train_datasets(ShardSet.open(job.shards), job.train), name, workdir / "ray_train",
-                            gpus, worker_env=forwarded_env())
+                            gpus, callbacks=[AttemptErrorRecorder(errors_file)], worker_env=forwarded_env())
     try:
         result = trainer.fit()
     except Exception as e:  # noqa: BLE001 - Ray wraps worker errors; keep the cause in the message
-        raise TrainError(f"training run {name} failed after its retries (train.max_failures={job.train.max_failures}): "
-                         f"{e}\nRe-running the same command resumes from the last checkpoint.") from e
+        from lmft_core.train.ray_train import last_line
+
+        attempts = read_attempt_errors(errors_file) or [{-1: last_line(e)}]
+        raise TrainError(failure_message(name, job.train.max_failures, attempts, latest_checkpoint(workdir / "ray_train" / name),
+                                         ShardSet.open(job.shards).unreadable_files(read_all=True))) from e
     if result.checkpoint is None:
         raise TrainError(f"training run {name} finished without a checkpoint")
     return result
 
+
+ATTEMPT_ERRORS_FILE = "attempt_errors.jsonl"
+
+
+def latest_checkpoint(folder: Path) -> Path | None:
+    """The newest ``epoch_NNNN`` checkpoint folder holding a checkpoint file under ``folder`` (None: none)."""
+    from lmft_core.train.checkpoint import CHECKPOINT_FILE
+
+    found = sorted(d for d in folder.glob("epoch_*") if (d / CHECKPOINT_FILE).is_file())
+    return found[-1] if found else None
+
+
+def failure_message(name: str, max_failures: int, attempts: list[dict[int, str]], checkpoint: Path | None,
+                    unreadable: list[str]) -> str:
+    """What a training run that failed after its retries tells the user: what failed (the first worker error's
+    last line, with its rank), whether every attempt failed the same way (then a re-run will too), which shard
+    files cannot be read, and whether a checkpoint exists for a re-run to resume from.
+
+    ``attempts``: per failed attempt, ``{rank: last line of its error}`` (rank -1: unknown)."""
+    rank, first = next(iter(attempts[0].items()))
+    who = f"rank {rank}" if rank >= 0 else "a worker"
+    lines = [f"training run {name} failed on {len(attempts)} attempt(s) (train.max_failures={max_failures}); "
+             f"{who}: {first}"]
+    same = all(first in a.values() for a in attempts)
+    if len(attempts) > 1 and same:
+        lines.append(f"The same error on every attempt ({len(attempts)} of {len(attempts)}): it is not transient, and "
+                     "re-running the same command fails the same way until its cause is fixed.")
+    elif len(attempts) > 1:
+        lines.append("The attempts failed differently: " + "; ".join(
+            f"attempt {i + 1}: {next(iter(a.values()))}" for i, a in enumerate(attempts)))
+    if unreadable:
+        lines.append("Shard file(s) that cannot be read: " + "; ".join(unreadable) + ": preprocess the manifest again.")
+    if checkpoint is not None:
+        lines.append(f"Last checkpoint: {checkpoint}; re-running the same command resumes from it.")
+    else:
+        lines.append("No checkpoint was written: a re-run starts from the beginning.")
+    return "\n".join(lines)
