@@ -1,7 +1,8 @@
-"""Reliability run: every real and broken video file as the target domain of one preprocessing run.
+"""Reliability runs, written into ``docs/reliability.md`` (one section each; rerun to refresh it):
 
-    python benchmarks/reliability.py [FOLDER ...] [--no-write]
+    python benchmarks/reliability.py [FOLDER ...] [--videos | --faults] [--no-write]
 
+**videos**: every real and broken video file as the target domain of one preprocessing run.
 Target rows: every file of ../shared/videos, every file of each FOLDER given (other public test videos you
 have fetched; they are only read), and damaged copies this script makes from the shared files (a cut MP4
 whose index comes first, as streaming MP4s have it; a cut AVI as UCF101 / HMDB51 ship; an MP4 with zeroed
@@ -9,9 +10,12 @@ bytes in the middle; random bytes and a text file under video names; an audio-on
 clip under an HMDB51 name with ``& ( ) [ ] # + !``). Source rows: the tiny generated demo set (a labelled source
 domain is required). One ``run_preprocess`` at paper geometry (16 x 224 x 224) on local Ray, with an untrained
 tiny CLIP (offline; the labels do not matter here) and no limit on rejects. The run must finish and account
-for every file exactly once, in the shards or in the rejects; the script checks that, then writes
-``docs/reliability.md``: per file its outcome, decoder, frames found and reason (a reject's, or the note of a
-clip salvaged from a damaged file).
+for every file exactly once, in the shards or in the rejects; the script checks that, then writes per file its
+outcome, decoder, frames found and reason (a reject's, or the note of a clip salvaged from a damaged file).
+
+**faults**: the tests that inflict a fault or a bad input (:data:`FAULT_TESTS`) run in one pytest session; each
+row of the table is one test: the fault, what the product does and what is lost as that test asserts them, and
+the test's outcome and duration in this run (a row whose test did not pass says so).
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lmft_core.benchmarking import machine_description, markdown_table
+from lmft_core.benchmarking import machine_description, markdown_table, write_section
 from lmft_core.config import load_profile
 from lmft_core.demo_data import DemoDataConfig, generate_demo_data
 from lmft_core.manifest import load_manifest, write_manifest
@@ -38,6 +42,53 @@ from lmft_core.video import is_transient_reason
 REPO = Path(__file__).resolve().parents[1]
 SHARED_VIDEOS = REPO.parent / "shared" / "videos"
 RELIABILITY_MD = REPO / "docs" / "reliability.md"
+RELIABILITY_HEADER = ("# Reliability\n\nWritten by `python benchmarks/reliability.py` (`--videos`, `--faults`: one "
+                      "section); rerun it to refresh a section.\n")
+
+# (pytest node id, the fault or bad input, what the product does, what is lost): each claim is what the test asserts.
+FAULT_TESTS = [
+    ("tests/test_bad_input.py", "bad profile values, unknown keys and sections, malformed --set (9 cases)",
+     "exit 2 at start with one line naming the file, section and key, or the --set override", "nothing (nothing written)"),
+    ("tests/test_config.py::test_an_error_from_set_names_set_not_the_profile_file", "a bad value given with --set "
+     "(train.lr=abc), two bad overrides, a bad value in the profile file", "the error names --set and the override "
+     "(the file's own error names the file)", "nothing"),
+    ("tests/test_predict.py::test_folder_video_ids_are_unique_by_construction", "a folder whose files share a stem "
+     "(clip.avi and clip.mp4), a stem equal to another file's name; a folder without videos",
+     "unique ids by construction (extensions kept where stems collide); the empty folder named in the error", "nothing"),
+    ("tests/test_predict.py::test_every_video_of_a_folder_is_predicted_or_rejected", "predict --folder on a clip and "
+     "its re-encode, generated clips, an empty file, a text file", "every video labelled or rejected with its reason, "
+     "exit 0", "nothing: every video in predictions or rejects"),
+    ("tests/test_train_run.py::test_stored_rows_disagreeing_with_the_metadata_fail_at_start", "metadata.json of other "
+     "shards (frames 32 px, metadata 16 px), class list of other shards, a shard file cut in half",
+     "fails in prepare, in seconds, naming the shard file and both shapes (before: 3 retries, 221 s)", "nothing"),
+    ("tests/test_train_run.py::test_a_shard_damaged_after_the_checks_fails_with_an_honest_message", "every shard's "
+     "frames page zeroed after the start checks (footers sound)", "fails after its retries saying the worker error, "
+     "that it repeated on every attempt (no re-run will help), the damaged files, and that no checkpoint exists",
+     "no checkpoint (none was due)"),
+    ("tests/test_train_run.py::test_a_killed_worker_resumes_from_the_last_checkpoint", "a Ray Train worker SIGKILLed "
+     "mid-training", "the worker group restarts from the last checkpoint; policy state restored exactly; one value "
+     "per step in MLflow", "the steps after the last checkpoint, re-run"),
+    ("tests/test_train_run.py::test_metrics_reach_mlflow_after_the_checkpoint_so_a_resume_leaves_one_value_per_step",
+     "a worker lost after its checkpoint is stored, before its metrics are sent", "the resumed run sends the "
+     "checkpoint's unsent metrics, then its own: one value per step", "nothing"),
+    ("tests/test_faults.py::test_driver_killed_then_interrupted_then_rerun_finishes_in_one_mlflow_run", "the driver "
+     "SIGKILLed at epoch 2, then Ctrl-C (SIGINT to its process group) at epoch 4, the same command run again",
+     "Ctrl-C: exit 130, one message, MLflow run KILLED; each re-run resumes from a checkpoint; one MLflow run, "
+     "one value per step", "the steps after the last checkpoint, re-run"),
+    ("tests/test_faults.py::test_tracking_server_down_mid_training_and_back", "the MLflow tracking server stopped "
+     "after epoch 1, back 15 s later", "training carries on (sends wait in MLflow's client retries), no restart, "
+     "run FINISHED", "nothing: every step's metrics"),
+    ("tests/test_tracking_server.py::test_unreachable_server_fails_at_start", "tracking server unreachable at start",
+     "exit 2 within the 30 s preflight, naming the URI", "nothing"),
+    ("tests/test_tracking_server.py::test_refused_credentials_fail_at_start", "tracking server refuses the "
+     "credentials", "exit 2 at once naming HTTP 401/403 and what to set", "nothing"),
+    ("tests/test_video.py::test_a_crash_a_kill_or_a_hang_costs_one_video", "a decoder that crashes, is killed or "
+     "hangs", "that video rejected (a kill or hang as transient, retried next run); the others decoded", "one video, "
+     "in rejects with its reason"),
+    ("tests/test_preprocess.py::test_rerun_skips_done_work_and_redoes_only_what_is_missing", "preprocessing "
+     "interrupted (a complete shard left in staging, one missing)", "the re-run salvages the staged shard and "
+     "redoes only the missing videos", "nothing"),
+]
 
 
 def cut_with_index_first(src: Path, dst: Path, fraction: float) -> Path:
@@ -94,17 +145,14 @@ def damaged_copies(out: Path) -> list[Path]:
     return sorted(p for p in out.iterdir() if p.is_file())
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("folders", type=Path, nargs="*", help="more folders of public test videos (their files are only read)")
-    p.add_argument("--no-write", action="store_true", help=f"print only, leave {RELIABILITY_MD.relative_to(REPO)} alone")
-    args = p.parse_args(argv)
+def video_run(folders: list[Path]) -> str | None:
+    """The video files run (module docstring); its section as markdown, None when a file is unaccounted for."""
     import ray
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         groups = {"shared/videos": sorted(f for f in SHARED_VIDEOS.iterdir() if f.is_file() and f.name != "README.md")}
-        groups |= {folder.name: sorted(f for f in folder.iterdir() if f.is_file()) for folder in args.folders}
+        groups |= {folder.name: sorted(f for f in folder.iterdir() if f.is_file()) for folder in folders}
         groups["derived (damaged copies made here)"] = damaged_copies(tmp / "derived")
         target = {f"{group}/{f.name}": f for group, files in groups.items() for f in files}
         demo = load_manifest(generate_demo_data(DemoDataConfig.preset("tiny"), tmp / "demo"))
@@ -129,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         both, neither = set(outcomes) & set(rejects), set(target) - set(outcomes) - set(rejects)
         if both or neither:
             print(f"NOT ACCOUNTED FOR: in both {sorted(both)}, in neither {sorted(neither)}", file=sys.stderr)
-            return 1
+            return None
         table = []
         for vid, path in target.items():
             size = f"{path.stat().st_size / 1e3:,.1f} kB"
@@ -146,9 +194,9 @@ def main(argv: list[str] | None = None) -> int:
             row[-1] = row[-1].replace("|", "/").replace(str(tmp), "$TMP")
     count = {o: sum(row[2] == o for row in table) for o in ("shard", "shard, salvaged", "reject", "reject, transient")}
     md = "\n\n".join([
-        "# Reliability run on real and broken video files",
-        "Written by `python benchmarks/reliability.py " + " ".join(str(f) for f in args.folders) + "` (rerun it to refresh "
-        f"this file). Machine: {machine_description()}.",
+        "## Real and broken video files",
+        "Written by `python benchmarks/reliability.py --videos " + " ".join(str(f) for f in folders) + "`. Machine: "
+        f"{machine_description()}.",
         "Every file below was one target-domain row of a single preprocessing run at paper geometry (16 x 224 x 224; "
         "decoders in an isolated child process, 60 s limit per video). The run finished and every file ended in exactly "
         f"one of the shards or the rejects: of {len(table)} files, {count['shard'] + count['shard, salvaged']} are in the shards "
@@ -160,11 +208,69 @@ def main(argv: list[str] | None = None) -> int:
         "videos); `derived` files are damaged copies of shared files this script makes, in a temporary folder ($TMP).",
         markdown_table(["file", "size", "outcome", "decoder", "frames", "reason / note"], table),
     ])
-    print(md)
-    if not args.no_write:
-        RELIABILITY_MD.write_text(md + "\n")
-        print(f"wrote {RELIABILITY_MD}")
+    return md
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("folders", type=Path, nargs="*", help="more folders of public test videos (their files are only read)")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--videos", action="store_true", help="only the video files run")
+    which.add_argument("--faults", action="store_true", help="only the faults and bad inputs run")
+    p.add_argument("--no-write", action="store_true", help=f"print only, leave {RELIABILITY_MD.relative_to(REPO)} alone")
+    args = p.parse_args(argv)
+    sections = []
+    if not args.faults:
+        md = video_run(args.folders)
+        if md is None:
+            return 1
+        sections.append(("videos", md))
+    if not args.videos:
+        sections.append(("faults", fault_run()))
+    for name, md in sections:
+        print(md)
+        if not args.no_write:
+            write_section(name, md, RELIABILITY_MD, RELIABILITY_HEADER)
+            print(f"wrote section {name} of {RELIABILITY_MD}")
     return 0
+
+
+def fault_run() -> str:
+    """Run :data:`FAULT_TESTS` in one pytest session; their table as markdown."""
+    import os
+    import subprocess
+    import time
+    import xml.etree.ElementTree as ET
+
+    with tempfile.TemporaryDirectory() as tmp:
+        report = Path(tmp) / "junit.xml"
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={report}",
+                        *[node for node, *_ in FAULT_TESTS]], cwd=REPO, env=os.environ | {"PYTHONPATH": str(REPO)})
+        total_s = time.perf_counter() - t0
+        cases = [(c.get("classname", "").replace(".", "/") + ".py", c.get("name", ""), float(c.get("time", 0)),
+                  next((child.tag for child in c if child.tag in ("failure", "error", "skipped")), "passed"))
+                 for c in ET.parse(report).getroot().iter("testcase")]
+    rows = []
+    for node, fault, behaviour, lost in FAULT_TESTS:
+        file, _, name = node.partition("::")
+        mine = [c for c in cases if c[0] == file and (not name or c[1].split("[")[0] == name)]
+        outcome = ("not run" if not mine else "passed" if all(c[3] == "passed" for c in mine)
+                   else ", ".join(sorted({c[3] for c in mine if c[3] != "passed"})))
+        if len(mine) > 1:
+            outcome = f"{sum(c[3] == 'passed' for c in mine)} of {len(mine)} passed"
+        rows.append([fault, behaviour, lost, f"`{node.removeprefix('tests/')}`", outcome, f"{sum(c[2] for c in mine):.0f}"])
+    return "\n\n".join([
+        "## Faults and bad inputs",
+        f"Written by `python benchmarks/reliability.py --faults`: each row is one test run in a single pytest session "
+        f"({total_s:.0f} s in all) on {machine_description()}, shared with other work (durations are wall-clock under "
+        "that load, setup of shared fixtures included in the first test that needs them). *what the product does* and "
+        "*what is lost* are what the test asserts; *result* is that test's outcome in this run.",
+        markdown_table(["fault or bad input", "what the product does", "what is lost", "test", "result", "s"], rows),
+        "Not tried yet: the disk filling up while shards or checkpoints are written; a Ray node lost mid-preprocessing "
+        "on a 2-node cluster; Ctrl-C in the preprocessing, evaluation, registration and prediction stages (only "
+        "training is tried above).",
+    ])
 
 
 if __name__ == "__main__":

@@ -74,6 +74,13 @@ class ConfigError(ValueError):
     """A configuration value or key is wrong; the message names the file, section and field."""
 
 
+# What an entry script prints on Ctrl-C (SIGINT), exiting with 130 as shells do: every output is written
+# atomically or keyed (preprocessing, trainings, predictions), so a re-run continues from what was finished.
+INTERRUPTED = ("[lmft] interrupted (Ctrl-C): stopped; nothing half-written is visible. Re-running the same command "
+               "continues where it stopped (finished stages and shards are kept, a training resumes from its last checkpoint).")
+INTERRUPTED_EXIT = 130
+
+
 @dataclass(frozen=True)
 class ClipConfig:
     """Clip geometry shared by preprocessing and training (see the module docstring for terms)."""

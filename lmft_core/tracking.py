@@ -226,7 +226,7 @@ def using_tracking_uri(uri: str) -> Iterator[None]:
 def start_run(cfg: TrackingConfig, workdir: str | Path, run_name: str, parent_run_id: str | None = None,
               resume_run_id: str | None = None) -> Iterator[Run]:
     """Open a run in ``cfg.experiment`` (created on first use), or reopen ``resume_run_id`` when that run
-    exists (a resumed job continues its run); FINISHED at the end, FAILED if the body raises."""
+    exists (a resumed job continues its run); FINISHED at the end, FAILED if the body raises, KILLED on Ctrl-C."""
     from mlflow import MlflowClient
 
     workdir = Path(workdir)
@@ -255,5 +255,8 @@ def start_run(cfg: TrackingConfig, workdir: str | Path, run_name: str, parent_ru
     try:
         yield Run(client, run_id)
         status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"  # Ctrl-C: stopped by the user, not failed
+        raise
     finally:
         client.set_terminated(run_id, status=status)

@@ -15,7 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from lmft_core.config import ConfigError, available_profiles, load_profile
+from lmft_core.config import ConfigError, INTERRUPTED, INTERRUPTED_EXIT, available_profiles, load_profile
 from lmft_core.manifest import ManifestError
 from lmft_core.preprocess import PreprocessError
 from lmft_core.pseudo_labels import WeightsError
@@ -38,6 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ManifestError, FileExistsError, PreprocessError, WeightsError, TrainError, SweepError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(INTERRUPTED, file=sys.stderr)
+        return INTERRUPTED_EXIT
     print(where_everything_is(result))
     return 0
 

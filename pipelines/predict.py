@@ -17,7 +17,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from lmft_core.config import ConfigError, available_profiles, load_profile
+from lmft_core.config import ConfigError, INTERRUPTED, INTERRUPTED_EXIT, available_profiles, load_profile
 from lmft_core.manifest import ManifestError
 from lmft_core.model_registry import resolve
 from lmft_core.predict import read_inputs, run_predict
@@ -48,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ManifestError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(INTERRUPTED, file=sys.stderr)
+        return INTERRUPTED_EXIT
     acc = "" if summary.accuracy is None else f", accuracy {summary.accuracy:.3f} on {summary.labelled} labelled"
     print(f"[lmft] {summary.predicted} of {summary.videos_in} videos labelled ({summary.rejected} rejected{acc}) "
           f"with {summary.model}\n[lmft] predictions: {summary.predictions}\n[lmft] rejects: {summary.rejects}")

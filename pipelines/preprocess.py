@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from lmft_core.config import ConfigError, load_profile
+from lmft_core.config import ConfigError, INTERRUPTED, INTERRUPTED_EXIT, load_profile
 from lmft_core.manifest import ManifestError
 from lmft_core.preprocess import PreprocessError, run_preprocess
 from lmft_core.pseudo_labels import WeightsError
@@ -34,6 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ManifestError, WeightsError, PreprocessError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(INTERRUPTED, file=sys.stderr)
+        return INTERRUPTED_EXIT
     print(summary)
     return 0
 

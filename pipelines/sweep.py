@@ -17,7 +17,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from lmft_core.config import ConfigError, available_profiles, load_profile
+from lmft_core.config import ConfigError, INTERRUPTED, INTERRUPTED_EXIT, available_profiles, load_profile
 from lmft_core.sweep import SweepError, run_sweep
 from lmft_core.train.run import TrainError
 
@@ -35,6 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, TrainError, SweepError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(INTERRUPTED, file=sys.stderr)
+        return INTERRUPTED_EXIT
     print(f"[lmft] sweep {result.name}: {len(result.table)} trials in {result.elapsed_s:.0f} s; best {result.best_trial} "
           f"{result.best_params} -> {result.best_metrics}\n[lmft] results: {result.results_csv}\n"
           f"[lmft] best model: {result.model_uri} (MLflow run {result.best_run_id}); sweep run {result.parent_run_id}")

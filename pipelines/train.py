@@ -16,7 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from lmft_core.config import ConfigError, available_profiles, load_profile
+from lmft_core.config import ConfigError, INTERRUPTED, INTERRUPTED_EXIT, available_profiles, load_profile
 from lmft_core.model import tau_text
 from lmft_core.train.run import TrainError, run_training
 
@@ -34,6 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, TrainError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(INTERRUPTED, file=sys.stderr)
+        return INTERRUPTED_EXIT
     main_result = result.evaluation.get(next(iter(result.evaluation)), {})
     print(f"[lmft] run {result.run_name}: target-test top-1 {main_result.get('top1', float('nan')):.3f}, "
           f"discard rate {main_result.get('discard_rate', float('nan')):.3f}, tau_hat {tau_text(result.tau_hat)}\n"
