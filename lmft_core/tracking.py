@@ -190,19 +190,17 @@ class MetricBuffer:
             chunk, self.pending = self.pending[:self.MAX_PER_CALL], self.pending[self.MAX_PER_CALL:]
             self.client.log_batch(self.run_id, metrics=chunk)
 
-    def unsent(self) -> list[list]:
-        """The metrics added and not yet sent, as JSON-able ``[key, value, timestamp_ms, step]`` rows."""
-        return [[m.key, m.value, m.timestamp, m.step] for m in self.pending]
+    def take(self) -> list[list]:
+        """The metrics added and not yet sent, as JSON-able ``[key, value, timestamp_ms, step]`` rows; the buffer
+        forgets them (whoever takes them sends them: :class:`lmft_core.train.ray_train.MetricSender`)."""
+        rows, self.pending = [[m.key, m.value, m.timestamp, m.step] for m in self.pending], []
+        return rows
 
-    def resend(self, rows: list[list]) -> int:
-        """Queue those of ``rows`` (an earlier process's :meth:`unsent`) whose key has no value at their step in
-        the run yet (one history request per key); returns how many were queued."""
+    def add_rows(self, rows: list[list]) -> None:
+        """Queue ``[key, value, timestamp_ms, step]`` rows (:meth:`take`)."""
         from mlflow.entities import Metric
 
-        logged = {key: {m.step for m in self.client.get_metric_history(self.run_id, key)} for key in {r[0] for r in rows}}
-        missing = [Metric(k, float(v), int(t), int(s)) for k, v, t, s in rows if int(s) not in logged[k]]
-        self.pending += missing
-        return len(missing)
+        self.pending += [Metric(k, float(v), int(t), int(s)) for k, v, t, s in rows]
 
 
 @contextmanager

@@ -236,14 +236,8 @@ class ListSink:
     def add(self, metrics, step):
         self.rows.append((step, dict(metrics)))
 
-    def flush(self):
-        pass
-
-    def unsent(self):
+    def take(self):
         return []
-
-    def resend(self, rows):
-        return 0
 
 
 def test_a_resumed_run_keeps_the_self_labels_of_its_checkpoint(tiny_shards, tmp_path):

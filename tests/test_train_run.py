@@ -321,37 +321,52 @@ def test_a_shard_damaged_after_the_checks_fails_with_an_honest_message(tiny_shar
     assert "resumes" not in message
 
 
-def test_metrics_reach_mlflow_after_the_checkpoint_so_a_resume_leaves_one_value_per_step(tiny_shards, tmp_path):
-    """A worker that dies after its epoch-1 checkpoint is stored but before it sends that epoch's metrics: MLflow has
-    nothing from it; the run resumed from that checkpoint sends the checkpoint's unsent metrics, then its own: every
-    step of every metric holds exactly one value, and epoch 1's are the values the checkpoint kept."""
+def test_metrics_reach_mlflow_once_their_checkpoint_is_registered_so_a_resume_leaves_one_value_per_step(tiny_shards, tmp_path):
+    """Ray's controller registers epoch 1's checkpoint but the send fails (the store cannot be opened): the rows wait
+    in the backlog file. Epoch 2's checkpoint is never registered (the worker group dies first): its metrics are never
+    sent. The run resumed from epoch 1's checkpoint re-runs epoch 2 and sends its own values with the backlog. Every
+    step of every metric holds exactly one value; epoch 2's are the resumed run's."""
+    from ray.train import Checkpoint
+
     from lmft_core.tracking import MetricBuffer, TrackingConfig, start_run
+    from lmft_core.train.checkpoint import UNSENT_METRICS_FILE
     from lmft_core.train.dist import Dist
     from lmft_core.train.loop import TableEpochData, run_worker
+    from lmft_core.train.ray_train import METRIC_BACKLOG_FILE, MetricSender
 
     job, _ = prepare(profile("train.workers=1", "train.evaluate=[]"), tiny_shards, tmp_path)
     shards = ShardSet.open(job.shards)
+    uri = TrackingConfig().resolve_uri(tmp_path)
     with start_run(TrackingConfig(experiment="resume"), tmp_path, "resume") as run:
-        client = MlflowClient(tracking_uri=TrackingConfig().resolve_uri(tmp_path))
-        saved = []
+        client = MlflowClient(tracking_uri=uri)
+        backlog = tmp_path / METRIC_BACKLOG_FILE
+        sender = MetricSender(f"sqlite:///{tmp_path / 'missing' / 'mlflow.db'}", run.run_id, backlog)
+        sent: dict[int, dict] = {}  # epoch -> {(key, step): value} as its checkpoint held them
+        registered: list[dict] = []
 
-        def die_after_the_checkpoint(metrics, folder):
-            saved.append(load_checkpoint(folder))
-            raise RuntimeError("worker lost after the report")
+        def controller(metrics, folder, register_until: int):
+            epoch = int(metrics["epoch"])
+            rows = json.loads((folder / UNSENT_METRICS_FILE).read_text())
+            if epoch > register_until:
+                raise RuntimeError("worker group lost before Ray registered the checkpoint")
+            sent[epoch] = {(k, st): v for k, v, _, st in rows}
+            registered.append(load_checkpoint(folder))
+            sender.after_report(None, [metrics], Checkpoint.from_directory(str(folder)))
+            sender.tracking_uri = uri  # the store can be opened from now on
 
         def data():
             return TableEpochData(shards, job.train.batch_size, job.train.seed)
 
-        with pytest.raises(RuntimeError, match="worker lost"):
-            run_worker(job, Dist(), data(), None, die_after_the_checkpoint, sink=MetricBuffer(client, run.run_id))
-        assert client.get_metric_history(run.run_id, "train/tau") == []  # nothing sent before the checkpoint was stored
-        unsent = {(k, s): v for k, v, _, s in saved[0]["unsent_metrics"]}
-        assert unsent[("train/tau", 1)] and unsent[("epoch/steps", 1)] == 1.0
-        run_worker(job, Dist(), data(), saved[0], lambda metrics, folder: None, sink=MetricBuffer(client, run.run_id))
-    keys = {k for k, _ in unsent} | {"train/resumed_from_step"}
-    for key in keys:
+        with pytest.raises(RuntimeError, match="worker group lost"):
+            run_worker(job, Dist(), data(), None, lambda m, f: controller(m, f, 1), sink=MetricBuffer(client, run.run_id))
+        assert client.get_metric_history(run.run_id, "train/tau") == [] and backlog.is_file()  # the send failed
+        n = job.steps_per_epoch  # epoch e ends at step e * n
+        assert ("train/tau", 1) in sent[1] and ("epoch/steps", n) in sent[1]
+        run_worker(job, Dist(), data(), registered[0], lambda m, f: controller(m, f, 3), sink=MetricBuffer(client, run.run_id))
+        assert not backlog.exists()
+    for key in {k for k, _ in sent[1]} | {k for k, _ in sent[2]}:
         steps = [m.step for m in client.get_metric_history(run.run_id, key)]
         assert len(steps) == len(set(steps)), (key, steps)
-    assert sorted(m.step for m in client.get_metric_history(run.run_id, "train/tau")) == [1, 2, 3]
-    (tau1,) = [m.value for m in client.get_metric_history(run.run_id, "train/tau") if m.step == 1]
-    assert tau1 == pytest.approx(unsent[("train/tau", 1)])
+    history = {m.step: m.value for m in client.get_metric_history(run.run_id, "train/tau")}
+    assert sorted(history) == list(range(1, 3 * n + 1))
+    assert history[n] == pytest.approx(sent[1][("train/tau", n)]) and history[2 * n] == pytest.approx(sent[2][("train/tau", 2 * n)])

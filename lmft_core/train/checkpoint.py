@@ -4,9 +4,9 @@ A checkpoint is a folder holding ``checkpoint.pt``: the learner's state (adapter
 optimizer, scheduler, and under ``self_labels`` the self-training labels: None unless
 ``train.pseudo_labels`` uses them and they have been refreshed), the completed ``epoch`` and ``step``,
 rank 0's RNG states, the resolved configuration, the classes and the clip geometry, and the policy's
-values (mu, log sigma, sigma, baseline, step, tau_hat) in plain numbers (lists, one entry per segment 1..N_t-1, for a per-segment policy). Beside it ``unsent_metrics.json``: the epoch's step and epoch metrics that
-rank 0 sends to MLflow only once the checkpoint is stored (:func:`save_unsent_metrics`; a resumed run sends those
-MLflow lacks, so every step holds one value: see :func:`lmft_core.train.loop.run_worker`). The last epoch's checkpoint also holds ``evaluation.json``
+values (mu, log sigma, sigma, baseline, step, tau_hat) in plain numbers (lists, one entry per segment 1..N_t-1, for a per-segment policy). Beside it ``unsent_metrics.json``: the epoch's step and epoch metrics, sent
+to MLflow once Ray has registered the checkpoint (:func:`save_unsent_metrics`,
+:class:`lmft_core.train.ray_train.MetricSender`), so every step holds one value. The last epoch's checkpoint also holds ``evaluation.json``
 (every selector's results on target-test). Only tensors, numbers, strings, lists and dicts are
 stored, so ``weights_only=True`` loads it.
 """
@@ -56,14 +56,10 @@ def save_unsent_metrics(folder: str | Path, rows: list[list]) -> None:
 
 
 def load_checkpoint(folder: str | Path, map_location: str | torch.device = "cpu") -> dict:
-    """The contents of ``folder/checkpoint.pt`` (or of the file itself), loaded with ``weights_only=True``; from a
-    folder with ``unsent_metrics.json``, its rows under ``"unsent_metrics"``."""
+    """The contents of ``folder/checkpoint.pt`` (or of the file itself), loaded with ``weights_only=True``."""
     path = Path(folder)
     path = path / CHECKPOINT_FILE if path.is_dir() else path
     state = torch.load(path, map_location=map_location, weights_only=True)
     if state.get("format") != FORMAT:
         raise ValueError(f"{path}: not an lmft training checkpoint (format {state.get('format')!r}, expected {FORMAT!r})")
-    unsent = path.parent / UNSENT_METRICS_FILE
-    if unsent.is_file():
-        state["unsent_metrics"] = json.loads(unsent.read_text())
     return state

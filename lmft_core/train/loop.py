@@ -7,10 +7,10 @@ all-reduce of a flag) that every one of them has a batch, and stop together othe
 
 Time is split into **data wait** (blocked waiting for the next batch) and **step time** (selection,
 forward, backward, optimizer, policy); ``clips/s`` counts source and target clips over both.
-Rank 0 alone logs to MLflow, evaluates and writes checkpoints; every rank reports. An epoch's step and epoch
-metrics are sent to MLflow once its checkpoint is stored (the report returned), so a run resumed from a checkpoint
-re-runs only steps MLflow has never seen and every step keeps one value, the resumed run's; the checkpoint keeps
-the metrics not yet sent, and a resumed run sends those MLflow lacks (a failure between the report and the send).
+Rank 0 alone collects metrics, evaluates and writes checkpoints; every rank reports. An epoch's step and epoch
+metrics travel in its checkpoint (``unsent_metrics.json``) and reach MLflow only once Ray has registered that
+checkpoint (:class:`lmft_core.train.ray_train.MetricSender`, in the controller), so a run resumed from a checkpoint
+re-runs only steps MLflow has never seen and every step keeps one value, the resumed run's.
 
 With a ``train.pseudo_labels`` source that uses the model's own labels (``self``, ``clip+self``), every
 rank refreshes them together after every ``train.self_refresh_epochs``-th epoch but the last
@@ -99,13 +99,11 @@ class TableEpochData:
 
 
 class MetricSink(Protocol):
-    """Rank 0's metrics (:class:`lmft_core.tracking.MetricBuffer`): ``add`` queues, ``flush`` sends, ``unsent`` lists
-    what is queued (saved with the checkpoint), ``resend`` queues those of an earlier process's rows not yet sent."""
+    """Rank 0's metrics (:class:`lmft_core.tracking.MetricBuffer`): ``add`` queues, ``take`` hands the queue over
+    (to the checkpoint)."""
 
     def add(self, metrics: dict[str, float], step: int) -> None: ...
-    def flush(self) -> None: ...
-    def unsent(self) -> list[list]: ...
-    def resend(self, rows: list[list]) -> int: ...
+    def take(self) -> list[list]: ...
 
 
 def _take(it: Iterator[Pair], n: int) -> list[Pair]:
@@ -124,8 +122,8 @@ def run_worker(job: TrainJob, dist: Dist, data: EpochData, checkpoint: dict | No
     """Train ``job`` on this rank from ``checkpoint`` (or from scratch) to its last epoch.
 
     ``report(metrics, checkpoint_folder)`` is called once per epoch on every rank (the folder only on
-    rank 0; it is deleted after the call). ``sink`` receives rank 0's step and epoch metrics, sent after each
-    report (module docstring).
+    rank 0; it is deleted after the call). ``sink`` collects rank 0's step and epoch metrics; each checkpoint
+    takes them (module docstring).
     ``stop_after_epochs`` ends early after that many epochs of this call (tests).
     """
     cfg, device = job.train, torch.device(device)
@@ -148,7 +146,6 @@ def run_worker(job: TrainJob, dist: Dist, data: EpochData, checkpoint: dict | No
     if learner.pseudo_source.uses_self:  # the epoch whose self labels the checkpoint held (-1: none yet)
         resumed["resumed_self_labels_epoch"] = float(-1 if learner.self_labels is None else learner.self_labels.epoch)
     if checkpoint is not None and dist.is_main and sink is not None:
-        sink.resend(checkpoint.get("unsent_metrics", []))  # the checkpointed epoch's, if their flush did not finish
         sink.add({f"train/{k}": v for k, v in resumed.items()}, learner.step)
 
     end_epoch = cfg.epochs if stop_after_epochs is None else min(cfg.epochs, start_epoch + stop_after_epochs)
@@ -181,12 +178,10 @@ def run_worker(job: TrainJob, dist: Dist, data: EpochData, checkpoint: dict | No
                 save_checkpoint(folder, learner.state_dict(), adapter.policy, epoch + 1, job.config, list(job.classes),
                                 dataclasses.asdict(job.model.clip))
                 if sink is not None:
-                    save_unsent_metrics(folder, sink.unsent())
+                    save_unsent_metrics(folder, sink.take())
                 if last:
                     (folder / EVALUATION_FILE).write_text(json.dumps({k: r.as_dict() for k, r in results.items()}, indent=2))
             report(metrics, folder)
-        if dist.is_main and sink is not None:
-            sink.flush()  # only now: a run resumed from an earlier checkpoint never sends a step twice
 
 
 def _train_epoch(learner: Learner, pairs: Iterator[Pair], dist: Dist, sink: MetricSink | None) -> dict[str, float]:

@@ -172,6 +172,73 @@ class AttemptErrorRecorder(ray.train.UserCallback):
             f.write(json.dumps({"time": time.time(), "errors": errors}) + "\n")
 
 
+class MetricSender(ray.train.UserCallback):
+    """Ray Train callback (it runs in the controller): once Ray has registered a checkpoint, send the metrics rank 0
+    kept in it (``unsent_metrics.json``, :func:`lmft_core.train.checkpoint.save_unsent_metrics`) to the MLflow run.
+
+    Metrics of an epoch whose checkpoint Ray never registered (the worker group died first) are never sent; the
+    resumed run re-runs those steps and sends its own, so every step holds one value. A failed send (the tracking
+    server away for longer than MLflow's client retries) is kept, written to ``backlog_file`` and tried again at
+    the next checkpoint; the driver sends what is left after the fit (:func:`send_backlog`)."""
+
+    def __init__(self, tracking_uri: str, run_id: str, backlog_file: str | Path, env: dict[str, str] | None = None):
+        import json
+
+        self.tracking_uri, self.run_id, self.backlog_file, self.env = tracking_uri, run_id, str(backlog_file), env or {}
+        path = Path(backlog_file)  # an earlier driver's (killed before its end)
+        self.backlog: list[list] = json.loads(path.read_text()) if path.is_file() else []
+
+    def after_report(self, run_context, metrics, checkpoint) -> None:
+        import json
+        import os
+
+        from lmft_core.files import atomic_write
+        from lmft_core.train.checkpoint import UNSENT_METRICS_FILE
+
+        if checkpoint is None:
+            return
+        with checkpoint.as_directory() as folder:
+            path = Path(folder) / UNSENT_METRICS_FILE
+            self.backlog += json.loads(path.read_text()) if path.is_file() else []
+        os.environ.update(self.env)  # the tracking server's credentials, as the workers get them
+        try:
+            send_rows(self.tracking_uri, self.run_id, self.backlog)
+            self.backlog = []
+            Path(self.backlog_file).unlink(missing_ok=True)
+        except Exception as e:  # noqa: BLE001 - keep training; the rows are kept and sent later
+            print(f"[lmft] could not send {len(self.backlog)} metric values to MLflow ({type(e).__name__}: {e}); "
+                  "kept, sent with the next checkpoint's or at the end")
+            with atomic_write(self.backlog_file) as f:
+                f.write(json.dumps(self.backlog))
+
+
+def send_rows(tracking_uri: str, run_id: str, rows: list[list]) -> None:
+    """Send ``[key, value, timestamp_ms, step]`` rows to MLflow run ``run_id``."""
+    from mlflow import MlflowClient
+
+    from lmft_core.tracking import MetricBuffer
+
+    buffer = MetricBuffer(MlflowClient(tracking_uri=tracking_uri), run_id)
+    buffer.add_rows(rows)
+    buffer.flush()
+
+
+def send_backlog(job: TrainJob, run_folder: str | Path) -> int:
+    """Send the metrics a :class:`MetricSender` could not (its backlog file in ``run_folder``); returns how many."""
+    import json
+
+    path = Path(run_folder) / METRIC_BACKLOG_FILE
+    if not path.is_file():
+        return 0
+    rows = json.loads(path.read_text())
+    send_rows(job.tracking_uri, job.mlflow_run_id, rows)
+    path.unlink()
+    return len(rows)
+
+
+METRIC_BACKLOG_FILE = "unsent_metrics_backlog.json"
+
+
 def read_attempt_errors(path: str | Path) -> list[dict[int, str]]:
     """Per failed attempt (oldest first), ``{rank: the last line of its error}`` (:class:`AttemptErrorRecorder`)."""
     import json
@@ -196,12 +263,16 @@ def mlflow_sink(job: TrainJob):
 def build_trainer(job: TrainJob, datasets: dict, name: str, storage_path: str | Path, num_gpus: float,
                   callbacks: list | None = None, worker_env: dict[str, str] | None = None):
     """The ``TorchTrainer`` of ``job``: ``job.train.workers`` workers, each with ``cpus_per_worker`` CPUs and
-    ``num_gpus`` GPUs; resumes when ``(storage_path, name)`` holds an earlier run of the same name."""
+    ``num_gpus`` GPUs; resumes when ``(storage_path, name)`` holds an earlier run of the same name. With an MLflow
+    run, a :class:`MetricSender` comes first among the ``callbacks``."""
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     cfg = job.train
     resources = {"CPU": cfg.cpus_per_worker} | ({"GPU": num_gpus} if num_gpus else {})
+    if job.mlflow_run_id:  # first: a Tune callback after it may end the trial
+        backlog = Path(storage_path) / name / METRIC_BACKLOG_FILE
+        callbacks = [MetricSender(job.tracking_uri, job.mlflow_run_id, backlog, worker_env), *(callbacks or [])]
     return TorchTrainer(
         train_fn,
         train_loop_config={"job": job},

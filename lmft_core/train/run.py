@@ -196,7 +196,8 @@ def fit(job: TrainJob, name: str, workdir: Path):
     ``checkpoint`` is the last epoch's). A failure after the retries is a :class:`TrainError` saying what
     failed (:func:`failure_message`)."""
     from lmft_core.ray_cluster import connect, forwarded_env
-    from lmft_core.train.ray_train import AttemptErrorRecorder, build_trainer, read_attempt_errors, train_datasets
+    from lmft_core.train.ray_train import (AttemptErrorRecorder, build_trainer, read_attempt_errors, send_backlog,
+                                          train_datasets)
 
     ray = connect(shared_paths=[workdir])  # checkpoints and run files: storage every node sees
     gpus = job.train.gpus_per_worker
@@ -217,6 +218,8 @@ def fit(job: TrainJob, name: str, workdir: Path):
                                          ShardSet.open(job.shards).unreadable_files(read_all=True))) from e
     if result.checkpoint is None:
         raise TrainError(f"training run {name} finished without a checkpoint")
+    if job.mlflow_run_id:
+        send_backlog(job, workdir / "ray_train" / name)  # what the controller could not send (the server was away)
     return result
 
 
