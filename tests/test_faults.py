@@ -68,7 +68,7 @@ def test_driver_killed_then_interrupted_then_rerun_finishes_in_one_mlflow_run(ti
     code = _reap(interrupted)
     log = (tmp_path / "interrupted.log").read_text()
     assert code == INTERRUPTED_EXIT, log[-3000:]
-    assert log.rstrip().endswith(INTERRUPTED), log[-3000:]
+    assert INTERRUPTED in log and "Traceback" not in log, log[-3000:]
     run_id = (tmp_path / "train" / "faults" / "mlflow_run_id").read_text().strip()
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert client.get_run(run_id).info.status == "KILLED"
@@ -152,3 +152,51 @@ def test_tracking_server_down_mid_training_and_back(tiny_shards, tmp_path):
     finally:
         watcher.join()
         stop_session(server["proc"])
+
+
+def test_disk_full_while_a_checkpoint_is_written(tiny_shards, tmp_path):
+    """Once epoch 1's checkpoint is stored, the Ray Train workers' file-size limit (RLIMIT_FSIZE, set from outside
+    with prlimit) drops to half its size: the next checkpoint write fails as on a full disk (``OSError: [Errno 27]
+    File too large``). The worker group restarts (new processes, the space back), resumes from the last stored
+    checkpoint and finishes; no half-written checkpoint is visible, the error is recorded, one value per step."""
+    import resource
+    import threading
+
+    from ray._private import state
+
+    from lmft_core.config import load_profile
+    from lmft_core.train.run import run_training
+
+    limited: dict = {}
+
+    def fill_the_disk():
+        first = tmp_path / "ray_train" / "diskfull" / "epoch_0001" / "checkpoint.pt"
+        deadline = time.monotonic() + 300
+        while not first.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(0.5)  # the copy into storage finishes
+        limit = first.stat().st_size // 2
+        for actor in state.actors().values():
+            if actor["ActorClassName"] == "RayTrainWorker" and actor["State"] == "ALIVE":
+                resource.prlimit(actor["Pid"], resource.RLIMIT_FSIZE, (limit, limit))
+                limited[actor["Pid"]] = limit
+
+    profile = load_profile("demo", TINY_CLIP_GEOMETRY + TINY_TRAIN + [
+        "train.epochs=4", "train.keep_checkpoints=10", "train.max_failures=2", "train.run_name='diskfull'",
+        "train.evaluate=[]"])
+    watcher = threading.Thread(target=fill_the_disk)
+    watcher.start()
+    t0 = time.monotonic()
+    result = run_training(profile, tiny_shards, tmp_path)
+    watcher.join()
+    print(f"file size limit {set(limited.values())} B on {len(limited)} workers; finished in {time.monotonic() - t0:.0f} s")
+    assert limited, "no worker was limited"
+    errors = (tmp_path / "train" / "diskfull" / "attempt_errors.jsonl").read_text()
+    assert "File too large" in errors, errors
+    for folder in sorted((tmp_path / "ray_train" / "diskfull").glob("epoch_*")):  # each stored checkpoint whole
+        assert load_checkpoint(folder)["epoch"] == int(folder.name.split("_")[1]), folder
+    client = MlflowClient(tracking_uri=result.tracking_uri)
+    assert client.get_metric_history(result.mlflow_run_id, "train/resumed_from_step")  # restarted from a checkpoint
+    assert load_checkpoint(result.checkpoint)["epoch"] == 4
+    for key in ("train/tau", "epoch/steps"):
+        assert sorted(m.step for m in client.get_metric_history(result.mlflow_run_id, key)) == list(range(1, 5)), key

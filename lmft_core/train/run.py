@@ -209,7 +209,7 @@ def fit(job: TrainJob, name: str, workdir: Path):
     trainer = build_trainer(job, train_datasets(ShardSet.open(job.shards), job.train), name, workdir / "ray_train",
                             gpus, callbacks=[AttemptErrorRecorder(errors_file)], worker_env=forwarded_env())
     try:
-        result = trainer.fit()
+        result = fit_interruptible(trainer)
     except Exception as e:  # noqa: BLE001 - Ray wraps worker errors; keep the cause in the message
         from lmft_core.train.ray_train import last_line
 
@@ -224,6 +224,33 @@ def fit(job: TrainJob, name: str, workdir: Path):
 
 
 ATTEMPT_ERRORS_FILE = "attempt_errors.jsonl"
+
+
+def fit_interruptible(trainer):
+    """``trainer.fit()`` where Ctrl-C raises ``KeyboardInterrupt`` in the caller at once.
+
+    Ray Train's ``fit`` in the main thread installs its own SIGINT handler, which asks the controller to abort and,
+    when Ctrl-C also reached the controller's process (a terminal signals the whole process group), ends the process
+    with ``sys.exit`` (seen here: exit code 1, no message, the MLflow run FAILED). In another thread ``fit`` installs
+    none; the caller waits, and Ctrl-C leaves the run to resume from its last checkpoint (a daemon thread: the process
+    exits without waiting for it, and the driver's Ray actors end with it)."""
+    import threading
+
+    outcome: dict = {}
+
+    def run() -> None:
+        try:
+            outcome["result"] = trainer.fit()
+        except BaseException as e:  # noqa: BLE001 - handed to the caller
+            outcome["error"] = e
+
+    thread = threading.Thread(target=run, name="ray-train-fit", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(0.5)
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
 
 
 def latest_checkpoint(folder: Path) -> Path | None:
