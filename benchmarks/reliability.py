@@ -82,6 +82,9 @@ FAULT_TESTS = [
      "written (the workers' RLIMIT_FSIZE cut to half a checkpoint: EFBIG, as ENOSPC)", "the worker group restarts "
      "from the last stored checkpoint and finishes; the error recorded; every stored checkpoint whole",
      "the steps after the last checkpoint, re-run"),
+    ("tests/test_faults.py::test_a_checkpoint_write_that_runs_out_of_space_says_so", "a checkpoint written with "
+     "64 KiB of space (file-size limit)", "an OSError naming the file, the bytes written and the space left (torch "
+     "alone says 'unexpected pos')", "the checkpoint being written (the last stored one stays)"),
     ("tests/test_tracking_server.py::test_unreachable_server_fails_at_start", "tracking server unreachable at start",
      "exit 2 within the 30 s preflight, naming the URI", "nothing"),
     ("tests/test_tracking_server.py::test_refused_credentials_fail_at_start", "tracking server refuses the "

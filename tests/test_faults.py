@@ -156,9 +156,10 @@ def test_tracking_server_down_mid_training_and_back(tiny_shards, tmp_path):
 
 def test_disk_full_while_a_checkpoint_is_written(tiny_shards, tmp_path):
     """Once epoch 1's checkpoint is stored, the Ray Train workers' file-size limit (RLIMIT_FSIZE, set from outside
-    with prlimit) drops to half its size: the next checkpoint write fails as on a full disk (``OSError: [Errno 27]
-    File too large``). The worker group restarts (new processes, the space back), resumes from the last stored
-    checkpoint and finishes; no half-written checkpoint is visible, the error is recorded, one value per step."""
+    with prlimit) drops to half its size: the next checkpoint write fails as on a full disk (EFBIG; torch reports it as
+    "unexpected pos", lmft as an OSError saying the checkpoint could not be written and the space left). The worker
+    group restarts (new processes, the space back), resumes from the last stored checkpoint and finishes; no
+    half-written checkpoint is visible, the error is recorded, one value per step."""
     import resource
     import threading
 
@@ -192,7 +193,7 @@ def test_disk_full_while_a_checkpoint_is_written(tiny_shards, tmp_path):
     print(f"file size limit {set(limited.values())} B on {len(limited)} workers; finished in {time.monotonic() - t0:.0f} s")
     assert limited, "no worker was limited"
     errors = (tmp_path / "train" / "diskfull" / "attempt_errors.jsonl").read_text()
-    assert "File too large" in errors, errors
+    assert "the checkpoint could not be written" in errors and "a full disk or a file-size limit" in errors, errors
     for folder in sorted((tmp_path / "ray_train" / "diskfull").glob("epoch_*")):  # each stored checkpoint whole
         assert load_checkpoint(folder)["epoch"] == int(folder.name.split("_")[1]), folder
     client = MlflowClient(tracking_uri=result.tracking_uri)
@@ -200,3 +201,24 @@ def test_disk_full_while_a_checkpoint_is_written(tiny_shards, tmp_path):
     assert load_checkpoint(result.checkpoint)["epoch"] == 4
     for key in ("train/tau", "epoch/steps"):
         assert sorted(m.step for m in client.get_metric_history(result.mlflow_run_id, key)) == list(range(1, 5)), key
+
+
+def test_a_checkpoint_write_that_runs_out_of_space_says_so(tmp_path):
+    """torch.save on a full disk says only "unexpected pos ..."; save_checkpoint says what failed: the file, the
+    bytes written, the space left (a subprocess with a 64 KiB file-size limit, EFBIG as a full disk's ENOSPC)."""
+    code = f"""
+import resource, torch
+from lmft_core.model import ThresholdPolicy
+from lmft_core.train.checkpoint import save_checkpoint
+resource.setrlimit(resource.RLIMIT_FSIZE, (65536, resource.RLIM_INFINITY))
+try:
+    save_checkpoint({str(tmp_path)!r}, {{"w": torch.zeros(100_000)}}, ThresholdPolicy(), 1, {{}}, [], {{}})
+except OSError as e:
+    print("OSError:", e)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env=os.environ | {"PYTHONPATH": str(REPO)})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.startswith(f"OSError: {tmp_path / 'checkpoint.pt'}: the checkpoint could not be written (65536 bytes "
+                                 "written, "), out.stdout
+    assert "bytes free on its disk: a full disk or a file-size limit?): [enforce fail" in out.stdout, out.stdout

@@ -14,6 +14,7 @@ stored, so ``weights_only=True`` loads it.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import torch
@@ -40,13 +41,19 @@ def set_rng_state(state: dict) -> None:
 
 def save_checkpoint(folder: str | Path, learner_state: dict, policy: ThresholdPolicy, epoch: int, config: dict,
                     classes: list[str], clip: dict) -> Path:
-    """Write ``folder/checkpoint.pt``; returns its path."""
+    """Write ``folder/checkpoint.pt``; returns its path. A failed write is an ``OSError`` saying how much was written
+    and how much space is free (torch's own message, "unexpected pos", says neither)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / CHECKPOINT_FILE
-    torch.save({"format": FORMAT, "learner": learner_state, "epoch": int(epoch), "step": int(policy.step),
-                "rng": rng_state(), "config": config, "classes": list(classes), "clip": dict(clip),
-                "policy": policy.values()}, path)
+    try:
+        torch.save({"format": FORMAT, "learner": learner_state, "epoch": int(epoch), "step": int(policy.step),
+                    "rng": rng_state(), "config": config, "classes": list(classes), "clip": dict(clip),
+                    "policy": policy.values()}, path)
+    except (RuntimeError, OSError) as e:  # torch's writer turns a failed write into "unexpected pos ..."
+        written = path.stat().st_size if path.exists() else 0
+        raise OSError(f"{path}: the checkpoint could not be written ({written} bytes written, "
+                      f"{shutil.disk_usage(folder).free} bytes free on its disk: a full disk or a file-size limit?): {e}") from None
     return path
 
 
