@@ -179,14 +179,16 @@ class MetricSender(ray.train.UserCallback):
     Metrics of an epoch whose checkpoint Ray never registered (the worker group died first) are never sent; the
     resumed run re-runs those steps and sends its own, so every step holds one value. A failed send (the tracking
     server away for longer than MLflow's client retries) is kept, written to ``backlog_file`` and tried again at
-    the next checkpoint; the driver sends what is left after the fit (:func:`send_backlog`)."""
+    the next checkpoint; the driver sends what is left after the fit (:func:`send_backlog`). The backlog file is
+    written before each send, so a driver killed during a send leaves it; the next fit's sender sends the rows of it
+    that MLflow lacks."""
 
     def __init__(self, tracking_uri: str, run_id: str, backlog_file: str | Path, env: dict[str, str] | None = None):
         import json
 
         self.tracking_uri, self.run_id, self.backlog_file, self.env = tracking_uri, run_id, str(backlog_file), env or {}
-        path = Path(backlog_file)  # an earlier driver's (killed before its end)
-        self.backlog: list[list] = json.loads(path.read_text()) if path.is_file() else []
+        path = Path(backlog_file)  # an earlier driver's, killed during or before a send: those rows MLflow lacks
+        self.backlog: list[list] = not_logged(tracking_uri, run_id, json.loads(path.read_text())) if path.is_file() else []
 
     def after_report(self, run_context, metrics, checkpoint) -> None:
         import json
@@ -200,6 +202,8 @@ class MetricSender(ray.train.UserCallback):
         with checkpoint.as_directory() as folder:
             path = Path(folder) / UNSENT_METRICS_FILE
             self.backlog += json.loads(path.read_text()) if path.is_file() else []
+        with atomic_write(self.backlog_file) as f:  # first: a process killed during the send leaves them here
+            f.write(json.dumps(self.backlog))
         os.environ.update(self.env)  # the tracking server's credentials, as the workers get them
         try:
             send_rows(self.tracking_uri, self.run_id, self.backlog)
@@ -208,8 +212,16 @@ class MetricSender(ray.train.UserCallback):
         except Exception as e:  # noqa: BLE001 - keep training; the rows are kept and sent later
             print(f"[lmft] could not send {len(self.backlog)} metric values to MLflow ({type(e).__name__}: {e}); "
                   "kept, sent with the next checkpoint's or at the end")
-            with atomic_write(self.backlog_file) as f:
-                f.write(json.dumps(self.backlog))
+
+
+def not_logged(tracking_uri: str, run_id: str, rows: list[list]) -> list[list]:
+    """Those ``[key, value, timestamp_ms, step]`` rows whose key has no value at their step in the run (one history
+    request per key)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    logged = {key: {m.step for m in client.get_metric_history(run_id, key)} for key in {r[0] for r in rows}}
+    return [r for r in rows if int(r[3]) not in logged[r[0]]]
 
 
 def send_rows(tracking_uri: str, run_id: str, rows: list[list]) -> None:
@@ -230,7 +242,7 @@ def send_backlog(job: TrainJob, run_folder: str | Path) -> int:
     path = Path(run_folder) / METRIC_BACKLOG_FILE
     if not path.is_file():
         return 0
-    rows = json.loads(path.read_text())
+    rows = not_logged(job.tracking_uri, job.mlflow_run_id, json.loads(path.read_text()))
     send_rows(job.tracking_uri, job.mlflow_run_id, rows)
     path.unlink()
     return len(rows)
