@@ -56,6 +56,7 @@ from lmft_core.pseudo_labels import PseudoLabelConfig
 from lmft_core.ray_cluster import connect
 from lmft_core.run_config import RunConfig
 from lmft_core.shards.format import FRAMES_JPEG_QUALITY, FRAMES_JPEG_SUBSAMPLING, ROW_SCHEMA, SCHEMA_VERSION, SHARD_PARQUET_OPTIONS, shard_schema
+from lmft_core.stack import library_versions
 
 
 @dataclass(frozen=True)
@@ -117,18 +118,6 @@ class PreprocessSummary:
             f"  CLIP {self.clip_weights}{clip_note}",
             f"  CLIP pseudo-label accuracy: source {pct(self.source_clip_accuracy)}, labelled target {pct(self.target_clip_accuracy)}",
         ])
-
-
-def library_versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for pkg in ("lmft", "torch", "open_clip_torch", "decord", "av", "ray", "pyarrow", "numpy", "pillow"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            out[pkg] = "not installed"
-    return out
 
 
 def manifest_table(manifest: Manifest, rows: Sequence | None = None) -> pa.Table:
