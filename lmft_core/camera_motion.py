@@ -28,6 +28,9 @@ image, or that outweighs a textureless scene, can be taken for the camera.
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -79,24 +82,20 @@ def _inside(motion: Tensor, ys: Tensor, xs: Tensor, h: int, w: int) -> Tensor:
     return (((y >= 0) & (y <= h - 1))[:, :, None] & ((x >= 0) & (x <= w - 1))[:, None, :]).float()
 
 
-def _shift_residual(a: Tensor, b: Tensor, shifts: Tensor) -> Tensor:
-    """|b(p) - a(p - d)| for images (P, h, w) and K integer shifts d (P, K, 2) per pair, at
-    :func:`_cost_pixels` (the border pixel of ``a`` outside): (P, K, n)."""
+def _residual(a: Tensor, b: Tensor, motions: Tensor) -> Tensor:
+    """|b(p) - a(source of p)| for images (P, h, w) and K motions (P, K, 3) per pair, each pixel compared
+    with the nearest pixel of ``a`` (as the compensated energy compares them; the border pixel outside),
+    at :func:`_cost_pixels`: (P, K, n). Nearest pixels, not interpolation: interpolating ``a`` would
+    average its noise away and lower the residual of any fractional motion, even on a static scene."""
     p, h, w = a.shape
-    k = shifts.shape[1]
+    k = motions.shape[1]
     ys, xs = _cost_pixels(h, w, a.device)
-    d = shifts.long()
-    rows = (ys.long() - d[..., :1]).clamp(0, h - 1)  # (P, K, ny)
-    cols = (xs.long() - d[..., 1:]).clamp(0, w - 1)  # (P, K, nx)
+    s, ty, tx = motions[..., :, None].unbind(2)  # (P, K, 1) each
+    rows = _source(ys, h, s, ty).round().clamp(0, h - 1).long()  # (P, K, ny)
+    cols = _source(xs, w, s, tx).round().clamp(0, w - 1).long()  # (P, K, nx)
     index = (rows[..., :, None] * w + cols[..., None, :]).reshape(p, k, -1)
     seen = torch.gather(a.reshape(p, 1, -1).expand(-1, k, -1), 2, index)
     return (_take(b, ys, xs).reshape(p, 1, -1) - seen).abs()
-
-
-def _residual(a: Tensor, b: Tensor, motion: Tensor) -> Tensor:
-    """|b - a(motion)| for images (P, h, w) and motions (P, 3), at :func:`_cost_pixels`: (P, n)."""
-    ys, xs = _cost_pixels(a.shape[1], a.shape[2], a.device)
-    return (_take(b, ys, xs) - sample(a[:, None], motion, ys, xs)[:, 0]).abs().reshape(a.shape[0], -1)
 
 
 def _cost_pixels(h: int, w: int, device: torch.device) -> tuple[Tensor, Tensor]:
@@ -165,37 +164,122 @@ def blur(images: Tensor) -> Tensor:
     return x * (1.0 / 256)
 
 
+def _translations(shifts: Tensor) -> Tensor:
+    """Integer shifts d (..., 2) (``b(p) = a(p - d)``) as motions (..., 3): (1, -d_y, -d_x)."""
+    return torch.cat([torch.ones_like(shifts[..., :1]), -shifts], -1)
+
+
+def _select(a: Tensor, b: Tensor, shifts: Tensor, limit: Tensor) -> Tensor:
+    """Per pair of images (P, h, w), the candidate shift (of ``shifts`` (P, K, 2)) with the lowest median
+    residual; among those within :data:`NEAR_BEST` of it (a periodic scene's equal peaks), those
+    within :data:`NEAR_BEST` of the lowest mean residual (the rest of the scene: clutter, the border
+    a shift reveals), and among those the smallest (what the scene cannot show stays at rest).
+    Shifts beyond ``limit`` (2,) are out. Returns (P, 2)."""
+    residual = _residual(a, b, _translations(shifts))
+    near_best = torch.ones_like(shifts[..., 0], dtype=torch.bool)
+    for cost in (residual.median(2).values, residual.mean(2)):
+        cost = cost.masked_fill(~(shifts.abs() <= limit).all(-1) | ~near_best, float("inf"))
+        near_best = cost <= (1 + NEAR_BEST) * cost.min(1, keepdim=True).values
+    size = shifts.abs().sum(-1).masked_fill(~near_best, float("inf"))
+    return shifts[torch.arange(len(shifts)), size.argmin(1)]
+
+
+def _candidates(images: Tensor) -> Tensor:
+    """Candidate shifts (N-1, K, 2) for the consecutive pairs of images (N, h, w): none, and the
+    :data:`NUM_PEAKS` highest phase-correlation peaks, each also with one component set to 0."""
+    peaks = _phase_peaks(images, NUM_PEAKS)
+    only_y, only_x = peaks * peaks.new_tensor([1.0, 0.0]), peaks * peaks.new_tensor([0.0, 1.0])
+    return torch.cat([torch.zeros_like(peaks[:, :1]), peaks, only_y, only_x], 1)
+
+
+def _accept(a: Tensor, b: Tensor, motion: Tensor, limit: Tensor, max_zoom: float, min_gain: float) -> Tensor:
+    """(P,) bool: the motions (P, 3) lower the median residual of images (P, h, w) by ``min_gain``
+    and stay within the limits."""
+    rest = no_motion(len(a), a.device)
+    before, after = _residual(a, b, torch.stack([rest, motion], 1)).median(2).values.unbind(1)
+    return (after <= (1 - min_gain) * before) & (motion[:, 1:].abs() <= limit).all(1) & (motion[:, 0].log().abs() <= max_zoom)
+
+
+@dataclass(frozen=True)
+class ClipMotion:
+    """The camera's motion between consecutive images (:func:`estimate_motion`).
+
+    ``motion`` (N-1, 3) rows (s, t_y, t_x), (1, 0, 0) where refused; ``status`` (N-1,) int64 per pair:
+    :data:`ESTIMATED`, :data:`FROM_NEIGHBOURS` or :data:`REFUSED`; ``note``: why every pair was
+    refused without trying (images too small, constant, uniform, not finite), empty otherwise."""
+
+    motion: Tensor
+    status: Tensor
+    note: str = ""
+
+
+ESTIMATED, FROM_NEIGHBOURS, REFUSED = 0, 1, 2
+_NEIGHBOURHOOD = torch.tensor([[dy, dx] for dy in (-1, 0, 1) for dx in (-1, 0, 1)], dtype=torch.float32)
+MIN_SIZE = 32  # smallest image side estimated on (the coarse level's residual then has 6 x 6 pixels)
+
+
 def estimate_motion(images: Tensor, zoom: bool = True, max_shift: float = 0.25, max_zoom: float = 0.2,
-                    min_gain: float = 0.2) -> Tensor:
-    """Camera motion between consecutive images (module docstring).
+                    min_gain: float = 0.2) -> ClipMotion:
+    """Camera motion between consecutive images of one clip (module docstring).
 
     Args:
-        images: (N, h, w) float grayscale, N >= 2.
+        images: (N, h, w) float grayscale, N >= 2 (e.g. a clip's tubelet means).
         zoom: estimate a zoom as well as a translation.
         max_shift: largest accepted translation, as a fraction of the image side (per axis).
         max_zoom: largest accepted ``|log s|``.
         min_gain: the motion must lower the median absolute residual by at least this fraction.
 
     Returns:
-        (N-1, 3) float32 rows (s, t_y, t_x) in pixels of ``images``; row i takes ``images[i]`` to
-        ``images[i+1]``; (1, 0, 0) where no motion was found or accepted.
+        :class:`ClipMotion` of N-1 rows (s, t_y, t_x) in pixels of ``images``; row i takes
+        ``images[i]`` to ``images[i+1]``. Every pair is refused, with a note, when the images are
+        smaller than :data:`MIN_SIZE` on a side, all equal, each uniform, or not finite.
     """
-    images = blur(images.float())
-    a, b = images[:-1], images[1:]
-    p, h, w = a.shape
-    peaks = _phase_peaks(images, NUM_PEAKS)
-    only_y, only_x = peaks * peaks.new_tensor([1.0, 0.0]), peaks * peaks.new_tensor([0.0, 1.0])
-    shifts = torch.cat([torch.zeros_like(peaks[:, :1]), peaks, only_y, only_x], 1)  # (P, K, 2)
-    limit = max_shift * shifts.new_tensor([h, w])
-    cost = _shift_residual(a, b, shifts).median(2).values.masked_fill(~(shifts.abs() <= limit).all(-1), float("inf"))
-    near_best = cost <= (1 + NEAR_BEST) * cost.min(1, keepdim=True).values
-    size = shifts.abs().sum(-1).masked_fill(~near_best, float("inf"))
-    start = -shifts[torch.arange(p), size.argmin(1)]  # b(p) = a(p - d): the translation is -d
-    motion = _refine(a, b, torch.cat([torch.ones_like(start[:, :1]), start], 1), zoom)
-    rest = no_motion(p, images.device)
-    before, after = _residual(torch.cat([a, a]), torch.cat([b, b]), torch.cat([rest, motion])).median(1).values.split(p)
-    ok = (after <= (1 - min_gain) * before) & (motion[:, 1:].abs() <= limit).all(1) & (motion[:, 0].log().abs() <= max_zoom)
-    return torch.where(ok[:, None], motion, rest)
+    n, h, w = images.shape
+    refused = ClipMotion(no_motion(n - 1, images.device), torch.full((n - 1,), REFUSED, dtype=torch.long))
+    if min(h, w) < MIN_SIZE:
+        return dataclasses.replace(refused, note=f"images of {h}x{w} px to estimate camera motion on, below {MIN_SIZE}")
+    if not images.isfinite().all():
+        return dataclasses.replace(refused, note="images with non-finite values")
+    if (images == images[:1]).all():
+        return dataclasses.replace(refused, note="constant images: nothing moves (a still image or a single-frame video)")
+    if (images.amax((1, 2)) == images.amin((1, 2))).all():
+        return dataclasses.replace(refused, note="uniform images: no texture to see motion in")
+    fine = blur(images.float())
+    a, b = fine[:-1], fine[1:]
+    limit = max_shift * fine.new_tensor([h, w])
+    coarse = F.avg_pool2d(fine[:, None], 2)[:, 0]  # fine periodic texture averages out here
+    search = fine.new_tensor([h, w]) / 2  # any shift is searched; the acceptance applies the limits
+    guess = 2 * _select(coarse[:-1], coarse[1:], _candidates(coarse), search / 2)
+    start = _translations(_select(a, b, guess[:, None] + _NEIGHBOURHOOD.to(guess), search))  # the nearest pixel
+    motion = _refine(a, b, start, zoom)
+    ok = _accept(a, b, motion, limit, max_zoom, min_gain)
+    if ok.any():  # the clip's consensus, refined, for pairs it fits as well or that were refused
+        centre = motion[ok].median(0).values
+        other = ~ok | ((motion[:, 1:] - centre[1:]).abs() > 0.5).any(1)
+        if other.any():
+            alt = _refine(a[other], b[other], centre.expand(int(other.sum()), 3).contiguous(), zoom)
+            cost = _residual(a[other], b[other], torch.stack([motion[other], alt], 1)).median(2).values
+            take = ~ok[other] | (cost[:, 1] <= (1 + NEAR_BEST) * cost[:, 0])
+            motion[other] = torch.where(take[:, None], alt, motion[other])
+            ok[other] = _accept(a[other], b[other], motion[other], limit, max_zoom, min_gain)
+    status = torch.where(ok, ESTIMATED, REFUSED)
+    if ok.any() and not ok.all():  # a refused pair takes its neighbours' motion where that fits
+        fill = _from_neighbours(motion, ok)
+        filled = ~ok & _accept(a, b, fill, limit, max_zoom, min_gain)
+        motion, status = torch.where(filled[:, None], fill, motion), torch.where(filled, FROM_NEIGHBOURS, status)
+    return ClipMotion(torch.where((status == REFUSED)[:, None], no_motion(n - 1, images.device), motion), status)
+
+
+def _from_neighbours(motion: Tensor, ok: Tensor) -> Tensor:
+    """Per pair, the mean of the nearest accepted motion before and after it (or the one there is):
+    motion (P, 3), ok (P,) bool with at least one true -> (P, 3)."""
+    index = torch.arange(len(ok), device=ok.device)
+    good = index[ok]
+    before = torch.searchsorted(good, index, right=True) - 1  # last accepted at or before i
+    after = torch.searchsorted(good, index)  # first accepted at or after i
+    lo, hi = good[before.clamp(min=0)], good[after.clamp(max=len(good) - 1)]
+    lo, hi = torch.where(before >= 0, lo, hi), torch.where(after < len(good), hi, lo)
+    return (motion[lo] + motion[hi]) / 2
 
 
 def source_index(n: int, s: float, t: float, device: torch.device | None = None) -> tuple[Tensor, Tensor]:
