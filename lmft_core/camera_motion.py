@@ -37,7 +37,7 @@ from torch import Tensor
 
 NUM_PEAKS = 3
 NEAR_BEST = 0.05  # candidates within 5% of the best median residual count as ties
-GN_STEPS = 3
+GN_STEPS = 2
 PRIOR = 1e-3  # pull toward no motion, relative to the curvature of each parameter
 STRIDE = 2  # residuals and Gauss-Newton equations at every other pixel (4x cheaper, as accurate here)
 
@@ -215,6 +215,7 @@ class ClipMotion:
 
 ESTIMATED, FROM_NEIGHBOURS, REFUSED = 0, 1, 2
 _NEIGHBOURHOOD = torch.tensor([[dy, dx] for dy in (-1, 0, 1) for dx in (-1, 0, 1)], dtype=torch.float32)
+CONSENSUS_PX = 1.5  # a pair further than this from the clip's median motion is refined from it too (shake stays within)
 MIN_SIZE = 32  # smallest image side estimated on (the coarse level's residual then has 6 x 6 pixels)
 
 
@@ -255,7 +256,7 @@ def estimate_motion(images: Tensor, zoom: bool = True, max_shift: float = 0.25, 
     ok = _accept(a, b, motion, limit, max_zoom, min_gain)
     if ok.any():  # the clip's consensus, refined, for pairs it fits as well or that were refused
         centre = motion[ok].median(0).values
-        other = ~ok | ((motion[:, 1:] - centre[1:]).abs() > 0.5).any(1)
+        other = ~ok | ((motion[:, 1:] - centre[1:]).abs() > CONSENSUS_PX).any(1)
         if other.any():
             alt = _refine(a[other], b[other], centre.expand(int(other.sum()), 3).contiguous(), zoom)
             cost = _residual(a[other], b[other], torch.stack([motion[other], alt], 1)).median(2).values
@@ -282,8 +283,9 @@ def _from_neighbours(motion: Tensor, ok: Tensor) -> Tensor:
     return (motion[lo] + motion[hi]) / 2
 
 
-def source_index(n: int, s: float, t: float, device: torch.device | None = None) -> tuple[Tensor, Tensor]:
+def source_index(n: int, s: Tensor | float, t: Tensor | float, device: torch.device | None = None) -> tuple[Tensor, Tensor]:
     """Along an axis of n pixels, the nearest pixel of ``a`` that each pixel of ``b`` sees under the
-    motion (zoom ``s``, translation ``t`` px): (int64 indices (n,), clamped; bool (n,) inside ``a``)."""
+    motion (zoom ``s``, translation ``t`` px; floats, or (P, 1) tensors for P motions at once):
+    (int64 indices (n,) or (P, n), clamped; bool, same shape: inside ``a``)."""
     u = _source(torch.arange(n, device=device), n, s, t).round()
     return u.clamp(0, n - 1).long(), (u >= 0) & (u <= n - 1)

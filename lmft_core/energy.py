@@ -245,18 +245,26 @@ def compensate(sums: Tensor, unit: float, patch: int, motion: Tensor, change: Te
     a patch, nearly free of noise: on a scene without texture, where a motion fitted to the actor
     alone lowers the median pixel residual, it does not drop."""
     n_t, h, w, c = sums.shape
-    n_h, n_w = h // patch, w // patch
-    rest = no_motion(1, sums.device)[0]
-    for i in torch.nonzero((motion != rest).any(dim=1)).flatten().tolist():
-        s, ty, tx = motion[i].tolist()
-        rows, seen_y = source_index(h, s, ty, sums.device)
-        cols, seen_x = source_index(w, s, tx, sums.device)
-        diff = (sums[i + 1] - sums[i].index_select(0, rows).index_select(1, cols)).abs_()
-        diff *= (seen_y[:, None] & seen_x[None, :])[..., None]  # pixels that P̄_t did not see count 0
-        seen = torch.outer(seen_y.reshape(n_h, patch).sum(1), seen_x.reshape(n_w, patch).sum(1)).float()
-        compensated = torch.where(seen > 0, _pool(diff, patch) * (unit / c) / seen.clamp(min=1), change[i])
-        if compensated.median() < (1 - min_gain) * change[i].median():  # it removed change from most tokens, as it should
-            change[i] = compensated
+    moving = torch.nonzero((motion != no_motion(1, sums.device)).any(dim=1)).flatten()
+    if len(moving) == 0:
+        return change
+    s, ty, tx = motion[moving, :, None].unbind(1)  # (P, 1) each
+    rows, seen_y = source_index(h, s, ty, sums.device)  # (P, H)
+    cols, seen_x = source_index(w, s, tx, sums.device)  # (P, W)
+    pooled = []
+    for k, i in enumerate(moving.tolist()):
+        diff = (sums[i + 1] - sums[i].index_select(0, rows[k]).index_select(1, cols[k])).abs_()
+        for axis, seen in ((0, seen_y[k]), (1, seen_x[k])):  # pixels that P̄_t did not see count 0: runs at the edges
+            inside = torch.nonzero(seen).flatten()
+            first, last = (int(inside[0]), int(inside[-1]) + 1) if len(inside) else (0, 0)
+            diff.narrow(axis, 0, first).zero_()
+            diff.narrow(axis, last, diff.shape[axis] - last).zero_()
+        pooled.append(_pool(diff, patch))
+    seen = seen_y.reshape(-1, h // patch, patch).sum(2)[:, :, None] * seen_x.reshape(-1, w // patch, patch).sum(2)[:, None, :]
+    compensated = torch.where(seen > 0, torch.stack(pooled) * (unit / c) / seen.clamp(min=1), change[moving])
+    # kept where it removed change from most tokens, as it should
+    better = compensated.flatten(1).median(1).values < (1 - min_gain) * change[moving].flatten(1).median(1).values
+    change[moving[better]] = compensated[better]
     return change
 
 
