@@ -7,23 +7,38 @@
 
 **Estimation** (:func:`estimate_motion`; every consecutive pair of a clip at once, on small
 grayscale images, e.g. tubelet means pooled to about 48 px; blurred first with sigma of about 1 px;
-residuals are compared at every other pixel of the image minus a border of 1/8):
+residuals ``|b(p) - a(source of p)|`` compare each pixel with the nearest pixel of ``a`` (as the
+compensated energy does; interpolating would average noise away and favour any fractional motion) at
+every other pixel of the image minus a border of 1/8):
 
-1. Candidates: no motion and the 3 highest peaks of the phase correlation, each also with one of its
-   components set to 0 (a scene that varies along one direction only, e.g. a vertical gradient,
-   cannot show motion along the other).
-2. Selection: the lowest median absolute residual ``|b(p) - a(p - d)|``; among the candidates within
-   5% of it, the smallest shift. The median ignores an actor that covers less than half the image;
-   the smallest-shift rule keeps at rest what the scene cannot show.
-3. Refinement: 3 Gauss-Newton steps on the residual (bilinear sampling), weighted by a Cauchy
+1. Coarse candidates, on the images averaged 2 x 2 (a fine periodic texture averages out there): no
+   motion and the 3 highest peaks of the phase correlation, each also with one of its components set
+   to 0 (a scene that varies along one direction only, e.g. a vertical gradient, cannot show motion
+   along the other).
+2. Selection: the lowest median residual; among the candidates within 5% of it (a periodic scene's
+   equal peaks), those within 5% of the lowest mean residual (what the median leaves out: clutter, the
+   border a shift reveals), and among those the smallest shift (what the scene cannot show stays at
+   rest). The median ignores an actor that covers less than half the image. Then the same choice
+   among the 3 x 3 full-resolution shifts around the coarse one.
+3. Refinement: 2 Gauss-Newton steps on the residual (bilinear sampling), weighted by a Cauchy
    function with a median-based scale (a moving actor barely counts), with a weak pull toward no
    motion.
-4. Acceptance: the motion is kept only when it lowers the median absolute residual by at least
-   ``min_gain`` and stays within ``max_shift`` (fraction of the image side) and ``max_zoom``
-   (``|log s|``); otherwise the pair gets no motion.
+4. Acceptance: the motion is kept only when it lowers the median residual by at least ``min_gain``
+   and stays within ``max_shift`` (fraction of the image side) and ``max_zoom`` (``|log s|``).
+5. The clip's consensus (a camera moves smoothly): the median of the accepted motions, refined on
+   each pair that was refused or lies more than :data:`CONSENSUS_PX` from it, replaces that pair's
+   motion when its median residual is within 5% of it (a periodic scene's equal peak, chosen like its
+   neighbours) or the pair was refused; the acceptance test applies again.
+6. Neighbours: a pair still refused takes the mean of the nearest accepted motions before and after it
+   where that passes the acceptance test; otherwise it gets no motion.
+
+Images too small (:data:`MIN_SIZE`), constant over the clip (a still image, a single-frame video),
+uniform or not finite give no motion, with a note saying why (:class:`ClipMotion`).
 
 Limits: one global motion per pair (no parallax, no rotation); an actor that covers most of the
-image, or that outweighs a textureless scene, can be taken for the camera.
+image, or that outweighs a textureless scene, can be taken for the camera; a periodic scene whose
+every pair moves past half its period the same way, with too little clutter to tell, is taken to
+move the other way (on the demo's tilted checkerboards under a fast pan).
 """
 
 from __future__ import annotations

@@ -6,10 +6,12 @@ The **domain** is the scene's appearance (:data:`APPEARANCES`): source videos ha
 backgrounds with little clutter and little noise; target videos have textured, darker, colour-cast
 backgrounds, more static clutter and more sensor noise. So the background tokens carry the domain
 shift and the moving tokens carry the class: the situation LMFT is built for.
+Further looks make hard backgrounds for camera compensation (:class:`Appearance`): periodic stripes and
+tilted checkerboards at drawn periods and angles, blocky noise, and a nearly uniform scene.
 
 Each domain can also have a moving camera (:class:`CameraMotion`: pan, shake, zoom, each optional):
 the frames are then windows onto a larger scene, and the actor moves with the scene as a real camera
-sees it. Beside every video, ``<video>.actor.npz`` holds its **actor mask**: a boolean per pixel and
+sees it (:func:`camera_path` gives its path per frame). Beside every video, ``<video>.actor.npz`` holds its **actor mask**: a boolean per pixel and
 frame, true where the actor's disc covers at least half the pixel (:func:`load_actor_mask`;
 :mod:`lmft_core.ground_truth` brings it to token resolution).
 

@@ -21,13 +21,17 @@ contract of :func:`motion_energy` (:meth:`EnergyConfig.compute`): frames (..., T
 - ``translate``, ``translate_zoom``: camera-compensated. For each pair of adjacent tubelet means the
   camera's motion (a translation; or a zoom about the centre and a translation) is estimated on
   grayscale tubelet means pooled to about ``estimate_size`` pixels
-  (:func:`lmft_core.camera_motion.estimate_motion`), and step 2 compares each pixel of ``P̄_{t+1}``
-  with the pixel of ``P̄_t`` that showed the same scene point (the nearest pixel). Step 3 averages
-  over the pixels that ``P̄_t`` saw; a token that ``P̄_t`` did not see at all (revealed by the
+  (:func:`lmft_core.camera_motion.estimate_motion`: coarse-to-fine, with the clip's consensus for
+  periodic scenes and neighbours' motion for refused pairs), and step 2 compares each pixel of
+  ``P̄_{t+1}`` with the pixel of ``P̄_t`` that showed the same scene point (the nearest pixel). Step 3
+  averages over the pixels that ``P̄_t`` saw; a token that ``P̄_t`` did not see at all (revealed by the
   camera's motion) keeps the uncompensated difference. A pair keeps ``diff``'s step 2 and 3 when no
   motion is accepted (no gain in the median residual, or beyond ``max_shift`` / ``max_zoom``) or
-  when compensating does not lower its median token change; so a static camera gives exactly
-  ``diff``'s energy.
+  when compensating does not lower its median token change by ``min_gain`` (a background token's:
+  on a scene without texture, a motion fitted to the actor does not); so a static camera gives
+  exactly ``diff``'s energy. A clip whose motion cannot be estimated at all (frames too small,
+  constant or uniform) gets ``diff``'s energy and a note (:meth:`EnergyConfig.compute_noted`), which
+  preprocessing stores per row (``energy_note``) and counts in its summary.
 """
 
 from __future__ import annotations
