@@ -20,8 +20,7 @@ from lmft_core.config import ClipConfig
 from lmft_core.energy import EnergyConfig
 from lmft_core.files import atomic_write
 from lmft_core.preprocess.identity import FileIdentity
-from lmft_core.shard_format import (DECODE_FIELDS, ENERGY_FIELDS, FRAME_FIELDS, IDENTITY_FIELDS, REJECT_COLUMNS, ROW_FIELDS,
-                                    list_column, pack_frames)
+from lmft_core.shards.format import DECODE_FIELDS, ENERGY_FIELDS, FRAME_FIELDS, IDENTITY_FIELDS, REJECT_COLUMNS, ROW_FIELDS, list_column, pack_frames
 from lmft_core.video import DecodeError, IsolatedDecoder, one_line
 
 
@@ -93,9 +92,10 @@ def decode_batch(batch: pa.Table, clip: ClipConfig, timeout_s: float, rejects_di
         "decode_note": [c.note for c in clips],
     }
     if energy:
-        maps = [energy_config.compute(f, clip.tubelet, clip.patch) for f in frames]
+        maps, notes = zip(*(energy_config.compute_noted(f, clip.tubelet, clip.patch) for f in frames)) if frames else ((), ())
         cols["energy"] = list_column(maps, pa.float32())
         cols["energy_shape"] = [list(clip.grid)] * len(ok)
+        cols["energy_note"] = [n for (n,) in notes]
     cols["frames"] = pack_frames(frames)
     cols["frames_shape"] = [list(f.shape) for f in frames]
     return pa.table(cols, schema=decoded_schema(energy))

@@ -40,11 +40,6 @@ class Dist:
             torch.distributed.all_reduce(x, op=torch.distributed.ReduceOp.SUM)
         return x
 
-    def all_reduce_max(self, x: Tensor) -> Tensor:
-        if self.active:
-            torch.distributed.all_reduce(x, op=torch.distributed.ReduceOp.MAX)
-        return x
-
     def broadcast(self, x: Tensor, src: int = 0) -> Tensor:
         """Rank ``src``'s ``x`` on every rank (in place; returns ``x``)."""
         if self.active:
