@@ -114,7 +114,7 @@ def test_tracking_server_down_mid_training_and_back(tiny_shards, tmp_path):
     and the run ends FINISHED with every step's metrics, one value each."""
     import threading
 
-    from lmft_core.config import load_profile
+    from lmft_core.run_config import load_profile
     from lmft_core.train.run import run_training
 
     port, store, log = free_port(), tmp_path / "server", tmp_path / "server.log"
@@ -165,7 +165,7 @@ def test_disk_full_while_a_checkpoint_is_written(tiny_shards, tmp_path):
 
     from ray._private import state
 
-    from lmft_core.config import load_profile
+    from lmft_core.run_config import load_profile
     from lmft_core.train.run import run_training
 
     limited: dict = {}

@@ -300,16 +300,16 @@ def test_failure_message_says_what_failed_whether_it_repeats_and_what_a_rerun_do
 def test_a_shard_damaged_after_the_checks_fails_with_an_honest_message(tiny_shards, tmp_path):
     """A data page of every shard file zeroed after prepare (the footers still read): every attempt fails the same
     way; the message says so, names the files and says there is no checkpoint (nothing promises a resume)."""
-    from lmft_core.train.run import fit
+    from lmft_core.train.run import TrainingRun
 
     copy = _copy_shards(tiny_shards, tmp_path / "shards")
-    job, name = prepare(profile("train.max_failures=1", "train.materialize_max_mb=0", "train.run_name='cut'", "train.workers=1",
-                                "train.cpus_per_worker=1.0"), copy, tmp_path)
+    run = TrainingRun.prepare(profile("train.max_failures=1", "train.materialize_max_mb=0", "train.run_name='cut'",
+                                      "train.workers=1", "train.cpus_per_worker=1.0"), copy, tmp_path)
     for victim in (copy / "shards").glob("*.parquet"):
         _zero_frames_page(victim)
     t0 = time.perf_counter()
     with pytest.raises(TrainError) as e:
-        fit(job, name, tmp_path)
+        run.fit()
     message = str(e.value)
     print(f"failed after {time.perf_counter() - t0:.1f} s:\n{message}")
     assert message.startswith("training run cut failed on 2 attempt(s) (train.max_failures=1); rank ")
