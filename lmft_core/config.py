@@ -40,6 +40,7 @@ SECTIONS = {
     "selector": "lmft_core.model.selectors:SelectorConfig",
     "policy": "lmft_core.model.policy:PolicyConfig",
     "train": "lmft_core.train.config:TrainConfig",
+    "pretrain": "lmft_core.pretrain.config:PretrainConfig",
     "predict": "lmft_core.predict:PredictConfig",
     "sweep": "lmft_core.sweep:SweepConfig",
     "workflow": "lmft_core.workflow:WorkflowConfig",

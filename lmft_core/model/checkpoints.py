@@ -213,3 +213,38 @@ def model_config_from_hf(config: dict | str | Path, **overrides) -> ModelConfig:
     )
     fields.update(overrides)
     return ModelConfig(**fields)
+
+
+def check_pretrained(config: ModelConfig) -> None:
+    """Raise :class:`CheckpointError` naming ``config.pretrained`` and the key when its weights cannot
+    initialise ``config``'s model: a tensor of another shape (another width, tubelet or patch) or, for a
+    checkpoint lmft's pretraining wrote (it records its geometry under ``lmft``), another ``[clip]``.
+    Reads the file once; builds the model's shapes on the meta device (no memory, no compute)."""
+    from lmft_core.model.vit import VideoViT
+
+    path = Path(config.pretrained)
+    converted, _, _ = convert_state_dict(read_state_dict(path))
+    with torch.device("meta"):
+        own = VideoViT(config).state_dict()
+    bad = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+           for k, v in converted.items() if k in own and k not in HEAD_KEYS and v.shape != own[k].shape]
+    if bad:
+        raise CheckpointError(f"{path}: weights of another shape than model.size={config.size!r} at this clip "
+                              "geometry (another width, tubelet or patch?): " + "; ".join(bad))
+    meta = _lmft_meta(path)
+    clip = meta.get("clip") if meta else None
+    if clip:
+        diffs = [f"clip.{k}: checkpoint {v}, model {getattr(config.clip, k)}" for k, v in clip.items()
+                 if getattr(config.clip, k, v) != v]
+        if diffs:
+            raise CheckpointError(f"{path}: pretrained at another clip geometry (" + "; ".join(diffs)
+                                  + "): pretrain with this profile's [clip], or adapt at the checkpoint's")
+
+
+def _lmft_meta(path: Path) -> dict | None:
+    """The ``lmft`` entry of a torch checkpoint lmft wrote (None for any other file)."""
+    if path.is_dir() or path.suffix == ".safetensors":
+        return None
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    return obj.get("lmft") if isinstance(obj, dict) else None

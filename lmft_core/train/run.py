@@ -33,7 +33,8 @@ import torch
 
 from lmft_core.config import Profile
 from lmft_core.files import atomic_write
-from lmft_core.model import ModelConfig, PolicyConfig, SelectorConfig
+from lmft_core.model import CheckpointError, ModelConfig, PolicyConfig, SelectorConfig
+from lmft_core.model.checkpoints import check_pretrained
 from lmft_core.shard_format import unpack_array
 from lmft_core.shards import ShardError, ShardSet, label_map_tensor
 from lmft_core.tracking import TrackingConfig, check_tracking_server
@@ -100,6 +101,11 @@ def prepare(profile: Profile, shards_path: str | Path, workdir: str | Path) -> t
                          "VideoMAE checkpoint with --set model.pretrained=/path/to/checkpoint.pth")
     if model.pretrained and not Path(model.pretrained).exists():
         raise TrainError(f"model.pretrained: {model.pretrained} does not exist")
+    if model.pretrained:
+        try:
+            check_pretrained(model)
+        except CheckpointError as e:
+            raise TrainError(f"model.pretrained: {e}") from None
     try:
         label_map_tensor(shards.classes, cfg.hflip_label_map)
         counts = {key: shards.require(*key, what) for key, what in (
@@ -189,9 +195,11 @@ def run_training(profile: Profile, shards_path: str | Path, workdir: str | Path,
     return result
 
 
-def fit(job: TrainJob, name: str, workdir: Path):
+def fit(job: TrainJob, name: str, workdir: Path, datasets=None, **trainer_options):
     """Fit ``job`` with Ray Train (resuming ``name`` if it ran before); returns Ray's ``Result`` (its
-    ``checkpoint`` is the last epoch's)."""
+    ``checkpoint`` is the last epoch's). ``datasets()`` (after Ray is connected) gives the Ray Datasets
+    (default: adaptation's :func:`~lmft_core.train.ray_train.train_datasets`); ``trainer_options`` go to
+    :func:`~lmft_core.train.ray_train.build_trainer` (a pretraining job passes its ``fn`` and ``split``)."""
     from lmft_core.ray_cluster import connect, forwarded_env
     from lmft_core.train.ray_train import build_trainer, train_datasets
 
@@ -199,8 +207,8 @@ def fit(job: TrainJob, name: str, workdir: Path):
     gpus = job.train.gpus_per_worker
     if gpus is None:
         gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
-    trainer = build_trainer(job, train_datasets(ShardSet.open(job.shards), job.train), name, workdir / "ray_train",
-                            gpus, worker_env=forwarded_env())
+    data = datasets() if datasets is not None else train_datasets(ShardSet.open(job.shards), job.train)
+    trainer = build_trainer(job, data, name, workdir / "ray_train", gpus, worker_env=forwarded_env(), **trainer_options)
     try:
         result = trainer.fit()
     except Exception as e:  # noqa: BLE001 - Ray wraps worker errors; keep the cause in the message

@@ -1,0 +1,156 @@
+"""The pretraining run on the driver: check inputs, fit on Ray Train, log to MLflow, export the encoder.
+
+:func:`prepare_pretrain` turns a profile and a preprocessing output into a :class:`PretrainJob`, checking
+before any compute: the shards (frames stored, schema, the profile's ``[clip]``), that the ``train`` split
+of every ``pretrain.domains`` has clips, that a worker gets at least one batch.
+
+:func:`run_pretrain` fits the job with ``TorchTrainer`` (the unlabelled clips as one Ray Dataset split
+over the workers; DDP; a checkpoint every epoch; the same command resumes from the last one) and records
+one MLflow run: the resolved configuration, step and epoch metrics (loss, clips/s, peak memory) from rank 0,
+and at the end ``pretrain/encoder.pth`` and ``plots/reconstruction.png`` (original, visible tokens,
+reconstruction of a few target-train clips). Files under ``<workdir>/pretrain/<run name>/``: ``encoder.pth``
+(pass it as ``model.pretrained``) and ``result.json``; checkpoints under ``<workdir>/ray_train/<run name>/``.
+The run name holds the profile, strategy, mask ratio, seed and a hash of the configuration and shards.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from lmft_core.config import Profile
+from lmft_core.files import atomic_write
+from lmft_core.model import ModelConfig
+from lmft_core.pretrain.config import PretrainConfig
+from lmft_core.pretrain.mae import reconstruct
+from lmft_core.pretrain.worker import DATASET, ENCODER_FILE, PretrainJob, load_pretrain_checkpoint, pretrain_fn
+from lmft_core.shards import ShardError, ShardSet, read_batches
+from lmft_core.tracking import TrackingConfig, check_tracking_server
+from lmft_core.train import plots
+from lmft_core.train.run import RESULT_FILE, TrainError, fit
+
+FIGURE_FILE = "reconstruction.png"
+
+
+@dataclass(frozen=True)
+class PretrainResult:
+    """A finished pretraining: its name and folder, MLflow run, the encoder checkpoint (``model.pretrained``),
+    the last checkpoint folder, the last epoch's mean loss, mean clips/s over epochs, peak memory, wall-clock."""
+
+    run_name: str
+    run_dir: str
+    mlflow_run_id: str
+    tracking_uri: str
+    encoder: str
+    checkpoint: str
+    final_loss: float
+    clips_per_s: float
+    peak_memory_mb: float
+    elapsed_s: float
+
+    @classmethod
+    def load(cls, path: Path) -> PretrainResult:
+        return cls(**json.loads(path.read_text()))
+
+
+def prepare_pretrain(profile: Profile, shards_path: str | Path, workdir: str | Path) -> tuple[PretrainJob, str]:
+    """The job of ``profile`` on ``shards_path`` and its run name; every input checked (module docstring)."""
+    cfg: PretrainConfig = profile.section("pretrain")
+    try:
+        shards = ShardSet.open(shards_path)  # refuses shards stored without frames, naming the folder
+        shards.check_geometry(profile.clip)
+        rows = sum(shards.require(d, "train", "pretraining") for d in cfg.domains)
+    except ShardError as e:
+        raise TrainError(str(e)) from None
+    model: ModelConfig = replace(profile.section("model"), clip=profile.clip, num_classes=shards.num_classes, pretrained="")
+    steps = rows // cfg.workers // cfg.batch_size
+    if steps == 0:
+        raise TrainError(f"{rows} pretraining clips ({' and '.join(cfg.domains)} train) over {cfg.workers} workers is "
+                         f"less than one batch of pretrain.batch_size={cfg.batch_size} per worker: lower it")
+    if cfg.max_steps_per_epoch:
+        steps = min(steps, cfg.max_steps_per_epoch)
+    config = json.loads(json.dumps({
+        "clip": dataclasses.asdict(profile.clip), "model": dataclasses.asdict(model), "pretrain": dataclasses.asdict(cfg),
+        "shards": {"root": str(shards.root), "config_hash": shards.metadata.get("config_hash", "")}}))
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:10]
+    name = cfg.run_name or f"{profile.name}-pretrain-{cfg.masking}-r{cfg.mask_ratio:g}-s{cfg.seed}-{digest}"
+    tracking = profile.section("tracking", TrackingConfig)
+    return PretrainJob(shards=str(shards.root), model=model, train=cfg, steps_per_epoch=steps, config=config,
+                       tracking_uri=tracking.resolve_uri(Path(workdir))), name
+
+
+def pretrain_datasets(job: PretrainJob) -> dict:
+    """The unlabelled ``train`` clips of ``job.train.domains`` as one Ray Dataset (materialised, reshuffled)."""
+    from lmft_core.train.ray_train import INGEST_TASK_CPUS, ingest
+
+    shards = ShardSet.open(job.shards)
+    parts = [shards.dataset(d, "train", num_cpus=INGEST_TASK_CPUS) for d in job.train.domains]
+    ds = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
+    rows = sum(shards.counts().get((d, "train"), 0) for d in job.train.domains)
+    return {DATASET: ingest(ds, rows, shards, job.train, 0)}
+
+
+def run_pretrain(profile: Profile, shards_path: str | Path, workdir: str | Path,
+                 parent_run_id: str | None = None) -> PretrainResult:
+    """Pretrain on ``shards_path`` with ``profile`` (module docstring); returns the finished run's result
+    (a finished run is not trained again: its ``result.json`` is returned)."""
+    from lmft_core.tracking import start_run
+
+    t0 = time.perf_counter()
+    workdir = Path(workdir).resolve()
+    job, name = prepare_pretrain(profile, shards_path, workdir)
+    run_dir = workdir / "pretrain" / name
+    if (run_dir / RESULT_FILE).is_file():
+        print(f"[lmft] pretraining run {name} already finished: {run_dir / RESULT_FILE}")
+        return PretrainResult.load(run_dir / RESULT_FILE)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    check_tracking_server(job.tracking_uri)
+    id_file = run_dir / "mlflow_run_id"
+    resume_id = id_file.read_text().strip() if id_file.is_file() else None
+    with start_run(profile.section("tracking", TrackingConfig), workdir, run_name=name, parent_run_id=parent_run_id,
+                   resume_run_id=resume_id) as run:
+        id_file.write_text(run.run_id)
+        if resume_id is None:
+            run.log_params(job.config)
+            run.set_tags({"lmft.stage": "pretrain", "lmft.shards": job.shards, "lmft.masking": job.train.masking})
+        job = replace(job, mlflow_run_id=run.run_id)
+        checkpoint = Path(fit(job, name, workdir, datasets=lambda: pretrain_datasets(job), fn=pretrain_fn,
+                              split=(DATASET,)).checkpoint.path)
+        encoder = Path(shutil.copy2(checkpoint / ENCODER_FILE, run_dir / ENCODER_FILE))
+        figure = reconstruction_figure(job, checkpoint, run_dir / FIGURE_FILE)
+        run.log_artifact(encoder, "pretrain")
+        run.log_artifact(figure, "plots")
+        history = {k: [m.value for m in run.client.get_metric_history(run.run_id, k)]
+                   for k in ("epoch/loss", "epoch/clips_per_s", "epoch/peak_memory_mb")}
+        result = PretrainResult(
+            run_name=name, run_dir=str(run_dir), mlflow_run_id=run.run_id, tracking_uri=job.tracking_uri,
+            encoder=str(encoder), checkpoint=str(checkpoint), final_loss=history["epoch/loss"][-1],
+            clips_per_s=float(np.mean(history["epoch/clips_per_s"])), peak_memory_mb=max(history["epoch/peak_memory_mb"]),
+            elapsed_s=time.perf_counter() - t0)
+        run.log_metrics({"final/loss": result.final_loss, "final/clips_per_s": result.clips_per_s,
+                         "final/peak_memory_mb": result.peak_memory_mb, "final/elapsed_s": result.elapsed_s})
+    with atomic_write(run_dir / RESULT_FILE) as f:
+        f.write(json.dumps(dataclasses.asdict(result), indent=2))
+    return result
+
+
+def reconstruction_figure(job: PretrainJob, checkpoint: Path, path: Path) -> Path:
+    """Original, visible tokens and reconstruction of the first ``figure_clips`` target-train clips with the
+    trained autoencoder of ``checkpoint`` and the run's masking (seeded)."""
+    learner = job.build()
+    learner.load_state_dict(load_pretrain_checkpoint(checkpoint)["learner"])
+    learner.mae.eval()
+    batch = next(read_batches(ShardSet.open(job.shards), "target", "train", job.train.figure_clips))
+    visible = learner.draw(batch, batch.video()).visible
+    out = reconstruct(learner.mae, batch.frames, visible)
+    clip = job.model.clip
+    title = f"{job.train.masking} masking, ratio {job.train.mask_ratio:g}: target-train clips"
+    return plots.save(plots.reconstruction(batch.frames.numpy(), visible.numpy(), out.numpy(), clip.tubelet, clip.patch,
+                                           title), path)
