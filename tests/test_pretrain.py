@@ -204,3 +204,62 @@ def test_learned_sampler_log_prob_has_the_policy_gradient():
         expected[left] -= torch.softmax(logits[0, left].detach(), 0)
         left.remove(i)
     torch.testing.assert_close(grad[0], expected, atol=1e-5, rtol=1e-4)
+
+
+# ---- the output as an initialisation ------------------------------------------------------------------
+
+def test_the_saved_encoder_loads_through_the_videomae_loader_with_the_same_features(tmp_path):
+    torch.manual_seed(16)
+    mae = MaskedAutoencoder(MODEL, PretrainConfig())
+    with torch.no_grad():  # every tensor away from its initial value, so a missed key would show
+        for p in mae.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    path = save_encoder(mae, tmp_path / "encoder.pth", {"epochs": 1})
+    model = MODEL.__class__(**{**MODEL.__dict__, "pretrained": str(path)}).build().eval()
+    report = model.load_report
+    assert report.format == "videomae_pretrain"
+    assert report.unexpected == ["norm.bias", "norm.weight"]  # VideoMAE's encoder.norm: no fine-tuning counterpart
+    assert report.missing == ["fc_norm.bias", "fc_norm.weight"] and report.fresh_head
+    assert any(k.startswith("decoder.") for k in report.dropped) and "mask_token" in report.dropped
+    batch = moving_squares(3, seed=17)
+    video, keep = model_input(batch.frames), draw("random", batch.energy, 0.5).visible
+    with torch.no_grad():
+        ours, _ = model.encode(video, keep)
+        theirs, _ = mae.eval().encoder.encode(video, keep)
+    torch.testing.assert_close(ours, theirs, atol=0, rtol=0)
+    check_pretrained(model.config)  # fits: no error
+
+
+def test_a_checkpoint_of_another_width_or_geometry_is_refused_naming_the_file_and_key(tmp_path):
+    path = save_encoder(MaskedAutoencoder(MODEL, PretrainConfig()), tmp_path / "encoder.pth", {})
+    wider = ModelConfig(size="vit_tiny", embed_dim=96, depth=2, num_heads=3, num_classes=3, clip=CLIP, pretrained=str(path))
+    with pytest.raises(CheckpointError, match=r"encoder.pth: weights of another shape .*patch_embed.proj.weight: checkpoint \(48, 3, 2, 8, 8\) vs model \(96"):
+        check_pretrained(wider)
+    longer = ModelConfig(size="vit_tiny", embed_dim=48, depth=2, num_heads=3, num_classes=3, pretrained=str(path),
+                         clip=ClipConfig(num_frames=16, image_size=32, tubelet=2, patch=8))
+    with pytest.raises(CheckpointError, match=r"encoder.pth: pretrained at another clip geometry \(clip.num_frames: checkpoint 8, model 16\)"):
+        check_pretrained(longer)
+
+
+# ---- the step: golden first losses ----------------------------------------------------------------------
+
+# The first three losses of a seeded pretraining of the test model on four clips of moving squares
+# (batch 4, lr 1e-3, no warm-up), CPU fp32, torch 2.14: a change to the masking, the target, the model or
+# the step that moves them is a change of behaviour.
+GOLDEN = {
+    "tube": [1.1124359, 1.0978835, 1.0853496],
+    "motion": [1.1102540, 1.0968664, 1.0853966],
+    "learned": [1.1099091, 1.0971449, 1.0836236],
+}
+
+
+@pytest.mark.parametrize("masking", sorted(GOLDEN))
+def test_golden_first_losses_of_a_tiny_seeded_pretraining(masking):
+    cfg = PretrainConfig(masking=masking, epochs=1, batch_size=4, warmup_epochs=0.0, lr=1e-3, seed=0)
+    torch.manual_seed(cfg.seed)
+    from lmft_core.pretrain.worker import PretrainJob
+
+    learner = PretrainJob(shards="", model=MODEL, train=cfg, steps_per_epoch=10).build()
+    batch = moving_squares(4, seed=18)
+    losses = [learner.step_once(batch)["loss"] for _ in range(3)]
+    np.testing.assert_allclose(losses, GOLDEN[masking], rtol=1e-4)

@@ -219,13 +219,12 @@ def check_pretrained(config: ModelConfig) -> None:
     """Raise :class:`CheckpointError` naming ``config.pretrained`` and the key when its weights cannot
     initialise ``config``'s model: a tensor of another shape (another width, tubelet or patch) or, for a
     checkpoint lmft's pretraining wrote (it records its geometry under ``lmft``), another ``[clip]``.
-    Reads the file once; builds the model's shapes on the meta device (no memory, no compute)."""
+    Builds the model once on the CPU to know its shapes (about a second for ViT-B)."""
     from lmft_core.model.vit import VideoViT
 
     path = Path(config.pretrained)
     converted, _, _ = convert_state_dict(read_state_dict(path))
-    with torch.device("meta"):
-        own = VideoViT(config).state_dict()
+    own = VideoViT(config).state_dict()
     bad = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
            for k, v in converted.items() if k in own and k not in HEAD_KEYS and v.shape != own[k].shape]
     if bad:
