@@ -28,6 +28,8 @@ from lmft_core.pretrain.masking import (
     plackett_luce_log_prob,
 )
 from lmft_core.shards import ClipBatch, model_input
+from lmft_core.train.dist import Dist
+from lmft_core.train.run import TrainError
 
 pytestmark = pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors is in prototype stage")
 
@@ -263,3 +265,86 @@ def test_golden_first_losses_of_a_tiny_seeded_pretraining(masking):
     batch = moving_squares(4, seed=18)
     losses = [learner.step_once(batch)["loss"] for _ in range(3)]
     np.testing.assert_allclose(losses, GOLDEN[masking], rtol=1e-4)
+
+
+# ---- resume, the run on Ray Train, bad input ------------------------------------------------------------
+
+PRETRAIN_TINY = ["pretrain.epochs=2", "pretrain.batch_size=2", "pretrain.workers=2", "pretrain.decoder_depth=1",
+                 "pretrain.log_every_steps=1", "pretrain.figure_clips=2"]
+
+
+def tiny_profile(*extra: str):
+    from conftest import TINY_CLIP_GEOMETRY, TINY_TRAIN
+
+    return load_profile("demo", TINY_CLIP_GEOMETRY + TINY_TRAIN + PRETRAIN_TINY + list(extra))
+
+
+def test_a_resumed_pretraining_ends_where_an_uninterrupted_one_does(tiny_shards, tmp_path):
+    """Plain process, two ranks' worth of data on one: 1 epoch, checkpoint, resume for the 2nd == 2 epochs."""
+    from lmft_core.pretrain.run import prepare_pretrain
+    from lmft_core.pretrain.worker import TableBatches, load_pretrain_checkpoint, run_pretrain_worker
+    from lmft_core.shards import ShardSet
+
+    job, _ = prepare_pretrain(tiny_profile("pretrain.masking='learned'", "pretrain.workers=1"), tiny_shards, tmp_path)
+    data = TableBatches(ShardSet.open(job.shards), job.train.batch_size, job.train.seed)
+    saved = {}
+
+    def keep(tag):
+        def report(metrics, folder):
+            if folder is not None:
+                saved[(tag, int(metrics["epoch"]))] = load_pretrain_checkpoint(folder)
+        return report
+
+    run_pretrain_worker(job, Dist(), data.batches, None, keep("straight"))
+    run_pretrain_worker(job, Dist(), data.batches, None, keep("first"), stop_after_epochs=1)
+    run_pretrain_worker(job, Dist(), data.batches, saved[("first", 1)], keep("resumed"))
+    straight, resumed = saved[("straight", 2)]["learner"], saved[("resumed", 2)]["learner"]
+    assert straight["step"] == resumed["step"] == 2 * job.steps_per_epoch
+    for part in ("mae", "sampler"):
+        for k, v in straight[part].items():
+            torch.testing.assert_close(resumed[part][k], v, atol=1e-6, rtol=1e-5, msg=f"{part}.{k}")
+
+
+def test_pretraining_on_ray_train_logs_a_figure_and_initialises_adaptation(tiny_shards, tmp_path):
+    from mlflow import MlflowClient
+
+    from lmft_core.pretrain.run import run_pretrain
+    from lmft_core.train.run import prepare
+
+    profile = tiny_profile("pretrain.masking='motion'")
+    result = run_pretrain(profile, tiny_shards, tmp_path)
+    client = MlflowClient(tracking_uri=result.tracking_uri)
+    run = client.get_run(result.mlflow_run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["lmft.stage"] == "pretrain"
+    assert run.data.params["pretrain.masking"] == "motion" and run.data.params["pretrain.mask_ratio"] == "0.9"
+    artifacts = {a.path for folder in ("plots", "pretrain") for a in client.list_artifacts(run.info.run_id, folder)}
+    assert artifacts == {"plots/reconstruction.png", "pretrain/encoder.pth"}
+    losses = client.get_metric_history(run.info.run_id, "pretrain/loss")
+    assert len(losses) == int(run.data.metrics["epoch/steps"]) * 2 >= 2
+    assert all(math.isfinite(m.value) for m in losses) and result.peak_memory_mb > 0 and result.clips_per_s > 0
+    assert len(client.get_metric_history(run.info.run_id, "epoch/loss")) == 2
+    assert run_pretrain(profile, tiny_shards, tmp_path) == result  # finished: returned, not trained again
+
+    job, _ = prepare(profile.with_overrides([f"model.pretrained='{result.encoder}'"]), tiny_shards, tmp_path)
+    model = job.build_adapter().model
+    assert model.load_report.format == "videomae_pretrain" and len(model.load_report.loaded) == len(
+        [k for k in model.state_dict() if not k.startswith(("head.", "fc_norm."))])
+
+    wider = profile.with_overrides([f"model.pretrained='{result.encoder}'", "model.embed_dim=96"])
+    with pytest.raises(TrainError, match=r"model.pretrained: .*encoder.pth: weights of another shape"):
+        prepare(wider, tiny_shards, tmp_path)
+
+
+def test_shards_without_frames_or_too_few_clips_are_refused_naming_the_folder(tiny_shards, tmp_path):
+    from lmft_core.pretrain.run import prepare_pretrain
+    from lmft_core.shards import ShardSet
+
+    with pytest.raises(TrainError, match=r"less than one batch of pretrain.batch_size=512 per worker"):
+        prepare_pretrain(tiny_profile("pretrain.batch_size=512"), tiny_shards, tmp_path)
+    copy = tmp_path / "no_frames"
+    shutil.copytree(ShardSet.open(tiny_shards).root, copy)
+    meta = json.loads((copy / "metadata.json").read_text())
+    meta["resolved_config"]["content"]["store_frames"] = False
+    (copy / "metadata.json").write_text(json.dumps(meta))
+    with pytest.raises(TrainError, match=rf"{copy}: preprocessed with store_frames=false"):
+        prepare_pretrain(tiny_profile(), copy, tmp_path)
