@@ -24,6 +24,7 @@ from lmft_core.pretrain.masking import (
     MaskInput,
     TokenSampler,
     draw_by_logits,
+    motion_score,
     gumbel_top_k,
     plackett_luce_log_prob,
 )
@@ -152,7 +153,8 @@ def test_motion_draws_the_first_token_by_softmax_of_energy_over_temperature():
     energy = torch.rand(1, 4, 4, 4, generator=torch.Generator().manual_seed(6)).expand(n, 4, 4, 4)
     x = MaskInput(energy, torch.zeros(1, 3, 8, 32, 32).expand(n, -1, -1, -1, -1), 1, 1, temperature, None, torch.Generator().manual_seed(7))
     first = MASKINGS["motion"].draw(x).visible.float().mean(0).flatten().numpy()
-    assert within(first, torch.softmax(energy[0].flatten() / temperature, 0).numpy(), n)
+    assert within(first, torch.softmax(motion_score(energy[:1])[0] / temperature, 0).numpy(), n)
+    assert torch.equal(motion_score(energy[:1]).view(4, 4, 4)[0], energy[0, 1])  # segment 0 scored as segment 1
 
 
 def test_motion_visible_rates_match_sequential_sampling_without_replacement():
@@ -160,7 +162,7 @@ def test_motion_visible_rates_match_sequential_sampling_without_replacement():
     n, temperature = 4000, 0.2
     energy = torch.rand(1, 4, 4, 4, generator=torch.Generator().manual_seed(8))
     ours = draw("motion", energy.expand(n, 4, 4, 4), 0.9, seed=9, temperature=temperature).visible.float().mean(0).flatten()
-    weights = torch.softmax(energy.flatten() / temperature, 0)
+    weights = torch.softmax(motion_score(energy)[0] / temperature, 0)
     g = torch.Generator().manual_seed(10)
     ref = torch.zeros(64)
     for _ in range(n):
@@ -168,7 +170,8 @@ def test_motion_visible_rates_match_sequential_sampling_without_replacement():
     ref /= n
     p = ((ours + ref) / 2).numpy()
     assert np.all(np.abs((ours - ref).numpy()) <= 5 * np.sqrt(2 * p * (1 - p) / n) + 1e-9)
-    assert float((ours * energy.flatten()).sum() / 8) > float(energy.mean()) + 0.1  # moving tokens preferred
+    score = motion_score(energy)[0]
+    assert float((ours * score).sum() / 8) > float(score.mean()) + 0.1  # moving tokens preferred
 
 
 def test_plackett_luce_log_prob_against_a_naive_loop_and_an_untrained_sampler_draws_uniformly():
@@ -250,7 +253,7 @@ def test_a_checkpoint_of_another_width_or_geometry_is_refused_naming_the_file_an
 # the step that moves them is a change of behaviour.
 GOLDEN = {
     "tube": [1.1124359, 1.0978835, 1.0853496],
-    "motion": [1.1102540, 1.0968664, 1.0853966],
+    "motion": [1.1103129, 1.0980471, 1.0848420],
     "learned": [1.1099091, 1.0971449, 1.0836236],
 }
 
@@ -258,7 +261,6 @@ GOLDEN = {
 @pytest.mark.parametrize("masking", sorted(GOLDEN))
 def test_golden_first_losses_of_a_tiny_seeded_pretraining(masking):
     cfg = PretrainConfig(masking=masking, epochs=1, batch_size=4, warmup_epochs=0.0, lr=1e-3, seed=0)
-    torch.manual_seed(cfg.seed)
     from lmft_core.pretrain.worker import PretrainJob
 
     learner = PretrainJob(shards="", model=MODEL, train=cfg, steps_per_epoch=10).build()

@@ -23,7 +23,8 @@ class PretrainConfig:
     Masking: ``masking`` names a registered strategy (:data:`~lmft_core.pretrain.masking.MASKINGS`:
     ``tube``, ``random``, ``motion``, ``learned``); ``mask_ratio`` in (0, 1) (VideoMAE: 0.9);
     ``temperature`` of ``motion`` (visible tokens drawn with probability proportional to
-    ``exp(energy / temperature)``); the ``learned`` sampler's hidden width ``sampler_hidden`` and its own
+    ``exp(energy / temperature)``; energy is in [0, 1], so 0.25 weighs the most moving token up to e^4 = 55
+    times the stillest); the ``learned`` sampler's hidden width ``sampler_hidden`` and its own
     constant Adam rate ``sampler_lr``.
     Autoencoder: the encoder is the profile's ``[model]`` (the one adaptation trains) with
     ``drop_path`` (VideoMAE pretrains without); the decoder has ``decoder_depth`` blocks of
@@ -36,7 +37,7 @@ class PretrainConfig:
 
     masking: str = "tube"
     mask_ratio: float = 0.9
-    temperature: float = 0.1
+    temperature: float = 0.25
     sampler_hidden: int = 32
     sampler_lr: float = 1e-3
     drop_path: float = 0.0

@@ -10,7 +10,8 @@ Gumbel-top-k trick (Kool et al. 2019): the next token is drawn with probability 
 ``tube``    VideoMAE's: ``per_segment`` positions of the N_h x N_w grid drawn uniformly, visible in
             every temporal segment (a tube through time)
 ``random``  ``count`` tokens uniformly (all logits 0)
-``motion``  logits ``energy / temperature``: moving tokens are more likely visible (TATS' motion prior)
+``motion``  logits ``motion_score / temperature`` (the energy; segment 0, all ones by LMFT's convention,
+            takes segment 1's): moving tokens are more likely visible (TATS' motion prior)
 ``learned`` logits from a :class:`TokenSampler` on each token's pixels and energy, trained jointly with
             the autoencoder by policy gradient (:mod:`lmft_core.pretrain.learner`); its draw carries the
             log-probability (with gradient) of the ordered sample
@@ -119,9 +120,19 @@ def uniform(x: MaskInput) -> MaskDraw:
     return draw_by_logits(x.energy.new_zeros(x.energy.shape[0], x.energy[0].numel()), x)
 
 
+def motion_score(energy: Tensor) -> Tensor:
+    """(B, N_t, N_h, N_w) -> (B, N) per-token motion: the energy, but segment 0 (all ones by LMFT's
+    convention: always kept) scored by the change to segment 1, which it shares (the selectors' ``next``
+    first-segment rule)."""
+    score = energy.float().clone()
+    if score.shape[1] > 1:
+        score[:, 0] = score[:, 1]
+    return score.flatten(1)
+
+
 @register_masking("motion")
 def motion(x: MaskInput) -> MaskDraw:
-    return draw_by_logits(x.energy.flatten(1).float() / x.temperature, x)
+    return draw_by_logits(motion_score(x.energy) / x.temperature, x)
 
 
 @register_masking("learned", learned=True)
@@ -133,7 +144,7 @@ def learned(x: MaskInput) -> MaskDraw:
 
 class TokenSampler(nn.Module):
     """The ``learned`` strategy's per-token logits: ``forward(video (B, C, T, H, W), energy (B, N_t, N_h, N_w))
-    -> (B, N)``, a two-layer MLP on each tubelet's pixels and its energy. The output layer starts at zero,
+    -> (B, N)``, a two-layer MLP on each tubelet's pixels and its :func:`motion_score`. The output layer starts at zero,
     so an untrained sampler draws as ``random`` does."""
 
     def __init__(self, clip: ClipConfig, in_chans: int, hidden: int):
@@ -147,5 +158,5 @@ class TokenSampler(nn.Module):
     def forward(self, video: Tensor, energy: Tensor) -> Tensor:
         b = video.shape[0]
         pixels = tubelet_view(video.detach(), self.clip).reshape(b, self.clip.num_tokens, -1)
-        x = torch.cat([pixels, energy.reshape(b, -1, 1).to(pixels.dtype)], -1)
+        x = torch.cat([pixels, motion_score(energy)[..., None].to(pixels.dtype)], -1)
         return self.fc2(F.gelu(self.fc1(x))).squeeze(-1)
