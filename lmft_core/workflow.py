@@ -8,16 +8,21 @@ stage        output (keyed by)                                                 s
 ===========  ===============================================================  ==========================
 data         ``data/`` demo videos and manifest (the demo settings)            the same settings exist
 preprocess   ``shards/<hash>/`` (manifest, geometry, CLIP, energy variant)     every video is done
+pretrain     ``pretrain/<run>/encoder.pth`` (``[pretrain]``, model, shards)    its result exists
 adapt        ``train/<run>/`` or ``sweeps/<sweep>/`` (resolved config, shards)  its result exists
 evaluate     ``train/<run>/`` of each baseline training (``[workflow]``)       their results exist
 register     a registry version of the adapted model (its source URI)          that version exists
 predict      ``predictions/<hash>/`` (model version, input rows)               its summary exists
 ===========  ===============================================================  ==========================
 
+``pretrain`` runs only with ``[workflow] pretrain = true`` (masked video pretraining on the unlabelled
+source and target clips, :mod:`lmft_core.pretrain`); adapt and evaluate then start from its encoder
+(``model.pretrained``, which their run names hash, so they are keyed on it).
+
 One MLflow parent run per workflow (``workflow-<profile>-<hash>``, reopened by a re-run of the same
 workflow) with each stage's run nested under it. Layout of the work directory (``--workdir``)::
 
-    data/  shards/  train/  ray_train/  sweeps/  tune/  predictions/  workflow/  mlflow.db  mlartifacts/
+    data/  shards/  pretrain/  train/  ray_train/  sweeps/  tune/  predictions/  workflow/  mlflow.db  mlartifacts/
 
 On a Ray cluster the work directory must be storage every node can read and write (NFS, a mounted
 bucket): workers read the videos and write shards, checkpoints and predictions there.
@@ -40,7 +45,7 @@ from lmft_core.manifest import load_manifest
 from lmft_core.preprocess import PreprocessSummary, run_preprocess
 from lmft_core.tracking import TrackingConfig, check_tracking_server, experiment_url, start_run, ui_command
 
-STAGES = ("preprocess", "adapt", "evaluate", "register", "predict")
+STAGES = ("preprocess", "pretrain", "adapt", "evaluate", "register", "predict")
 ADAPT = ("train", "sweep")
 
 
@@ -50,9 +55,11 @@ class WorkflowConfig:
     ``[sweep]``, the best trial adapts); ``baselines`` are the selectors trained the same way for
     comparison in the evaluate stage (``full``: every token; ``random``: random drop at LMFT's
     discard rate on target-test); the adapted model is registered as ``model_name`` with ``alias``;
-    ``predict_split`` names the manifest's target rows labelled at the end (the held-back videos)."""
+    ``predict_split`` names the manifest's target rows labelled at the end (the held-back videos);
+    ``pretrain`` runs masked video pretraining (``[pretrain]``) before adapting, from its encoder."""
 
     adapt: str = "train"
+    pretrain: bool = False
     baselines: tuple[str, ...] = ("full",)
     model_name: str = "lmft"
     alias: str = "best"
@@ -155,6 +162,17 @@ def run_full(profile: Profile, workdir: str | Path, manifest: str | Path | None 
             run.log_artifact(summary.rejects_path, "preprocess")
         parent.log_metrics(summary.metrics())
         shards = summary.output_dir
+
+        # pretrain (optional): adaptation and baselines start from its encoder
+        if flow.pretrain:
+            from lmft_core.pretrain.run import prepare_pretrain, run_pretrain
+
+            if "pretrain" in force:
+                _, name = prepare_pretrain(profile, shards, workdir)
+                _force("pretrain", [workdir / "pretrain" / name, workdir / "ray_train" / name])
+            pretrained = run_pretrain(profile, shards, workdir, parent_run_id=parent.run_id)
+            parent.log_metrics({"pretrain/final_loss": pretrained.final_loss, "pretrain/clips_per_s": pretrained.clips_per_s})
+            profile = profile.with_overrides([f"model.pretrained={json.dumps(pretrained.encoder)}"])
 
         # adapt
         if flow.adapt == "sweep":

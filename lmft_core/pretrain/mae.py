@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from lmft_core.config import ClipConfig
-from lmft_core.model import ModelConfig, TokenLayout, VideoViT, resolve_attention
+from lmft_core.model import ModelConfig, TokenLayout, VideoViT, load_videomae, resolve_attention
 from lmft_core.model.attention import compute_dtype
 from lmft_core.model.vit import Block, sinusoid_table, tubelet_view
 from lmft_core.pretrain.config import PretrainConfig
@@ -87,12 +87,13 @@ class MaskedAutoencoder(nn.Module):
     """``forward(video, visible) -> predictions (M, t * p * p * C)`` of the masked tokens, clip after clip in
     token order (M = B x masked tokens per clip); ``video`` (B, C, T, H, W), ``visible`` (B, N_t, N_h, N_w)
     bool. The encoder's classification parts (``fc_norm``, ``head``) are not used in pretraining and are
-    removed (Identity), so every parameter gets a gradient (DDP needs that)."""
+    removed (Identity), so every parameter gets a gradient (DDP needs that). With ``model.pretrained`` set
+    the encoder starts from those VideoMAE weights (continued pretraining; ``load_report`` says what loaded)."""
 
     def __init__(self, model: ModelConfig, cfg: PretrainConfig):
         super().__init__()
         model.require_derived()
-        self.model_config = replace(model, drop_path=cfg.drop_path, pretrained="")
+        self.model_config = replace(model, drop_path=cfg.drop_path)
         self.encoder = VideoViT(self.model_config)
         self.encoder.fc_norm, self.encoder.head = nn.Identity(), nn.Identity()
         width = self.model_config.widths
@@ -111,6 +112,7 @@ class MaskedAutoencoder(nn.Module):
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
         nn.init.trunc_normal_(self.mask_token, std=0.02)
+        self.load_report = load_videomae(self.encoder, model.pretrained) if model.pretrained else None
 
     def forward(self, video: Tensor, visible: Tensor, attention: str | None = None) -> Tensor:
         h, tokens = self.encoder.encode(video, visible, attention)

@@ -2,7 +2,8 @@
 
 :func:`prepare_pretrain` turns a profile and a preprocessing output into a :class:`PretrainJob`, checking
 before any compute: the shards (frames stored, schema, the profile's ``[clip]``), that the ``train`` split
-of every ``pretrain.domains`` has clips, that a worker gets at least one batch.
+of every ``pretrain.domains`` has clips, that a worker gets at least one batch, and ``model.pretrained``
+when set (pretraining then continues from those weights).
 
 :func:`run_pretrain` fits the job with ``TorchTrainer`` (the unlabelled clips as one Ray Dataset split
 over the workers; DDP; a checkpoint every epoch; the same command resumes from the last one) and records
@@ -27,7 +28,8 @@ import numpy as np
 
 from lmft_core.config import Profile
 from lmft_core.files import atomic_write
-from lmft_core.model import ModelConfig
+from lmft_core.model import CheckpointError, ModelConfig
+from lmft_core.model.checkpoints import check_pretrained
 from lmft_core.pretrain.config import PretrainConfig
 from lmft_core.pretrain.mae import reconstruct
 from lmft_core.pretrain.worker import DATASET, ENCODER_FILE, PretrainJob, load_pretrain_checkpoint, pretrain_fn
@@ -69,7 +71,12 @@ def prepare_pretrain(profile: Profile, shards_path: str | Path, workdir: str | P
         rows = sum(shards.require(d, "train", "pretraining") for d in cfg.domains)
     except ShardError as e:
         raise TrainError(str(e)) from None
-    model: ModelConfig = replace(profile.section("model"), clip=profile.clip, num_classes=shards.num_classes, pretrained="")
+    model: ModelConfig = replace(profile.section("model"), clip=profile.clip, num_classes=shards.num_classes)
+    if model.pretrained:
+        try:
+            check_pretrained(model)  # continued pretraining from these weights
+        except CheckpointError as e:
+            raise TrainError(f"model.pretrained: {e}") from None
     steps = rows // cfg.workers // cfg.batch_size
     if steps == 0:
         raise TrainError(f"{rows} pretraining clips ({' and '.join(cfg.domains)} train) over {cfg.workers} workers is "
@@ -120,6 +127,7 @@ def run_pretrain(profile: Profile, shards_path: str | Path, workdir: str | Path,
         if resume_id is None:
             run.log_params(job.config)
             run.set_tags({"lmft.stage": "pretrain", "lmft.shards": job.shards, "lmft.masking": job.train.masking})
+        run.set_tags({"lmft.encoder": run_dir / ENCODER_FILE})
         job = replace(job, mlflow_run_id=run.run_id)
         checkpoint = Path(fit(job, name, workdir, datasets=lambda: pretrain_datasets(job), fn=pretrain_fn,
                               split=(DATASET,)).checkpoint.path)
