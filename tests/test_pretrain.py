@@ -13,19 +13,18 @@ import pytest
 import torch
 
 from lmft_core.config import ClipConfig, ConfigError, load_profile
-from lmft_core.model import CheckpointError, ModelConfig, TokenLayout, VideoViT
+from lmft_core.model import CheckpointError, ModelConfig, TokenLayout
 from lmft_core.model.attention import ATTENTION_BACKENDS
 from lmft_core.model.checkpoints import check_pretrained
 from lmft_core.pretrain.config import PretrainConfig, visible_count
-from lmft_core.pretrain.learner import PretrainLearner
 from lmft_core.pretrain.mae import MaskedAutoencoder, patch_targets, save_encoder
 from lmft_core.pretrain.masking import (
     MASKINGS,
     MaskInput,
     TokenSampler,
     draw_by_logits,
-    motion_score,
     gumbel_top_k,
+    motion_score,
     plackett_luce_log_prob,
 )
 from lmft_core.shards import ClipBatch, model_input
@@ -238,7 +237,8 @@ def test_the_saved_encoder_loads_through_the_videomae_loader_with_the_same_featu
 def test_a_checkpoint_of_another_width_or_geometry_is_refused_naming_the_file_and_key(tmp_path):
     path = save_encoder(MaskedAutoencoder(MODEL, PretrainConfig()), tmp_path / "encoder.pth", {})
     wider = ModelConfig(size="vit_tiny", embed_dim=96, depth=2, num_heads=3, num_classes=3, clip=CLIP, pretrained=str(path))
-    with pytest.raises(CheckpointError, match=r"encoder.pth: weights of another shape .*patch_embed.proj.weight: checkpoint \(48, 3, 2, 8, 8\) vs model \(96"):
+    wrong = r"encoder.pth: weights of another shape .*patch_embed.proj.weight: checkpoint \(48, 3, 2, 8, 8\) vs model \(96"
+    with pytest.raises(CheckpointError, match=wrong):
         check_pretrained(wider)
     longer = ModelConfig(size="vit_tiny", embed_dim=48, depth=2, num_heads=3, num_classes=3, pretrained=str(path),
                          clip=ClipConfig(num_frames=16, image_size=32, tubelet=2, patch=8))
