@@ -271,3 +271,16 @@ def parse_override(text: str) -> tuple[str, str, Any]:
     except tomllib.TOMLDecodeError:
         value = rhs.strip()
     return section, key, value
+
+
+def run_arguments(description: str):
+    """The command line of a run on a preprocessing output (``pipelines/train.py``, ``pipelines/pretrain.py``):
+    ``--shards``, ``--profile``, ``--workdir``, ``--set section.key=value`` (repeatable, as ``overrides``)."""
+    import argparse
+
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shards", required=True, type=Path, help="preprocessing output (root with LATEST, or a <hash> folder)")
+    p.add_argument("--profile", default="demo", help=f"one of {available_profiles()} or a .toml path")
+    p.add_argument("--workdir", type=Path, default=Path("outputs"), help="where checkpoints, run files and the embedded MLflow store go")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    return p

@@ -13,22 +13,15 @@ Runs Ray Train (``pretrain.workers`` workers), logs one MLflow run with a recons
 
 from __future__ import annotations
 
-import argparse
 import sys
-from pathlib import Path
 
-from lmft_core.config import ConfigError, available_profiles, load_profile
+from lmft_core.config import ConfigError, load_profile, run_arguments
 from lmft_core.pretrain.run import run_pretrain
 from lmft_core.train.run import TrainError
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--shards", required=True, type=Path, help="preprocessing output (root with LATEST, or a <hash> folder)")
-    p.add_argument("--profile", default="demo", help=f"one of {available_profiles()} or a .toml path")
-    p.add_argument("--workdir", type=Path, default=Path("outputs"), help="where checkpoints, run files and the embedded MLflow store go")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
-    args = p.parse_args(argv)
+    args = run_arguments(__doc__).parse_args(argv)
     try:
         result = run_pretrain(load_profile(args.profile, args.overrides), args.shards, args.workdir)
     except (ConfigError, TrainError) as e:

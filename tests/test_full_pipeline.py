@@ -21,7 +21,7 @@ from live_servers import TINY_WORKFLOW
 REPO = Path(__file__).resolve().parents[1]
 # the tiny workflow with a full-token baseline training in the evaluate stage, after one epoch of pretraining
 TINY = TINY_WORKFLOW + ["workflow.baselines=['full']", "workflow.pretrain=true", "pretrain.epochs=1",
-                        "pretrain.batch_size=1", "pretrain.workers=1", "pretrain.decoder_depth=1"]
+                        "pretrain.batch_size=1", "pretrain.decoder_depth=1"]
 
 
 @pytest.fixture(scope="module")

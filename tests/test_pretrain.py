@@ -28,6 +28,7 @@ from lmft_core.pretrain.masking import (
     plackett_luce_log_prob,
 )
 from lmft_core.shards import ClipBatch, model_input
+from lmft_core.train.config import TrainConfig
 from lmft_core.train.dist import Dist
 from lmft_core.train.run import TrainError
 
@@ -128,7 +129,7 @@ def test_every_strategy_shows_exactly_the_visible_count(name, ratio):
 
 def test_mask_ratio_outside_the_open_interval_is_an_error_naming_the_key():
     for bad in (0.0, 1.0, 1.5, -0.1):
-        with pytest.raises(ConfigError, match=r"pretrain.mask_ratio must be in \(0, 1\)"):
+        with pytest.raises(ConfigError, match=r"pretrain.mask_ratio must be in \(0.0, 1.0\), got "):
             load_profile("demo", [f"pretrain.mask_ratio={bad}"])
     with pytest.raises(ConfigError, match="pretrain.masking 'nope' is not a registered masking strategy"):
         load_profile("demo", ["pretrain.masking='nope'"])
@@ -260,10 +261,10 @@ GOLDEN = {
 
 @pytest.mark.parametrize("masking", sorted(GOLDEN))
 def test_golden_first_losses_of_a_tiny_seeded_pretraining(masking):
-    cfg = PretrainConfig(masking=masking, epochs=1, batch_size=4, warmup_epochs=0.0, lr=1e-3, seed=0)
+    cfg = PretrainConfig(masking=masking, epochs=1, batch_size=4, warmup_epochs=0.0, lr=1e-3)
     from lmft_core.pretrain.worker import PretrainJob
 
-    learner = PretrainJob(shards="", model=MODEL, train=cfg, steps_per_epoch=10).build()
+    learner = PretrainJob(shards="", model=MODEL, pretrain=cfg, train=TrainConfig(seed=0), steps_per_epoch=10).build()
     batch = moving_squares(4, seed=18)
     losses = [learner.step_once(batch)["loss"] for _ in range(3)]
     np.testing.assert_allclose(losses, GOLDEN[masking], rtol=1e-4)
@@ -271,7 +272,7 @@ def test_golden_first_losses_of_a_tiny_seeded_pretraining(masking):
 
 # ---- resume, the run on Ray Train, bad input ------------------------------------------------------------
 
-PRETRAIN_TINY = ["pretrain.epochs=2", "pretrain.batch_size=2", "pretrain.workers=2", "pretrain.decoder_depth=1",
+PRETRAIN_TINY = ["pretrain.epochs=2", "pretrain.batch_size=2", "pretrain.decoder_depth=1",
                  "pretrain.log_every_steps=1", "pretrain.figure_clips=2"]
 
 
@@ -287,8 +288,8 @@ def test_a_resumed_pretraining_ends_where_an_uninterrupted_one_does(tiny_shards,
     from lmft_core.pretrain.worker import TableBatches, load_pretrain_checkpoint, run_pretrain_worker
     from lmft_core.shards import ShardSet
 
-    job, _ = prepare_pretrain(tiny_profile("pretrain.masking='learned'", "pretrain.workers=1"), tiny_shards, tmp_path)
-    data = TableBatches(ShardSet.open(job.shards), job.train.batch_size, job.train.seed)
+    job, _ = prepare_pretrain(tiny_profile("pretrain.masking='learned'", "train.workers=1"), tiny_shards, tmp_path)
+    data = TableBatches(ShardSet.open(job.shards), job.pretrain.batch_size, job.train.seed)
     saved = {}
 
     def keep(tag):

@@ -39,17 +39,19 @@ from lmft_core.train.step import autocast_dtype, decay_groups, lr_factor, step_g
 
 class PretrainLearner:
     """The autoencoder, the learned sampler (None for fixed strategies), optimizer and schedule of one
-    process, and its :meth:`step_once`. ``steps_per_epoch`` and ``cfg.epochs`` fix the schedule."""
+    process, and its :meth:`step_once`. ``steps_per_epoch`` and ``cfg.epochs`` fix the schedule; ``seed``
+    and ``precision`` are ``[train]``'s."""
 
     def __init__(self, mae: MaskedAutoencoder, sampler: TokenSampler | None, cfg: PretrainConfig,
-                 steps_per_epoch: int, dist: Dist = Dist(), device: torch.device | str = "cpu"):
-        self.cfg, self.dist, self.device = cfg, dist, torch.device(device)
+                 steps_per_epoch: int, dist: Dist, device: torch.device | str = "cpu", seed: int = 0,
+                 precision: str = "auto"):
+        self.cfg, self.dist, self.device, self.seed = cfg, dist, torch.device(device), seed
         self.mae = mae.to(self.device)
         self.sampler = sampler.to(self.device) if sampler is not None else None
         self.net = dist.wrap(self.mae, self.device)
         self.masking = MASKINGS[cfg.masking]
         self.count, self.per_segment = visible_count(cfg.mask_ratio, mae.model_config.clip)
-        self.amp_dtype = autocast_dtype(cfg.precision, self.device)
+        self.amp_dtype = autocast_dtype(precision, self.device)
         groups = decay_groups(self.mae, cfg.lr, cfg.weight_decay)
         if self.sampler is not None:
             groups.append({"params": list(self.sampler.parameters()), "weight_decay": 0.0, "lr": cfg.sampler_lr,
@@ -64,7 +66,7 @@ class PretrainLearner:
 
     def draw(self, batch: ClipBatch, video: torch.Tensor) -> MaskDraw:
         """The visible tokens of ``batch`` at this step (``video`` its model input on the device)."""
-        g = step_generator(self.cfg.seed, self.step, 1 + self.dist.rank)
+        g = step_generator(self.seed, self.step, 1 + self.dist.rank)
         return self.masking.draw(MaskInput(batch.energy.float(), video, self.count, self.per_segment,
                                            self.cfg.temperature, self.sampler, g))
 

@@ -36,9 +36,13 @@ from lmft_core.pretrain.worker import DATASET, ENCODER_FILE, PretrainJob, load_p
 from lmft_core.shards import ShardError, ShardSet, read_batches
 from lmft_core.tracking import TrackingConfig, check_tracking_server
 from lmft_core.train import plots
-from lmft_core.train.run import RESULT_FILE, TrainError, fit
+from lmft_core.train.config import TrainConfig
+from lmft_core.train.run import RESULT_FILE, TrainError, finished, fit
 
 FIGURE_FILE = "reconstruction.png"
+# the [train] keys a pretraining uses (how it runs), recorded in its configuration and hashed into its name
+RUN_KEYS = ("workers", "cpus_per_worker", "gpus_per_worker", "threads_per_worker", "precision", "prefetch_batches",
+            "keep_checkpoints", "max_failures", "shuffle", "materialize_max_mb", "seed")
 
 
 @dataclass(frozen=True)
@@ -71,36 +75,38 @@ def prepare_pretrain(profile: Profile, shards_path: str | Path, workdir: str | P
         rows = sum(shards.require(d, "train", "pretraining") for d in cfg.domains)
     except ShardError as e:
         raise TrainError(str(e)) from None
+    run: TrainConfig = profile.section("train")  # workers, precision, checkpoints, failures, seed
     model: ModelConfig = replace(profile.section("model"), clip=profile.clip, num_classes=shards.num_classes)
     if model.pretrained:
         try:
             check_pretrained(model)  # continued pretraining from these weights
         except CheckpointError as e:
             raise TrainError(f"model.pretrained: {e}") from None
-    steps = rows // cfg.workers // cfg.batch_size
+    steps = rows // run.workers // cfg.batch_size
     if steps == 0:
-        raise TrainError(f"{rows} pretraining clips ({' and '.join(cfg.domains)} train) over {cfg.workers} workers is "
+        raise TrainError(f"{rows} pretraining clips ({' and '.join(cfg.domains)} train) over train.workers={run.workers} is "
                          f"less than one batch of pretrain.batch_size={cfg.batch_size} per worker: lower it")
     if cfg.max_steps_per_epoch:
         steps = min(steps, cfg.max_steps_per_epoch)
     config = json.loads(json.dumps({
         "clip": dataclasses.asdict(profile.clip), "model": dataclasses.asdict(model), "pretrain": dataclasses.asdict(cfg),
+        "train": {k: getattr(run, k) for k in RUN_KEYS},
         "shards": {"root": str(shards.root), "config_hash": shards.metadata.get("config_hash", "")}}))
     digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:10]
-    name = cfg.run_name or f"{profile.name}-pretrain-{cfg.masking}-r{cfg.mask_ratio:g}-s{cfg.seed}-{digest}"
+    name = cfg.run_name or f"{profile.name}-pretrain-{cfg.masking}-r{cfg.mask_ratio:g}-s{run.seed}-{digest}"
     tracking = profile.section("tracking", TrackingConfig)
-    return PretrainJob(shards=str(shards.root), model=model, train=cfg, steps_per_epoch=steps, config=config,
+    return PretrainJob(shards=str(shards.root), model=model, pretrain=cfg, train=run, steps_per_epoch=steps, config=config,
                        tracking_uri=tracking.resolve_uri(Path(workdir))), name
 
 
 def pretrain_datasets(job: PretrainJob) -> dict:
-    """The unlabelled ``train`` clips of ``job.train.domains`` as one Ray Dataset (materialised, reshuffled)."""
+    """The unlabelled ``train`` clips of ``job.pretrain.domains`` as one Ray Dataset (materialised, reshuffled)."""
     from lmft_core.train.ray_train import INGEST_TASK_CPUS, ingest
 
     shards = ShardSet.open(job.shards)
-    parts = [shards.dataset(d, "train", num_cpus=INGEST_TASK_CPUS) for d in job.train.domains]
+    parts = [shards.dataset(d, "train", num_cpus=INGEST_TASK_CPUS) for d in job.pretrain.domains]
     ds = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
-    rows = sum(shards.counts().get((d, "train"), 0) for d in job.train.domains)
+    rows = sum(shards.counts().get((d, "train"), 0) for d in job.pretrain.domains)
     return {DATASET: ingest(ds, rows, shards, job.train, 0)}
 
 
@@ -114,19 +120,14 @@ def run_pretrain(profile: Profile, shards_path: str | Path, workdir: str | Path,
     workdir = Path(workdir).resolve()
     job, name = prepare_pretrain(profile, shards_path, workdir)
     run_dir = workdir / "pretrain" / name
-    if (run_dir / RESULT_FILE).is_file():
-        print(f"[lmft] pretraining run {name} already finished: {run_dir / RESULT_FILE}")
-        return PretrainResult.load(run_dir / RESULT_FILE)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if (done := finished(run_dir, PretrainResult, "pretraining")) is not None:
+        return done
     check_tracking_server(job.tracking_uri)
-    id_file = run_dir / "mlflow_run_id"
-    resume_id = id_file.read_text().strip() if id_file.is_file() else None
     with start_run(profile.section("tracking", TrackingConfig), workdir, run_name=name, parent_run_id=parent_run_id,
-                   resume_run_id=resume_id) as run:
-        id_file.write_text(run.run_id)
-        if resume_id is None:
+                   id_file=run_dir / "mlflow_run_id") as run:
+        if not run.resumed:
             run.log_params(job.config)
-            run.set_tags({"lmft.stage": "pretrain", "lmft.shards": job.shards, "lmft.masking": job.train.masking})
+            run.set_tags({"lmft.stage": "pretrain", "lmft.shards": job.shards, "lmft.masking": job.pretrain.masking})
         run.set_tags({"lmft.encoder": run_dir / ENCODER_FILE})
         job = replace(job, mlflow_run_id=run.run_id)
         checkpoint = Path(fit(job, name, workdir, datasets=lambda: pretrain_datasets(job), fn=pretrain_fn,
@@ -155,10 +156,10 @@ def reconstruction_figure(job: PretrainJob, checkpoint: Path, path: Path) -> Pat
     learner = job.build()
     learner.load_state_dict(load_pretrain_checkpoint(checkpoint)["learner"])
     learner.mae.eval()
-    batch = next(read_batches(ShardSet.open(job.shards), "target", "train", job.train.figure_clips))
+    batch = next(read_batches(ShardSet.open(job.shards), "target", "train", job.pretrain.figure_clips))
     visible = learner.draw(batch, batch.video()).visible
     out = reconstruct(learner.mae, batch.frames, visible)
     clip = job.model.clip
-    title = f"{job.train.masking} masking, ratio {job.train.mask_ratio:g}: target-train clips"
+    title = f"{job.pretrain.masking} masking, ratio {job.pretrain.mask_ratio:g}: target-train clips"
     return plots.save(plots.reconstruction(batch.frames.numpy(), visible.numpy(), out.numpy(), clip.tubelet, clip.patch,
                                            title), path)

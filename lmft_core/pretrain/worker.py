@@ -29,7 +29,8 @@ from lmft_core.pretrain.learner import PretrainLearner
 from lmft_core.pretrain.mae import MaskedAutoencoder, save_encoder
 from lmft_core.pretrain.masking import MASKINGS, TokenSampler
 from lmft_core.shards import ClipBatch, ShardSet
-from lmft_core.train.checkpoint import CHECKPOINT_FILE, rng_state, set_rng_state
+from lmft_core.train.checkpoint import CHECKPOINT_FILE, resume, rng_state
+from lmft_core.train.config import TrainConfig
 from lmft_core.train.dist import Dist
 from lmft_core.train.loop import MetricSink, TableEpochData
 
@@ -41,12 +42,14 @@ DATASET = "pretrain"
 @dataclass(frozen=True)
 class PretrainJob:
     """Everything a worker needs, as plain data: the shards, the encoder's ``model`` config (clip and class
-    count set), the ``[pretrain]`` section as ``train`` (the name Ray Train's glue reads), steps per epoch,
-    the resolved configuration (JSON-able) and the MLflow run rank 0 logs to (empty: none)."""
+    count set), the ``[pretrain]`` section, the ``[train]`` section (workers, precision, checkpoints, seed:
+    what Ray Train's glue reads), steps per epoch, the resolved configuration (JSON-able) and the MLflow
+    run rank 0 logs to (empty: none)."""
 
     shards: str
     model: ModelConfig
-    train: PretrainConfig
+    pretrain: PretrainConfig
+    train: TrainConfig
     steps_per_epoch: int
     config: dict = field(default_factory=dict)
     tracking_uri: str = ""
@@ -55,22 +58,23 @@ class PretrainJob:
     def build_mae(self) -> tuple[MaskedAutoencoder, TokenSampler | None]:
         """The autoencoder and (for a learned strategy) the sampler, initialised from ``train.seed``."""
         torch.manual_seed(self.train.seed)
-        mae = MaskedAutoencoder(self.model, self.train)
+        mae = MaskedAutoencoder(self.model, self.pretrain)
         sampler = None
-        if MASKINGS[self.train.masking].learned:
-            sampler = TokenSampler(self.model.clip, self.model.in_chans, self.train.sampler_hidden)
+        if MASKINGS[self.pretrain.masking].learned:
+            sampler = TokenSampler(self.model.clip, self.model.in_chans, self.pretrain.sampler_hidden)
         return mae, sampler
 
-    def build(self, dist: Dist = Dist(), device: torch.device | str = "cpu") -> PretrainLearner:
-        return PretrainLearner(*self.build_mae(), self.train, self.steps_per_epoch, dist, device)
+    def build(self, dist: Dist | None = None, device: torch.device | str = "cpu") -> PretrainLearner:
+        return PretrainLearner(*self.build_mae(), self.pretrain, self.steps_per_epoch, dist or Dist(), device,
+                               self.train.seed, self.train.precision)
 
 
 class TableBatches(TableEpochData):
     """Epochs of batches from the in-memory ``train`` rows of ``domains`` (one stream), no Ray."""
 
-    def __init__(self, shards: ShardSet, batch_size: int, seed: int, dist: Dist = Dist(),
+    def __init__(self, shards: ShardSet, batch_size: int, seed: int, dist: Dist | None = None,
                  domains: tuple[str, ...] = ("source", "target"), shuffle: bool = True):
-        super().__init__(shards, batch_size, seed, dist, shuffle)
+        super().__init__(shards, batch_size, seed, dist or Dist(), shuffle)
         self.tables = [pa.concat_tables([t for t, d in zip(self.tables, ("source", "target")) if d in domains])]
 
     def batches(self, epoch: int) -> Iterator[ClipBatch]:
@@ -82,8 +86,8 @@ def save_pretrain_checkpoint(folder: Path, learner: PretrainLearner, epoch: int,
     folder.mkdir(parents=True, exist_ok=True)
     torch.save({"format": FORMAT, "learner": learner.state_dict(), "epoch": int(epoch), "rng": rng_state(),
                 "config": job.config}, folder / CHECKPOINT_FILE)
-    save_encoder(learner.mae, folder / ENCODER_FILE, {"epochs": int(epoch), "masking": job.train.masking,
-                                                       "mask_ratio": job.train.mask_ratio})
+    save_encoder(learner.mae, folder / ENCODER_FILE, {"epochs": int(epoch), "masking": job.pretrain.masking,
+                                                       "mask_ratio": job.pretrain.mask_ratio})
     return folder
 
 
@@ -111,23 +115,16 @@ def run_pretrain_worker(job: PretrainJob, dist: Dist, batches: Callable[[int], I
     every rank (the checkpoint folder only on rank 0; deleted after the call); ``sink`` gets rank 0's
     step and epoch metrics; ``stop_after_epochs`` ends early after that many epochs of this call (tests).
     """
-    cfg, device = job.train, torch.device(device)
+    cfg, device = job.pretrain, torch.device(device)
     learner = job.build(dist, device)
-    start = 0
-    if checkpoint is not None:
-        learner.load_state_dict(checkpoint["learner"])
-        start = int(checkpoint["epoch"])
-        if dist.is_main:
-            set_rng_state(checkpoint["rng"])
+    start = resume(learner, checkpoint, dist.rank)
     end = cfg.epochs if stop_after_epochs is None else min(cfg.epochs, start + stop_after_epochs)
-    have = torch.zeros(1, device=device)
     for epoch in range(start, end):
         limit = cfg.max_steps_per_epoch or job.steps_per_epoch
         it, losses, clips, steps, t0 = iter(batches(epoch)), [], 0.0, 0, time.perf_counter()
         while steps < limit:
             batch = next(it, None)
-            have.fill_(0.0 if batch is None else 1.0)
-            if float(dist.all_reduce_sum(have)) < dist.world_size:  # some rank has run out: all stop here
+            if not dist.all_true(batch is not None, device):  # some rank has run out: all stop here
                 break
             m = learner.step_once(batch)
             losses.append(m["loss"])
@@ -161,7 +158,7 @@ def pretrain_fn(config: dict) -> None:
     shard = ray.train.get_dataset_shard(DATASET)
 
     def batches(epoch: int) -> Iterator[ClipBatch]:
-        it = shard.iter_torch_batches(batch_size=job.train.batch_size, collate_fn=ShardCollate(), drop_last=True,
+        it = shard.iter_torch_batches(batch_size=job.pretrain.batch_size, collate_fn=ShardCollate(), drop_last=True,
                                       prefetch_batches=job.train.prefetch_batches)
         return (ClipBatch.from_tensors(b) for b in it)
 

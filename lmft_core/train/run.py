@@ -158,10 +158,8 @@ def run_training(profile: Profile, shards_path: str | Path, workdir: str | Path,
     workdir = Path(workdir).resolve()
     job, name = prepare(profile, shards_path, workdir)
     run_dir = workdir / "train" / name
-    if (run_dir / RESULT_FILE).is_file():
-        print(f"[lmft] training run {name} already finished: {run_dir / RESULT_FILE}")
-        return TrainResult.load(run_dir / RESULT_FILE)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if (done := finished(run_dir, TrainResult, "training")) is not None:
+        return done
     shards = ShardSet.open(job.shards)
     passing, n_target, clip_report = clip_label_report(shards, job.train)
     if passing == 0 and job.train.pseudo_labels == "clip":
@@ -175,11 +173,8 @@ def run_training(profile: Profile, shards_path: str | Path, workdir: str | Path,
                     job.train.gamma_c, job.train.pseudo_labels, job.train.self_refresh_epochs)
     tracking = profile.section("tracking", TrackingConfig)
     check_tracking_server(job.tracking_uri)  # an unreachable or refusing server fails here, before any compute
-    id_file = run_dir / "mlflow_run_id"
-    resume_id = id_file.read_text().strip() if id_file.is_file() else None
-    with start_run(tracking, workdir, run_name=name, parent_run_id=parent_run_id, resume_run_id=resume_id) as run:
-        id_file.write_text(run.run_id)
-        if resume_id is None:
+    with start_run(tracking, workdir, run_name=name, parent_run_id=parent_run_id, id_file=run_dir / "mlflow_run_id") as run:
+        if not run.resumed:
             run.log_params(job.config)
             run.set_tags({"lmft.stage": "train", "lmft.shards": job.shards, "lmft.selector": job.selector.label,
                           "lmft.untrained_clip": shards.metadata.get("untrained_clip", False),
@@ -193,6 +188,16 @@ def run_training(profile: Profile, shards_path: str | Path, workdir: str | Path,
     with atomic_write(run_dir / RESULT_FILE) as f:
         f.write(json.dumps(dataclasses.asdict(result), indent=2))
     return result
+
+
+def finished(run_dir: Path, result: type, what: str):
+    """The ``result`` (a class with ``load``) of the finished ``what`` run in ``run_dir``, said on stdout; or
+    None, the folder made, when it has not finished."""
+    if (run_dir / RESULT_FILE).is_file():
+        print(f"[lmft] {what} run {run_dir.name} already finished: {run_dir / RESULT_FILE}")
+        return result.load(run_dir / RESULT_FILE)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return None
 
 
 def fit(job: TrainJob, name: str, workdir: Path, datasets=None, **trainer_options):
