@@ -87,30 +87,36 @@ class LoadReport:
 
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     """The raw tensors of a checkpoint file or Hugging Face directory (see the module docstring)."""
+    return _read(path)[0]
+
+
+def _read(path: str | Path) -> tuple[dict[str, Tensor], dict]:
+    """(the raw tensors, the ``lmft`` entry of a torch checkpoint lmft wrote or {}) of ``path``."""
     path = Path(path)
     if path.is_dir():
         for name in ("model.safetensors", "pytorch_model.bin"):
             if (path / name).is_file():
-                return read_state_dict(path / name)
+                return _read(path / name)
         raise CheckpointError(f"{path}: directory has neither model.safetensors nor pytorch_model.bin")
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file not found")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(path))
+        return load_file(str(path)), {}
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - re-raised with the file named
         raise CheckpointError(f"{path}: cannot be read as a weights-only torch checkpoint: {e}") from e
+    meta = obj.get("lmft") if isinstance(obj, dict) and isinstance(obj.get("lmft"), dict) else {}
     for key in ("model", "module", "state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
             break
     if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
         raise CheckpointError(f"{path}: no state dict found (expected tensors at the top or under 'model'/'module')")
-    return dict(obj)
+    return dict(obj), meta
 
 
 def detect_format(state: dict[str, Tensor]) -> str:
@@ -223,15 +229,15 @@ def check_pretrained(config: ModelConfig) -> None:
     from lmft_core.model.vit import VideoViT
 
     path = Path(config.pretrained)
-    converted, _, _ = convert_state_dict(read_state_dict(path))
+    raw, meta = _read(path)
+    converted, _, _ = convert_state_dict(raw)
     own = VideoViT(config).state_dict()
     bad = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
            for k, v in converted.items() if k in own and k not in HEAD_KEYS and v.shape != own[k].shape]
     if bad:
         raise CheckpointError(f"{path}: weights of another shape than model.size={config.size!r} at this clip "
                               "geometry (another width, tubelet or patch?): " + "; ".join(bad))
-    meta = _lmft_meta(path)
-    clip = meta.get("clip") if meta else None
+    clip = meta.get("clip")
     if clip:
         diffs = [f"clip.{k}: checkpoint {v}, model {getattr(config.clip, k)}" for k, v in clip.items()
                  if getattr(config.clip, k, v) != v]
@@ -239,11 +245,3 @@ def check_pretrained(config: ModelConfig) -> None:
             raise CheckpointError(f"{path}: pretrained at another clip geometry (" + "; ".join(diffs)
                                   + "): pretrain with this profile's [clip], or adapt at the checkpoint's")
 
-
-def _lmft_meta(path: Path) -> dict | None:
-    """The ``lmft`` entry of a torch checkpoint lmft wrote (None for any other file)."""
-    if path.is_dir() or path.suffix == ".safetensors":
-        return None
-    with torch.serialization.safe_globals([argparse.Namespace]):
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    return obj.get("lmft") if isinstance(obj, dict) else None
