@@ -37,6 +37,14 @@ from lmft_core.train.dist import Dist
 from lmft_core.train.step import autocast_dtype, decay_groups, lr_factor, step_generator
 
 
+def rloo_surrogate(reward: torch.Tensor, log_prob: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """REINFORCE with a leave-one-out baseline over a batch: rewards (B,) (no gradient) and the draws'
+    log-probabilities (B,) -> (the surrogate ``-mean_i A_i log pi_i`` whose gradient ascends the expected
+    reward, the advantages ``A_i = r_i - mean_{j != i} r_j`` (B,)). Needs B >= 2."""
+    advantage = reward - (reward.sum() - reward) / (len(reward) - 1)
+    return -(advantage * log_prob).mean(), advantage
+
+
 class PretrainLearner:
     """The autoencoder, the learned sampler (None for fixed strategies), optimizer and schedule of one
     process, and its :meth:`step_once`. ``steps_per_epoch`` and ``cfg.epochs`` fix the schedule; ``seed``
@@ -95,9 +103,8 @@ class PretrainLearner:
             return metrics | {"skipped_steps": float(self.skipped_steps)}
         per_clip.mean().backward()
         if draw.log_prob is not None:
-            reward = per_clip.detach()
-            advantage = reward - (reward.sum() - reward) / (b - 1)  # leave-one-out baseline
-            (-(advantage * draw.log_prob).mean()).backward()
+            surrogate, advantage = rloo_surrogate(per_clip.detach(), draw.log_prob)
+            surrogate.backward()
             self._average_sampler_grads()
             metrics["sampler_advantage_abs"] = float(advantage.abs().mean())
         params = [p for p in self.mae.parameters() if p.grad is not None]
