@@ -15,6 +15,7 @@ ratio 0.9 a step costs at most half of one at 0.5 (the encoder sees a fifth of t
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -107,12 +108,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-write", action="store_true")
     args = p.parse_args(argv)
     parts = [run_setup(s, SETUPS[s], args.rounds) for s in args.setup]
+    load = os.getloadavg()[1]  # the 5-minute load average at the end: how shared the machine was
     if not args.no_write:
         write_section("pretrain", "\n\n".join([
             "## Pretraining cost against the mask ratio (`benchmarks/bench_pretrain.py`)",
             f"`python benchmarks/bench_pretrain.py --setup {' '.join(args.setup)}` on {machine_description()}. "
-            "The machine was shared with other jobs while this ran; configurations were timed in turn, so all of them "
-            "saw the same contention. *step s*: one whole pretraining step (masking, encoder on the visible tokens, "
+            f"The machine was shared with other jobs while this ran (load average {load:.1f} at the end, on "
+            f"{os.cpu_count()} cores); configurations were timed in turn, so all of them saw the same contention, but at a "
+            "load far above the core count the step times are dominated by waiting for a core and say little. The "
+            "activation memory does not depend on the load. *step s*: one whole pretraining step (masking, encoder on the visible tokens, "
             "decoder on all, loss on the masked ones, backward, AdamW). *activation MB*: tensors saved for backward in "
             "one step. Peak process memory of real runs is logged per epoch (`epoch/peak_memory_mb`).",
             *parts]))
