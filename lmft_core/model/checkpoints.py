@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from lmft_core.model.vit import ModelConfig
+from lmft_core.model.vit import ModelConfig, VideoViT
 
 HEAD_KEYS = ("head.weight", "head.bias")
 DECODER_PREFIXES = ("decoder.", "encoder_to_decoder.", "mask_token")
@@ -226,8 +226,6 @@ def check_pretrained(config: ModelConfig) -> None:
     initialise ``config``'s model: a tensor of another shape (another width, tubelet or patch) or, for a
     checkpoint lmft's pretraining wrote (it records its geometry under ``lmft``), another ``[clip]``.
     Builds the model once on the CPU to know its shapes (about a second for ViT-B)."""
-    from lmft_core.model.vit import VideoViT
-
     path = Path(config.pretrained)
     raw, meta = _read(path)
     converted, _, _ = convert_state_dict(raw)
