@@ -332,7 +332,7 @@ def test_a_resumed_pretraining_ends_where_an_uninterrupted_one_does(tiny_shards,
             torch.testing.assert_close(resumed[part][k], v, atol=1e-6, rtol=1e-5, msg=f"{part}.{k}")
 
 
-def test_pretraining_on_ray_train_logs_a_figure_and_initialises_adaptation(tiny_shards, tmp_path):
+def test_pretraining_on_ray_train_logs_a_figure_and_initialises_adaptation(tiny_shards, tmp_path, capsys):
     from mlflow import MlflowClient
 
     from lmft_core.pretrain.run import run_pretrain
@@ -351,6 +351,13 @@ def test_pretraining_on_ray_train_logs_a_figure_and_initialises_adaptation(tiny_
     assert all(math.isfinite(m.value) for m in losses) and result.peak_memory_mb > 0 and result.clips_per_s > 0
     assert len(client.get_metric_history(run.info.run_id, "epoch/loss")) == 2
     assert run_pretrain(profile, tiny_shards, tmp_path) == result  # finished: returned, not trained again
+    from conftest import TINY_CLIP_GEOMETRY, TINY_TRAIN, entry_main
+
+    sets = [a for o in TINY_CLIP_GEOMETRY + TINY_TRAIN + PRETRAIN_TINY + ["pretrain.masking='motion'"] for a in ("--set", o)]
+    main = entry_main("pretrain")  # the entry script, as a user runs it: the finished run, its encoder printed
+    assert main(["--shards", str(tiny_shards), "--workdir", str(tmp_path), *sets]) == 0
+    assert f"encoder: {result.encoder}" in capsys.readouterr().out
+    assert main(["--shards", str(tmp_path / "nothing"), "--workdir", str(tmp_path)]) == 2
 
     job, _ = prepare(profile.with_overrides([f"model.pretrained='{result.encoder}'"]), tiny_shards, tmp_path)
     model = job.build_adapter().model
