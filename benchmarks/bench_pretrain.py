@@ -23,15 +23,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
+import torch
 
-from lmft_core.benchmarking import machine_description, markdown_table, write_section  # noqa: E402
-from lmft_core.config import ClipConfig  # noqa: E402
-from lmft_core.model import ModelConfig  # noqa: E402
-from lmft_core.pretrain.config import PretrainConfig, visible_count  # noqa: E402
-from lmft_core.pretrain.worker import PretrainJob  # noqa: E402
-from lmft_core.shards import ClipBatch  # noqa: E402
-from lmft_core.train.config import TrainConfig  # noqa: E402
+from lmft_core.benchmarking import machine_description, markdown_table, write_section
+from lmft_core.config import ClipConfig
+from lmft_core.model import ModelConfig
+from lmft_core.pretrain.config import PretrainConfig, visible_count
+from lmft_core.pretrain.worker import PretrainJob
+from lmft_core.shards import ClipBatch
+from lmft_core.train.config import TrainConfig
 
 CONFIGS = [("tube", 0.5), ("tube", 0.75), ("tube", 0.9), ("tube", 0.95), ("motion", 0.9), ("learned", 0.9)]
 
