@@ -28,11 +28,12 @@ import numpy as np
 import torch
 
 from lmft_core.benchmarking import best_time_s, machine_description, markdown_table, write_section
-from lmft_core.config import ClipConfig, load_profile
+from lmft_core.config import ClipConfig
 from lmft_core.demo_data import CameraMotion, DemoDataConfig, generate_demo_data
 from lmft_core.energy import ENERGY_VARIANTS, EnergyConfig, camera_motion_of
 from lmft_core.ground_truth import actor_tokens, recall_at_keep, roc_auc
 from lmft_core.manifest import load_manifest
+from lmft_core.run_config import load_profile
 from lmft_core.video import decode_clip
 
 REAL_VIDEOS = Path(__file__).resolve().parents[2] / "shared" / "videos"

@@ -39,11 +39,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import torch  # noqa: E402
+import torch
 
-from lmft_core.benchmarking import best_time_s, machine_description, markdown_table, write_section  # noqa: E402
-from lmft_core.config import ClipConfig  # noqa: E402
-from lmft_core.model import ATTENTION_BACKENDS, ModelConfig, VideoViT, random_keep, resolve_attention, selection_flops  # noqa: E402
+from lmft_core.benchmarking import best_time_s, machine_description, markdown_table, write_section
+from lmft_core.config import ClipConfig
+from lmft_core.model import ATTENTION_BACKENDS, ModelConfig, VideoViT, random_keep, resolve_attention, selection_flops
 
 KEEP_RATIOS = (1.0, 0.75, 0.5, 0.25)
 TARGET_SLACK = 0.10  # target: step-time ratio to full tokens <= keep ratio + 0.10 (ViT-B on GPU)

@@ -25,11 +25,12 @@ from pathlib import Path
 import numpy as np
 
 from lmft_core.benchmarking import best_time_s, machine_description, markdown_table, write_section
-from lmft_core.config import ClipConfig, load_profile
+from lmft_core.config import ClipConfig
 from lmft_core.demo_data import DemoDataConfig, generate_demo_data
 from lmft_core.energy import motion_energy
 from lmft_core.manifest import load_manifest, write_manifest
-from lmft_core.preprocess import PreprocessConfig, decoded_dataset, manifest_table, run_preprocess
+from lmft_core.preprocess.run import decoded_dataset, manifest_table, run_preprocess
+from lmft_core.run_config import load_profile
 from lmft_core.video import IsolatedDecoder, decode_clip
 
 REAL_VIDEOS = Path(__file__).resolve().parents[2] / "shared" / "videos"
@@ -70,7 +71,7 @@ def ray_throughput(datasets: list[tuple[str, Path, list[str], bool]], workers: i
         for label, manifest_path, overrides, whole_stage in datasets:
             manifest = load_manifest(manifest_path)
             profile = load_profile("demo", overrides)
-            pre = profile.section("preprocess", PreprocessConfig)
+            pre = profile.preprocess
             todo = manifest_table(manifest)
             n = todo.num_rows
 

@@ -30,7 +30,7 @@ from lmft_core.config import ClipConfig
 from lmft_core.model import ModelConfig
 from lmft_core.pretrain.config import PretrainConfig, visible_count
 from lmft_core.pretrain.worker import PretrainJob
-from lmft_core.shards import ClipBatch
+from lmft_core.shards.batch import ClipBatch
 from lmft_core.train.config import TrainConfig
 
 CONFIGS = [("tube", 0.5), ("tube", 0.75), ("tube", 0.9), ("tube", 0.95), ("motion", 0.9), ("learned", 0.9)]

@@ -33,8 +33,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lmft_core.benchmarking import machine_description, markdown_table, write_section
-from lmft_core.shard_format import (FRAMES_JPEG_QUALITY, FRAMES_JPEG_SUBSAMPLING, SHARD_PARQUET_OPTIONS, pack_frames,
-                                    unpack_array)
+from lmft_core.shards.format import FRAMES_JPEG_QUALITY, FRAMES_JPEG_SUBSAMPLING, SHARD_PARQUET_OPTIONS, pack_frames, unpack_array
 from lmft_core.video import decode_clip
 
 REAL_VIDEOS = Path(__file__).resolve().parents[2] / "shared" / "videos"
@@ -79,7 +78,7 @@ def jpeg_layout(quality: int, subsampling: str) -> Layout:
                   SHARD_PARQUET_OPTIONS)
 
 
-CHOSEN = jpeg_layout(FRAMES_JPEG_QUALITY, FRAMES_JPEG_SUBSAMPLING)  # what lmft_core.shard_format writes
+CHOSEN = jpeg_layout(FRAMES_JPEG_QUALITY, FRAMES_JPEG_SUBSAMPLING)  # what lmft_core.shards.format writes
 RAW = Layout("raw bytes, uncompressed", raw_table, raw_frames, {"compression": "none", "use_dictionary": False})
 LAYOUTS = [
     Layout("raw bytes, snappy (shards until now)", raw_table, raw_frames, {"compression": "snappy"}),
@@ -234,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         "from storage:",
         markdown_table(["frames layout", f"{slow:.0f} clips/s (keep 1.00, {MFU[0]:.0%} MFU)",
                         f"{fast:.0f} clips/s (keep 0.25, {MFU[1]:.0%} MFU)"], feed_rows),
-        f"Chosen layout: **{chosen.name}** (`lmft_core.shard_format.pack_frames`), by these numbers: "
+        f"Chosen layout: **{chosen.name}** (`lmft_core.shards.format.pack_frames`), by these numbers: "
         f"{raw['bytes_per_clip'] / per_clip:.1f}x less disk and storage bandwidth than raw bytes, for "
         f"{raw['read_clips_s'] / results[chosen.name]['read_clips_s']:.1f}x the reader CPU, at a mean pixel error of "
         f"{results[chosen.name]['mean_abs']:.2f} of 255 (PSNR {results[chosen.name]['psnr_db']:.0f} dB). Training reads the shards every "

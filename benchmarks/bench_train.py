@@ -3,7 +3,7 @@
     python benchmarks/bench_train.py [--setup cpu tiny | gpu] [--epochs 4] [--steps 6] [--no-write]
 
 Writes section ``train`` (``train-gpu``) of docs/benchmarks.md. For each setup and each configuration it runs
-the real training path, a Ray Train fit (``lmft_core.train.run.fit``: Ray Data ingest from Parquet shards,
+the real training path, a Ray Train fit (``lmft_core.train.run.TrainingRun.fit``: Ray Data ingest from Parquet shards,
 selection, packed forward and backward, optimizer, REINFORCE policy update) on synthetic shards of the
 setup's geometry, and reads the epochs' ``clips/s`` (source + target clips over data wait + step time) and
 data-wait fraction, the first epoch left out as warm-up; the median of the others is reported. LMFT runs the
@@ -21,6 +21,7 @@ Setups: ``cpu`` ViT-S/16 at 16x112x112 (compute dominates on CPU), ``tiny`` the 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import statistics
 import sys
@@ -31,8 +32,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lmft_core.benchmarking import machine_description, markdown_table, write_section, write_synthetic_shards  # noqa: E402
-from lmft_core.config import ClipConfig, load_profile  # noqa: E402
+from lmft_core.benchmarking import machine_description, markdown_table, write_section
+from lmft_core.config import ClipConfig
+from lmft_core.run_config import load_profile
+from lmft_core.shards.synthetic import write_synthetic_shards
 
 KEEPS = (0.75, 0.5, 0.25)
 CLASSES = ("a", "b", "c", "d", "e")
@@ -81,11 +84,10 @@ def overrides(setup: Setup, keep: float | None, epochs: int, steps: int) -> list
 
 
 def ray_throughput(shards: Path, workdir: Path, setup: Setup, keep: float | None, epochs: int, steps: int) -> dict:
-    from lmft_core.train.run import fit, prepare
+    from lmft_core.train.run import TrainingRun
 
-    profile = load_profile("demo", overrides(setup, keep, epochs, steps))
-    job, name = prepare(profile, shards, workdir)
-    result = fit(job, f"bench-{name}", workdir)
+    training = TrainingRun.prepare(load_profile("demo", overrides(setup, keep, epochs, steps)), shards, workdir)
+    result = dataclasses.replace(training, name=f"bench-{training.name}").fit()
     df = result.metrics_dataframe.sort_values("epoch")
     later = df[df["epoch"] > 1]  # the first epoch warms up (worker start, first reads, allocations)
     return {"clips_per_s": statistics.median(later["epoch/clips_per_s"]),
@@ -97,7 +99,7 @@ def step_only(shards: Path, setup: Setup, configs: list[float | None], rounds: i
     """Best step time per configuration, configurations in turn each round, no Ray."""
     import torch
 
-    from lmft_core.shards import ShardSet
+    from lmft_core.shards.reader import ShardSet
     from lmft_core.train.loop import TableEpochData
     from lmft_core.train.run import prepare
     from lmft_core.train.step import Learner
@@ -108,7 +110,7 @@ def step_only(shards: Path, setup: Setup, configs: list[float | None], rounds: i
     for keep in configs:
         job, _ = prepare(load_profile("demo", overrides(setup, keep, 1, 1)), shards, Path(tempfile.mkdtemp()))
         torch.manual_seed(0)
-        learners[keep] = Learner(job.build_adapter(), job.train, job.steps_per_epoch, device=device)
+        learners[keep] = Learner(job.build_classifier(), job.train, job.steps_per_epoch, device=device)
         if pairs is None:
             pairs = list(TableEpochData(ShardSet.open(shards), setup.batch_size, 0).pairs(0))
     best = {k: float("inf") for k in configs}

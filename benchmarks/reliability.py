@@ -28,11 +28,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lmft_core.benchmarking import machine_description, markdown_table
-from lmft_core.config import load_profile
 from lmft_core.demo_data import DemoDataConfig, generate_demo_data
 from lmft_core.manifest import load_manifest, write_manifest
-from lmft_core.preprocess import run_preprocess
+from lmft_core.preprocess.run import run_preprocess
 from lmft_core.pseudo_labels import save_random_checkpoint
+from lmft_core.run_config import load_profile
 from lmft_core.video import is_transient_reason
 
 REPO = Path(__file__).resolve().parents[1]

@@ -49,10 +49,10 @@ from pathlib import Path
 import numpy as np
 
 from lmft_core.benchmarking import machine_description, markdown_table, write_section
-from lmft_core.config import Profile, load_profile
-from lmft_core.demo_data import CameraMotion, DemoDataConfig, generate_demo_data
-from lmft_core.shard_format import unpack_array
-from lmft_core.shards import ShardSet
+from lmft_core.demo_data import CameraMotion, generate_demo_data
+from lmft_core.run_config import RunConfig, load_profile
+from lmft_core.shards.format import unpack_array
+from lmft_core.shards.reader import ShardSet
 
 RESULTS_MD = Path(__file__).resolve().parent.parent / "docs" / "results.md"
 RESULTS_HEADER = ("# Results\n\nWritten by `python benchmarks/results.py`, one section per results profile "
@@ -115,11 +115,11 @@ GROUPS: dict[str, list[Setting]] = {
 }
 
 
-def prepare_data(profile: Profile, workdir: Path, data: str, energy: str) -> Path:
+def prepare_data(profile: RunConfig, workdir: Path, data: str, energy: str) -> Path:
     """Generate (once) the ``data`` video set and preprocess it (once) with ``energy``; the shards' folder."""
-    from lmft_core.preprocess import run_preprocess
+    from lmft_core.preprocess.run import run_preprocess
 
-    demo = profile.section("demo_data", DemoDataConfig)
+    demo = profile.demo_data
     if data == "camera":
         demo = dataclasses.replace(demo, target_camera=CAMERA)
     manifest = generate_demo_data(demo, workdir / f"data-{data}")
@@ -142,7 +142,7 @@ def energy_ncm(shards: ShardSet) -> float:
     return float((pred == yt).mean())
 
 
-def train_row(profile: Profile, shards: Path, workdir: Path, overrides: tuple[str, ...], seed: int,
+def train_row(profile: RunConfig, shards: Path, workdir: Path, overrides: tuple[str, ...], seed: int,
               pretrain: str = "") -> dict:
     """One training (after a pretraining with masking ``pretrain``, when given, whose encoder it starts from)."""
     from lmft_core.pretrain.run import run_pretrain
@@ -170,7 +170,7 @@ def run_metrics(workdir: Path, row: dict) -> dict[str, float]:
     rate; with self-training, the last refresh's ``pseudo/used_pass_rate``): 0 means L_t was 0 throughout."""
     from mlflow import MlflowClient
 
-    from lmft_core.train.run import RESULT_FILE, TrainResult
+    from lmft_core.train.artifacts import RESULT_FILE, TrainResult
 
     result = TrainResult.load(workdir / "train" / row["run"] / RESULT_FILE)
     label = next(iter(row["evaluation"]))
@@ -236,9 +236,8 @@ def main(argv: list[str] | None = None) -> int:
             runs = done.setdefault("runs", {})
             rows[setting.label] = []
             for seed in range(args.seeds):
-                key = json.dumps([setting.data, setting.energy, list(args.overrides), list(overrides), seed])
-                if setting.pretrain:
-                    key = json.dumps([setting.data, setting.energy, list(args.overrides), list(overrides), seed, setting.pretrain])
+                key = json.dumps([setting.data, setting.energy, list(args.overrides), list(overrides), seed]
+                                 + ([setting.pretrain] if setting.pretrain else []))
                 if key not in runs:
                     runs[key] = train_row(profile, shards, workdir, overrides, seed, setting.pretrain)
                     store.write_text(json.dumps(done, indent=2))
@@ -276,18 +275,18 @@ TITLES = {
 }
 
 
-def render(done: dict, profile: Profile, name: str) -> str:
-    demo = profile.section("demo_data", DemoDataConfig)
-    train = profile.section("train")
+def render(done: dict, profile: RunConfig, name: str) -> str:
+    demo = profile.demo_data
+    train = profile.train
     lines = [
-        f"## Profile `{name}`", "",
+        f"## RunConfig `{name}`", "",
         f"`python benchmarks/results.py --profile {name}`. Every row is a",
         "training through the product's path (Ray Train, MLflow), evaluated on target-test with tau_hat;",
         "mean ± standard deviation over seeds (`train.seed`: model initialisation, data order, augmentation).",
         "",
         f"Setting: {len(demo.classes)} motion classes ({', '.join(demo.classes)}), {demo.videos_per_class} videos per class and "
         f"domain, target look `{demo.target_appearance}`; clip {profile.clip.num_frames} x {profile.clip.image_size} px, "
-        f"model `{profile.section('model').size}`; {train.epochs} epochs of batch {train.batch_size} per domain "
+        f"model `{profile.model.size}`; {train.epochs} epochs of batch {train.batch_size} per domain "
         f"x {train.workers} worker(s). Chance is {1 / len(demo.classes):.2f}. Machine: {machine_description()}.",
         "",
     ]
@@ -310,11 +309,11 @@ def render(done: dict, profile: Profile, name: str) -> str:
     return "\n".join(lines)
 
 
-def pretrain_cost(rows: dict[str, list[dict]], profile: Profile) -> str:
+def pretrain_cost(rows: dict[str, list[dict]], profile: RunConfig) -> str:
     """The pretrainings of the ``pretrain`` group: strategy, final loss, wall-clock, clips/s, peak memory."""
-    cfg = profile.section("pretrain")
-    runs = {}
-    for label, results in rows.items():
+    cfg = profile.pretrain
+    runs: dict[str, dict[int, dict]] = {}
+    for results in rows.values():
         for r in results:
             if "pretrain" in r:
                 runs.setdefault(r["pretrain"]["masking"], {})[r["seed"]] = r["pretrain"]  # once per strategy and seed

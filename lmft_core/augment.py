@@ -25,12 +25,13 @@ would cut tokens from the grid that the model's positional table expects.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
 import torch
 from torch import Tensor
 
-from lmft_core.shards import ClipBatch
+from lmft_core.shards.batch import ClipBatch
 
 
 def hflip(batch: ClipBatch, flip: Tensor, label_map: Tensor | None = None) -> ClipBatch:
@@ -79,3 +80,22 @@ def background_mix(frames: Tensor, backgrounds_from: Tensor, strength: float, ge
     lam = (strength * torch.rand(b, generator=generator)).to(frames.device).view(b, 1, 1, 1, 1)
     bg = backgrounds_from[pick].median(dim=1, keepdim=True).values.float()  # (B, 1, S, S, 3)
     return ((1 - lam) * frames.float() + lam * bg).round_().clamp_(0, 255).to(torch.uint8)
+
+
+def label_map_tensor(classes: Sequence[str], mirror: Mapping[str, str]) -> Tensor | None:
+    """(K,) int64 class -> mirrored class from a name mapping (made symmetric); None for an empty one.
+
+    Raises ValueError for a name that is not a class or a mapping that is not a pairing.
+    """
+    if not mirror:
+        return None
+    index = {c: i for i, c in enumerate(classes)}
+    out = torch.arange(len(classes))
+    for a, b in mirror.items():
+        for name in (a, b):
+            if name not in index:
+                raise ValueError(f"train.hflip_label_map: {name!r} is not a class of the shards {list(classes)}")
+        if mirror.get(b, a) != a:
+            raise ValueError(f"train.hflip_label_map: {a!r} -> {b!r} but {b!r} -> {mirror[b]!r}: a flip pairs classes")
+        out[index[a]], out[index[b]] = index[b], index[a]
+    return out

@@ -11,9 +11,9 @@ Terms used across lmft (defined here once):
 - **threshold** (tau): a token is kept when its motion energy is > tau.
 - **keep ratio**: kept tokens / all tokens of a clip; **discard rate** = 1 - keep ratio.
 
-A **profile** is a named TOML file (``lmft_core/profiles/<name>.toml``) whose sections configure the
-components; each component owns a dataclass and builds itself from its section with
-:meth:`Profile.section`. The launch command of a profile is written at its top.
+Each component owns the dataclass of its profile section; :mod:`lmft_core.run_config` joins them into
+the run configuration a profile builds. Here: the terms, the clip geometry, and :func:`from_dict`, which
+builds a dataclass from a TOML table with errors naming the file, section and key.
 """
 
 from __future__ import annotations
@@ -21,47 +21,8 @@ from __future__ import annotations
 import dataclasses
 import tomllib
 import typing
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, TypeVar
-
-PROFILE_DIR = Path(__file__).parent / "profiles"
-
-# The sections a profile may have: name -> the dataclass that builds it ("module:Class", imported when a
-# profile loads, so that this module imports none of the components). One place to list them.
-SECTIONS = {
-    "clip": "lmft_core.config:ClipConfig",
-    "demo_data": "lmft_core.demo_data:DemoDataConfig",
-    "tracking": "lmft_core.tracking:TrackingConfig",
-    "pseudo_labels": "lmft_core.pseudo_labels:PseudoLabelConfig",
-    "preprocess": "lmft_core.preprocess.config:PreprocessConfig",
-    "energy": "lmft_core.energy:EnergyConfig",
-    "model": "lmft_core.model.vit:ModelConfig",
-    "selector": "lmft_core.model.selectors:SelectorConfig",
-    "policy": "lmft_core.model.policy:PolicyConfig",
-    "train": "lmft_core.train.config:TrainConfig",
-    "pretrain": "lmft_core.pretrain.config:PretrainConfig",
-    "predict": "lmft_core.predict:PredictConfig",
-    "sweep": "lmft_core.sweep:SweepConfig",
-    "workflow": "lmft_core.workflow:WorkflowConfig",
-}
-
-# Checks that read more than one section, run when a profile loads, after every section has built:
-# "module:function", each called with the Profile (raising ConfigError). One place to list them.
-CROSS_CHECKS = (
-    "lmft_core.train.config:check_profile",  # [train] evaluate against [selector] (the policy kind)
-)
-
-
-def section_class(name: str) -> type:
-    """The dataclass that the profile section ``name`` builds."""
-    import importlib
-
-    if name not in SECTIONS:
-        raise KeyError(f"{name!r} is not a profile section; known: {sorted(SECTIONS)}")
-    module, _, cls = SECTIONS[name].partition(":")
-    return getattr(importlib.import_module(module), cls)
-
 
 T = TypeVar("T")
 
@@ -164,102 +125,6 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
     return value
 
 
-@dataclass
-class Profile:
-    """A named run profile: sections of settings, each built into a component's config dataclass."""
-
-    name: str
-    path: Path
-    sections: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-    def section(self, name: str, cls: type[T] | None = None) -> T:
-        """The ``[name]`` section built as its registered dataclass (defaults for an absent section).
-
-        ``cls`` (optional) must be that class; it only lets a caller state the type it expects.
-        """
-        registered = section_class(name)
-        if cls is not None and cls is not registered:
-            raise TypeError(f"profile section [{name}] builds {registered.__name__}, not {cls.__name__}")
-        return from_dict(registered, self.sections.get(name), f"{self.path} [{name}]")
-
-    def validate(self) -> None:
-        """Build every section present (unknown keys, wrong types and bad values fail here, at load)."""
-        unknown = sorted(set(self.sections) - set(SECTIONS))
-        if unknown:
-            raise ConfigError(f"{self.path}: unknown section(s) {unknown} (from the file or --set); known: {sorted(SECTIONS)}")
-        self.clip  # the geometry first: other sections' errors assume it is sound
-        for name in self.sections:
-            self.section(name)
-        import importlib
-
-        for check in CROSS_CHECKS:
-            module, _, func = check.partition(":")
-            try:
-                getattr(importlib.import_module(module), func)(self)
-            except ConfigError as e:
-                raise ConfigError(f"{self.path}: {e}") from None
-
-    def with_overrides(self, overrides: list[str] | tuple[str, ...]) -> Profile:
-        """A new, validated profile with ``section.key=value`` overrides applied (:func:`parse_override`)."""
-        sections = {name: dict(values) for name, values in self.sections.items()}
-        for override in overrides:
-            section, key, value = parse_override(override)
-            sections.setdefault(section, {})[key] = value
-        profile = Profile(name=self.name, path=self.path, sections=sections)
-        profile.validate()
-        return profile
-
-    @property
-    def clip(self) -> ClipConfig:
-        return self.section("clip", ClipConfig)
-
-
-def available_profiles() -> list[str]:
-    return sorted(p.stem for p in PROFILE_DIR.glob("*.toml"))
-
-
-def load_profile(name_or_path: str | Path = "paper", overrides: list[str] | tuple[str, ...] = ()) -> Profile:
-    """Load a profile by name (``demo``, ``paper``) or TOML path and apply ``section.key=value`` overrides.
-
-    Override values are parsed as TOML (``clip.num_frames=8``, ``pseudo_labels.pretrained="openai"``);
-    a value that is not valid TOML is taken as a string (``pseudo_labels.pretrained=/ckpt/clip.pt``).
-    A profile whose file has a top-level ``base = "NAME"`` starts from that profile's sections, and its own
-    keys replace the base's key by key (``results-small`` is ``results`` with a smaller data set).
-    """
-    path = _profile_path(name_or_path)
-    return Profile(name=path.stem, path=path, sections=_profile_sections(path, ())).with_overrides(overrides)
-
-
-def _profile_path(name_or_path: str | Path) -> Path:
-    path = Path(name_or_path)
-    if path.suffix != ".toml":
-        path = PROFILE_DIR / f"{name_or_path}.toml"
-        if not path.is_file():
-            raise ConfigError(f"unknown profile {name_or_path!r}; available: {available_profiles()} or a .toml path")
-    if not path.is_file():
-        raise ConfigError(f"profile file not found: {path}")
-    return path
-
-
-def _profile_sections(path: Path, chain: tuple[Path, ...]) -> dict[str, dict[str, Any]]:
-    """The sections of the profile file ``path``, its ``base`` (if any) merged under them."""
-    if path in chain:
-        raise ConfigError(f"{path}: profile base cycle: {' -> '.join(str(p) for p in (*chain, path))}")
-    try:
-        sections = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: {e}") from None
-    base = sections.pop("base", None)
-    if base is None:
-        return sections
-    if not isinstance(base, str):
-        raise ConfigError(f"{path}: base must be a profile name or .toml path, got {base!r}")
-    merged = _profile_sections(_profile_path(base), (*chain, path))
-    for name, values in sections.items():
-        merged[name] = {**merged.get(name, {}), **values}
-    return merged
-
-
 def parse_override(text: str) -> tuple[str, str, Any]:
     """``"section.key=value"`` -> (section, key, parsed value)."""
     lhs, sep, rhs = text.partition("=")
@@ -271,16 +136,3 @@ def parse_override(text: str) -> tuple[str, str, Any]:
     except tomllib.TOMLDecodeError:
         value = rhs.strip()
     return section, key, value
-
-
-def run_arguments(description: str):
-    """The command line of a run on a preprocessing output (``pipelines/train.py``, ``pipelines/pretrain.py``):
-    ``--shards``, ``--profile``, ``--workdir``, ``--set section.key=value`` (repeatable, as ``overrides``)."""
-    import argparse
-
-    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--shards", required=True, type=Path, help="preprocessing output (root with LATEST, or a <hash> folder)")
-    p.add_argument("--profile", default="demo", help=f"one of {available_profiles()} or a .toml path")
-    p.add_argument("--workdir", type=Path, default=Path("outputs"), help="where checkpoints, run files and the embedded MLflow store go")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
-    return p

@@ -36,35 +36,17 @@ import pyarrow.parquet as pq
 from lmft_core.config import ConfigError
 from lmft_core.files import atomic_write
 from lmft_core.manifest import ManifestError, default_video_id
-from lmft_core.model_registry import ModelInfo, load_model
-from lmft_core.shard_format import ROW_SCHEMA, unpack_array
+from lmft_core.model_store import ModelInfo, load_model
+from lmft_core.preprocess.config import PreprocessConfig
+from lmft_core.run_config import PredictConfig
+from lmft_core.shards.format import ROW_SCHEMA, unpack_array
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".flv", ".gif", ".m4v", ".mpg", ".mpeg", ".wmv", ".3gp", ".ts")
-OUTPUT_FORMATS = ("parquet", "csv")
-
-
-@dataclass(frozen=True)
-class PredictConfig:
-    """The ``[predict]`` profile section: ``batch_size`` clips per model call, ``num_actors`` model
-    replicas with ``num_cpus`` CPUs and ``num_gpus`` GPUs each (absent: 1 when the cluster has GPUs),
-    ``output_format`` ``parquet`` or ``csv``. Decoding uses the ``[preprocess]`` decode settings."""
-
-    batch_size: int = 16
-    num_actors: int = 1
-    num_cpus: float = 1.0
-    num_gpus: float | None = None
-    output_format: str = "parquet"
-
-    def __post_init__(self) -> None:
-        if self.batch_size < 1 or self.num_actors < 1:
-            raise ConfigError("predict.batch_size and predict.num_actors must be >= 1")
-        if self.output_format not in OUTPUT_FORMATS:
-            raise ConfigError(f"predict.output_format must be one of {list(OUTPUT_FORMATS)}, got {self.output_format!r}")
 
 
 def read_inputs(manifest: str | Path | None = None, folder: str | Path | None = None, domain: str | None = None,
                 split: str | None = None) -> pa.Table:
-    """The videos to label as a table of :data:`~lmft_core.shard_format.ROW_SCHEMA` rows.
+    """The videos to label as a table of :data:`~lmft_core.shards.format.ROW_SCHEMA` rows.
 
     Missing or unreadable files are kept (they end in the rejects with their reason); a missing ``path``
     column, an empty path or a duplicate video id is a :class:`ManifestError` naming the line.
@@ -173,21 +155,20 @@ class PredictSummary:
         return {k: float(v) for k, v in out.items()}
 
 
-def run_predict(model: ModelInfo, tracking_uri: str, inputs: pa.Table, output: str | Path, profile) -> PredictSummary:
-    """Label ``inputs`` (:func:`read_inputs`) with ``model`` into ``output`` (module docstring)."""
-    from lmft_core.preprocess.config import PreprocessConfig
+def run_predict(model: ModelInfo, tracking_uri: str, inputs: pa.Table, output: str | Path, cfg: PredictConfig,
+                pre: PreprocessConfig) -> PredictSummary:
+    """Label ``inputs`` (:func:`read_inputs`) with ``model`` into ``output`` (module docstring), with the
+    run's ``[predict]`` and ``[preprocess]`` (decode) settings."""
+    from lmft_core.preprocess.decode import write_rejects_csv
     from lmft_core.preprocess.run import decoded_dataset
     from lmft_core.preprocess.store import read_rejects_csv
-    from lmft_core.preprocess.decode import write_rejects_csv
     from lmft_core.ray_cluster import connect, forwarded_env
 
     t0 = time.perf_counter()
-    cfg: PredictConfig = profile.section("predict")
-    pre: PreprocessConfig = profile.section("preprocess")
     out = Path(output).resolve()
     staging = out / f"_staging-{uuid.uuid4().hex[:8]}"
-    ray = connect(shared_paths=[out])
-    import ray.data
+    connect(shared_paths=[out])
+    import ray.data  # the module connect() set up
 
     num_gpus = cfg.num_gpus if cfg.num_gpus is not None else (1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0)
     (staging / "rejects").mkdir(parents=True)

@@ -130,7 +130,8 @@ def weights_identity(cfg: PseudoLabelConfig) -> dict[str, object]:
     """Which CLIP weights ``cfg`` names, for metadata and the output's config hash.
 
     ``kind`` is ``tag`` (open_clip tag, with its download source), ``file`` (with its sha256) or
-    ``untrained`` (random init); ``quick_gelu`` the activation (:func:`uses_quick_gelu`). Raises :class:`ConfigError` for an unknown model, tag or missing file.
+    ``untrained`` (random init); ``quick_gelu`` the activation (:func:`uses_quick_gelu`). Raises :class:`ConfigError` for an
+    unknown model, tag or missing file.
     """
     import open_clip
 

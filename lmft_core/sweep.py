@@ -27,84 +27,27 @@ model (:func:`lmft_core.train.artifacts.log_artifacts`).
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
-from lmft_core.config import ConfigError, Profile
 from lmft_core.files import atomic_write
+from lmft_core.run_config import SWEPT, TARGET_METRIC, RunConfig, SweepConfig
+from lmft_core.train.names import EVAL_SOURCE_VAL, EVAL_TARGET, TAU_HAT, eval_metric
 
-SEARCHES = ("grid", "random", "optuna")
-SWEPT = {"gamma_c": "train.gamma_c", "lambda_l": "policy.loss_weight", "lambda_t": "train.lambda_t"}
 TRIAL_DRIVER_CPUS = 0.1  # the Tune function itself only waits for its TorchTrainer
-TARGET_METRIC = "eval_target/lmft/top1"
 
 
 class SweepError(RuntimeError):
     """The sweep cannot start or produced no usable trial."""
 
 
-@dataclass(frozen=True)
-class SweepConfig:
-    """The ``[sweep]`` profile section.
+def param_space(cfg: SweepConfig) -> dict:
+    """Tune's search space of ``cfg``: a grid, or a choice per swept value list."""
+    from ray import tune
 
-    ``search``: ``grid`` (every combination of the value lists), ``random`` (``num_samples`` draws) or
-    ``optuna`` (TPE over the same values, ``num_samples`` trials). ``gamma_c``, ``lambda_l``,
-    ``lambda_t``: the values tried. ``metric``/``mode``: the selection metric (module docstring; a
-    metric the epochs report). ``asha``: early stopping with ``grace_period`` epochs and
-    ``reduction_factor``. ``data_cpus``: CPUs kept free for Ray Data; ``max_concurrent``: trials at once
-    (0: as many as fit). ``name``: the sweep's name (empty: derived from its configuration).
-    """
-
-    search: str = "random"
-    num_samples: int = 8
-    gamma_c: tuple[float, ...] = (0.5, 0.7, 0.8, 0.9)
-    lambda_l: tuple[float, ...] = (1.0, 5.0, 10.0, 20.0)
-    lambda_t: tuple[float, ...] = (0.25, 0.5, 1.0)
-    metric: str = "eval_source_val/lmft/top1"
-    mode: str = "max"
-    select_on_target_labels: bool = False
-    asha: bool = True
-    grace_period: int = 1
-    reduction_factor: int = 2
-    data_cpus: float = 1.0
-    max_concurrent: int = 0
-    seed: int = 0
-    name: str = ""
-
-    def __post_init__(self) -> None:
-        if self.search not in SEARCHES:
-            raise ConfigError(f"sweep.search must be one of {list(SEARCHES)}, got {self.search!r}")
-        if self.mode not in ("max", "min"):
-            raise ConfigError(f"sweep.mode must be 'max' or 'min', got {self.mode!r}")
-        for key in SWEPT:
-            if not getattr(self, key):
-                raise ConfigError(f"sweep.{key} needs at least one value")
-        if any(not 0.0 <= g <= 1.0 for g in self.gamma_c):
-            raise ConfigError(f"sweep.gamma_c values must be in [0, 1], got {self.gamma_c}")
-        if self.num_samples < 1 or self.grace_period < 1 or self.reduction_factor < 2:
-            raise ConfigError("sweep.num_samples and grace_period must be >= 1, reduction_factor >= 2")
-        if self.data_cpus < 1 or self.max_concurrent < 0:
-            raise ConfigError(f"sweep.data_cpus must be >= 1 (with less, concurrent trials wait for each other's ingest: "
-                              f"module docstring) and max_concurrent >= 0, "
-                              f"got {self.data_cpus} and {self.max_concurrent}")
-        if self.metric.startswith("eval_target/") and not self.select_on_target_labels:
-            raise ConfigError(f"sweep.metric={self.metric!r} selects by target labels: set "
-                              "sweep.select_on_target_labels = true to do so knowingly")
-
-    @property
-    def selection_metric(self) -> tuple[str, str]:
-        return (TARGET_METRIC, "max") if self.select_on_target_labels else (self.metric, self.mode)
-
-    def param_space(self) -> dict:
-        from ray import tune
-
-        pick = tune.grid_search if self.search == "grid" else tune.choice
-        return {key: pick(list(getattr(self, key))) for key in SWEPT}
-
-    def trials(self) -> int:
-        return math.prod(len(getattr(self, k)) for k in SWEPT) if self.search == "grid" else self.num_samples
+    pick = tune.grid_search if cfg.search == "grid" else tune.choice
+    return {key: pick(list(getattr(cfg, key))) for key in SWEPT}
 
 
 def trial_overrides(params: dict) -> list[str]:
@@ -143,30 +86,20 @@ class SweepResult:
 
 
 def _trial(config: dict) -> None:
-    """The Tune function of one trial: build and fit its TorchTrainer (module docstring)."""
+    """The Tune function of one trial: its training run, fitted with a report to Tune (module docstring)."""
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from lmft_core.ray_cluster import forwarded_env
-    from lmft_core.shards import ShardSet
-    from lmft_core.tracking import start_run
-    from lmft_core.train.ray_train import build_trainer, train_datasets
-    from lmft_core.train.run import prepare
+    from lmft_core.train.run import TrainingRun
 
     ctx = config["ctx"]
     params = {k: config[k] for k in SWEPT}
     trial_id = tune.get_context().get_trial_id()
-    profile = ctx["profile"].with_overrides(trial_overrides(params))
-    job, _ = prepare(profile, ctx["shards"], ctx["workdir"])
-    tracking = profile.section("tracking")
-    with start_run(tracking, ctx["workdir"], run_name=f"{ctx['name']}-{trial_id}", parent_run_id=ctx["parent_run_id"]) as run:
-        run.log_params(job.config)
-        run.set_tags({"lmft.stage": "sweep-trial", "lmft.trial": trial_id} | {f"lmft.{k}": v for k, v in params.items()})
-        job = replace(job, mlflow_run_id=run.run_id)
-        storage = Path(ctx["workdir"]) / "sweeps" / ctx["name"]
-        trainer = build_trainer(job, train_datasets(ShardSet.open(job.shards), job.train), trial_id, storage, ctx["gpus"],
-                                callbacks=[TuneReportCallback()], worker_env=forwarded_env())
-        trainer.fit()
+    training = TrainingRun.prepare(ctx["profile"].with_overrides(trial_overrides(params)), ctx["shards"], ctx["workdir"],
+                                   name=trial_id, storage=Path(ctx["workdir"]) / "sweeps" / ctx["name"])
+    tags = {"lmft.stage": "sweep-trial", "lmft.trial": trial_id} | {f"lmft.{k}": v for k, v in params.items()}
+    with training.mlflow_run(run_name=f"{ctx['name']}-{trial_id}", parent_run_id=ctx["parent_run_id"], tags=tags):
+        training.fit(ctx["gpus"], callbacks=[TuneReportCallback()])
 
 
 def _release_callback(storage: Path):
@@ -192,22 +125,22 @@ def _release_callback(storage: Path):
     return ReleaseTrialPlacementGroup()
 
 
-def run_sweep(profile: Profile, shards_path: str | Path, workdir: str | Path, parent_run_id: str | None = None) -> SweepResult:
+def run_sweep(profile: RunConfig, shards_path: str | Path, workdir: str | Path, parent_run_id: str | None = None) -> SweepResult:
     """Sweep ``profile``'s ``[sweep]`` space on ``shards_path`` (module docstring); returns the best trial."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
     from lmft_core.ray_cluster import connect
-    from lmft_core.shards import ShardSet
     from lmft_core.tracking import check_tracking_server, start_run
-    from lmft_core.train.run import TrainError, prepare
+    from lmft_core.train.run import TrainError, TrainingRun, worker_gpus
 
     t0 = time.perf_counter()
     workdir = Path(workdir).resolve()
-    cfg: SweepConfig = profile.section("sweep")
-    job, base_name = prepare(profile, shards_path, workdir)  # checks the shards and the configuration once
+    cfg: SweepConfig = profile.sweep
+    base = TrainingRun.prepare(profile, shards_path, workdir)  # checks the shards and the configuration once
+    job, base_name = base.job, base.name
     metric, mode = cfg.selection_metric
-    if metric.startswith("eval_source_val/") and not ShardSet.open(job.shards).counts().get(("source", "val")):
+    if metric.startswith(f"{EVAL_SOURCE_VAL}/") and not base.shards.counts().get(("source", "val")):
         raise SweepError(f"sweep.metric={metric!r} needs source-val clips and the shards have none: choose another "
                          "label-free metric (e.g. sweep.metric='eval_target/lmft/entropy_nats', sweep.mode='min')")
     if job.selector.name != "lmft":
@@ -216,10 +149,9 @@ def run_sweep(profile: Profile, shards_path: str | Path, workdir: str | Path, pa
     ray = connect(shared_paths=[workdir])
     resources = ray.cluster_resources()
     concurrent = max_concurrent(cfg, job.train, resources)
-    gpus = job.train.gpus_per_worker if job.train.gpus_per_worker is not None else (1.0 if resources.get("GPU") else 0.0)
-    tracking = profile.section("tracking")
+    gpus = worker_gpus(job.train, resources)
     check_tracking_server(job.tracking_uri)
-    with start_run(tracking, workdir, run_name=name, parent_run_id=parent_run_id) as parent:
+    with start_run(profile.tracking, workdir, run_name=name, parent_run_id=parent_run_id) as parent:
         parent.log_params({"sweep": dataclasses.asdict(cfg), "sweep.concurrent_trials": concurrent,
                            "sweep.selection_metric": metric, **{k: v for k, v in job.config.items() if k != "evaluate"}})
         parent.set_tags({"lmft.stage": "sweep", "lmft.selection_uses_target_labels": cfg.select_on_target_labels})
@@ -234,7 +166,7 @@ def run_sweep(profile: Profile, shards_path: str | Path, workdir: str | Path, pa
                "parent_run_id": parent.run_id, "gpus": gpus}
         tuner = tune.Tuner(
             tune.with_resources(_trial, {"cpu": TRIAL_DRIVER_CPUS}),
-            param_space=cfg.param_space() | {"ctx": ctx},
+            param_space=param_space(cfg) | {"ctx": ctx},
             tune_config=tune.TuneConfig(metric=metric, mode=mode, num_samples=1 if cfg.search == "grid" else cfg.num_samples,
                                         search_alg=searcher, scheduler=scheduler, max_concurrent_trials=concurrent),
             run_config=tune.RunConfig(name=name, storage_path=str(workdir / "tune"),
@@ -273,8 +205,8 @@ def _results_table(grid, metric: str, epochs: int, parent, name: str) -> list[di
         cfg = {k: result.config[k] for k in SWEPT}
         trial = m.get("trial_id") or Path(result.path).name
         rows.append({"trial": trial, **cfg, "epochs": int(m.get("epoch", 0)), metric: m.get(metric),
-                     TARGET_METRIC: m.get(TARGET_METRIC), "discard_rate": m.get("eval_target/lmft/discard_rate"),
-                     "gflops_per_clip": m.get("eval_target/lmft/gflops_per_clip"), "tau_hat": m.get("policy/tau_hat"),
+                     TARGET_METRIC: m.get(TARGET_METRIC), "discard_rate": m.get(eval_metric(EVAL_TARGET, "lmft", "discard_rate")),
+                     "gflops_per_clip": m.get(eval_metric(EVAL_TARGET, "lmft", "gflops_per_clip")), "tau_hat": m.get(TAU_HAT),
                      "status": "completed" if int(m.get("epoch", 0)) == epochs else "stopped early",
                      "error": str(result.error)[:200] if result.error else "", "path": result.path,
                      "run_id": run_ids.get(f"{name}-{trial}", "")})
@@ -299,23 +231,16 @@ def _plot(table: list[dict], path: Path, best: str) -> Path:
     return plots.save(plots.sweep_scatter(table, TARGET_METRIC, best), path)
 
 
-def _log_best(profile: Profile, best: dict, shards: str, workdir: Path, name: str) -> str:
+def _log_best(profile: RunConfig, best: dict, shards: str, workdir: Path, name: str) -> str:
     """Log the best trial's artifacts and model (from its last checkpoint) into its MLflow run; returns
     the model URI."""
-    from lmft_core.tracking import start_run
-    from lmft_core.train.artifacts import log_artifacts
-    from lmft_core.train.run import prepare
+    from lmft_core.train.run import TrainingRun
 
-    trial_profile = profile.with_overrides(trial_overrides(best))
-    job, _ = prepare(trial_profile, shards, workdir)
-    checkpoint = workdir / "sweeps" / name / best["trial"] / f"epoch_{job.train.epochs:04d}"
+    training = TrainingRun.prepare(profile.with_overrides(trial_overrides(best)), shards, workdir, name=best["trial"],
+                                   storage=workdir / "sweeps" / name, run_dir=workdir / "sweeps" / name / "best")
+    checkpoint = training.final_checkpoint()
     if not checkpoint.is_dir():
         raise SweepError(f"the best trial {best['trial']} has no final checkpoint at {checkpoint}")
-    with start_run(trial_profile.section("tracking"), workdir, run_name=f"{name}-{best['trial']}",
-                   resume_run_id=best["run_id"] or None) as run:
-        job = replace(job, mlflow_run_id=run.run_id)
-        result = log_artifacts(job, run, best["trial"], workdir / "sweeps" / name / "best", checkpoint,
-                               trial_profile.path, 0.0)
+    with training.mlflow_run(run_name=f"{name}-{best['trial']}", resume_run_id=best["run_id"] or None) as run:
+        result = training.log_artifacts(run, checkpoint, 0.0)
     return result.model_uri
-
-

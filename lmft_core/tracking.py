@@ -91,7 +91,8 @@ def check_tracking_server(uri: str, timeout_s: float = PREFLIGHT_TIMEOUT_S) -> N
 def _timed_out(error: BaseException) -> bool:
     """Whether a timeout caused ``error`` (MLflow wraps requests' errors, which wrap urllib3's)."""
     import requests
-    from urllib3.exceptions import MaxRetryError, TimeoutError as Urllib3Timeout
+    from urllib3.exceptions import MaxRetryError
+    from urllib3.exceptions import TimeoutError as Urllib3Timeout
 
     seen = error
     while seen is not None:

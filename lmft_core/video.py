@@ -46,7 +46,6 @@ from pathlib import Path
 
 import numpy as np
 
-DECODERS = ("decord", "pyav")
 TRANSIENT_PREFIX = "transient (retried on the next run): "
 # Signals that end a decoder child from outside (the out-of-memory killer sends SIGKILL): not the file's fault.
 KILLED_FROM_OUTSIDE = (signal.SIGKILL, signal.SIGTERM)
@@ -153,7 +152,7 @@ def _decode_decord(path: str, num_frames: int) -> tuple[np.ndarray, np.ndarray, 
     unique = np.unique(indices)
     try:
         batch = vr.get_batch(unique.tolist()).asnumpy()
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:  # noqa: BLE001 - decord raises DECORDError, RuntimeError or a size mismatch for a damaged file
         raise _Failed("decode", f"could not decode the sampled frames ({n} in the header): {one_line(e)}") from None
     if batch.shape[0] != len(unique):
         raise _Failed("decode", f"returned {batch.shape[0]} of {len(unique)} requested frames ({n} in the header)")

@@ -1,7 +1,9 @@
-"""The main job: data -> preprocess -> adapt (train or sweep) -> evaluate -> register -> predict.
+"""The main job: data -> preprocess -> (pretrain) -> adapt (train or sweep) -> evaluate -> register -> predict.
 
-Every stage's output is keyed by its inputs and configuration, so a re-run skips what is finished and a
-failed run resumes where it stopped (``--force STAGE`` redoes a stage):
+The job is a list of stages (:data:`STAGES`), each a :class:`Stage` with its ``outputs`` and its ``run``
+over a shared :class:`Flow`; adding a stage is one new class. Every stage's output is keyed by its inputs and
+configuration, so a re-run skips what is finished and a failed run resumes where it stopped (``--force
+STAGE`` removes a stage's outputs first, those its ``run`` computes from, with no extra preparation):
 
 ===========  ===============================================================  ==========================
 stage        output (keyed by)                                                 skipped when
@@ -35,44 +37,19 @@ import hashlib
 import json
 import shutil
 import time
-from dataclasses import dataclass
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from lmft_core.config import ConfigError, Profile
-from lmft_core.demo_data import DemoDataConfig, generate_demo_data
+from lmft_core.config import ConfigError
+from lmft_core.demo_data import generate_demo_data
 from lmft_core.files import atomic_write, file_sha256
-from lmft_core.manifest import load_manifest
-from lmft_core.preprocess import PreprocessSummary, run_preprocess
-from lmft_core.tracking import TrackingConfig, check_tracking_server, experiment_url, start_run, ui_command
-
-STAGES = ("preprocess", "pretrain", "adapt", "evaluate", "register", "predict")
-ADAPT = ("train", "sweep")
-
-
-@dataclass(frozen=True)
-class WorkflowConfig:
-    """The ``[workflow]`` section: ``adapt`` is ``train`` (one training) or ``sweep`` (Ray Tune over
-    ``[sweep]``, the best trial adapts); ``baselines`` are the selectors trained the same way for
-    comparison in the evaluate stage (``full``: every token; ``random``: random drop at LMFT's
-    discard rate on target-test); the adapted model is registered as ``model_name`` with ``alias``;
-    ``predict_split`` names the manifest's target rows labelled at the end (the held-back videos);
-    ``pretrain`` runs masked video pretraining (``[pretrain]``) before adapting, from its encoder."""
-
-    adapt: str = "train"
-    pretrain: bool = False
-    baselines: tuple[str, ...] = ("full",)
-    model_name: str = "lmft"
-    alias: str = "best"
-    predict_split: str = "test"
-
-    def __post_init__(self) -> None:
-        if self.adapt not in ADAPT:
-            raise ConfigError(f"workflow.adapt must be one of {list(ADAPT)}, got {self.adapt!r}")
-        bad = [b for b in self.baselines if b not in ("full", "random")]
-        if bad:
-            raise ConfigError(f"workflow.baselines: {bad} are not baseline trainings (use 'full' or 'random')")
-        if not self.model_name or "/" in self.model_name or "@" in self.model_name:
-            raise ConfigError(f"workflow.model_name {self.model_name!r}: a plain name, please")
+from lmft_core.manifest import Manifest, load_manifest
+from lmft_core.model_store import ModelInfo
+from lmft_core.preprocess.run import PreprocessSummary, run_preprocess
+from lmft_core.run_config import RunConfig
+from lmft_core.tracking import Run, check_tracking_server, experiment_url, start_run, ui_command
+from lmft_core.train.run import TrainingRun
 
 
 @dataclass(frozen=True)
@@ -104,39 +81,250 @@ def _force(stage: str, paths: list[Path]) -> None:
             shutil.rmtree(p) if p.is_dir() else p.unlink()
 
 
-def run_full(profile: Profile, workdir: str | Path, manifest: str | Path | None = None,
-             force: tuple[str, ...] = ()) -> FullRunResult:
-    """Run the whole workflow for ``profile`` (module docstring); returns where everything is."""
-    from lmft_core.model_registry import register
-    from lmft_core.predict import read_inputs, run_predict
-    from lmft_core.ray_cluster import connect
-    from lmft_core.shards import ShardSet
-    from lmft_core.train.run import prepare, run_training
+@dataclass
+class Flow:
+    """What the stages of one workflow share: its inputs, its parent MLflow run, and what each stage made
+    (filled in stage by stage)."""
 
-    unknown = sorted(set(force) - set(STAGES))
+    profile: RunConfig
+    workdir: Path
+    manifest: Manifest
+    uri: str  # the tracking URI
+    parent: Run  # the workflow's MLflow run
+    state_dir: Path
+    preprocess: PreprocessSummary | None = None
+    adapted: RunConfig | None = None  # the profile of the adapted model (a sweep's best trial's)
+    adapted_run: str = ""
+    adapted_evaluation: dict = field(default_factory=dict)  # every selector on target-test (evaluation.json)
+    model_uri: str = ""
+    comparison: list[dict] = field(default_factory=list)
+    model: ModelInfo | None = None  # the registered version
+    prediction: dict = field(default_factory=dict)
+
+    @property
+    def shards(self) -> str:
+        return self.preprocess.output_dir
+
+    def stage_run(self, name: str):
+        """The MLflow run of stage ``name``, nested under the workflow's."""
+        return start_run(self.profile.tracking, self.workdir, run_name=name, parent_run_id=self.parent.run_id)
+
+
+class Stage(ABC):
+    """One stage of the main job: :meth:`outputs`, what it writes, keyed by its inputs and configuration
+    (what ``--force`` removes; a re-run finds them and skips the work), and :meth:`run`. A new stage is a
+    new subclass in :data:`STAGES`."""
+
+    name = ""
+
+    def outputs(self, flow: Flow) -> list[Path]:
+        return []  # a stage that writes no files (register: a registry version, reused when it exists)
+
+    @abstractmethod
+    def run(self, flow: Flow) -> None:
+        """Do the stage's work (skipping what its outputs already hold), recording what it made in ``flow``."""
+
+
+class Preprocess(Stage):
+    """Decode, motion energy and CLIP pseudo-labels into ``shards/<config hash>/``."""
+
+    name = "preprocess"
+
+    def outputs(self, flow: Flow) -> list[Path]:
+        from lmft_core.preprocess.store import config_hash, resolved_config  # the folder preprocessing writes
+
+        p = flow.profile
+        return [flow.workdir / "shards" / config_hash(resolved_config(flow.manifest, p.clip, p.pseudo_labels,
+                                                                      p.preprocess, p.energy))]
+
+    def run(self, flow: Flow) -> None:
+        with flow.stage_run("preprocess") as run:
+            summary = run_preprocess(flow.manifest, flow.workdir / "shards", flow.profile)
+            print(summary)
+            run.log_metrics(summary.metrics())
+            run.set_tags({"lmft.stage": "preprocess", "lmft.shards": summary.output_dir,
+                          "lmft.untrained_clip": summary.untrained_clip})
+            run.log_artifact(summary.metadata_path, "preprocess")
+            run.log_artifact(summary.rejects_path, "preprocess")
+        flow.parent.log_metrics(summary.metrics())
+        flow.preprocess = summary
+
+
+class Pretrain(Stage):
+    """Masked video pretraining on the unlabelled clips (only with ``workflow.pretrain``); from here on the
+    workflow's profile starts from its encoder (``model.pretrained``)."""
+
+    name = "pretrain"
+
+    def outputs(self, flow: Flow) -> list[Path]:
+        from lmft_core.pretrain.run import prepare_pretrain
+
+        if not flow.profile.workflow.pretrain:
+            return []
+        _, name = prepare_pretrain(flow.profile, flow.shards, flow.workdir)
+        return [flow.workdir / "pretrain" / name, flow.workdir / "ray_train" / name]
+
+    def run(self, flow: Flow) -> None:
+        from lmft_core.pretrain.run import run_pretrain
+
+        if not flow.profile.workflow.pretrain:
+            return
+        pretrained = run_pretrain(flow.profile, flow.shards, flow.workdir, parent_run_id=flow.parent.run_id)
+        flow.parent.log_metrics({"pretrain/final_loss": pretrained.final_loss, "pretrain/clips_per_s": pretrained.clips_per_s})
+        flow.profile = flow.profile.with_overrides([f"model.pretrained={json.dumps(pretrained.encoder)}"])
+
+
+class Adapt(Stage):
+    """One training of the profile, or a sweep whose best trial adapts (``workflow.adapt``)."""
+
+    name = "adapt"
+
+    def __init__(self) -> None:
+        self._training: TrainingRun | None = None
+
+    def training(self, flow: Flow) -> TrainingRun:
+        if self._training is None:
+            self._training = TrainingRun.prepare(flow.profile, flow.shards, flow.workdir)
+        return self._training
+
+    def outputs(self, flow: Flow) -> list[Path]:
+        return [flow.workdir / "sweeps"] if flow.profile.workflow.adapt == "sweep" else self.training(flow).outputs
+
+    def run(self, flow: Flow) -> None:
+        if flow.profile.workflow.adapt == "sweep":
+            from lmft_core.sweep import run_sweep, trial_overrides
+
+            sweep = run_sweep(flow.profile, flow.shards, flow.workdir, parent_run_id=flow.parent.run_id)
+            flow.adapted_run, flow.model_uri = sweep.best_run_id, sweep.model_uri
+            flow.adapted = flow.profile.with_overrides(trial_overrides(sweep.best_params))
+        else:
+            trained = self.training(flow).run(parent_run_id=flow.parent.run_id)
+            flow.adapted_run, flow.model_uri, flow.adapted = trained.mlflow_run_id, trained.model_uri, flow.profile
+        flow.adapted_evaluation = _evaluation_of(flow.adapted_run, flow.uri)
+        flow.comparison = [_comparison_row("adapted", flow.adapted_evaluation, flow.adapted_run, flow.uri)]
+
+
+class Evaluate(Stage):
+    """The adapted model's training repeated with each baseline selector (``workflow.baselines``), compared."""
+
+    name = "evaluate"
+
+    def __init__(self) -> None:
+        self._trainings: list[TrainingRun] | None = None
+
+    def trainings(self, flow: Flow) -> list[TrainingRun]:
+        if self._trainings is None:
+            discard = flow.adapted_evaluation.get(flow.adapted.selector.label, {}).get("discard_rate", 0.5)
+            self._trainings = [TrainingRun.prepare(flow.adapted.with_overrides(
+                ["selector.name='full'"] if baseline == "full" else
+                ["selector.name='random'", f"selector.drop_rate={round(discard, 2)}"]), flow.shards, flow.workdir)
+                for baseline in flow.profile.workflow.baselines]
+        return self._trainings
+
+    def outputs(self, flow: Flow) -> list[Path]:
+        return [p for training in self.trainings(flow) for p in training.outputs]
+
+    def run(self, flow: Flow) -> None:
+        for training in self.trainings(flow):
+            result = training.run(parent_run_id=flow.parent.run_id)
+            flow.comparison.append(_comparison_row("baseline", result.evaluation, result.mlflow_run_id, flow.uri))
+        with flow.stage_run("evaluate") as run:
+            run.set_tags({"lmft.stage": "evaluate"})
+            table = _write_comparison(flow.comparison, flow.state_dir / "comparison.md")
+            run.log_artifact(table, "evaluation")
+            for row in flow.comparison:
+                run.log_metrics({f"compare/{row['selector']}/{k}": row[k] for k in (
+                    "top1", "mean_class_accuracy", "discard_rate", "gflops_per_clip", "train_clips_per_s")})
+        flow.parent.log_artifact(table, "evaluation")
+
+
+class Register(Stage):
+    """The adapted model registered as ``workflow.model_name`` with ``workflow.alias`` (one version per source)."""
+
+    name = "register"
+
+    def run(self, flow: Flow) -> None:
+        from lmft_core.model_store import register
+
+        cfg = flow.profile.workflow
+        with flow.stage_run("register") as run:
+            flow.model = register(flow.model_uri, cfg.model_name, cfg.alias, flow.uri,
+                                  tags={"lmft.workflow_run": flow.parent.run_id, "lmft.adapted_run": flow.adapted_run})
+            run.set_tags({"lmft.stage": "register", "lmft.model": f"models:/{cfg.model_name}@{cfg.alias}",
+                          "lmft.model_version": flow.model.version, "lmft.model_source": flow.model_uri})
+            print(f"[lmft] registered {flow.model_uri} as {cfg.model_name} version {flow.model.version}, alias @{cfg.alias}")
+
+
+class Predict(Stage):
+    """The held-back target videos (``workflow.predict_split``) labelled into ``predictions/<hash>/``."""
+
+    name = "predict"
+
+    def __init__(self) -> None:
+        self._inputs = None
+
+    def inputs(self, flow: Flow):
+        from lmft_core.predict import read_inputs
+
+        if self._inputs is None:
+            self._inputs = read_inputs(flow.manifest.path, domain="target", split=flow.profile.workflow.predict_split)
+        return self._inputs
+
+    def outputs(self, flow: Flow) -> list[Path]:
+        cfg, inputs = flow.profile.workflow, self.inputs(flow)
+        return [flow.workdir / "predictions" / _key(cfg.model_name, flow.model.version, flow.model_uri,
+                                                    inputs.column("video_id").to_pylist(), inputs.column("path").to_pylist(),
+                                                    dataclasses.asdict(flow.profile.predict))]
+
+    def run(self, flow: Flow) -> None:
+        from lmft_core.predict import run_predict
+
+        cfg, [pred_dir] = flow.profile.workflow, self.outputs(flow)
+        with flow.stage_run("predict") as run:
+            run.set_tags({"lmft.stage": "predict", "lmft.model": f"models:/{cfg.model_name}@{cfg.alias}"})
+            if (pred_dir / "summary.json").is_file():
+                print(f"[lmft] predictions of this model on these videos exist: {pred_dir}")
+                pred = json.loads((pred_dir / "summary.json").read_text())
+            else:
+                pred = dataclasses.asdict(run_predict(flow.model, flow.uri, self.inputs(flow), pred_dir,
+                                                      flow.profile.predict, flow.profile.preprocess))
+            run.log_metrics({f"predict/{k}": v for k, v in pred.items() if isinstance(v, (int, float)) and v is not None})
+            run.log_artifact(pred_dir / "summary.json", "predict")
+            run.log_artifact(pred_dir / "rejects.csv", "predict")
+        flow.prediction = pred
+
+
+STAGES: tuple[type[Stage], ...] = (Preprocess, Pretrain, Adapt, Evaluate, Register, Predict)
+STAGE_NAMES = tuple(stage.name for stage in STAGES)
+
+
+def run_full(profile: RunConfig, workdir: str | Path, manifest: str | Path | None = None,
+             force: tuple[str, ...] = ()) -> FullRunResult:
+    """Run the whole workflow for ``profile`` (module docstring): the data, then each of :data:`STAGES`
+    (``force``: the names of stages whose outputs are removed first); returns where everything is."""
+    from lmft_core.ray_cluster import connect
+
+    unknown = sorted(set(force) - set(STAGE_NAMES))
     if unknown:
-        raise ConfigError(f"--force: unknown stage(s) {unknown}; stages: {list(STAGES)}")
+        raise ConfigError(f"--force: unknown stage(s) {unknown}; stages: {list(STAGE_NAMES)}")
     workdir = Path(workdir).resolve()
-    flow: WorkflowConfig = profile.section("workflow")
-    tracking = profile.section("tracking", TrackingConfig)
-    uri = tracking.resolve_uri(workdir)
+    uri = profile.tracking.resolve_uri(workdir)
     check_tracking_server(uri)  # an unreachable or refusing server fails here, before any work
     connect(shared_paths=[workdir])  # so does an unreachable Ray cluster or a workdir not shared by every node
     t0 = time.perf_counter()
     if manifest is None:
-        demo = profile.section("demo_data", DemoDataConfig)
         print(f"[lmft] demo data in {workdir / 'data'}")
-        manifest = generate_demo_data(demo, workdir / "data")
+        manifest = generate_demo_data(profile.demo_data, workdir / "data")
     data_s = time.perf_counter() - t0
     checked = load_manifest(manifest)  # a bad manifest fails here, before any work
     print(checked.summary())
-    key = _key(profile.sections, file_sha256(checked.path))
+    key = _key(profile.settings(), file_sha256(checked.path))
     state_dir = workdir / "workflow" / f"{profile.name}-{key}"
     state_dir.mkdir(parents=True, exist_ok=True)
     parent_file = state_dir / "mlflow_run_id"
     resume = parent_file.read_text().strip() if parent_file.is_file() else None
 
-    with start_run(tracking, workdir, run_name=f"workflow-{profile.name}-{key}", resume_run_id=resume) as parent:
+    with start_run(profile.tracking, workdir, run_name=f"workflow-{profile.name}-{key}", resume_run_id=resume) as parent:
         parent_file.write_text(parent.run_id)
         parent.set_tags({"lmft.stage": "workflow", "lmft.profile": profile.name, "lmft.manifest": checked.path.resolve()})
         if resume is None:
@@ -144,107 +332,18 @@ def run_full(profile: Profile, workdir: str | Path, manifest: str | Path | None 
             parent.log_artifact(checked.path, "inputs")
             parent.log_artifact(profile.path, "inputs")
         parent.log_metrics({"data/videos": len(checked.rows), "data/classes": len(checked.classes), "data/generate_s": data_s})
-
-        # preprocess
-        if "preprocess" in force:
-            from lmft_core.preprocess.store import config_hash, resolved_config  # the folder preprocessing writes
-
-            content = resolved_config(checked, profile.clip, profile.section("pseudo_labels"), profile.section("preprocess"),
-                                      profile.section("energy"))
-            _force("preprocess", [workdir / "shards" / config_hash(content)])
-        with start_run(tracking, workdir, run_name="preprocess", parent_run_id=parent.run_id) as run:
-            summary = run_preprocess(checked, workdir / "shards", profile)
-            print(summary)
-            run.log_metrics(summary.metrics())
-            run.set_tags({"lmft.stage": "preprocess", "lmft.shards": summary.output_dir,
-                          "lmft.untrained_clip": summary.untrained_clip})
-            run.log_artifact(summary.metadata_path, "preprocess")
-            run.log_artifact(summary.rejects_path, "preprocess")
-        parent.log_metrics(summary.metrics())
-        shards = summary.output_dir
-
-        # pretrain (optional): adaptation and baselines start from its encoder
-        if flow.pretrain:
-            from lmft_core.pretrain.run import prepare_pretrain, run_pretrain
-
-            if "pretrain" in force:
-                _, name = prepare_pretrain(profile, shards, workdir)
-                _force("pretrain", [workdir / "pretrain" / name, workdir / "ray_train" / name])
-            pretrained = run_pretrain(profile, shards, workdir, parent_run_id=parent.run_id)
-            parent.log_metrics({"pretrain/final_loss": pretrained.final_loss, "pretrain/clips_per_s": pretrained.clips_per_s})
-            profile = profile.with_overrides([f"model.pretrained={json.dumps(pretrained.encoder)}"])
-
-        # adapt
-        if flow.adapt == "sweep":
-            from lmft_core.sweep import run_sweep
-
-            if "adapt" in force:
-                _force("adapt", [workdir / "sweeps"])
-            sweep = run_sweep(profile, shards, workdir, parent_run_id=parent.run_id)
-            adapted_run, model_uri = sweep.best_run_id, sweep.model_uri
-            adapted = profile.with_overrides([f"{k}={v}" for k, v in zip(
-                ("train.gamma_c", "policy.loss_weight", "train.lambda_t"), sweep.best_params.values())])
-        else:
-            adapted = profile
-            if "adapt" in force:
-                _, name = prepare(profile, shards, workdir)
-                _force("adapt", [workdir / "train" / name, workdir / "ray_train" / name])
-            trained = run_training(profile, shards, workdir, parent_run_id=parent.run_id)
-            adapted_run, model_uri = trained.mlflow_run_id, trained.model_uri
-        lmft_eval = _evaluation_of(adapted_run, uri)
-
-        # evaluate: the same training with the baseline selectors
-        rows = [_comparison_row("adapted", lmft_eval, adapted_run, uri)]
-        lmft_discard = lmft_eval.get(adapted.section("selector").label, {}).get("discard_rate", 0.5)
-        for baseline in flow.baselines:
-            sets = ["selector.name='full'"] if baseline == "full" else \
-                ["selector.name='random'", f"selector.drop_rate={round(lmft_discard, 2)}"]
-            profile_b = adapted.with_overrides(sets)
-            if "evaluate" in force:
-                _, name = prepare(profile_b, shards, workdir)
-                _force("evaluate", [workdir / "train" / name, workdir / "ray_train" / name])
-            result = run_training(profile_b, shards, workdir, parent_run_id=parent.run_id)
-            rows.append(_comparison_row("baseline", result.evaluation, result.mlflow_run_id, uri))
-        with start_run(tracking, workdir, run_name="evaluate", parent_run_id=parent.run_id) as run:
-            run.set_tags({"lmft.stage": "evaluate"})
-            table = _write_comparison(rows, state_dir / "comparison.md")
-            run.log_artifact(table, "evaluation")
-            for row in rows:
-                run.log_metrics({f"compare/{row['selector']}/{k}": row[k] for k in (
-                    "top1", "mean_class_accuracy", "discard_rate", "gflops_per_clip", "train_clips_per_s")})
-        parent.log_artifact(table, "evaluation")
-
-        # register
-        with start_run(tracking, workdir, run_name="register", parent_run_id=parent.run_id) as run:
-            info = register(model_uri, flow.model_name, flow.alias, uri,
-                            tags={"lmft.workflow_run": parent.run_id, "lmft.adapted_run": adapted_run})
-            run.set_tags({"lmft.stage": "register", "lmft.model": f"models:/{flow.model_name}@{flow.alias}",
-                          "lmft.model_version": info.version, "lmft.model_source": model_uri})
-            print(f"[lmft] registered {model_uri} as {flow.model_name} version {info.version}, alias @{flow.alias}")
-
-        # predict: the held-back target videos
-        inputs = read_inputs(checked.path, domain="target", split=flow.predict_split)
-        pred_key = _key(flow.model_name, info.version, model_uri, inputs.column("video_id").to_pylist(),
-                        inputs.column("path").to_pylist(), profile.sections.get("predict", {}))
-        pred_dir = workdir / "predictions" / pred_key
-        if "predict" in force:
-            _force("predict", [pred_dir])
-        with start_run(tracking, workdir, run_name="predict", parent_run_id=parent.run_id) as run:
-            run.set_tags({"lmft.stage": "predict", "lmft.model": f"models:/{flow.model_name}@{flow.alias}"})
-            if (pred_dir / "summary.json").is_file():
-                print(f"[lmft] predictions of this model on these videos exist: {pred_dir}")
-                pred = json.loads((pred_dir / "summary.json").read_text())
-            else:
-                pred = dataclasses.asdict(run_predict(info, uri, inputs, pred_dir, profile))
-            run.log_metrics({f"predict/{k}": v for k, v in pred.items() if isinstance(v, (int, float)) and v is not None})
-            run.log_artifact(pred_dir / "summary.json", "predict")
-            run.log_artifact(pred_dir / "rejects.csv", "predict")
+        flow = Flow(profile=profile, workdir=workdir, manifest=checked, uri=uri, parent=parent, state_dir=state_dir)
+        for stage in (cls() for cls in STAGES):
+            if stage.name in force:
+                _force(stage.name, stage.outputs(flow))
+            stage.run(flow)
         experiment_id = parent.client.get_run(parent.run_id).info.experiment_id
+        cfg = profile.workflow
         return FullRunResult(
-            manifest=checked.path, preprocess=summary, run_id=parent.run_id, tracking_uri=uri,
-            experiment_url=experiment_url(uri, experiment_id), adapted_run=adapted_run, model_uri=model_uri,
-            registered=f"models:/{flow.model_name}@{flow.alias}", model_version=info.version, comparison=rows,
-            predictions=pred["predictions"], prediction_summary=pred)
+            manifest=checked.path, preprocess=flow.preprocess, run_id=parent.run_id, tracking_uri=uri,
+            experiment_url=experiment_url(uri, experiment_id), adapted_run=flow.adapted_run, model_uri=flow.model_uri,
+            registered=f"models:/{cfg.model_name}@{cfg.alias}", model_version=flow.model.version,
+            comparison=flow.comparison, predictions=flow.prediction["predictions"], prediction_summary=flow.prediction)
 
 
 def _evaluation_of(run_id: str, uri: str) -> dict:

@@ -15,22 +15,23 @@ import argparse
 import sys
 from pathlib import Path
 
-from lmft_core.config import ConfigError, available_profiles, load_profile
+from lmft_core.config import ConfigError
 from lmft_core.manifest import ManifestError
-from lmft_core.preprocess import PreprocessError
+from lmft_core.preprocess.decode import PreprocessError
 from lmft_core.pseudo_labels import WeightsError
+from lmft_core.run_config import DEFAULT_PROFILE, available_profiles, load_profile
 from lmft_core.sweep import SweepError
 from lmft_core.train.run import TrainError
-from lmft_core.workflow import STAGES, run_full, where_everything_is
+from lmft_core.workflow import STAGE_NAMES, run_full, where_everything_is
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--profile", default="demo", help=f"one of {available_profiles()} or a .toml path")
+    p.add_argument("--profile", default=DEFAULT_PROFILE, help=f"one of {available_profiles()} or a .toml path")
     p.add_argument("--manifest", type=Path, help="dataset manifest (default: generate the demo data)")
     p.add_argument("--workdir", type=Path, default=Path("outputs"), help="where data, shards, runs and the MLflow store go")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
-    p.add_argument("--force", action="append", default=[], choices=STAGES, help="redo this stage (repeatable)")
+    p.add_argument("--force", action="append", default=[], choices=STAGE_NAMES, help="redo this stage (repeatable)")
     args = p.parse_args(argv)
     try:
         profile = load_profile(args.profile, args.overrides)

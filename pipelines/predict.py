@@ -17,11 +17,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from lmft_core.config import ConfigError, available_profiles, load_profile
+from lmft_core.config import ConfigError
 from lmft_core.manifest import ManifestError
-from lmft_core.model_registry import resolve
+from lmft_core.model_store import resolve
 from lmft_core.predict import read_inputs, run_predict
-from lmft_core.tracking import TrackingConfig, check_tracking_server
+from lmft_core.run_config import DEFAULT_PROFILE, available_profiles, load_profile
+from lmft_core.tracking import check_tracking_server
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,16 +36,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--output", required=True, type=Path)
     p.add_argument("--tracking-uri", default="", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or the embedded store)")
     p.add_argument("--workdir", type=Path, default=Path("outputs"), help="where the embedded MLflow store is")
-    p.add_argument("--profile", default="demo", help=f"decode and actor settings: one of {available_profiles()} or a .toml path")
+    p.add_argument("--profile", default=DEFAULT_PROFILE, help=f"decode and actor settings: one of {available_profiles()} or a .toml path")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     args = p.parse_args(argv)
     try:
         profile = load_profile(args.profile, args.overrides)
-        uri = args.tracking_uri or profile.section("tracking", TrackingConfig).resolve_uri(args.workdir)
+        uri = args.tracking_uri or profile.tracking.resolve_uri(args.workdir)
         check_tracking_server(uri)
         model = resolve(args.model, uri)  # a missing model or alias fails here, before any work
         inputs = read_inputs(args.manifest, args.folder, args.domain, args.split)
-        summary = run_predict(model, uri, inputs, args.output, profile)
+        summary = run_predict(model, uri, inputs, args.output, profile.predict, profile.preprocess)
     except (ConfigError, ManifestError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

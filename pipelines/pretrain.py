@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import sys
 
-from lmft_core.config import ConfigError, load_profile, run_arguments
+from lmft_core.config import ConfigError
 from lmft_core.pretrain.run import run_pretrain
+from lmft_core.run_config import load_profile, run_arguments
 from lmft_core.train.run import TrainError
 
 

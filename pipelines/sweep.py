@@ -17,7 +17,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from lmft_core.config import ConfigError, available_profiles, load_profile
+from lmft_core.config import ConfigError
+from lmft_core.run_config import DEFAULT_PROFILE, available_profiles, load_profile
 from lmft_core.sweep import SweepError, run_sweep
 from lmft_core.train.run import TrainError
 
@@ -25,7 +26,7 @@ from lmft_core.train.run import TrainError
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shards", required=True, type=Path, help="preprocessing output (root with LATEST, or a <hash> folder)")
-    p.add_argument("--profile", default="demo", help=f"one of {available_profiles()} or a .toml path")
+    p.add_argument("--profile", default=DEFAULT_PROFILE, help=f"one of {available_profiles()} or a .toml path")
     p.add_argument("--workdir", type=Path, default=Path("outputs"))
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     args = p.parse_args(argv)

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import sys
 
-from lmft_core.config import ConfigError, load_profile, run_arguments
+from lmft_core.config import ConfigError
 from lmft_core.model import tau_text
+from lmft_core.run_config import load_profile, run_arguments
 from lmft_core.train.run import TrainError, run_training
 
 

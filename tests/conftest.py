@@ -35,11 +35,47 @@ def shared_videos() -> Path:
 
 
 @pytest.fixture(autouse=True)
-def _no_tracking_uri_leaks(monkeypatch):
-    """No test sees, or leaves behind, a tracking URI of another test (``mlflow.set_tracking_uri`` also sets
-    ``MLFLOW_TRACKING_URI`` for the process; the library sets it only inside ``using_tracking_uri``)."""
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+def _tracking_store(monkeypatch, tmp_path_factory):
+    """Every test has an MLflow store of its own: ``MLFLOW_TRACKING_URI`` points at a temporary one, so a call
+    that names no store (MLflow >= 3.7 would create ``./mlflow.db`` in the working directory) writes nowhere
+    near the repository, and no test sees another's runs or URI. A test of the work directory's own store
+    asks for :func:`embedded_store`; :func:`pytest_sessionfinish` fails the run if a store appeared in the
+    repository all the same."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}")
     yield
+
+
+@pytest.fixture
+def embedded_store(monkeypatch):
+    """``MLFLOW_TRACKING_URI`` unset: the test checks the work directory's embedded store (``<workdir>/mlflow.db``)."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
+# What an MLflow client creates when no store is named: none may appear in the repository during the tests.
+STORE_NAMES = ("mlflow.db", "mlruns", "mlartifacts")
+
+
+def stores_in_repository() -> set[Path]:
+    found = set()
+    for folder, dirs, files in os.walk(REPO):
+        dirs[:] = [d for d in dirs if d not in (".git", ".venv", "__pycache__", "node_modules")]
+        found |= {Path(folder) / n for n in (*dirs, *files) if n in STORE_NAMES or n.endswith(".db")}
+    return found
+
+
+def pytest_sessionstart(session):
+    session.config.stash[_STORES_BEFORE] = stores_in_repository()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    new = sorted(stores_in_repository() - session.config.stash.get(_STORES_BEFORE, set()))
+    if new:
+        print(f"\nFAILED: the tests wrote MLflow stores into the repository: {[str(p) for p in new]} "
+              "(a call without a tracking URI: scope it with lmft_core.tracking.using_tracking_uri)")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+_STORES_BEFORE = pytest.StashKey[set]()
 
 
 def start_local_ray():
@@ -82,8 +118,8 @@ def tiny_clip_overrides(clip) -> list[str]:
 @pytest.fixture(scope="session")
 def tiny_shards(ray_local, tiny_demo, tiny_clip_weights, tmp_path_factory) -> Path:
     """The tiny demo set preprocessed at the tiny geometry (the output root, with LATEST)."""
-    from lmft_core.config import load_profile
-    from lmft_core.preprocess import run_preprocess
+    from lmft_core.preprocess.run import run_preprocess
+    from lmft_core.run_config import load_profile
 
     out = tmp_path_factory.mktemp("tiny_shards")
     profile = load_profile("demo", TINY_CLIP_GEOMETRY + tiny_clip_overrides(tiny_clip_weights)
@@ -95,7 +131,7 @@ def tiny_shards(ray_local, tiny_demo, tiny_clip_weights, tmp_path_factory) -> Pa
 @pytest.fixture(scope="session")
 def tiny_trained(tiny_shards, tmp_path_factory):
     """(workdir, TrainResult) of a tiny LMFT training on ``tiny_shards`` (2 Ray Train workers, 3 epochs)."""
-    from lmft_core.config import load_profile
+    from lmft_core.run_config import load_profile
     from lmft_core.train.run import run_training
 
     workdir = tmp_path_factory.mktemp("train")

@@ -4,6 +4,7 @@ names what is wrong. (Tracking servers that are unreachable or refuse the creden
 from __future__ import annotations
 
 import pytest
+
 from conftest import entry_main
 
 CASES = {

@@ -15,7 +15,7 @@ import pytest
 import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
 
-from lmft_core.config import available_profiles
+from lmft_core.run_config import available_profiles
 
 REPO = Path(__file__).resolve().parents[1]
 CLUSTER = REPO / "cluster"

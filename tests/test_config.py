@@ -6,8 +6,9 @@ from dataclasses import dataclass
 
 import pytest
 
-from lmft_core.config import ClipConfig, ConfigError, available_profiles, from_dict, load_profile, parse_override
+from lmft_core.config import ClipConfig, ConfigError, from_dict, parse_override
 from lmft_core.demo_data import DemoDataConfig
+from lmft_core.run_config import RunConfig, available_profiles, load_profile
 
 
 def test_named_profiles_exist_and_carry_their_launch_command():
@@ -26,7 +27,7 @@ def test_clip_grid():
 def test_overrides_parse_as_toml_and_fall_back_to_strings():
     profile = load_profile("demo", ["clip.num_frames=8", "demo_data.classes=['wave', 'jump']", "tracking.uri=http://x:5000"])
     assert profile.clip.num_frames == 8
-    assert profile.section("demo_data", DemoDataConfig).classes == ("wave", "jump")
+    assert profile.demo_data.classes == ("wave", "jump")
     assert profile.sections["tracking"]["uri"] == "http://x:5000"
     assert parse_override("a.b=0.5") == ("a", "b", 0.5)
     with pytest.raises(ConfigError, match="section.key=value"):
@@ -35,9 +36,9 @@ def test_overrides_parse_as_toml_and_fall_back_to_strings():
 
 def test_errors_name_file_section_and_key(tmp_path):
     with pytest.raises(ConfigError, match=r"demo.toml \[demo_data\]: unknown key\(s\) \['colour'\]"):
-        load_profile("demo", ["demo_data.colour=1"]).section("demo_data", DemoDataConfig)
+        load_profile("demo", ["demo_data.colour=1"]).demo_data
     with pytest.raises(ConfigError, match=r"\[demo_data\]\.seed: expected int, got 'x'"):
-        load_profile("demo", ["demo_data.seed='x'"]).section("demo_data", DemoDataConfig)
+        load_profile("demo", ["demo_data.seed='x'"]).demo_data
     with pytest.raises(ConfigError, match="not a multiple of clip.patch"):
         load_profile("demo", ["clip.image_size=60"])
     with pytest.raises(ConfigError, match=r"demo.toml: unknown section\(s\) \['preprocss'\]"):
@@ -85,11 +86,10 @@ def test_every_section_is_validated_when_the_profile_loads(override, message):
         load_profile("demo", [override])
 
 
-def test_section_builds_its_registered_class():
+def test_every_section_is_built_as_its_typed_config_once_at_load():
     profile = load_profile("demo")
-    assert isinstance(profile.section("demo_data"), DemoDataConfig)
-    with pytest.raises(TypeError, match=r"\[demo_data\] builds DemoDataConfig, not ClipConfig"):
-        profile.section("demo_data", ClipConfig)
+    assert isinstance(profile, RunConfig) and isinstance(profile.demo_data, DemoDataConfig)
+    assert profile.model.clip == profile.clip  # derived fields resolved at load
 
 
 def test_the_selector_fixes_the_policy_kind_and_the_clip_its_segments():
@@ -99,17 +99,16 @@ def test_the_selector_fixes_the_policy_kind_and_the_clip_its_segments():
     from lmft_core.train.config import TrainConfig
 
     profile = load_profile("demo", ["selector.name=lmft-segment", "policy.mu=0.2"])
-    selector, clip = profile.section("selector"), profile.clip
-    policy_cfg = profile.section("policy").resolve(selector, clip)
+    selector, clip = profile.selector, profile.clip
+    policy_cfg = profile.policy  # resolved at load
     assert (policy_cfg.kind, policy_cfg.num_segments, policy_cfg.mu) == ("segment", clip.grid[0], 0.2)
     policy = policy_cfg.build()
     assert isinstance(policy, SegmentThresholdPolicy) and policy.mu.shape == (clip.grid[0] - 1,)
-    assert isinstance(load_profile("demo").section("policy").resolve(load_profile("demo").section("selector"), clip)
-                      .build(), ThresholdPolicy)
+    assert isinstance(load_profile("demo").policy.build(), ThresholdPolicy)
     # the default evaluation's random selector matches the run's learned selector
-    labels = [s.label for s in profile.section("train", TrainConfig).evaluate_for(selector)]
+    labels = [s.label for s in profile.train.evaluate_for(selector)]
     assert "random-match-lmft-segment" in labels and "random-match-lmft" not in labels
-    assert "random-match-lmft" in [s.label for s in TrainConfig().evaluate_for(load_profile("demo").section("selector"))]
+    assert "random-match-lmft" in [s.label for s in TrainConfig().evaluate_for(load_profile("demo").selector)]
     for key, source in (("kind", "the selector"), ("num_segments", r"the profile's \[clip\]")):
         with pytest.raises(ConfigError, match=rf"\[policy\]: '{key}' is not set in a profile section: it comes from {source}"):
             load_profile("demo", [f"policy.{key}=1"])
@@ -142,3 +141,36 @@ def test_results_small_is_results_with_less_data_and_a_shorter_schedule():
     assert differs == {("demo_data", "videos_per_class"), ("train", "epochs"), ("train", "batch_size"),
                        ("train", "eval_every_epochs")}
     assert small["demo_data"]["videos_per_class"] == 80 and small.keys() == results.keys()
+
+
+def test_the_configuration_reference_is_generated_from_the_dataclasses_and_current():
+    from lmft_core.run_config import REFERENCE_MD, reference
+
+    assert REFERENCE_MD.read_text() == reference(), "regenerate it: python -m lmft_core.run_config"
+    assert "| `gamma_c` | `float` | `0.8` |" in reference()  # a default read from TrainConfig
+
+
+def test_every_cli_and_load_profile_default_to_one_profile():
+    import inspect
+
+    from lmft_core.run_config import DEFAULT_PROFILE, PROFILE_DIR
+
+    assert inspect.signature(load_profile).parameters["name_or_path"].default == DEFAULT_PROFILE
+    for script in sorted((PROFILE_DIR.parent.parent / "pipelines").glob("*.py")):
+        text = script.read_text()
+        if '"--profile"' in text:
+            assert 'default=DEFAULT_PROFILE' in text, script
+
+
+def test_profiles_state_only_what_differs_from_the_defaults():
+    import tomllib
+
+    from lmft_core.run_config import PROFILE_DIR
+
+    for path in sorted(PROFILE_DIR.glob("*.toml")):
+        stated = tomllib.loads(path.read_text())
+        below = load_profile(stated.pop("base")) if "base" in stated else RunConfig("defaults", PROFILE_DIR)
+        for section, values in stated.items():
+            default = getattr(below, section)
+            same = [k for k, v in values.items() if getattr(default, k) == (tuple(v) if isinstance(v, list) else v)]
+            assert not same, f"{path.name} [{section}] restates what its base or the defaults have: {same}"

@@ -168,7 +168,8 @@ def test_ucf_hmdb_overrides_for_split_files_and_video_folder(ucf_hmdb_root, tmp_
                        video_dirs={"target": moved / "videos"})
     rows = read_rows(build_manifest(cfg).manifest)
     target = [r for r in rows if r["domain"] == "target"]
-    assert [r["path"] for r in target] == [str((moved / "videos" / f / f"{n}.avi").resolve()) for role in ("train", "test") for f, n, *_ in HMDB[role]]
+    assert [r["path"] for r in target] == [str((moved / "videos" / f / f"{n}.avi").resolve())
+                                           for role in ("train", "test") for f, n, *_ in HMDB[role]]
     assert [r["video_id"] for r in target] == [f"hmdb51/{f}/{n}" for role in ("train", "test") for f, n, *_ in HMDB[role]]
 
 
@@ -320,7 +321,8 @@ def test_a_list_name_matching_two_files_under_the_rule_names_both(ucf_hmdb_root,
         build_manifest(ucf_hmdb_cfg(ucf_hmdb_root, tmp_path / "out"))
     (ambiguous,) = problems(e)["ambiguous video name"]
     assert list(problems(e)) == ["ambiguous video name"] and "&, ( and ) removed" in ambiguous
-    assert str(folder / "Goal_(1)_kick_ball_f_cm_np1_ba_med_3.avi") in ambiguous and str(folder / "Goal_1_kick_ball_f_cm_np1_ba_med_3.avi") in ambiguous
+    assert str(folder / "Goal_(1)_kick_ball_f_cm_np1_ba_med_3.avi") in ambiguous
+    assert str(folder / "Goal_1_kick_ball_f_cm_np1_ba_med_3.avi") in ambiguous
 
 
 def test_target_class_without_source_videos_and_empty_domain(ucf_hmdb_root, tmp_path):
@@ -362,8 +364,10 @@ def test_cli_exit_code_and_report_on_stderr(tmp_path, capsys):
 
 
 def test_module_entry_point_help_lists_domains():
-    out = subprocess.run([sys.executable, "-m", "lmft_core.datasets", "daily_da", "--help"], cwd=REPO, capture_output=True, text=True, check=True).stdout
-    for domain, default in (("arid", "ARID/raw/list_cvt/arid_msda_train.txt"), ("hmdb51", "HMDB51/raw/data"), ("mit", "MIT/raw/list_cvt/mit_msda_test.txt"),
+    out = subprocess.run([sys.executable, "-m", "lmft_core.datasets", "daily_da", "--help"], cwd=REPO, capture_output=True, text=True,
+                         check=True).stdout
+    for domain, default in (("arid", "ARID/raw/list_cvt/arid_msda_train.txt"), ("hmdb51", "HMDB51/raw/data"),
+                            ("mit", "MIT/raw/list_cvt/mit_msda_test.txt"),
                             ("kinetics", "Kinetics/raw/list_cvt/kinetics_daily_msda_train.txt")):
         assert domain in out and default in out
     for flag in ("--source-train", "--source-test", "--target-train", "--target-test", "--skip-missing"):
@@ -452,7 +456,8 @@ def test_daily_da_relative_paths_only_no_name_lookup(daily_root, tiny_videos, tm
     shutil.move(str(moved), str(moved.parent.parent / moved.name))  # same name, other folder
     with pytest.raises(DatasetError) as e:
         build_manifest(DatasetConfig("daily_da", root, "hmdb51", "arid", tmp_path / "m.csv"))
-    assert list(problems(e)) == ["video listed but absent"] and "jump/OldSchool_jump_f_nm_np1_fr_bad_26.avi" in problems(e)["video listed but absent"][0]
+    assert list(problems(e)) == ["video listed but absent"]
+    assert "jump/OldSchool_jump_f_nm_np1_fr_bad_26.avi" in problems(e)["video listed but absent"][0]
 
 
 def test_two_videos_with_one_video_id_are_reported_before_writing(daily_root, tiny_videos, tmp_path):

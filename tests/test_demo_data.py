@@ -11,7 +11,8 @@ import decord
 import numpy as np
 import pytest
 
-from lmft_core.config import ConfigError, load_profile
+from conftest import entry_main
+from lmft_core.config import ConfigError
 from lmft_core.demo_data import (
     MARKER,
     CameraMotion,
@@ -22,8 +23,7 @@ from lmft_core.demo_data import (
     render_video_and_mask,
 )
 from lmft_core.manifest import load_manifest
-
-from conftest import entry_main
+from lmft_core.run_config import load_profile
 
 CFG = DemoDataConfig(videos_per_class=4, num_frames=32, width=64, height=48)
 
@@ -208,7 +208,7 @@ def test_masks_are_written_beside_the_videos(demo):
 
 def test_camera_motion_is_configured_per_domain_from_profiles_and_the_command_line(tmp_path):
     profile = load_profile("demo", ["demo_data.target_camera={pan_px_per_s=20, zoom_per_s=0.1}"])
-    cam = profile.section("demo_data", DemoDataConfig)
+    cam = profile.demo_data
     assert cam.target_camera == CameraMotion(pan_px_per_s=20.0, zoom_per_s=0.1) and cam.source_camera.static
     with pytest.raises(ConfigError, match=r"target_camera: unknown key\(s\) \['pan'\]"):
         load_profile("demo", ["demo_data.target_camera={pan=20}"])

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from lmft_core.config import ConfigError, load_profile
+from lmft_core.config import ConfigError
 from lmft_core.energy import ENERGY_VARIANTS, EnergyConfig, camera_motion_of, motion_energy
+from lmft_core.run_config import load_profile
 
 
 def naive_energy(frames: np.ndarray, tubelet: int, patch: int) -> np.ndarray:
@@ -187,8 +188,9 @@ def test_energy_config_validates_and_names_what_it_reads():
     assert EnergyConfig(variant="translate").identity() == {"variant": "translate", "estimate_size": 48,
                                                             "max_shift": 0.25, "min_gain": 0.2}
     assert set(EnergyConfig(variant="translate_zoom").identity()) == {"variant", "estimate_size", "max_shift", "min_gain", "max_zoom"}
-    with pytest.raises(ConfigError, match=r"energy.variant 'flow' is not a registered energy variant; known: \['diff', 'translate', 'translate_zoom'\]"):
+    with pytest.raises(ConfigError,
+                       match=r"energy.variant 'flow' is not a registered energy variant; known: \['diff', 'translate', 'translate_zoom'\]"):
         EnergyConfig(variant="flow")
     with pytest.raises(ConfigError, match="energy.max_shift must be in"):
         EnergyConfig(max_shift=2.0)
-    assert load_profile("demo", ["energy.variant=translate_zoom"]).section("energy") == EnergyConfig(variant="translate_zoom")
+    assert load_profile("demo", ["energy.variant=translate_zoom"]).energy == EnergyConfig(variant="translate_zoom")

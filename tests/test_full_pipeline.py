@@ -13,10 +13,10 @@ import pyarrow.parquet as pq
 import pytest
 from mlflow import MlflowClient
 
-from lmft_core.config import ConfigError, load_profile
-from lmft_core.workflow import run_full, where_everything_is
-
 from live_servers import TINY_WORKFLOW
+from lmft_core.config import ConfigError
+from lmft_core.run_config import load_profile
+from lmft_core.workflow import run_full, where_everything_is
 
 REPO = Path(__file__).resolve().parents[1]
 # the tiny workflow with a full-token baseline training in the evaluate stage, after one epoch of pretraining
@@ -24,11 +24,17 @@ TINY = TINY_WORKFLOW + ["workflow.baselines=['full']", "workflow.pretrain=true",
                         "pretrain.batch_size=1", "pretrain.decoder_depth=1"]
 
 
+# The workflow logs into its work directory's own store, for the module's run and every re-run in a test alike.
+pytestmark = pytest.mark.usefixtures("embedded_store")
+
+
 @pytest.fixture(scope="module")
 def full_run(tmp_path_factory, ray_local):
     workdir = tmp_path_factory.mktemp("full")
     t0 = time.perf_counter()
-    result = run_full(load_profile("demo", TINY), workdir)
+    with pytest.MonkeyPatch.context() as env:
+        env.delenv("MLFLOW_TRACKING_URI", raising=False)
+        result = run_full(load_profile("demo", TINY), workdir)
     return workdir, result, time.perf_counter() - t0
 
 

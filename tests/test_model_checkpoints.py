@@ -12,6 +12,7 @@ from lmft_core.model import (
     CheckpointError,
     ModelConfig,
     VideoViT,
+    build_model,
     load_videomae,
     model_config_from_hf,
     read_state_dict,
@@ -141,7 +142,7 @@ def test_hf_pretraining_checkpoint_loads_the_encoder(tmp_path):
 def test_fresh_head_when_the_class_count_differs(hf_model, clips, tmp_path):
     hf_model.save_pretrained(tmp_path)
     torch.manual_seed(0)
-    model = model_config_from_hf(tmp_path, num_classes=3, drop_path=0.0, pretrained=str(tmp_path)).build()
+    model = build_model(model_config_from_hf(tmp_path, num_classes=3, drop_path=0.0, pretrained=str(tmp_path)))
     report = model.load_report
     assert report.fresh_head and "head.weight (7, 64)" in report.dropped and not report.missing
     assert model.head.weight.shape == (3, 64) and model.head.weight.abs().max() < 0.001 * 0.02 * 5  # init std 0.02, scaled by 0.001
@@ -174,12 +175,12 @@ def test_load_report_is_logged_at_warning_unless_everything_loaded(hf_model, tmp
     import logging
 
     hf_model.save_pretrained(tmp_path / "hf")
-    caplog.set_level(logging.INFO, logger="lmft_core.model.vit")
+    caplog.set_level(logging.INFO, logger="lmft_core.model.pretrained")
 
     def levels_of(config) -> list[int]:
         caplog.clear()
-        model = config.build()
-        return [r.levelno for r in caplog.records if r.name == "lmft_core.model.vit" and str(config.pretrained) in r.getMessage()]
+        build_model(config)
+        return [r.levelno for r in caplog.records if r.name == "lmft_core.model.pretrained" and str(config.pretrained) in r.getMessage()]
 
     complete = model_config_from_hf(tmp_path / "hf", pretrained=str(tmp_path / "hf"))
     assert levels_of(complete) == [logging.INFO]

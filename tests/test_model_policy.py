@@ -297,8 +297,8 @@ SEG_LOG_SIGMA = torch.tensor([-1.2, -0.5, -0.9])
 
 
 def segment_policy(mu: torch.Tensor = SEG_MU, log_sigma: torch.Tensor = SEG_LOG_SIGMA) -> SegmentThresholdPolicy:
-    policy = PolicyConfig().resolve(SelectorConfig(name="lmft-segment"), ClipConfig(num_frames=8, image_size=32,
-                                                                                   tubelet=2, patch=8)).build()
+    policy = SelectorConfig(name="lmft-segment").resolve_policy(PolicyConfig(), ClipConfig(num_frames=8, image_size=32,
+                                                                                          tubelet=2, patch=8)).build()
     assert isinstance(policy, SegmentThresholdPolicy) and policy.mu.shape == (N_T - 1,)
     with torch.no_grad():
         policy.mu.copy_(mu)

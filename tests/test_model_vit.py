@@ -280,7 +280,7 @@ def test_clip_geometry_and_class_count_are_never_silent_defaults():
         ModelConfig(size="vit_tiny", clip=CLIP).build()
     with pytest.raises(ConfigError, match=r"model.clip is not set: a training run takes it from the profile's \[clip\]"):
         VideoViT(ModelConfig(size="vit_tiny", num_classes=3))
-    from lmft_core.config import load_profile
+    from lmft_core.run_config import load_profile
 
     with pytest.raises(ConfigError, match=r"\[model\]: 'num_classes' is not set in a profile section: it comes from the shards"):
         load_profile("demo", ["model.num_classes=101"])

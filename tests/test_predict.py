@@ -9,12 +9,11 @@ import shutil
 import pyarrow.parquet as pq
 import pytest
 
-from lmft_core.config import load_profile
-from lmft_core.manifest import ManifestError, load_manifest
-from lmft_core.model_registry import ModelRegistryError, register, resolve
-from lmft_core.predict import read_inputs, run_predict
-
 from conftest import SHARED_VIDEOS, TINY_CLIP_GEOMETRY, entry_main
+from lmft_core.manifest import ManifestError, load_manifest
+from lmft_core.model_store import ModelRegistryError, register, resolve
+from lmft_core.predict import read_inputs, run_predict
+from lmft_core.run_config import load_profile
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +51,8 @@ def test_every_video_of_a_folder_is_predicted_or_rejected(registered, tiny_demo,
     (folder / "notes.txt").write_text("not a video")
     inputs = read_inputs(folder=folder)
     assert sorted(inputs.column("video_id").to_pylist()) == sorted([f"{r.label}" for r in demo] + ["sub/real", "empty"])
-    summary = run_predict(info, result.tracking_uri, inputs, tmp_path / "out", load_profile("demo", TINY_CLIP_GEOMETRY))
+    profile = load_profile("demo", TINY_CLIP_GEOMETRY)
+    summary = run_predict(info, result.tracking_uri, inputs, tmp_path / "out", profile.predict, profile.preprocess)
     table = pq.read_table(summary.predictions)
     assert sorted(table.column("video_id").to_pylist()) == sorted([r.label for r in demo] + ["sub/real"])
     with open(summary.rejects, newline="") as f:
@@ -69,8 +69,9 @@ def test_manifest_input_csv_output_and_errors(registered, tmp_path):
     workdir, result, info = registered
     manifest = tmp_path / "new.csv"
     manifest.write_text(f"path,video_id\n{SHARED_VIDEOS / 'moviepy__clip1024.flv'},a\nmissing.mp4,b\n")
-    summary = run_predict(info, result.tracking_uri, read_inputs(manifest), tmp_path / "out",
-                          load_profile("demo", TINY_CLIP_GEOMETRY + ["predict.output_format='csv'"]))
+    profile = load_profile("demo", TINY_CLIP_GEOMETRY + ["predict.output_format='csv'"])
+    summary = run_predict(info, result.tracking_uri, read_inputs(manifest), tmp_path / "out", profile.predict,
+                          profile.preprocess)
     assert summary.predictions.endswith("predictions.csv")
     with open(summary.predictions, newline="") as f:
         assert [r["video_id"] for r in csv.DictReader(f)] == ["a"]

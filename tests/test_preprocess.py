@@ -16,16 +16,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from lmft_core.config import load_profile
+from conftest import SHARED_VIDEOS, entry_main
 from lmft_core.energy import EnergyConfig, motion_energy
 from lmft_core.manifest import ManifestError, load_manifest, write_manifest
-from lmft_core.preprocess import PreprocessError, run_preprocess
+from lmft_core.preprocess.decode import PreprocessError
+from lmft_core.preprocess.run import run_preprocess
 from lmft_core.preprocess.store import config_hash, resolved_config
-from lmft_core.shard_format import SCHEMA_VERSION, resolve_output, shard_schema, unpack_array
 from lmft_core.pseudo_labels import ClipZeroShot, save_random_checkpoint
+from lmft_core.run_config import load_profile
+from lmft_core.shards.format import SCHEMA_VERSION, resolve_output, shard_schema, unpack_array
 from lmft_core.video import decode_clip, is_transient_reason, sample_frame_indices
-
-from conftest import SHARED_VIDEOS, entry_main
 
 BROKEN = {  # video_id -> the sentence its reason begins with
     "real/moviepy__doc_result_empty_0bytes.webm": "The file is empty (0 bytes)",
@@ -235,8 +235,8 @@ def test_energy_variant_is_recorded_and_gets_its_own_output(ray_local, tiny_clip
     meta = json.loads((folder / "metadata.json").read_text())
     assert meta["energy"] == EnergyConfig(variant="translate_zoom").identity() == meta["resolved_config"]["content"]["energy"]
     profile = load_profile("demo", overrides(tiny_clip))
-    paper_energy = resolved_config(load_manifest(manifest), profile.clip, profile.section("pseudo_labels"),
-                                   profile.section("preprocess"), EnergyConfig())
+    paper_energy = resolved_config(load_manifest(manifest), profile.clip, profile.pseudo_labels,
+                                   profile.preprocess, EnergyConfig())
     assert folder.name == meta["config_hash"] != config_hash(paper_energy)
     table = read_shards(folder)
     energy = unpack_array(table, "energy", np.float32)

@@ -7,15 +7,16 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
-from lmft_core.config import ClipConfig, ConfigError, load_profile
+from lmft_core.config import ClipConfig, ConfigError
 from lmft_core.model import CheckpointError, ModelConfig, TokenLayout
 from lmft_core.model.attention import ATTENTION_BACKENDS
-from lmft_core.model.checkpoints import check_pretrained
+from lmft_core.model.pretrained import build_model, check_pretrained
 from lmft_core.pretrain.config import PretrainConfig, visible_count
 from lmft_core.pretrain.learner import rloo_surrogate
 from lmft_core.pretrain.mae import MaskedAutoencoder, patch_targets, save_encoder
@@ -28,7 +29,8 @@ from lmft_core.pretrain.masking import (
     motion_score,
     plackett_luce_log_prob,
 )
-from lmft_core.shards import ClipBatch, model_input
+from lmft_core.run_config import load_profile
+from lmft_core.shards.batch import ClipBatch, model_input
 from lmft_core.train.config import TrainConfig
 from lmft_core.train.dist import Dist
 from lmft_core.train.run import TrainError
@@ -244,7 +246,7 @@ def test_the_saved_encoder_loads_through_the_videomae_loader_with_the_same_featu
         for p in mae.parameters():
             p.add_(torch.randn_like(p) * 0.05)
     path = save_encoder(mae, tmp_path / "encoder.pth", {"epochs": 1})
-    model = MODEL.__class__(**{**MODEL.__dict__, "pretrained": str(path)}).build().eval()
+    model = build_model(replace(MODEL, pretrained=str(path))).eval()
     report = model.load_report
     assert report.format == "videomae_pretrain"
     assert report.unexpected == ["norm.bias", "norm.weight"]  # VideoMAE's encoder.norm: no fine-tuning counterpart
@@ -310,7 +312,7 @@ def test_a_resumed_pretraining_ends_where_an_uninterrupted_one_does(tiny_shards,
     """Plain process, two ranks' worth of data on one: 1 epoch, checkpoint, resume for the 2nd == 2 epochs."""
     from lmft_core.pretrain.run import prepare_pretrain
     from lmft_core.pretrain.worker import TableBatches, load_pretrain_checkpoint, run_pretrain_worker
-    from lmft_core.shards import ShardSet
+    from lmft_core.shards.reader import ShardSet
 
     job, _ = prepare_pretrain(tiny_profile("pretrain.masking='learned'", "train.workers=1"), tiny_shards, tmp_path)
     data = TableBatches(ShardSet.open(job.shards), job.pretrain.batch_size, job.train.seed)
@@ -360,7 +362,7 @@ def test_pretraining_on_ray_train_logs_a_figure_and_initialises_adaptation(tiny_
     assert main(["--shards", str(tmp_path / "nothing"), "--workdir", str(tmp_path)]) == 2
 
     job, _ = prepare(profile.with_overrides([f"model.pretrained='{result.encoder}'"]), tiny_shards, tmp_path)
-    model = job.build_adapter().model
+    model = job.build_classifier().model
     assert model.load_report.format == "videomae_pretrain" and len(model.load_report.loaded) == len(
         [k for k in model.state_dict() if not k.startswith(("head.", "fc_norm."))])
 
@@ -371,7 +373,7 @@ def test_pretraining_on_ray_train_logs_a_figure_and_initialises_adaptation(tiny_
 
 def test_shards_without_frames_or_too_few_clips_are_refused_naming_the_folder(tiny_shards, tmp_path):
     from lmft_core.pretrain.run import prepare_pretrain
-    from lmft_core.shards import ShardSet
+    from lmft_core.shards.reader import ShardSet
 
     with pytest.raises(TrainError, match=r"less than one batch of pretrain.batch_size=512 per worker"):
         prepare_pretrain(tiny_profile("pretrain.batch_size=512"), tiny_shards, tmp_path)

@@ -11,9 +11,19 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lmft_core.config import ConfigError, load_profile
-from lmft_core.pseudo_labels import (TINY_CLIP_CONFIG, ClipZeroShot, PseudoLabelConfig, WeightsError, build_clip_model,
-                                     fetch_pretrained, save_random_checkpoint, uses_quick_gelu, weights_identity)
+from lmft_core.config import ConfigError
+from lmft_core.pseudo_labels import (
+    TINY_CLIP_CONFIG,
+    ClipZeroShot,
+    PseudoLabelConfig,
+    WeightsError,
+    build_clip_model,
+    fetch_pretrained,
+    save_random_checkpoint,
+    uses_quick_gelu,
+    weights_identity,
+)
+from lmft_core.run_config import load_profile
 
 CLASSES = ("ride_bike", "jump", "wave")
 
@@ -211,7 +221,7 @@ def test_quick_gelu_decision_for_tags_and_model_names():
     assert not uses_quick_gelu(PseudoLabelConfig(model="ViT-B-16", pretrained=""))
     assert weights_identity(PseudoLabelConfig(model="ViT-B-16", pretrained="openai"))["quick_gelu"] is True
     # the paper profile names the QuickGELU architecture, so a local OpenAI file also gets it
-    paper = load_profile("paper").section("pseudo_labels", PseudoLabelConfig)
+    paper = load_profile("paper").pseudo_labels
     assert paper.model == "ViT-B-16-quickgelu" and paper.pretrained == "openai"
     assert open_clip.get_model_config(paper.model)["quick_gelu"] is True
 

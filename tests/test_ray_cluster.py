@@ -25,9 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from mlflow import MlflowClient
+
 from conftest import REPO
 from live_servers import TINY_WORKFLOW, free_port, stop_session, wait_for
-from mlflow import MlflowClient
 
 BIN = Path(sys.executable).parent  # this environment's python and ray: the nodes and the job's driver use them
 
@@ -170,7 +171,8 @@ def test_driver_without_the_token_gets_a_clear_error(cluster, tmp_path):
                     PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     code = "from lmft_core.ray_cluster import connect\ntry:\n    connect()\nexcept Exception as e:\n    print(type(e).__name__, e)"
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
-    assert proc.stdout.startswith(f"RayConnectionError cannot connect to the Ray cluster at RAY_ADDRESS={cluster.gcs}"), proc.stdout + proc.stderr[-2000:]
+    assert proc.stdout.startswith(f"RayConnectionError cannot connect to the Ray cluster at RAY_ADDRESS={cluster.gcs}"), \
+        proc.stdout + proc.stderr[-2000:]
     assert "set RAY_AUTH_MODE=token" in proc.stdout and "(now: RAY_AUTH_MODE=<unset>, token: none found)" in proc.stdout
 
 

@@ -44,7 +44,7 @@ def test_the_reading_states_the_transfer_bar_and_differences_against_the_spread(
 
 
 def test_the_pretrain_group_tables_each_pretraining_once_per_strategy_and_seed():
-    from lmft_core.config import load_profile
+    from lmft_core.run_config import load_profile
 
     cost = results_script()["pretrain_cost"]
 

@@ -12,18 +12,17 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
-from lmft_core.config import load_profile
-from lmft_core.model import ModelConfig, PolicyConfig, SelectorConfig
-from lmft_core.registry import Registry
-from lmft_core.shards import BATCH_COLUMNS, ShardSet, batch_from_table, model_input, video_key
-from lmft_core.train.adapter import Adapter
-from lmft_core.train.dist import Dist
-from lmft_core.train.pseudo import (PSEUDO_LABEL_SOURCES, SelfLabels, predict_clips, pseudo_label_report,
-                                    refresh_self_labels, target_labels)
+from test_train_step import CLIP, K, batch, learner
 
 from conftest import TINY_CLIP_GEOMETRY, TINY_TRAIN
-from test_train_step import CLIP, K, batch, learner
+from lmft_core.model import ModelConfig, PolicyConfig, SelectorConfig
+from lmft_core.model.classifier import LMFTClassifier
+from lmft_core.registry import Registry
+from lmft_core.run_config import load_profile
+from lmft_core.shards.batch import model_input
+from lmft_core.shards.reader import BATCH_COLUMNS, ShardSet, batch_from_table, video_key
+from lmft_core.train.dist import Dist
+from lmft_core.train.pseudo import PSEUDO_LABEL_SOURCES, SelfLabels, predict_clips, pseudo_label_report, refresh_self_labels, target_labels
 
 
 def naive_rule(source: str, clip_label: int, clip_pass: bool, self_label: int, self_pass: bool) -> int | None:
@@ -44,7 +43,8 @@ def naive_rule(source: str, clip_label: int, clip_pass: bool, self_label: int, s
 def self_table(keys, labels, confs, epoch: int = 1) -> SelfLabels:
     keys = torch.as_tensor(keys, dtype=torch.int64)
     order = keys.argsort()
-    return SelfLabels(keys=keys[order], label=torch.as_tensor(labels)[order], confidence=torch.as_tensor(confs, dtype=torch.float32)[order], epoch=epoch)
+    return SelfLabels(keys=keys[order], label=torch.as_tensor(labels)[order],
+                      confidence=torch.as_tensor(confs, dtype=torch.float32)[order], epoch=epoch)
 
 
 def test_combination_rule_matches_a_naive_loop_on_every_case():
@@ -131,7 +131,7 @@ def test_after_a_refresh_the_pass_rate_and_the_target_loss_are_the_model_s_own()
 def test_target_labels_never_reach_a_loss(source):
     """Permuting (or removing) the target clips' true labels leaves every number of every step unchanged."""
     runs = []
-    for relabel in (lambda l: l, lambda l: l.roll(1), lambda l: torch.full_like(l, -1)):  # as is, permuted, absent
+    for relabel in (lambda lab: lab, lambda lab: lab.roll(1), lambda lab: torch.full_like(lab, -1)):  # as is, permuted, absent
         lrn = learner(pseudo_labels=source, gamma_c=0.5, self_gamma=0.2, hflip=True, accum_steps=2)
         tgts = [batch(4, 50 + i) for i in range(4)]
         keys, labels, confs = predict_clips(lrn.adapter, tgts)
@@ -152,10 +152,10 @@ def test_target_labels_never_reach_a_loss(source):
 TINY_MODEL = dict(size="vit_tiny", embed_dim=48, depth=2, num_heads=3, drop_path=0.0)
 
 
-def tiny_adapter(classes, seed: int = 0, scale: float = 300.0) -> Adapter:
+def tiny_adapter(classes, seed: int = 0, scale: float = 300.0) -> LMFTClassifier:
     torch.manual_seed(seed)
     model = ModelConfig(**TINY_MODEL, num_classes=len(classes), clip=CLIP)
-    adapter = Adapter.build(model, PolicyConfig(), SelectorConfig(name="lmft"), classes)
+    adapter = LMFTClassifier.build(model, PolicyConfig(), SelectorConfig(name="lmft"), classes)
     with torch.no_grad():
         adapter.model.head.weight.mul_(scale)
     return adapter
@@ -275,7 +275,9 @@ def test_a_resumed_run_keeps_the_self_labels_of_its_checkpoint(tiny_shards, tmp_
     resumed_sink, resumed = run(checkpoint=ckpt)
     assert resumed[0][0]["resumed_self_labels_epoch"] == 1.0
     # the steps after the resume are those of the uninterrupted run: the table came back with the checkpoint
-    steps = lambda rows: {s: m for s, m in rows if "train/loss_target" in m}  # noqa: E731
+    def steps(rows):
+        return {s: m for s, m in rows if "train/loss_target" in m}
+
     after = steps(resumed_sink.rows)
     assert after and all(m["train/pseudo_self_pass_rate"] == 1.0 and m["train/loss_target"] > 0 for m in after.values())
     for s, m in after.items():

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from lmft_core.shard_format import SHARD_PARQUET_OPTIONS, pack_frames, unpack_array
+from lmft_core.shards.format import SHARD_PARQUET_OPTIONS, pack_frames, unpack_array
 from lmft_core.video import decode_clip
 
 

@@ -12,12 +12,13 @@ import pytest
 import torch
 
 from lmft_core.config import ClipConfig
-from lmft_core.shard_format import SCHEMA_VERSION, unpack_array
-from lmft_core.shards import BATCH_COLUMNS, IMAGENET_MEAN, IMAGENET_STD, ShardError, ShardSet, batch_from_table
+from lmft_core.shards.batch import IMAGENET_MEAN, IMAGENET_STD
+from lmft_core.shards.format import SCHEMA_VERSION, unpack_array
+from lmft_core.shards.reader import BATCH_COLUMNS, ShardError, ShardSet, batch_from_table
 
 
 def test_reader_imports_neither_preprocessing_nor_clip_nor_ray():
-    code = ("import sys, lmft_core.shards; "
+    code = ("import sys, lmft_core.shards.reader; "
             "print(sorted(m for m in ('lmft_core.preprocess', 'open_clip', 'lmft_core.pseudo_labels', 'ray') if m in sys.modules))")
     import subprocess
 
@@ -51,7 +52,7 @@ def test_unlabelled_target_rows_get_label_minus_one(tiny_shards):
 
 
 def test_ray_collate_gives_the_same_batch(tiny_shards, ray_local):
-    from lmft_core.shards import ClipBatch
+    from lmft_core.shards.batch import ClipBatch
     from lmft_core.train.ray_train import ShardCollate
 
     shards = ShardSet.open(tiny_shards)

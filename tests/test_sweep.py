@@ -8,11 +8,11 @@ import csv
 import pytest
 from mlflow import MlflowClient
 
-from lmft_core.config import ConfigError, load_profile
+from conftest import TINY_CLIP_GEOMETRY, TINY_TRAIN
+from lmft_core.config import ConfigError
+from lmft_core.run_config import load_profile
 from lmft_core.sweep import SweepConfig, SweepError, max_concurrent, run_sweep
 from lmft_core.train.config import TrainConfig
-
-from conftest import TINY_CLIP_GEOMETRY, TINY_TRAIN
 
 SWEEP = ["sweep.search='random'", "sweep.num_samples=3", "sweep.gamma_c=[0.2, 0.9]", "sweep.lambda_l=[1.0, 10.0]",
          "sweep.lambda_t=[0.5]", "sweep.grace_period=1", "train.epochs=2", "train.workers=1", "train.batch_size=2"]
@@ -26,11 +26,14 @@ def swept(tiny_shards, tmp_path_factory):
     from conftest import start_local_ray
 
     # a new Ray instance for the sweep: nothing left over from earlier tests of the session
-    # (a sweep once waited for ever here for a trial that Ray had started, after the whole suite before it)
-    ray.shutdown()
-    start_local_ray()
-    workdir = tmp_path_factory.mktemp("sweep")
-    return run_sweep(load_profile("demo", TINY_CLIP_GEOMETRY + TINY_TRAIN + SWEEP), tiny_shards, workdir), workdir
+    # (a sweep once waited for ever here for a trial that Ray had started, after the whole suite before it);
+    # the sweep logs into the work directory's own store, which the tests read
+    with pytest.MonkeyPatch.context() as env:
+        env.delenv("MLFLOW_TRACKING_URI", raising=False)
+        ray.shutdown()
+        start_local_ray()
+        workdir = tmp_path_factory.mktemp("sweep")
+        return run_sweep(load_profile("demo", TINY_CLIP_GEOMETRY + TINY_TRAIN + SWEEP), tiny_shards, workdir), workdir
 
 
 def test_trials_parent_and_child_runs_and_the_best_model(swept):

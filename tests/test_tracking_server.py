@@ -13,11 +13,11 @@ import urllib.error
 import urllib.request
 
 import pytest
-from conftest import entry_main
-from live_servers import TINY_WORKFLOW, free_port, stop_session, wait_for
 from mlflow import MlflowClient
 
-from lmft_core.config import load_profile
+from conftest import entry_main
+from live_servers import TINY_WORKFLOW, free_port, stop_session, wait_for
+from lmft_core.run_config import load_profile
 from lmft_core.tracking import EXPERIMENT_KIND, TrackingError, check_tracking_server, experiment_url, ui_command
 from lmft_core.workflow import run_full
 

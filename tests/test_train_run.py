@@ -17,12 +17,11 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from lmft_core.config import load_profile
-from lmft_core.shards import BATCH_COLUMNS, ShardSet, batch_from_table
+from conftest import TINY_CLIP_GEOMETRY, TINY_TRAIN, entry_main
+from lmft_core.run_config import load_profile
+from lmft_core.shards.reader import BATCH_COLUMNS, ShardSet, batch_from_table
 from lmft_core.train.checkpoint import load_checkpoint
 from lmft_core.train.run import TrainError, prepare, run_training
-
-from conftest import TINY_CLIP_GEOMETRY, TINY_TRAIN, entry_main
 
 
 def profile(*extra: str):
@@ -86,7 +85,7 @@ def test_a_run_with_one_threshold_per_segment(tiny_shards, tmp_path):
     (with random matched to it), checkpointed, logged with tau_hat per segment, and predicting."""
     import mlflow.pytorch
 
-    from lmft_core.model_registry import resolve
+    from lmft_core.model_store import resolve
 
     result = run_training(profile("selector.name=lmft-segment", "train.epochs=2"), tiny_shards, tmp_path)
     assert "-lmft-segment-" in result.run_name
@@ -213,12 +212,11 @@ def test_self_training_runs_on_ray_train(tiny_shards, tmp_path):
     """clip+self on 2 Ray Train workers (gloo DDP, Ray Data shards) for 2 epochs: one refresh, after epoch 1
     (none after the last); its metrics reach Ray, and the table in the checkpoint is checked against the
     shards' CLIP labels. (Fit only: the MLflow side is the same sink as for every other metric.)"""
-    from lmft_core.shards import video_key
-    from lmft_core.train.run import fit
+    from lmft_core.shards.reader import video_key
+    from lmft_core.train.run import TrainingRun
 
-    job, name = prepare(profile("train.pseudo_labels='clip+self'", "train.self_gamma=0.0", "train.epochs=2",
-                                "train.evaluate=[]", "train.run_name='selftrain'"), tiny_shards, tmp_path)
-    result = fit(job, name, tmp_path)
+    result = TrainingRun.prepare(profile("train.pseudo_labels='clip+self'", "train.self_gamma=0.0", "train.epochs=2",
+                                         "train.evaluate=[]", "train.run_name='selftrain'"), tiny_shards, tmp_path).fit()
     reports = result.metrics_dataframe.sort_values("epoch").to_dict("records")
     assert [r["epoch"] for r in reports] == [1.0, 2.0]
     refresh = reports[0]

@@ -5,18 +5,17 @@ golden first losses, and the policy identical on every worker (two gloo processe
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import replace
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from lmft_core.augment import background_mix, color_jitter, hflip, label_map_tensor
 from lmft_core.config import ClipConfig, ConfigError
 from lmft_core.model import ModelConfig, PolicyConfig, SelectorConfig, keep_above
-from lmft_core.augment import background_mix, color_jitter, hflip
-from lmft_core.shards import ClipBatch, label_map_tensor, model_input
-from lmft_core.train.adapter import Adapter
+from lmft_core.model.classifier import LMFTClassifier
+from lmft_core.shards.batch import ClipBatch, model_input
 from lmft_core.train.config import TrainConfig
 from lmft_core.train.dist import Dist
 from lmft_core.train.step import Learner, lr_factor, param_groups, step_generator
@@ -43,7 +42,7 @@ def learner(selector: str = "lmft", seed: int = 0, dist: Dist = Dist(), **train)
     cfg = TrainConfig(**({"epochs": 2, "batch_size": 4, "lr": 1e-3, "warmup_epochs": 0.0, "hflip": False,
                           "gamma_c": 0.5} | train))
     torch.manual_seed(seed)
-    adapter = Adapter.build(model_config(), PolicyConfig(), SelectorConfig(name=selector, drop_rate=0.5),
+    adapter = LMFTClassifier.build(model_config(), PolicyConfig(), SelectorConfig(name=selector, drop_rate=0.5),
                             [f"c{i}" for i in range(K)])
     return Learner(adapter, cfg, steps_per_epoch=10, dist=dist)
 

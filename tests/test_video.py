@@ -13,8 +13,16 @@ import pytest
 
 from conftest import REPO
 from lmft_core.demo_data import write_mp4
-from lmft_core.video import (DecodeError, IsolatedDecoder, _decode_decord, _decode_pyav, decode_clip, is_transient_reason,
-                             resize_frames, sample_frame_indices)
+from lmft_core.video import (
+    DecodeError,
+    IsolatedDecoder,
+    _decode_decord,
+    _decode_pyav,
+    decode_clip,
+    is_transient_reason,
+    resize_frames,
+    sample_frame_indices,
+)
 
 
 def test_sampling_is_segment_midpoints():

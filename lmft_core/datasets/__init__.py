@@ -5,7 +5,7 @@ see :mod:`lmft_core.datasets.core` for the terms and the error handling, one mod
 its layout and sources, and ``data/<benchmark>.csv`` for the class mappings.
 """
 
-from lmft_core.datasets import actorshift, daily_da, ucf_hmdb  # noqa: F401  (register the benchmarks)
+from lmft_core.datasets import actorshift, daily_da, ucf_hmdb  # noqa: F401 - imported to register the benchmarks
 from lmft_core.datasets.core import (
     BENCHMARKS,
     Benchmark,

@@ -14,7 +14,8 @@ Terms (used by every benchmark module):
 
 Every problem found (missing root, missing split file or video folder, malformed line, video listed but
 absent, ambiguous video name, class that does not map, label contradicting the video's class folder,
-video listed twice, two videos with one video id, target class no source video has) is collected and raised at once as a :class:`DatasetError` whose report gives counts
+video listed twice, two videos with one video id, target class no source video has) is collected and raised at once as a
+:class:`DatasetError` whose report gives counts
 and first examples per kind. With ``skip_missing`` the rows whose video is absent are left out of the
 manifest and written, with their reason, to ``<output>.skipped.csv``; every other problem still fails.
 """
@@ -370,7 +371,8 @@ def build_manifest(cfg: DatasetConfig) -> BuildResult:
             split_file = _resolve(cfg.split_files.get(key), None if given else spec.split_files.get(role), root)
             if split_file is None:
                 if REQUIRED[(side, role)] and not given:
-                    report.add("missing split file", f"{key}: {bench.name} publishes no default {role} list for {domain}; give --{key.replace('_', '-')}")
+                    report.add("missing split file",
+                               f"{key}: {bench.name} publishes no default {role} list for {domain}; give --{key.replace('_', '-')}")
                 elif REQUIRED[(side, role)]:
                     report.add("missing split file", f"{key}: the {role} list of the {side} domain is required")
                 continue

@@ -4,7 +4,8 @@ Typical use::
 
     from lmft_core.model import ModelConfig, PolicyConfig, SelectorConfig
 
-    model = ModelConfig(size="vit_b16", num_classes=101, clip=ClipConfig(), pretrained="videomae_k400.pth").build()
+    model = ModelConfig(size="vit_b16", num_classes=101, clip=ClipConfig(), pretrained="videomae_k400.pth")
+    model = build_model(model)                # VideoViT with those weights (ModelConfig.build(): fresh)
     policy = PolicyConfig().build()
     select = SelectorConfig(name="lmft").build(policy)
     sel = select(energy)                      # energy (B, N_t, N_h, N_w) -> Selection
@@ -12,7 +13,7 @@ Typical use::
 
     # one threshold per temporal segment: the selector fixes the policy kind, the clip N_t
     selector = SelectorConfig(name="lmft-segment")
-    policy = PolicyConfig().resolve(selector, ClipConfig()).build()   # SegmentThresholdPolicy, tau (N_t - 1,)
+    policy = selector.resolve_policy(PolicyConfig(), ClipConfig()).build()   # SegmentThresholdPolicy, tau (N_t - 1,)
 
 Terms (tubelet, token, threshold, keep ratio, discard rate) are defined in :mod:`lmft_core.config`.
 """
@@ -26,16 +27,17 @@ from lmft_core.model.attention import (
     register_attention,
     resolve_attention,
 )
-from lmft_core.model.checkpoints import (
+from lmft_core.model.flops import clip_flops, selection_flops
+from lmft_core.model.policy import POLICIES, PolicyConfig, SegmentThresholdPolicy, ThresholdPolicy, flat_metrics, tau_text
+from lmft_core.model.pretrained import (
     CheckpointError,
     LoadReport,
+    build_model,
     convert_state_dict,
     load_videomae,
     model_config_from_hf,
     read_state_dict,
 )
-from lmft_core.model.flops import clip_flops, selection_flops
-from lmft_core.model.policy import POLICIES, PolicyConfig, SegmentThresholdPolicy, ThresholdPolicy, flat_metrics, tau_text
 from lmft_core.model.selectors import (
     FIRST_SEGMENT_RULES,
     SELECTOR_POLICY,
@@ -67,6 +69,7 @@ __all__ = [
     "TokenLayout",
     "VideoViT",
     "ViTSize",
+    "build_model",
     "clip_flops",
     "convert_state_dict",
     "flat_metrics",

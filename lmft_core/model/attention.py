@@ -304,7 +304,7 @@ def flex(q: Tensor, k: Tensor, v: Tensor, tokens: TokenLayout) -> Tensor:
 
 def _varlen_unavailable(device: torch.device) -> str | None:
     try:
-        from torch.nn.attention.varlen import varlen_attn  # noqa: F401
+        from torch.nn.attention.varlen import varlen_attn  # noqa: F401 - only whether this torch has it
     except ImportError:
         return "torch.nn.attention.varlen is not in this torch"
     if device.type != "cuda":

@@ -2,7 +2,8 @@
 
 Counted as :mod:`torch.utils.flop_counter` counts (tests check the two agree): the tubelet embedding
 of the ``n`` kept tokens (only kept tubelets are embedded), and for each block the linear layers
-``2 n (3D^2 + D^2 + 2 D M)`` and attention ``4 n^2 D`` (QK^T and AV), then the head ``2 D C``. Norms, activations, softmax and pooling are not counted. A training step costs
+``2 n (3D^2 + D^2 + 2 D M)`` and attention ``4 n^2 D`` (QK^T and AV), then the head ``2 D C``. Norms, activations, softmax and
+pooling are not counted. A training step costs
 about three times the forward. ViT-B/16 on a full 16x224x224 clip: 361 GFLOPs, the "180 G" that
 VideoMAE reports counted in multiply-adds (fvcore's convention).
 """

@@ -24,24 +24,20 @@ Policy variants are registered by name (:data:`POLICIES`, the ``kind``):
 The kind is not a profile key: it follows from the selector (``lmft`` draws from a ``scalar`` policy,
 ``lmft-segment`` from a ``segment`` one: :attr:`~lmft_core.model.selectors.SelectorConfig.policy_kind`),
 and ``num_segments`` from the clip geometry (``[clip]``: N_t = num_frames // tubelet), both filled in
-by :meth:`PolicyConfig.resolve`, so a profile cannot contradict itself.
+by :meth:`~lmft_core.model.selectors.SelectorConfig.resolve_policy`, so a profile cannot contradict itself.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 
-from lmft_core.config import DERIVED, ClipConfig, ConfigError
+from lmft_core.config import DERIVED, ConfigError
 from lmft_core.registry import Registry
-
-if TYPE_CHECKING:
-    from lmft_core.model.selectors import SelectorConfig
 
 # policy variants by name (the ``kind``): "scalar" and "segment", registered below their classes
 POLICIES: Registry[type[ThresholdPolicy]] = Registry("threshold policy")
@@ -54,7 +50,7 @@ class PolicyConfig:
     ``loss_weight`` is lambda_L of the reward; ``tau_hat_samples``/``tau_hat_seed`` fix tau_hat.
     ``mu`` and ``log_sigma`` initialise every segment's parameters alike in a ``segment`` policy.
     ``kind`` (a :data:`POLICIES` name) and ``num_segments`` (N_t) are derived, never profile keys
-    (:meth:`resolve`); ``num_segments`` = 0 means unset, which only a ``scalar`` policy accepts.
+    (:meth:`~lmft_core.model.selectors.SelectorConfig.resolve_policy`); ``num_segments`` = 0 means unset, which only a ``scalar`` policy accepts.
     """
 
     mu: float = 0.01
@@ -75,11 +71,6 @@ class PolicyConfig:
             raise ConfigError(f"policy.baseline_momentum must be in [0, 1), got {self.baseline_momentum}")
         if self.tau_hat_samples <= 0:
             raise ConfigError(f"policy.tau_hat_samples must be positive, got {self.tau_hat_samples}")
-
-    def resolve(self, selector: SelectorConfig, clip: ClipConfig) -> PolicyConfig:
-        """This config with its derived fields set: ``kind`` from the selector
-        (:attr:`~lmft_core.model.selectors.SelectorConfig.policy_kind`), ``num_segments`` = N_t of ``clip``."""
-        return replace(self, kind=selector.policy_kind, num_segments=clip.grid[0])
 
     def build(self) -> ThresholdPolicy:
         """The policy of ``kind`` (:data:`POLICIES`)."""
@@ -242,7 +233,7 @@ class SegmentThresholdPolicy(ThresholdPolicy):
     def param_shape(cls, config: PolicyConfig) -> tuple[int, ...]:
         if config.num_segments < 2:
             raise ConfigError(f"a 'segment' policy needs policy.num_segments = N_t >= 2 (it comes from [clip]: "
-                              f"num_frames // tubelet; a library user passes PolicyConfig.resolve(selector, clip) "
+                              f"num_frames // tubelet; a library user passes SelectorConfig.resolve_policy(policy, clip) "
                               f"or num_segments=N_t), got {config.num_segments}")
         return (config.num_segments - 1,)
 

@@ -40,8 +40,8 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
-from lmft_core.config import ConfigError
-from lmft_core.model.policy import POLICIES, ThresholdPolicy
+from lmft_core.config import ClipConfig, ConfigError
+from lmft_core.model.policy import POLICIES, PolicyConfig, ThresholdPolicy
 from lmft_core.registry import Registry
 
 
@@ -125,6 +125,10 @@ class SelectorConfig:
         """The kind of threshold policy (:data:`~lmft_core.model.policy.POLICIES`) this selector draws on:
         a learned selector's own, a ``random`` one's matched selector's, else ``scalar`` (unused)."""
         return SELECTOR_POLICY.get(self.match or self.name, "scalar")
+
+    def resolve_policy(self, policy: PolicyConfig, clip: ClipConfig) -> PolicyConfig:
+        """``policy`` with its derived fields set: ``kind`` = :attr:`policy_kind`, ``num_segments`` = N_t of ``clip``."""
+        return replace(policy, kind=self.policy_kind, num_segments=clip.grid[0])
 
     def calibrated(self, energy: Tensor) -> SelectorConfig:
         """A threshold to calibrate: this config with ``tau`` fitted on ``energy`` (:func:`calibrate_tau`);

@@ -7,12 +7,11 @@ sinusoid table adds positions, and the kept tokens of all videos (each with its 
 embedding) go through pre-norm blocks (qkv without bias plus separate q and v biases; k has none),
 are mean-pooled per video, normalised (``fc_norm``) and classified (``head``). Parameter names are
 those of the original VideoMAE ``modeling_finetune.py``, so its fine-tuned checkpoints load as they
-are (see :mod:`lmft_core.model.checkpoints`).
+are (see :mod:`lmft_core.model.pretrained`).
 """
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -20,10 +19,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lmft_core.config import DERIVED, ClipConfig, ConfigError
-from lmft_core.registry import Registry
 from lmft_core.model.attention import ATTENTION_BACKENDS, AttentionBackend, TokenLayout, compute_dtype, resolve_attention
-
-log = logging.getLogger(__name__)
+from lmft_core.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -61,7 +58,7 @@ class ModelConfig:
     ``drop_path`` is the stochastic-depth rate of the last block (linear from 0 at the first).
     ``head_init_scale`` scales the freshly initialised head (VideoMAE fine-tuning: 0.001).
     LayerNorm epsilons: 1e-6 in VideoMAE; Hugging Face uses ``layer_norm_eps`` (1e-12) and 1e-5 for
-    ``fc_norm``. ``pretrained``: a VideoMAE checkpoint loaded by :meth:`build` (empty: none).
+    ``fc_norm``. ``pretrained``: a VideoMAE checkpoint loaded by :func:`~lmft_core.model.pretrained.build_model` (empty: none).
     """
 
     size: str = "vit_b16"
@@ -106,20 +103,10 @@ class ModelConfig:
                               "a library user passes ModelConfig(clip=ClipConfig(...))")
 
     def build(self) -> VideoViT:
-        """The model; with ``pretrained`` set, those VideoMAE weights loaded and the report logged.
-
-        The report is logged at WARNING when a tensor is missing or unexpected or the head is fresh,
-        at INFO when everything loaded, and kept as ``model.load_report`` (None without weights).
-        """
-        from lmft_core.model.checkpoints import load_videomae  # checkpoints imports this module
-
+        """The model, freshly initialised (:func:`lmft_core.model.pretrained.build_model` also loads
+        ``pretrained``)."""
         self.require_derived()
-        model = VideoViT(self)
-        model.load_report = None
-        if self.pretrained:
-            report = model.load_report = load_videomae(model, self.pretrained)
-            log.log(logging.INFO if report.complete else logging.WARNING, "%s", report.summary())
-        return model
+        return VideoViT(self)
 
 
 def sinusoid_table(num_positions: int, dim: int) -> Tensor:

@@ -20,8 +20,7 @@ from lmft_core.config import ClipConfig
 from lmft_core.energy import EnergyConfig
 from lmft_core.files import atomic_write
 from lmft_core.preprocess.identity import FileIdentity
-from lmft_core.shard_format import (DECODE_FIELDS, ENERGY_FIELDS, FRAME_FIELDS, IDENTITY_FIELDS, REJECT_COLUMNS, ROW_FIELDS,
-                                    list_column, pack_frames)
+from lmft_core.shards.format import DECODE_FIELDS, ENERGY_FIELDS, FRAME_FIELDS, IDENTITY_FIELDS, REJECT_COLUMNS, ROW_FIELDS, list_column, pack_frames
 from lmft_core.video import DecodeError, IsolatedDecoder, one_line
 
 

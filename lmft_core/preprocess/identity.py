@@ -1,7 +1,7 @@
 """Which version of a video file a shard row or a reject was made from, and whether the file changed since.
 
 A file's identity is its size and modification time (one ``stat``) and the sha256 of its bytes, stored with
-every shard row and reject (columns :data:`~lmft_core.shard_format.IDENTITY_FIELDS`). On a re-run a record is
+every shard row and reject (columns :data:`~lmft_core.shards.format.IDENTITY_FIELDS`). On a re-run a record is
 reused when its path has the same size and modification time; when only the time differs the bytes are
 hashed and compared (a touched or re-copied file with the same bytes is not redone); a different size or
 hash means the file was replaced, and the video is processed again. Costs: one ``stat`` per video on

@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 
 from lmft_core.pseudo_labels import PseudoLabelConfig
-from lmft_core.shard_format import CLIP_FIELDS, list_column, shard_schema, unpack_array
+from lmft_core.shards.format import CLIP_FIELDS, list_column, shard_schema, unpack_array
 
 
 class ClipLabeler:

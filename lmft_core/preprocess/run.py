@@ -8,7 +8,7 @@ The pipeline streams (nothing collects the videos on the driver)::
       -> write_parquet                         into a staging folder, moved into shards/ at the end (store.py)
 
 Output folder (``<output>/<config hash>/``; a different configuration or manifest gets another
-folder, so outputs never mix; ``<output>/LATEST`` names the newest): see :mod:`lmft_core.shard_format`;
+folder, so outputs never mix; ``<output>/LATEST`` names the newest): see :mod:`lmft_core.shards.format`;
 ``_staging/`` holds the running write, and what an interrupted run finished is salvaged by the next.
 
 Every manifest row ends in exactly one of shards or rejects (checked at the end of every run).
@@ -35,7 +35,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from lmft_core.config import ClipConfig, Profile
+from lmft_core.config import ClipConfig
 from lmft_core.energy import EnergyConfig
 from lmft_core.files import atomic_write
 from lmft_core.manifest import Manifest, load_manifest
@@ -54,8 +54,8 @@ from lmft_core.preprocess.store import (
 )
 from lmft_core.pseudo_labels import PseudoLabelConfig
 from lmft_core.ray_cluster import connect
-from lmft_core.shard_format import (FRAMES_JPEG_QUALITY, FRAMES_JPEG_SUBSAMPLING, ROW_SCHEMA, SCHEMA_VERSION,
-                                    SHARD_PARQUET_OPTIONS, shard_schema)
+from lmft_core.run_config import RunConfig
+from lmft_core.shards.format import FRAMES_JPEG_QUALITY, FRAMES_JPEG_SUBSAMPLING, ROW_SCHEMA, SCHEMA_VERSION, SHARD_PARQUET_OPTIONS, shard_schema
 
 
 @dataclass(frozen=True)
@@ -145,8 +145,8 @@ def decoded_dataset(todo: pa.Table, clip: ClipConfig, pre: PreprocessConfig, rej
                     energy: bool = True, energy_config: EnergyConfig = EnergyConfig()):
     """Ray Dataset of decoded clips (and motion energy of the variant ``energy_config`` names) of
     manifest rows ``todo``: CPU tasks, one per batch."""
-    ray = connect()
-    import ray.data
+    connect()
+    import ray.data  # the module connect() set up
 
     blocks = [todo.slice(i, pre.decode_batch_size) for i in range(0, todo.num_rows, pre.decode_batch_size)]
     return ray.data.from_arrow(blocks).map_batches(
@@ -162,8 +162,8 @@ def decoded_dataset(todo: pa.Table, clip: ClipConfig, pre: PreprocessConfig, rej
 
 def _run_pipeline(todo: pa.Table, manifest: Manifest, clip: ClipConfig, labels: PseudoLabelConfig,
                   pre: PreprocessConfig, energy: EnergyConfig, staging: Path) -> None:
-    ray = connect(shared_paths=[staging])  # workers write there: on a cluster, storage every node sees
-    import ray.data
+    connect(shared_paths=[staging])  # workers write there: on a cluster, storage every node sees
+    import ray.data  # the module connect() set up
 
     num_gpus = pre.labeler_num_gpus
     if num_gpus is None:
@@ -180,7 +180,7 @@ def _run_pipeline(todo: pa.Table, manifest: Manifest, clip: ClipConfig, labels: 
     ds.write_parquet(str(staging / "shards"), min_rows_per_file=pre.rows_per_shard, **SHARD_PARQUET_OPTIONS)
 
 
-def run_preprocess(manifest: Manifest | str | Path, output_dir: str | Path, profile: Profile) -> PreprocessSummary:
+def run_preprocess(manifest: Manifest | str | Path, output_dir: str | Path, profile: RunConfig) -> PreprocessSummary:
     """Preprocess the videos of ``manifest`` (a validated :class:`Manifest` or its path) into
     ``output_dir/<config hash>/`` (module docstring).
 
@@ -193,9 +193,9 @@ def run_preprocess(manifest: Manifest | str | Path, output_dir: str | Path, prof
     if not isinstance(manifest, Manifest):
         manifest = load_manifest(manifest)
     clip = profile.clip
-    labels = profile.section("pseudo_labels", PseudoLabelConfig)
-    pre = profile.section("preprocess", PreprocessConfig)
-    energy = profile.section("energy", EnergyConfig)
+    labels = profile.pseudo_labels
+    pre = profile.preprocess
+    energy = profile.energy
     content = resolved_config(manifest, clip, labels, pre, energy)
     digest = config_hash(content)
     root = Path(output_dir).resolve()
@@ -229,7 +229,8 @@ def run_preprocess(manifest: Manifest | str | Path, output_dir: str | Path, prof
             short_videos=stats["short_videos"], pyav_decoded=stats["pyav_decoded"], elapsed_s=elapsed,
             videos_per_s=len(todo_rows) / elapsed if elapsed > 0 else 0.0,
             source_clip_accuracy=stats["source_clip_accuracy"], target_clip_accuracy=stats["target_clip_accuracy"],
-            clip_weights=f"{labels.model} / " + (f"untrained (random init, seed {labels.init_seed})" if labels.untrained else f"{weights['kind']} {labels.pretrained}"),
+            clip_weights=f"{labels.model} / " + (f"untrained (random init, seed {labels.init_seed})" if labels.untrained
+                                                 else f"{weights['kind']} {labels.pretrained}"),
             untrained_clip=labels.untrained,
         )
         metadata = {

@@ -1,6 +1,6 @@
 """The preprocessing output store: one folder per configuration, shards committed atomically, rejects.
 
-Layout of ``<output>/<config hash>/`` in :mod:`lmft_core.shard_format`; here: what names the folder
+Layout of ``<output>/<config hash>/`` in :mod:`lmft_core.shards.format`; here: what names the folder
 (:func:`resolved_config`, :func:`config_hash`), what is done or changed (:func:`done_and_changed`), how a run's staged
 files are committed (:func:`commit`), and the check that every manifest row is accounted for.
 """
@@ -26,7 +26,7 @@ from lmft_core.preprocess.config import PreprocessConfig
 from lmft_core.preprocess.decode import PreprocessError, write_rejects_csv
 from lmft_core.preprocess.identity import unchanged
 from lmft_core.pseudo_labels import PseudoLabelConfig, weights_identity
-from lmft_core.shard_format import IDENTITY_FIELDS, SCHEMA_VERSION, SHARD_PARQUET_OPTIONS
+from lmft_core.shards.format import IDENTITY_FIELDS, SCHEMA_VERSION, SHARD_PARQUET_OPTIONS
 from lmft_core.video import is_transient_reason
 
 
@@ -57,7 +57,7 @@ def config_hash(content: dict) -> str:
 
 
 def shard_records(out: Path) -> list[dict]:
-    """``video_id`` and the file identity (:data:`~lmft_core.shard_format.IDENTITY_FIELDS`) of every committed shard row."""
+    """``video_id`` and the file identity (:data:`~lmft_core.shards.format.IDENTITY_FIELDS`) of every committed shard row."""
     cols = ["video_id"] + [f.name for f in IDENTITY_FIELDS]
     return [r for f in sorted((out / "shards").glob("*.parquet")) for r in pq.read_table(f, columns=cols).to_pylist()]
 

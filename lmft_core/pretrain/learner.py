@@ -32,7 +32,7 @@ from torch import nn
 from lmft_core.pretrain.config import PretrainConfig, visible_count
 from lmft_core.pretrain.mae import MaskedAutoencoder, patch_targets
 from lmft_core.pretrain.masking import MASKINGS, MaskDraw, MaskInput, TokenSampler
-from lmft_core.shards import ClipBatch
+from lmft_core.shards.batch import ClipBatch
 from lmft_core.train.dist import Dist
 from lmft_core.train.step import autocast_dtype, decay_groups, lr_factor, step_generator
 

@@ -29,7 +29,7 @@ from lmft_core.model import ModelConfig, TokenLayout, VideoViT, load_videomae, r
 from lmft_core.model.attention import compute_dtype
 from lmft_core.model.vit import Block, sinusoid_table, tubelet_view
 from lmft_core.pretrain.config import PretrainConfig
-from lmft_core.shards import model_input
+from lmft_core.shards.batch import model_input
 
 TARGET_EPS = 1e-6  # VideoMAE's: (x - mean) / (std + eps)
 ENCODER_FORMAT = "lmft-pretrained-encoder-v1"

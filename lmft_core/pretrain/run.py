@@ -26,18 +26,18 @@ from pathlib import Path
 
 import numpy as np
 
-from lmft_core.config import Profile
 from lmft_core.files import atomic_write
 from lmft_core.model import CheckpointError, ModelConfig
-from lmft_core.model.checkpoints import check_pretrained
+from lmft_core.model.pretrained import check_pretrained
 from lmft_core.pretrain.config import PretrainConfig
 from lmft_core.pretrain.mae import reconstruct
 from lmft_core.pretrain.worker import DATASET, ENCODER_FILE, PretrainJob, load_pretrain_checkpoint, pretrain_fn
-from lmft_core.shards import ShardError, ShardSet, read_batches
-from lmft_core.tracking import TrackingConfig, check_tracking_server
+from lmft_core.run_config import RunConfig
+from lmft_core.shards.reader import ShardError, ShardSet, read_batches
+from lmft_core.tracking import check_tracking_server
 from lmft_core.train import plots
 from lmft_core.train.config import TrainConfig
-from lmft_core.train.run import RESULT_FILE, TrainError, finished, fit
+from lmft_core.train.run import RESULT_FILE, TrainError, finished, fit_job
 
 FIGURE_FILE = "reconstruction.png"
 # the [train] keys a pretraining uses (how it runs), recorded in its configuration and hashed into its name
@@ -66,17 +66,17 @@ class PretrainResult:
         return cls(**json.loads(path.read_text()))
 
 
-def prepare_pretrain(profile: Profile, shards_path: str | Path, workdir: str | Path) -> tuple[PretrainJob, str]:
+def prepare_pretrain(profile: RunConfig, shards_path: str | Path, workdir: str | Path) -> tuple[PretrainJob, str]:
     """The job of ``profile`` on ``shards_path`` and its run name; every input checked (module docstring)."""
-    cfg: PretrainConfig = profile.section("pretrain")
+    cfg: PretrainConfig = profile.pretrain
     try:
         shards = ShardSet.open(shards_path)  # refuses shards stored without frames, naming the folder
         shards.check_geometry(profile.clip)
         rows = sum(shards.require(d, "train", "pretraining") for d in cfg.domains)
     except ShardError as e:
         raise TrainError(str(e)) from None
-    run: TrainConfig = profile.section("train")  # workers, precision, checkpoints, failures, seed
-    model: ModelConfig = replace(profile.section("model"), clip=profile.clip, num_classes=shards.num_classes)
+    run: TrainConfig = profile.train  # workers, precision, checkpoints, failures, seed
+    model: ModelConfig = replace(profile.model, num_classes=shards.num_classes)  # clip: the profile's [clip]
     if model.pretrained:
         try:
             check_pretrained(model)  # continued pretraining from these weights
@@ -94,7 +94,7 @@ def prepare_pretrain(profile: Profile, shards_path: str | Path, workdir: str | P
         "shards": {"root": str(shards.root), "config_hash": shards.metadata.get("config_hash", "")}}))
     digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:10]
     name = cfg.run_name or f"{profile.name}-pretrain-{cfg.masking}-r{cfg.mask_ratio:g}-s{run.seed}-{digest}"
-    tracking = profile.section("tracking", TrackingConfig)
+    tracking = profile.tracking
     return PretrainJob(shards=str(shards.root), model=model, pretrain=cfg, train=run, steps_per_epoch=steps, config=config,
                        tracking_uri=tracking.resolve_uri(Path(workdir))), name
 
@@ -110,7 +110,7 @@ def pretrain_datasets(job: PretrainJob) -> dict:
     return {DATASET: ingest(ds, rows, shards, job.train, 0)}
 
 
-def run_pretrain(profile: Profile, shards_path: str | Path, workdir: str | Path,
+def run_pretrain(profile: RunConfig, shards_path: str | Path, workdir: str | Path,
                  parent_run_id: str | None = None) -> PretrainResult:
     """Pretrain on ``shards_path`` with ``profile`` (module docstring); returns the finished run's result
     (a finished run is not trained again: its ``result.json`` is returned)."""
@@ -123,15 +123,15 @@ def run_pretrain(profile: Profile, shards_path: str | Path, workdir: str | Path,
     if (done := finished(run_dir, PretrainResult, "pretraining")) is not None:
         return done
     check_tracking_server(job.tracking_uri)
-    with start_run(profile.section("tracking", TrackingConfig), workdir, run_name=name, parent_run_id=parent_run_id,
+    with start_run(profile.tracking, workdir, run_name=name, parent_run_id=parent_run_id,
                    id_file=run_dir / "mlflow_run_id") as run:
         if not run.resumed:
             run.log_params(job.config)
             run.set_tags({"lmft.stage": "pretrain", "lmft.shards": job.shards, "lmft.masking": job.pretrain.masking})
         run.set_tags({"lmft.encoder": run_dir / ENCODER_FILE})
         job = replace(job, mlflow_run_id=run.run_id)
-        checkpoint = Path(fit(job, name, workdir, datasets=lambda: pretrain_datasets(job), fn=pretrain_fn,
-                              split=(DATASET,)).checkpoint.path)
+        checkpoint = Path(fit_job(job, name, workdir, workdir / "ray_train", lambda: pretrain_datasets(job), fn=pretrain_fn,
+                                  split=(DATASET,)).checkpoint.path)
         encoder = Path(shutil.copy2(checkpoint / ENCODER_FILE, run_dir / ENCODER_FILE))
         figure = reconstruction_figure(job, checkpoint, run_dir / FIGURE_FILE)
         run.log_artifact(encoder, "pretrain")

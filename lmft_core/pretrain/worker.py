@@ -28,7 +28,8 @@ from lmft_core.pretrain.config import PretrainConfig
 from lmft_core.pretrain.learner import PretrainLearner
 from lmft_core.pretrain.mae import MaskedAutoencoder, save_encoder
 from lmft_core.pretrain.masking import MASKINGS, TokenSampler
-from lmft_core.shards import ClipBatch, ShardSet
+from lmft_core.shards.batch import ClipBatch
+from lmft_core.shards.reader import ShardSet
 from lmft_core.train.checkpoint import CHECKPOINT_FILE, resume, rng_state
 from lmft_core.train.config import TrainConfig
 from lmft_core.train.dist import Dist

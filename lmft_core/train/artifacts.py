@@ -8,8 +8,8 @@ Artifacts of a training run (MLflow paths):
 - ``evaluation/evaluation.json`` (every selector on target-test) and ``evaluation/efficiency.md``;
 - ``plots/threshold.png`` (tau and discard rates over training; tau_hat per segment for ``lmft-segment``), ``plots/kept_tokens.png`` (energy and
   kept tokens over the frames of a few target-test clips), ``plots/confusion.png``;
-- ``model``: the adapter (model and policy, tau_hat inside), ``mlflow.pytorch`` pickle format with the
-  lmft_core package as code, so ``mlflow.pytorch.load_model(uri)`` gives a module whose
+- ``model``: the classifier (model and policy, tau_hat inside), ``mlflow.pytorch`` pickle format with the
+  lmft_core package as code, so ``lmft_core.model_store.load_model(uri, tracking_uri)`` gives a module whose
   ``predict(frames uint8 (B, T, S, S, 3), energy (B, N_t, N_h, N_w))`` returns class probabilities.
 """
 
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,24 +25,47 @@ import torch
 
 import lmft_core
 from lmft_core.model import flat_metrics
-from lmft_core.shards import ShardSet, read_batches
-from lmft_core.train.adapter import Adapter
+from lmft_core.model.classifier import LMFTClassifier
+from lmft_core.shards.reader import ShardSet, read_batches
 from lmft_core.train.checkpoint import load_checkpoint
 from lmft_core.train.evaluate import EvalResult, efficiency_table
 from lmft_core.train.loop import EVALUATION_FILE, TrainJob
+from lmft_core.train.names import FINAL_TARGET
 
+RESULT_FILE = "result.json"  # a finished run's TrainResult, in its run folder
 HISTORY_KEYS = ("train/tau", "train/tau_hat", "train/mu", "train/discard_rate_source", "train/discard_rate_target")
 
 
-def load_adapter(job: TrainJob, checkpoint: str | Path) -> Adapter:
+@dataclass(frozen=True)
+class TrainResult:
+    """What a finished run left: its name and folder, MLflow run, final checkpoint, logged model, evaluation."""
+
+    run_name: str
+    run_dir: str
+    mlflow_run_id: str
+    tracking_uri: str
+    checkpoint: str
+    model_uri: str
+    tau_hat: float | list[float]  # per temporal segment 1..N_t-1 for lmft-segment
+    evaluation: dict
+    train_clips_per_s: float
+    elapsed_s: float
+
+    @classmethod
+    def load(cls, path: Path) -> TrainResult:
+        return cls(**json.loads(path.read_text()))
+
+
+
+def load_classifier(job: TrainJob, checkpoint: str | Path) -> LMFTClassifier:
     """The adapter of ``job`` with the weights of ``checkpoint``, on CPU, in eval mode."""
     state = load_checkpoint(checkpoint)
-    adapter = job.build_adapter()
+    adapter = job.build_classifier()
     adapter.load_state_dict(state["learner"]["adapter"])
     return adapter.eval()
 
 
-def log_model(adapter: Adapter, run_id: str, tracking_uri: str, metadata: dict) -> str:
+def log_model(adapter: LMFTClassifier, run_id: str, tracking_uri: str, metadata: dict) -> str:
     """Log ``adapter`` as the run's ``model``; returns its ``models:/`` URI."""
     import mlflow
 
@@ -55,13 +79,12 @@ def log_model(adapter: Adapter, run_id: str, tracking_uri: str, metadata: dict) 
     return info.model_uri
 
 
-def log_artifacts(job: TrainJob, run, name: str, run_dir: Path, checkpoint: Path, profile_path: Path,
-                  elapsed_s: float):
-    """Write and log the artifacts of the finished run ``name``; returns its TrainResult."""
+def log_artifacts(job: TrainJob, shards: ShardSet, run, name: str, run_dir: Path, checkpoint: Path, profile_path: Path,
+                  elapsed_s: float) -> TrainResult:
+    """Write and log the artifacts of the finished run ``name`` of ``job`` on ``shards`` (opened); returns its result."""
     from lmft_core.train import plots
-    from lmft_core.train.run import TrainResult
 
-    adapter = load_adapter(job, checkpoint)
+    adapter = load_classifier(job, checkpoint)
     evaluation = json.loads((checkpoint / EVALUATION_FILE).read_text())
     results = {k: EvalResult(**v) for k, v in evaluation.items()}
     policy = adapter.policy.values()
@@ -76,7 +99,6 @@ def log_artifacts(job: TrainJob, run, name: str, run_dir: Path, checkpoint: Path
     per_segment = [k for k in tau_hat if k != "tau_hat"]
     keys = HISTORY_KEYS + tuple(f"train/{k}" for k in per_segment)
     history = {k: [(m.step, m.value) for m in run.client.get_metric_history(run.run_id, k)] for k in keys}
-    shards = ShardSet.open(job.shards)
     sample = next(read_batches(shards, "target", "test", 4))
     with torch.no_grad():
         keep = adapter.selection(sample.energy).keep
@@ -96,8 +118,7 @@ def log_artifacts(job: TrainJob, run, name: str, run_dir: Path, checkpoint: Path
     clips_per_s = float(np.mean(epochs)) if epochs else float("nan")
     run.log_metrics({**{f"final/{k}": v for k, v in tau_hat.items()},
                      "final/train_clips_per_s": clips_per_s,
-                     **{k.replace("eval_target/", "final/target/"): v for r in results.values()
-                        for k, v in r.metrics("eval_target").items()}}, step=int(policy["step"]))
+                     **{k: v for r in results.values() for k, v in r.metrics(FINAL_TARGET).items()}}, step=int(policy["step"]))
     metadata = {"classes": list(job.classes), "clip": dataclasses.asdict(job.model.clip), "tau_hat": policy["tau_hat"],
                 "selector": dataclasses.asdict(job.selector), "shards": job.shards,
                 "energy": shards.metadata.get("energy", {"variant": "diff"})}

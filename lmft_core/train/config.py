@@ -9,14 +9,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
 
 from lmft_core.config import ConfigError
 from lmft_core.model.selectors import SelectorConfig
 from lmft_core.train.pseudo import PSEUDO_LABEL_SOURCES
-
-if TYPE_CHECKING:
-    from lmft_core.config import Profile
 
 PRECISIONS = ("auto", "fp32", "bf16")
 
@@ -160,8 +156,3 @@ class TrainConfig:
     def threads(self) -> int:
         """torch threads per worker."""
         return self.threads_per_worker or max(1, math.ceil(self.cpus_per_worker))
-
-
-def check_profile(profile: Profile) -> None:
-    """Cross-section check run when a profile loads: ``[train] evaluate`` fits ``[selector]``'s policy."""
-    profile.section("train", TrainConfig).evaluate_for(profile.section("selector", SelectorConfig))

@@ -40,11 +40,6 @@ class Dist:
             torch.distributed.all_reduce(x, op=torch.distributed.ReduceOp.SUM)
         return x
 
-    def all_reduce_max(self, x: Tensor) -> Tensor:
-        if self.active:
-            torch.distributed.all_reduce(x, op=torch.distributed.ReduceOp.MAX)
-        return x
-
     def all_true(self, flag: bool, device: torch.device | str = "cpu") -> bool:
         """Whether ``flag`` holds on every rank (one all-reduce; every rank must call it)."""
         return float(self.all_reduce_sum(torch.tensor([float(flag)], device=device))) == self.world_size

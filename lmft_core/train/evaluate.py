@@ -20,8 +20,9 @@ from dataclasses import asdict, dataclass
 import torch
 
 from lmft_core.model import SelectorConfig, selection_flops
-from lmft_core.shards import ClipBatch
-from lmft_core.train.adapter import Adapter
+from lmft_core.model.classifier import LMFTClassifier
+from lmft_core.shards.batch import ClipBatch
+from lmft_core.train.names import EVAL_KEYS, eval_metric
 
 
 @dataclass(frozen=True)
@@ -40,8 +41,7 @@ class EvalResult:
 
     def metrics(self, prefix: str) -> dict[str, float]:
         """Flat metrics for MLflow, e.g. ``eval_target/lmft/top1``."""
-        keys = ("top1", "mean_class_accuracy", "discard_rate", "gflops_per_clip", "clips_per_s", "entropy_nats")
-        return {f"{prefix}/{self.selector}/{k}": float(getattr(self, k)) for k in keys}
+        return {eval_metric(prefix, self.selector, k): float(getattr(self, k)) for k in EVAL_KEYS}
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -57,7 +57,7 @@ def mean_class_accuracy(confusion: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def evaluate(adapter: Adapter, batches: Iterable[ClipBatch], selectors: Sequence[SelectorConfig],
+def evaluate(adapter: LMFTClassifier, batches: Iterable[ClipBatch], selectors: Sequence[SelectorConfig],
              device: torch.device | str = "cpu", amp_dtype: torch.dtype | None = None) -> dict[str, EvalResult]:
     """Results per selector label (:attr:`SelectorConfig.label`) over labelled ``batches``.
 

@@ -30,13 +30,16 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from lmft_core.augment import label_map_tensor
 from lmft_core.model import ModelConfig, PolicyConfig, SelectorConfig, flat_metrics
-from lmft_core.shards import BATCH_COLUMNS, ClipBatch, ShardSet, batch_from_table, label_map_tensor, read_batches
-from lmft_core.train.adapter import Adapter
+from lmft_core.model.classifier import LMFTClassifier
+from lmft_core.shards.batch import ClipBatch
+from lmft_core.shards.reader import BATCH_COLUMNS, ShardSet, batch_from_table, read_batches
 from lmft_core.train.checkpoint import resume, save_checkpoint
 from lmft_core.train.config import TrainConfig
 from lmft_core.train.dist import Dist
 from lmft_core.train.evaluate import EvalResult, evaluate
+from lmft_core.train.names import EVAL_SOURCE_VAL, EVAL_TARGET, POLICY
 from lmft_core.train.pseudo import refresh_self_labels
 from lmft_core.train.step import Learner
 
@@ -66,8 +69,8 @@ class TrainJob:
     tracking_uri: str = ""
     mlflow_run_id: str = ""
 
-    def build_adapter(self) -> Adapter:
-        return Adapter.build(self.model, self.policy, self.selector, self.classes)
+    def build_classifier(self) -> LMFTClassifier:
+        return LMFTClassifier.build(self.model, self.policy, self.selector, self.classes)
 
 
 class EpochData(Protocol):
@@ -121,7 +124,7 @@ def run_worker(job: TrainJob, dist: Dist, data: EpochData, checkpoint: dict | No
     """
     cfg, device = job.train, torch.device(device)
     torch.manual_seed(cfg.seed)  # the same initial model on every rank (DDP also broadcasts rank 0's)
-    adapter = job.build_adapter()
+    adapter = job.build_classifier()
     shards = ShardSet.open(job.shards)
     learner = Learner(adapter, cfg, job.steps_per_epoch, dist, device, label_map_tensor(job.classes, cfg.hflip_label_map))
     start_epoch = resume(learner, checkpoint, dist.rank)
@@ -139,7 +142,7 @@ def run_worker(job: TrainJob, dist: Dist, data: EpochData, checkpoint: dict | No
         epoch_metrics = _train_epoch(learner, data.pairs(epoch), dist, sink)
         last = epoch == cfg.epochs - 1
         metrics = {"epoch": float(epoch + 1), "step": float(learner.step), **epoch_metrics,
-                   **{f"policy/{k}": v for k, v in flat_metrics(adapter.policy.values()).items()}}
+                   **{f"{POLICY}/{k}": v for k, v in flat_metrics(adapter.policy.values()).items()}}
         if learner.pseudo_source.uses_self and not last and (epoch + 1) % cfg.self_refresh_epochs == 0:
             learner.self_labels, pseudo = refresh_self_labels(
                 adapter, shards, dist, source=learner.pseudo_source, gamma_c=cfg.gamma_c, self_gamma=cfg.self_gamma,
@@ -150,11 +153,11 @@ def run_worker(job: TrainJob, dist: Dist, data: EpochData, checkpoint: dict | No
         results: dict[str, EvalResult] = {}
         if dist.is_main and (last or (epoch + 1) % cfg.eval_every_epochs == 0):
             results = _evaluate(adapter, shards, job, device, learner.amp_dtype, final=last)
-            metrics.update({k: v for r in results.values() for k, v in r.metrics("eval_target").items()})
+            metrics.update({k: v for r in results.values() for k, v in r.metrics(EVAL_TARGET).items()})
             if shards.counts().get(("source", "val"), 0):
                 val = evaluate(adapter, read_batches(shards, "source", "val", cfg.eval_batch_size), [job.selector],
                                device, learner.amp_dtype)
-                metrics.update(next(iter(val.values())).metrics("eval_source_val"))
+                metrics.update(next(iter(val.values())).metrics(EVAL_SOURCE_VAL))
         if dist.is_main and sink is not None:
             sink.add({k: v for k, v in metrics.items() if k not in ("epoch", "step")}, learner.step)
             sink.flush()
@@ -195,7 +198,7 @@ def _train_epoch(learner: Learner, pairs: Iterator[Pair], dist: Dist, sink: Metr
             "epoch/data_wait_fraction": wait / total, "epoch/step_time_s": compute / steps}
 
 
-def _evaluate(adapter: Adapter, shards: ShardSet, job: TrainJob, device: torch.device, amp_dtype,
+def _evaluate(adapter: LMFTClassifier, shards: ShardSet, job: TrainJob, device: torch.device, amp_dtype,
               final: bool) -> dict[str, EvalResult]:
     """Target-test: the training selector every time, every selector of ``job.evaluate`` at the end."""
     selectors = [job.selector] + ([s for s in job.evaluate if s.label != job.selector.label] if final else [])

@@ -22,7 +22,7 @@ and CLIP supply them early, before the model is any good; dropping conflicts, in
 source win, keeps a confident mistake of either from being enforced against the other (the
 agreement-only alternative, both must pass and agree, gives nothing at all when CLIP is weak).
 
-The self-label table (:class:`SelfLabels`) is per clip, keyed by :func:`lmft_core.shards.video_key` of
+The self-label table (:class:`SelfLabels`) is per clip, keyed by :func:`lmft_core.shards.reader.video_key` of
 the ``video_id`` (every batch carries it as ``ClipBatch.key``), so it is looked up whatever order or
 worker a row arrives in. Under DDP each rank predicts an equal share of the clips (the clips in key
 order, every ``world_size``-th from its rank) and one all-reduce of a zero-filled table gives every
@@ -48,10 +48,11 @@ import torch
 from torch import Tensor
 
 from lmft_core.registry import Registry
-from lmft_core.shards import ClipBatch, ShardSet, read_batches, video_key
+from lmft_core.shards.batch import ClipBatch
+from lmft_core.shards.reader import ShardSet, read_batches, video_key
 
 if TYPE_CHECKING:
-    from lmft_core.train.adapter import Adapter
+    from lmft_core.model.classifier import LMFTClassifier
     from lmft_core.train.dist import Dist
 
 # combine(clip_label, clip_pass, self_label, self_pass) -> (label, use): (B,) int64 and (B,) bool
@@ -100,7 +101,7 @@ def combine_clip_and_self(clip_label: Tensor, clip_pass: Tensor, self_label: Ten
 @dataclass
 class SelfLabels:
     """The model's own labels of every target-train clip: ``keys`` (N,) int64 ascending and unique
-    (:func:`~lmft_core.shards.video_key`), ``label`` (N,) int64 argmax, ``confidence`` (N,) float32
+    (:func:`~lmft_core.shards.reader.video_key`), ``label`` (N,) int64 argmax, ``confidence`` (N,) float32
     its softmax probability, predicted after ``epoch`` completed epochs. On the CPU."""
 
     keys: Tensor
@@ -160,10 +161,10 @@ def target_labels(source: PseudoLabelSource, batch: ClipBatch, table: SelfLabels
                         conflict=clip_pass & self_pass & (clip_label != self_label))
 
 
-def predict_clips(adapter: Adapter, batches: Iterable[ClipBatch],
+def predict_clips(adapter: LMFTClassifier, batches: Iterable[ClipBatch],
                   amp_dtype: torch.dtype | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """(keys, argmax label, max softmax probability) of every clip of ``batches``, with the adapter in eval
-    mode (:meth:`Adapter.predict`: its selector with tau_hat; random selectors draw from a fixed seed). CPU tensors."""
+    mode (:meth:`LMFTClassifier.predict`: its selector with tau_hat; random selectors draw from a fixed seed). CPU tensors."""
     keys, labels, confs = [torch.zeros(0, dtype=torch.int64)], [torch.zeros(0, dtype=torch.int64)], [torch.zeros(0)]
     generator = torch.Generator().manual_seed(0)
     for batch in batches:
@@ -202,7 +203,7 @@ def sorted_keys(video_ids: list[str]) -> tuple[Tensor, np.ndarray]:
     return keys, order.numpy()
 
 
-def refresh_self_labels(adapter: Adapter, shards: ShardSet, dist: Dist, *, source: PseudoLabelSource,
+def refresh_self_labels(adapter: LMFTClassifier, shards: ShardSet, dist: Dist, *, source: PseudoLabelSource,
                         gamma_c: float, self_gamma: float, epoch: int, batch_size: int,
                         device: torch.device | str = "cpu", amp_dtype: torch.dtype | None = None
                         ) -> tuple[SelfLabels, dict[str, float]]:

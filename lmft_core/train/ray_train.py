@@ -21,9 +21,11 @@ import pyarrow as pa
 import torch
 from ray.data.collate_fn import ArrowBatchCollateFn
 
-from lmft_core.shards import ClipBatch, ShardSet, batch_from_table
+from lmft_core.shards.batch import ClipBatch
+from lmft_core.shards.reader import ShardSet, batch_from_table
 from lmft_core.train.config import TrainConfig
 from lmft_core.train.loop import Pair, TrainJob, run_worker
+from lmft_core.train.names import checkpoint_dir
 
 TRAIN_DATASETS = ("source_train", "target_train")
 # CPUs each ingest task (Parquet read, per-epoch shuffle) asks for. Ray Data's default is a whole CPU;
@@ -86,7 +88,7 @@ def report_to_ray(metrics: dict[str, float], folder: Path | None) -> None:
     import ray.train
 
     checkpoint = ray.train.Checkpoint.from_directory(str(folder)) if folder is not None else None
-    ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"epoch_{int(metrics['epoch']):04d}")
+    ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=checkpoint_dir(int(metrics["epoch"])))
 
 
 def train_fn(config: dict) -> None:

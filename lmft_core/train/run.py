@@ -1,5 +1,11 @@
 """The adaptation run on the driver: check inputs, fit on Ray Train, log everything to MLflow.
 
+:class:`TrainingRun` is one training run, the component every training goes through (``pipelines/train.py``,
+each sweep trial, the sweep's best-trial logging, the workflow's adapting and baseline trainings):
+:meth:`TrainingRun.prepare` -> :meth:`TrainingRun.mlflow_run` -> :meth:`TrainingRun.fit` (with callbacks) ->
+:meth:`TrainingRun.log_artifacts` -> :class:`~lmft_core.train.artifacts.TrainResult`; :meth:`TrainingRun.run`
+strings them together (:func:`run_training`: for one training of a profile).
+
 :func:`prepare` turns a profile and a preprocessing output into a :class:`TrainJob`, checking before
 any compute: the shards' schema version and clip geometry against the profile's ``[clip]``, that
 source-train, target-train and target-test have clips, the class map of the flip, pretrained weights;
@@ -9,8 +15,8 @@ clips above gamma_c (none: L_t is 0 throughout, said in the log and the run).
 :func:`run_training` fits the job with ``TorchTrainer`` and records one MLflow run: the resolved
 configuration as params, step and epoch metrics (from rank 0), and at the end the artifacts (resolved
 configuration, the policy with tau_hat, the evaluation and efficiency table, plots) and the model
-(``mlflow.pytorch``; ``mlflow.pytorch.load_model(uri).predict(frames, energy)`` classifies clips with
-tau_hat). Files under ``<workdir>/train/<run name>/``; Ray Train's checkpoints under
+(``mlflow.pytorch``; ``lmft_core.model_store.load_model(uri, tracking_uri).predict(frames, energy)``
+classifies clips with tau_hat). Files under ``<workdir>/train/<run name>/``; Ray Train's checkpoints under
 ``<workdir>/ray_train/<run name>/``.
 
 The run name defaults to the profile name, the selector and a hash of the resolved configuration and
@@ -25,48 +31,32 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from lmft_core.config import Profile
+from lmft_core.augment import label_map_tensor
 from lmft_core.files import atomic_write
-from lmft_core.model import CheckpointError, ModelConfig, PolicyConfig, SelectorConfig
-from lmft_core.model.checkpoints import check_pretrained
-from lmft_core.shard_format import unpack_array
-from lmft_core.shards import ShardError, ShardSet, label_map_tensor
-from lmft_core.tracking import TrackingConfig, check_tracking_server
+from lmft_core.model import SelectorConfig
+from lmft_core.model.pretrained import CheckpointError, check_pretrained
+from lmft_core.run_config import RunConfig
+from lmft_core.shards.format import unpack_array
+from lmft_core.shards.reader import ShardError, ShardSet
+from lmft_core.tracking import Run, check_tracking_server, start_run
+from lmft_core.train.artifacts import RESULT_FILE, TrainResult, log_artifacts
 from lmft_core.train.config import TrainConfig
 from lmft_core.train.loop import TrainJob
+from lmft_core.train.names import checkpoint_dir
 
 log = logging.getLogger(__name__)
-RESULT_FILE = "result.json"
 
 
 class TrainError(RuntimeError):
     """The run cannot start or did not finish; the message says why and what to do."""
-
-
-@dataclass(frozen=True)
-class TrainResult:
-    """What a finished run left: its name and folder, MLflow run, final checkpoint, logged model, evaluation."""
-
-    run_name: str
-    run_dir: str
-    mlflow_run_id: str
-    tracking_uri: str
-    checkpoint: str
-    model_uri: str
-    tau_hat: float | list[float]  # per temporal segment 1..N_t-1 for lmft-segment
-    evaluation: dict
-    train_clips_per_s: float
-    elapsed_s: float
-
-    @classmethod
-    def load(cls, path: Path) -> TrainResult:
-        return cls(**json.loads(path.read_text()))
 
 
 def _energy_of(shards: ShardSet, domain: str, split: str) -> torch.Tensor:
@@ -74,7 +64,7 @@ def _energy_of(shards: ShardSet, domain: str, split: str) -> torch.Tensor:
     return torch.tensor(unpack_array(table, "energy", np.float32))  # a copy: the Arrow buffer is read-only
 
 
-def resolved_config(profile: Profile, parts: dict, evaluate: tuple[SelectorConfig, ...], shards: ShardSet) -> dict:
+def resolved_config(profile: RunConfig, parts: dict, evaluate: tuple[SelectorConfig, ...], shards: ShardSet) -> dict:
     """The configuration a run resolves to (JSON-able): every component's config, the evaluation
     selectors (calibrated) and the shards' identity."""
     out = {name: dataclasses.asdict(cfg) for name, cfg in parts.items()}
@@ -85,17 +75,17 @@ def resolved_config(profile: Profile, parts: dict, evaluate: tuple[SelectorConfi
     return json.loads(json.dumps(out))  # tuples -> lists: the form checkpoints and MLflow store
 
 
-def prepare(profile: Profile, shards_path: str | Path, workdir: str | Path) -> tuple[TrainJob, str]:
-    """The job of ``profile`` on ``shards_path`` and its run name; every input checked (module docstring)."""
+def prepare(profile: RunConfig, shards: str | Path | ShardSet, workdir: str | Path) -> tuple[TrainJob, str]:
+    """The job of ``profile`` on ``shards`` (a preprocessing output, or one opened) and its run name; every
+    input checked (module docstring)."""
     try:
-        shards = ShardSet.open(shards_path)
+        if not isinstance(shards, ShardSet):
+            shards = ShardSet.open(shards)
         shards.check_geometry(profile.clip)
     except ShardError as e:
         raise TrainError(str(e)) from None
-    cfg: TrainConfig = profile.section("train")
-    model: ModelConfig = replace(profile.section("model"), clip=profile.clip, num_classes=shards.num_classes)
-    selector: SelectorConfig = profile.section("selector")
-    policy: PolicyConfig = profile.section("policy").resolve(selector, profile.clip)  # kind, num_segments
+    cfg, selector, policy = profile.train, profile.selector, profile.policy  # policy kind, segments: resolved at load
+    model = replace(profile.model, num_classes=shards.num_classes)  # the class count: the shards'
     if cfg.require_pretrained and not model.pretrained:
         raise TrainError(f"{profile.path}: train.require_pretrained is set but model.pretrained is empty: pass the "
                          "VideoMAE checkpoint with --set model.pretrained=/path/to/checkpoint.pth")
@@ -111,7 +101,7 @@ def prepare(profile: Profile, shards_path: str | Path, workdir: str | Path) -> t
         counts = {key: shards.require(*key, what) for key, what in (
             (("source", "train"), "training (L_s)"), (("target", "train"), "training (adaptation)"),
             (("target", "test"), "the evaluation"))}
-    except ShardError as e:
+    except ValueError as e:  # ShardError, or a flip map naming no class
         raise TrainError(str(e)) from None
     per_rank = min(counts[("source", "train")], counts[("target", "train")]) // cfg.workers
     steps = per_rank // (cfg.batch_size * cfg.accum_steps)
@@ -129,10 +119,9 @@ def prepare(profile: Profile, shards_path: str | Path, workdir: str | Path) -> t
                                        "train": cfg}, evaluate, shards)
     digest = hashlib.sha256(json.dumps({k: v for k, v in config.items() if k != "profile"}, sort_keys=True).encode()).hexdigest()[:10]
     name = cfg.run_name or f"{profile.name}-{selector.label}-s{cfg.seed}-{digest}"
-    tracking = profile.section("tracking", TrackingConfig)
     job = TrainJob(shards=str(shards.root), classes=shards.classes, model=model, policy=policy, selector=selector,
                    train=cfg, evaluate=evaluate, steps_per_epoch=steps, config=config,
-                   tracking_uri=tracking.resolve_uri(Path(workdir)))
+                   tracking_uri=profile.tracking.resolve_uri(Path(workdir)))
     return job, name
 
 
@@ -148,46 +137,111 @@ def clip_label_report(shards: ShardSet, cfg: TrainConfig) -> tuple[int, int, dic
     return int((clip_conf > cfg.gamma_c).sum()), len(clip_conf), report
 
 
-def run_training(profile: Profile, shards_path: str | Path, workdir: str | Path,
-                 parent_run_id: str | None = None) -> TrainResult:
-    """Adapt on ``shards_path`` with ``profile`` (module docstring); returns the finished run's result."""
-    from lmft_core.tracking import start_run
-    from lmft_core.train.artifacts import log_artifacts
+@dataclass
+class TrainingRun:
+    """One training run: its job, name and folders; opened in MLflow, fitted on Ray Train, logged.
 
-    t0 = time.perf_counter()
-    workdir = Path(workdir).resolve()
-    job, name = prepare(profile, shards_path, workdir)
-    run_dir = workdir / "train" / name
-    if (done := finished(run_dir, TrainResult, "training")) is not None:
-        return done
-    shards = ShardSet.open(job.shards)
-    passing, n_target, clip_report = clip_label_report(shards, job.train)
-    if passing == 0 and job.train.pseudo_labels == "clip":
-        log.warning("no target-train clip has a CLIP confidence above train.gamma_c=%s: L_t is 0 throughout and the "
-                    "adaptation is source-only (untrained CLIP: %s); train.pseudo_labels='self' or 'clip+self' "
-                    "trains on the model's own confident predictions instead", job.train.gamma_c,
-                    shards.metadata.get("untrained_clip"))
-    elif passing == 0:
-        log.warning("no target-train clip has a CLIP confidence above train.gamma_c=%s: L_t comes from the model's "
-                    "own labels only (train.pseudo_labels=%r), from the first refresh after epoch %d on",
-                    job.train.gamma_c, job.train.pseudo_labels, job.train.self_refresh_epochs)
-    tracking = profile.section("tracking", TrackingConfig)
-    check_tracking_server(job.tracking_uri)  # an unreachable or refusing server fails here, before any compute
-    with start_run(tracking, workdir, run_name=name, parent_run_id=parent_run_id, id_file=run_dir / "mlflow_run_id") as run:
-        if not run.resumed:
-            run.log_params(job.config)
-            run.set_tags({"lmft.stage": "train", "lmft.shards": job.shards, "lmft.selector": job.selector.label,
-                          "lmft.untrained_clip": shards.metadata.get("untrained_clip", False),
-                          "lmft.pretrained": job.model.pretrained or "none (random init)"})
-            run.log_metrics({"data/target_train_clips": n_target, "data/target_train_pseudo_pass": passing,
-                             "data/target_train_pseudo_pass_rate": passing / n_target, "data/steps_per_epoch": job.steps_per_epoch,
-                             **clip_report})
-        job = replace(job, mlflow_run_id=run.run_id)
-        checkpoint = Path(fit(job, name, workdir).checkpoint.path)
-        result = log_artifacts(job, run, name, run_dir, checkpoint, profile.path, time.perf_counter() - t0)
-    with atomic_write(run_dir / RESULT_FILE) as f:
-        f.write(json.dumps(dataclasses.asdict(result), indent=2))
-    return result
+    ``storage``: Ray Train's folder of runs (the run's checkpoints are ``storage/<name>/epoch_NNNN``,
+    :func:`~lmft_core.train.names.checkpoint_dir`); ``run_dir``: the run's own files (artifacts, ``result.json``).
+    """
+
+    profile: RunConfig
+    shards: ShardSet
+    job: TrainJob
+    name: str
+    workdir: Path
+    storage: Path
+    run_dir: Path
+    started: float = 0.0  # time.perf_counter() when it was prepared (its elapsed time counts from here)
+
+    @classmethod
+    def prepare(cls, profile: RunConfig, shards_path: str | Path, workdir: str | Path, name: str = "",
+                storage: str | Path | None = None, run_dir: str | Path | None = None) -> TrainingRun:
+        """The run of ``profile`` on ``shards_path``, every input checked (:func:`prepare`); ``name`` defaults
+        to the prepared name, ``storage`` to ``<workdir>/ray_train``, ``run_dir`` to ``<workdir>/train/<name>``."""
+        started = time.perf_counter()
+        workdir = Path(workdir).resolve()
+        try:
+            shards = ShardSet.open(shards_path)
+        except ShardError as e:
+            raise TrainError(str(e)) from None
+        job, prepared = prepare(profile, shards, workdir)
+        name = name or prepared
+        return cls(profile=profile, shards=shards, job=job, name=name, workdir=workdir,
+                   storage=Path(storage) if storage else workdir / "ray_train",
+                   run_dir=Path(run_dir) if run_dir else workdir / "train" / name, started=started)
+
+    @property
+    def outputs(self) -> list[Path]:
+        """What the run writes: its files and its Ray Train folder (removed by ``--force``)."""
+        return [self.run_dir, self.storage / self.name]
+
+    def final_checkpoint(self) -> Path:
+        """The folder of the last epoch's checkpoint."""
+        return self.storage / self.name / checkpoint_dir(self.job.train.epochs)
+
+    @contextmanager
+    def mlflow_run(self, run_name: str = "", parent_run_id: str | None = None, resume_run_id: str | None = None,
+                   tags: dict | None = None) -> Iterator[Run]:
+        """Open the run's MLflow run (``run_name``, default its name), or reopen ``resume_run_id``; a new one
+        gets the resolved configuration as params and ``tags``. The job logs into it from here on."""
+        with start_run(self.profile.tracking, self.workdir, run_name=run_name or self.name, parent_run_id=parent_run_id,
+                       resume_run_id=resume_run_id) as run:
+            if resume_run_id is None:
+                run.log_params(self.job.config)
+                run.set_tags(tags or {})
+            self.job = replace(self.job, mlflow_run_id=run.run_id)
+            yield run
+
+    def fit(self, gpus: float | None = None, callbacks: list | None = None):
+        """Fit the job with Ray Train (resuming the run if it ran before), ``gpus`` per worker (None: connect
+        to Ray and take ``train.gpus_per_worker``, else 1 when the cluster has GPUs); ``callbacks`` are Ray
+        Train callbacks (a sweep trial's report to Tune). Returns Ray's ``Result`` (its ``checkpoint`` is the
+        last epoch's)."""
+        from lmft_core.train.ray_train import train_datasets
+
+        return fit_job(self.job, self.name, self.workdir, self.storage, lambda: train_datasets(self.shards, self.job.train),
+                       gpus, callbacks=callbacks)
+
+    def log_artifacts(self, run: Run, checkpoint: Path, elapsed_s: float) -> TrainResult:
+        """Log the artifacts and the model of ``checkpoint`` into ``run``; returns the run's result."""
+        return log_artifacts(self.job, self.shards, run, self.name, self.run_dir, checkpoint, self.profile.path, elapsed_s)
+
+
+    def run(self, parent_run_id: str | None = None) -> TrainResult:
+        """The whole run: the MLflow run (a child of ``parent_run_id``; reopened when the run ran before),
+        the fit (resumed from the last checkpoint), the artifacts and ``result.json``; a finished run
+        (``result.json`` exists) is not trained again and its result is returned."""
+        job, run_dir, shards = self.job, self.run_dir, self.shards
+        if (done := finished(run_dir, TrainResult, "training")) is not None:
+            return done
+        passing, n_target, clip_report = clip_label_report(shards, job.train)
+        if passing == 0 and job.train.pseudo_labels == "clip":
+            log.warning("no target-train clip has a CLIP confidence above train.gamma_c=%s: L_t is 0 throughout and "
+                        "the adaptation is source-only (untrained CLIP: %s); train.pseudo_labels='self' or 'clip+self' "
+                        "trains on the model's own confident predictions instead", job.train.gamma_c,
+                        shards.metadata.get("untrained_clip"))
+        elif passing == 0:
+            log.warning("no target-train clip has a CLIP confidence above train.gamma_c=%s: L_t comes from the "
+                        "model's own labels only (train.pseudo_labels=%r), from the first refresh after epoch %d on",
+                        job.train.gamma_c, job.train.pseudo_labels, job.train.self_refresh_epochs)
+        check_tracking_server(job.tracking_uri)  # an unreachable or refusing server fails here, before any compute
+        id_file = run_dir / "mlflow_run_id"
+        resume_id = id_file.read_text().strip() if id_file.is_file() else None
+        tags = {"lmft.stage": "train", "lmft.shards": job.shards, "lmft.selector": job.selector.label,
+                "lmft.untrained_clip": shards.metadata.get("untrained_clip", False),
+                "lmft.pretrained": job.model.pretrained or "none (random init)"}
+        with self.mlflow_run(parent_run_id=parent_run_id, resume_run_id=resume_id, tags=tags) as run:
+            id_file.write_text(run.run_id)
+            if resume_id is None:
+                run.log_metrics({"data/target_train_clips": n_target, "data/target_train_pseudo_pass": passing,
+                                 "data/target_train_pseudo_pass_rate": passing / n_target,
+                                 "data/steps_per_epoch": job.steps_per_epoch, **clip_report})
+            checkpoint = Path(self.fit().checkpoint.path)
+            result = self.log_artifacts(run, checkpoint, time.perf_counter() - self.started)
+        with atomic_write(run_dir / RESULT_FILE) as f:
+            f.write(json.dumps(dataclasses.asdict(result), indent=2))
+        return result
 
 
 def finished(run_dir: Path, result: type, what: str):
@@ -200,26 +254,37 @@ def finished(run_dir: Path, result: type, what: str):
     return None
 
 
-def fit(job: TrainJob, name: str, workdir: Path, datasets=None, **trainer_options):
-    """Fit ``job`` with Ray Train (resuming ``name`` if it ran before); returns Ray's ``Result`` (its
-    ``checkpoint`` is the last epoch's). ``datasets()`` (after Ray is connected) gives the Ray Datasets
-    (default: adaptation's :func:`~lmft_core.train.ray_train.train_datasets`); ``trainer_options`` go to
-    :func:`~lmft_core.train.ray_train.build_trainer` (a pretraining job passes its ``fn`` and ``split``)."""
+def fit_job(job, name: str, workdir: Path, storage: Path, datasets, gpus: float | None = None, **trainer_options):
+    """Fit ``job`` (a training or pretraining job: its ``train`` section says the workers) with Ray Train as run
+    ``name`` under ``storage`` (resuming it if it ran before); ``datasets()`` gives the Ray Datasets once Ray is
+    connected; ``gpus`` per worker (None: ``train.gpus_per_worker``, else 1 when the cluster has GPUs);
+    ``trainer_options`` go to :func:`~lmft_core.train.ray_train.build_trainer` (callbacks, a pretraining's ``fn``
+    and ``split``). Returns Ray's ``Result`` (its ``checkpoint`` is the last epoch's)."""
     from lmft_core.ray_cluster import connect, forwarded_env
-    from lmft_core.train.ray_train import build_trainer, train_datasets
+    from lmft_core.train.ray_train import build_trainer
 
-    ray = connect(shared_paths=[workdir])  # checkpoints and run files: storage every node sees
-    gpus = job.train.gpus_per_worker
-    if gpus is None:
-        gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
-    data = datasets() if datasets is not None else train_datasets(ShardSet.open(job.shards), job.train)
-    trainer = build_trainer(job, data, name, workdir / "ray_train", gpus, worker_env=forwarded_env(), **trainer_options)
+    if gpus is None:  # not inside a sweep trial, which is on Ray already and passes its GPUs
+        ray = connect(shared_paths=[workdir])  # checkpoints and run files: storage every node sees
+        gpus = worker_gpus(job.train, ray.cluster_resources())
+    trainer = build_trainer(job, datasets(), name, storage, gpus, worker_env=forwarded_env(), **trainer_options)
     try:
         result = trainer.fit()
-    except Exception as e:  # noqa: BLE001 - Ray wraps worker errors; keep the cause in the message
-        raise TrainError(f"training run {name} failed after its retries (train.max_failures={job.train.max_failures}): "
-                         f"{e}\nRe-running the same command resumes from the last checkpoint.") from e
+    except Exception as e:
+        raise TrainError(f"run {name} failed after its retries (train.max_failures={job.train.max_failures}): {e}\n"
+                         "Re-running the same command resumes from the last checkpoint.") from e
     if result.checkpoint is None:
-        raise TrainError(f"training run {name} finished without a checkpoint")
+        raise TrainError(f"run {name} finished without a checkpoint")
     return result
 
+
+def worker_gpus(cfg: TrainConfig, resources: dict) -> float:
+    """GPUs per Train worker: ``train.gpus_per_worker``, else 1 when the cluster (``resources``) has GPUs."""
+    if cfg.gpus_per_worker is not None:
+        return cfg.gpus_per_worker
+    return 1.0 if resources.get("GPU", 0) > 0 else 0.0
+
+
+def run_training(profile: RunConfig, shards_path: str | Path, workdir: str | Path,
+                 parent_run_id: str | None = None) -> TrainResult:
+    """Adapt on ``shards_path`` with ``profile`` (module docstring); returns the finished run's result."""
+    return TrainingRun.prepare(profile, shards_path, workdir).run(parent_run_id)

@@ -44,18 +44,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lmft_core.model import ThresholdPolicy, flat_metrics
 from lmft_core.augment import background_mix, color_jitter, hflip
-from lmft_core.shards import ClipBatch, model_input
-from lmft_core.train.adapter import Adapter
+from lmft_core.model import ThresholdPolicy, flat_metrics
+from lmft_core.model.classifier import LMFTClassifier
+from lmft_core.shards.batch import ClipBatch, model_input
 from lmft_core.train.config import TrainConfig
 from lmft_core.train.dist import Dist
 from lmft_core.train.pseudo import PSEUDO_LABEL_SOURCES, SelfLabels, TargetLabels, target_labels
-
-
-# What a step sums over its micro-batches and over ranks (one all-reduce of these, in this order).
-SUMS = ("ce_source", "labelled", "ce_target", "passing", "discard_source", "source_clips", "discard_target",
-        "target_clips", "non_finite", "clip_passing", "self_passing", "conflicts")
 
 
 def step_generator(seed: int, step: int, stream: int = 0) -> torch.Generator:
@@ -80,7 +75,7 @@ def decay_groups(module: torch.nn.Module, lr: float, weight_decay: float) -> lis
             {"params": no_decay, "weight_decay": 0.0, "lr": lr, "name": "model_no_decay"}]
 
 
-def param_groups(adapter: Adapter, cfg: TrainConfig) -> list[dict]:
+def param_groups(adapter: LMFTClassifier, cfg: TrainConfig) -> list[dict]:
     """AdamW groups: model weight matrices (decay), other model parameters (no decay), the policy."""
     return decay_groups(adapter.model, cfg.lr, cfg.weight_decay) + [
         {"params": list(adapter.policy.parameters()), "weight_decay": 0.0, "lr": cfg.policy_lr, "name": "policy"}]
@@ -113,10 +108,10 @@ class Learner:
 
     ``steps_per_epoch`` and the config's epochs fix the schedule (warm-up, cosine); ``dist`` gives this
     process's rank and world size (a plain ``Dist()`` for one process); ``label_map`` (K,) pairs the
-    classes a horizontal flip swaps (:func:`lmft_core.shards.hflip`).
+    classes a horizontal flip swaps (:func:`lmft_core.augment.hflip`).
     """
 
-    def __init__(self, adapter: Adapter, cfg: TrainConfig, steps_per_epoch: int, dist: Dist = Dist(),
+    def __init__(self, adapter: LMFTClassifier, cfg: TrainConfig, steps_per_epoch: int, dist: Dist = Dist(),
                  device: torch.device | str = "cpu", label_map: Tensor | None = None):
         self.cfg, self.dist, self.device = cfg, dist, torch.device(device)
         self.adapter = adapter.to(self.device)
@@ -127,7 +122,10 @@ class Learner:
         self.total_steps = max(1, steps_per_epoch * cfg.epochs)
         warmup = round(cfg.warmup_epochs * steps_per_epoch)
         self.optimizer = torch.optim.AdamW(param_groups(self.adapter, cfg), betas=(0.9, 0.999))
-        model_lambda = lambda s: lr_factor(s, warmup, self.total_steps, cfg.min_lr / cfg.lr)  # noqa: E731
+
+        def model_lambda(s: int) -> float:
+            return lr_factor(s, warmup, self.total_steps, cfg.min_lr / cfg.lr)
+
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, [model_lambda, model_lambda, lambda s: 1.0])
         self.learns_policy = adapter.selector_config.learns_policy  # lmft, lmft-segment
         self.skipped_steps = 0
@@ -177,8 +175,8 @@ class Learner:
         keeps = sel.keep.split([len(b) for pair in pairs for b in pair])
         rho = sel.discard_rate.split([len(b) for pair in pairs for b in pair])
 
-        # sums over the step's micro-batches (then over ranks), see SUMS
-        sums = torch.zeros(len(SUMS), dtype=torch.float64, device=self.device)
+        # what the step sums over its micro-batches, then over ranks (one all-reduce), by name
+        sums: dict[str, Tensor] = {}
         self.optimizer.zero_grad(set_to_none=True)
         for i, (src, tgt) in enumerate(pairs):
             last = i == len(pairs) - 1
@@ -204,11 +202,16 @@ class Learner:
                 loss_t = ce_t.sum() / passing.sum().clamp(min=1)  # exactly 0 when no target clip passes
                 ((loss_s + cfg.lambda_t * loss_t) / cfg.accum_steps).backward()
             with torch.no_grad():
-                parts = [ce_s.sum(), labelled.sum(), ce_t.sum(), passing.sum(), rho[2 * i].sum(),
-                         src.label.new_tensor(len(src)), rho[2 * i + 1].sum(), src.label.new_tensor(len(tgt)),
-                         ~torch.isfinite(logits).all(), tl.clip_pass.sum(), tl.self_pass.sum(), tl.conflict.sum()]
-                sums += torch.stack([p.double().to(self.device) for p in parts])
-        s = dict(zip(SUMS, self.dist.all_reduce_sum(sums)))
+                parts = {"ce_source": ce_s.sum(), "labelled": labelled.sum(), "ce_target": ce_t.sum(),
+                         "passing": passing.sum(), "discard_source": rho[2 * i].sum(),
+                         "source_clips": src.label.new_tensor(len(src)), "discard_target": rho[2 * i + 1].sum(),
+                         "target_clips": src.label.new_tensor(len(tgt)), "non_finite": ~torch.isfinite(logits).all(),
+                         "clip_passing": tl.clip_pass.sum(), "self_passing": tl.self_pass.sum(),
+                         "conflicts": tl.conflict.sum()}
+                for name, value in parts.items():
+                    sums[name] = sums.get(name, 0.0) + value.double().to(self.device)
+        names = list(sums)
+        s = dict(zip(names, self.dist.all_reduce_sum(torch.stack([sums[n] for n in names]))))
         loss_s, loss_t = s["ce_source"] / s["labelled"].clamp(min=1), s["ce_target"] / s["passing"].clamp(min=1)
         rho_s, rho_t = s["discard_source"] / s["source_clips"], s["discard_target"] / s["target_clips"]
         metrics = {"loss_source": float(loss_s), "loss_target": float(loss_t),
@@ -245,7 +248,7 @@ class Learner:
         }
 
     def state_dict(self) -> dict:
-        """Adapter (model and policy), optimizer, scheduler, counters and the self-training labels (None
+        """LMFTClassifier (model and policy), optimizer, scheduler, counters and the self-training labels (None
         before the first refresh), for a checkpoint."""
         return {"adapter": self.adapter.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "skipped_steps": self.skipped_steps,

@@ -99,7 +99,8 @@ def resolve(ref: str, tracking_uri: str) -> ModelInfo:
 
 
 def load_model(ref: str, tracking_uri: str, map_location: str = "cpu"):
-    """The logged adapter of model reference ``ref`` from the store at ``tracking_uri``, in eval mode
+    """The logged classifier (:class:`~lmft_core.model.classifier.LMFTClassifier`) of model reference ``ref`` from the
+    store at ``tracking_uri``, in eval mode
     (``mlflow.pytorch.load_model``; its ``predict`` classifies clips with tau_hat inside)."""
     import mlflow.pytorch
 

@@ -3,21 +3,16 @@
 :class:`ShardSet` opens an output folder (``<output>/<hash>/`` or ``<output>`` with its ``LATEST``),
 reads ``metadata.json`` (classes, clip geometry, schema version: an unknown version is an error) and
 gives the rows of one ``(domain, split)`` as a pyarrow table (:meth:`ShardSet.read`) or a lazy Ray
-Dataset (:meth:`ShardSet.dataset`). :class:`ShardCollate` turns a batch of rows into a
-:class:`ClipBatch` of tensors; frames stay uint8 until :meth:`ClipBatch.video` makes the model input
-on whatever device the batch is on.
-
-Layouts: frames uint8 ``(B, T, S, S, 3)`` as stored; the model input float ``(B, 3, T, S, S)``
-normalised with VideoMAE's ImageNet mean and std; motion energy ``(B, N_t, N_h, N_w)``.
-
-Augmentations of these batches live in :mod:`lmft_core.augment`.
+Dataset (:meth:`ShardSet.dataset`). :func:`batch_from_table` and :func:`read_batches` turn rows into
+:class:`~lmft_core.shards.batch.ClipBatch` tensors (frames uint8 ``(B, T, S, S, 3)`` as stored, motion
+energy ``(B, N_t, N_h, N_w)``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -25,14 +20,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as pads
 import torch
-from torch import Tensor
 
 from lmft_core.config import ClipConfig
-from lmft_core.shard_format import SCHEMA_VERSION, resolve_output, unpack_array
-
-# VideoMAE (and timm, CLIP-free) input normalisation: ImageNet's mean and std, RGB in [0, 1].
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from lmft_core.shards.batch import ClipBatch
+from lmft_core.shards.format import SCHEMA_VERSION, resolve_output, unpack_array
 
 # The columns a training or evaluation batch needs (the binary frames are decoded by ShardCollate).
 BATCH_COLUMNS = ("label_index", "energy", "energy_shape", "clip_probs", "pseudo_label", "pseudo_confidence",
@@ -55,7 +46,7 @@ class ShardError(ValueError):
 
 @dataclass(frozen=True)
 class ShardSet:
-    """An opened preprocessing output folder (see :mod:`lmft_core.shard_format` for its layout)."""
+    """An opened preprocessing output folder (see :mod:`lmft_core.shards.format` for its layout)."""
 
     root: Path
     metadata: dict
@@ -137,55 +128,6 @@ class ShardSet:
         return ds.filter(expr=(col("domain") == lit(domain)) & (col("split") == lit(split))).select_columns(list(columns))
 
 
-@dataclass
-class ClipBatch:
-    """A batch of clips from the shards, as tensors on one device.
-
-    ``frames`` uint8 (B, T, S, S, 3); ``energy`` float32 (B, N_t, N_h, N_w); ``label`` int64 (B,), -1
-    where unlabelled (target rows without a label); ``pseudo_label`` int64 (B,) and
-    ``pseudo_confidence`` float32 (B,), CLIP's argmax and its probability; ``clip_probs`` float32 (B, K);
-    ``key`` int64 (B,), :func:`video_key` of the row's ``video_id``.
-    """
-
-    frames: Tensor
-    energy: Tensor
-    label: Tensor
-    pseudo_label: Tensor
-    pseudo_confidence: Tensor
-    clip_probs: Tensor
-    key: Tensor
-
-    def __len__(self) -> int:
-        return self.frames.shape[0]
-
-    @classmethod
-    def from_tensors(cls, d: Mapping[str, Tensor]) -> ClipBatch:
-        return cls(**{f.name: d[f.name] for f in fields(cls)})
-
-    def as_tensors(self) -> dict[str, Tensor]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> ClipBatch:
-        return ClipBatch(**{k: v.to(device, non_blocking=non_blocking) for k, v in self.as_tensors().items()})
-
-    def video(self, dtype: torch.dtype = torch.float32) -> Tensor:
-        """Model input (B, 3, T, S, S) of the frames (:func:`model_input`)."""
-        return model_input(self.frames, dtype)
-
-    @staticmethod
-    def concat(batches: Sequence[ClipBatch]) -> ClipBatch:
-        return ClipBatch(**{f.name: torch.cat([getattr(b, f.name) for b in batches]) for f in fields(ClipBatch)})
-
-
-def model_input(frames: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
-    """uint8 frames (B, T, S, S, 3) -> float (B, 3, T, S, S) in [0, 1], normalised with ImageNet mean/std,
-    on the frames' device."""
-    x = frames.permute(0, 4, 1, 2, 3).to(dtype).div_(255.0)
-    mean = torch.tensor(IMAGENET_MEAN, dtype=dtype, device=x.device).view(1, 3, 1, 1, 1)
-    std = torch.tensor(IMAGENET_STD, dtype=dtype, device=x.device).view(1, 3, 1, 1, 1)
-    return x.sub_(mean).div_(std)
-
-
 def batch_from_table(table: pa.Table) -> ClipBatch:
     """Shard rows (with :data:`BATCH_COLUMNS`) -> a CPU :class:`ClipBatch`."""
     def column(name: str, dtype) -> torch.Tensor:  # a writable copy (Arrow's zero-copy arrays are read-only)
@@ -223,22 +165,3 @@ def read_batches(shards: ShardSet, domain: str, split: str, batch_size: int,
             pending, rows = rest.to_batches(), rest.num_rows
     if rows:
         yield batch_from_table(pa.Table.from_batches(pending))
-
-
-def label_map_tensor(classes: Sequence[str], mirror: Mapping[str, str]) -> Tensor | None:
-    """(K,) int64 class -> mirrored class from a name mapping (made symmetric); None for an empty one.
-
-    Raises :class:`ShardError` for a name that is not a class or a mapping that is not a pairing.
-    """
-    if not mirror:
-        return None
-    index = {c: i for i, c in enumerate(classes)}
-    out = torch.arange(len(classes))
-    for a, b in mirror.items():
-        for name in (a, b):
-            if name not in index:
-                raise ShardError(f"train.hflip_label_map: {name!r} is not a class of the shards {list(classes)}")
-        if mirror.get(b, a) != a:
-            raise ShardError(f"train.hflip_label_map: {a!r} -> {b!r} but {b!r} -> {mirror[b]!r}: a flip pairs classes")
-        out[index[a]], out[index[b]] = index[b], index[a]
-    return out

@@ -1,4 +1,4 @@
-"""Loading VideoMAE weights into :class:`~lmft_core.model.vit.VideoViT`.
+"""Pretrained VideoMAE weights: loading them into :class:`~lmft_core.model.vit.VideoViT`, and the model built with them.
 
 Formats read (detected from the keys):
 
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +30,10 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from lmft_core.config import ClipConfig
 from lmft_core.model.vit import ModelConfig, VideoViT
+
+log = logging.getLogger(__name__)
 
 HEAD_KEYS = ("head.weight", "head.bias")
 DECODER_PREFIXES = ("decoder.", "encoder_to_decoder.", "mask_token")
@@ -107,7 +111,7 @@ def _read(path: str | Path) -> tuple[dict[str, Tensor], dict]:
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - re-raised with the file named
+    except Exception as e:
         raise CheckpointError(f"{path}: cannot be read as a weights-only torch checkpoint: {e}") from e
     meta = obj.get("lmft") if isinstance(obj, dict) and isinstance(obj.get("lmft"), dict) else {}
     for key in ("model", "module", "state_dict"):
@@ -197,8 +201,6 @@ def model_config_from_hf(config: dict | str | Path, **overrides) -> ModelConfig:
     Takes the geometry, widths and LayerNorm epsilons (``layer_norm_eps``; ``fc_norm`` uses 1e-5);
     ``overrides`` set any other field (``num_classes`` defaults to the checkpoint's label count).
     """
-    from lmft_core.config import ClipConfig
-
     if not isinstance(config, dict):
         p = Path(config)
         p = p / "config.json" if p.is_dir() else p
@@ -219,6 +221,20 @@ def model_config_from_hf(config: dict | str | Path, **overrides) -> ModelConfig:
     )
     fields.update(overrides)
     return ModelConfig(**fields)
+
+
+def build_model(config: ModelConfig) -> VideoViT:
+    """The model of ``config``; with ``config.pretrained`` set, those VideoMAE weights loaded and the report logged.
+
+    The report is logged at WARNING when a tensor is missing or unexpected or the head is fresh,
+    at INFO when everything loaded, and kept as ``model.load_report`` (None without weights).
+    """
+    model = config.build()
+    model.load_report = None
+    if config.pretrained:
+        report = model.load_report = load_videomae(model, config.pretrained)
+        log.log(logging.INFO if report.complete else logging.WARNING, "%s", report.summary())
+    return model
 
 
 def check_pretrained(config: ModelConfig) -> None:
@@ -242,4 +258,3 @@ def check_pretrained(config: ModelConfig) -> None:
         if diffs:
             raise CheckpointError(f"{path}: pretrained at another clip geometry (" + "; ".join(diffs)
                                   + "): pretrain with this profile's [clip], or adapt at the checkpoint's")
-

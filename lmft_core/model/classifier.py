@@ -14,11 +14,14 @@ from contextlib import nullcontext
 import torch
 from torch import Tensor, nn
 
-from lmft_core.model import ModelConfig, PolicyConfig, Selection, SelectorConfig, ThresholdPolicy, VideoViT
-from lmft_core.shards import model_input
+from lmft_core.model.policy import PolicyConfig, ThresholdPolicy
+from lmft_core.model.pretrained import build_model
+from lmft_core.model.selectors import Selection, SelectorConfig
+from lmft_core.model.vit import ModelConfig, VideoViT
+from lmft_core.shards.batch import model_input
 
 
-class Adapter(nn.Module):
+class LMFTClassifier(nn.Module):
     """``forward(video, energy)``: video float (B, 3, T, S, S), energy (B, N_t, N_h, N_w) ->
     (logits (B, K), :class:`Selection`). ``classes`` name the K outputs."""
 
@@ -33,11 +36,11 @@ class Adapter(nn.Module):
         self.classes = tuple(classes)
 
     @classmethod
-    def build(cls, model: ModelConfig, policy: PolicyConfig, selector: SelectorConfig, classes: Sequence[str]) -> Adapter:
+    def build(cls, model: ModelConfig, policy: PolicyConfig, selector: SelectorConfig, classes: Sequence[str]) -> LMFTClassifier:
         """The adapter of these configs; the policy's kind and segment count come from ``selector`` and
-        ``model.clip`` (:meth:`PolicyConfig.resolve`)."""
+        ``model.clip`` (:meth:`SelectorConfig.resolve_policy`)."""
         model.require_derived()
-        return cls(model.build(), policy.resolve(selector, model.clip).build(), selector, classes)
+        return cls(build_model(model), selector.resolve_policy(policy, model.clip).build(), selector, classes)
 
     def selection(self, energy: Tensor, generator: torch.Generator | None = None,
                   selector: SelectorConfig | None = None) -> Selection:
