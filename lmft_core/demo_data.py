@@ -6,10 +6,12 @@ The **domain** is the scene's appearance (:data:`APPEARANCES`): source videos ha
 backgrounds with little clutter and little noise; target videos have textured, darker, colour-cast
 backgrounds, more static clutter and more sensor noise. So the background tokens carry the domain
 shift and the moving tokens carry the class: the situation LMFT is built for.
+Further looks make hard backgrounds for camera compensation (:class:`Appearance`): periodic stripes and
+tilted checkerboards at drawn periods and angles, blocky noise, and a nearly uniform scene.
 
 Each domain can also have a moving camera (:class:`CameraMotion`: pan, shake, zoom, each optional):
 the frames are then windows onto a larger scene, and the actor moves with the scene as a real camera
-sees it. Beside every video, ``<video>.actor.npz`` holds its **actor mask**: a boolean per pixel and
+sees it (:func:`camera_path` gives its path per frame). Beside every video, ``<video>.actor.npz`` holds its **actor mask**: a boolean per pixel and
 frame, true where the actor's disc covers at least half the pixel (:func:`load_actor_mask`;
 :mod:`lmft_core.ground_truth` brings it to token resolution).
 
@@ -70,22 +72,45 @@ MOTIONS: dict[str, Motion] = {"wave": _wave, "jump": _jump, "spin": _spin, "walk
 
 
 # --- appearances: one per domain ---------------------------------------------------------------
+PATTERNS = ("gradient", "checker", "stripes", "tilted_checker", "blocks", "flat")
+
+
 @dataclass(frozen=True)
 class Appearance:
-    """How a domain's scenes look."""
+    """How a domain's scenes look. ``pattern`` (:data:`PATTERNS`) is the background, between two
+    colours drawn per video:
 
-    texture: bool  # checkerboard texture instead of a smooth gradient
+    - ``gradient``: a smooth vertical blend; ``flat``: the same at 4% of the contrast (low texture);
+    - ``checker``: an axis-aligned checkerboard of 6-13 px cells;
+    - ``stripes``: square-wave stripes, period 6-24 px, at a random angle (periodic along one direction);
+    - ``tilted_checker``: a checkerboard of 4-12 px cells at a random angle (periodic along two);
+    - ``blocks``: blocky noise: a random level per cell of an axis-aligned 4-10 px grid.
+
+    Sizes are in the video's pixels; the periodic patterns' period and angle are drawn per video.
+    """
+
+    pattern: str  # background, one of PATTERNS
     brightness: float  # global gain
     clutter: int  # static shapes in the background
     noise_std: float  # per-frame Gaussian sensor noise, in [0, 1] units
     color_cast: tuple[float, float, float]  # per-channel gain
 
+    def __post_init__(self) -> None:
+        if self.pattern not in PATTERNS:
+            raise ValueError(f"appearance pattern {self.pattern!r} unknown; known: {list(PATTERNS)}")
 
+
+_HARD = {"brightness": 0.8, "clutter": 3, "noise_std": 0.03, "color_cast": (1.0, 1.0, 1.0)}
 APPEARANCES: dict[str, Appearance] = {
-    "source": Appearance(texture=False, brightness=1.0, clutter=2, noise_std=0.01, color_cast=(1.0, 1.0, 1.0)),
-    "target": Appearance(texture=True, brightness=0.6, clutter=8, noise_std=0.05, color_cast=(1.1, 0.9, 0.75)),
+    "source": Appearance(pattern="gradient", brightness=1.0, clutter=2, noise_std=0.01, color_cast=(1.0, 1.0, 1.0)),
+    "target": Appearance(pattern="checker", brightness=0.6, clutter=8, noise_std=0.05, color_cast=(1.1, 0.9, 0.75)),
     # a milder target look: no texture, half the darkening, cast and noise (the results' preset)
-    "target_mild": Appearance(texture=False, brightness=0.8, clutter=5, noise_std=0.03, color_cast=(1.05, 0.95, 0.87)),
+    "target_mild": Appearance(pattern="gradient", brightness=0.8, clutter=5, noise_std=0.03, color_cast=(1.05, 0.95, 0.87)),
+    # hard backgrounds for camera compensation: periodic (many equally good shifts), blocky, nearly uniform
+    "stripes": Appearance(pattern="stripes", **_HARD),
+    "tilted_checker": Appearance(pattern="tilted_checker", **_HARD),
+    "blocks": Appearance(pattern="blocks", **_HARD),
+    "flat": Appearance(pattern="flat", **(_HARD | {"clutter": 0})),
 }
 
 
@@ -191,6 +216,38 @@ def _camera_path(cam: CameraMotion, cfg: DemoDataConfig, rng: np.random.Generato
     return offset, np.exp(zoom_sign * cam.zoom_per_s * s)
 
 
+def _camera_rng(cfg: DemoDataConfig, domain: str, label: str, index: int) -> np.random.Generator:
+    """The random stream of one video's camera (its path first, then the clutter around the frame)."""
+    return np.random.default_rng([cfg.seed, DOMAINS.index(domain), list(MOTIONS).index(label), index, 1])
+
+
+def camera_path(cfg: DemoDataConfig, domain: str, label: str, index: int) -> tuple[np.ndarray, np.ndarray]:
+    """The camera of one video as :func:`render_video_and_mask` films it: per frame, the offset (T, 2)
+    in pixels (x, y) and the image scale (T,). Frame t's pixel p shows the scene point
+    ``c + (p - c) / scale[t] + offset[t]`` (c the frame centre, in the static camera's pixels)."""
+    return _camera_path(cfg.camera(domain), cfg, _camera_rng(cfg, domain, label, index))
+
+
+def _pattern(name: str, cell: int, rng: np.random.Generator) -> Callable[[np.ndarray, np.ndarray], np.ndarray] | None:
+    """The periodic or blocky background pattern ``name`` (:class:`Appearance`): a function of pixel
+    coordinates (x, y) -> levels in [0, 1] (float32); None for the smooth patterns. ``cell``: the
+    ``checker`` cell; the other patterns draw their period and angle from ``rng``."""
+    angle = rng.uniform(0, math.pi)
+    cos, sin = math.cos(angle), math.sin(angle)
+    if name == "checker":
+        return lambda x, y: ((np.floor(y / cell) + np.floor(x / cell)) % 2).astype(np.float32)
+    if name == "stripes":
+        period = rng.uniform(6, 24)
+        return lambda x, y: (np.floor((x * cos + y * sin) * (2 / period)) % 2).astype(np.float32)
+    if name == "tilted_checker":
+        side = rng.uniform(4, 12)
+        return lambda x, y: ((np.floor((x * cos + y * sin) / side) + np.floor((y * cos - x * sin) / side)) % 2).astype(np.float32)
+    if name == "blocks":
+        side, levels = rng.integers(4, 11), rng.uniform(0, 1, (64, 64)).astype(np.float32)
+        return lambda x, y: levels[(np.floor(y / side) % 64).astype(int), (np.floor(x / side) % 64).astype(int)]
+    return None
+
+
 def render_video_and_mask(cfg: DemoDataConfig, domain: str, label: str, index: int) -> tuple[np.ndarray, np.ndarray]:
     """Frames uint8 (num_frames, height, width, 3) and actor mask bool (num_frames, height, width) of
     one video (the mask is true where the actor's disc covers at least half a pixel). Deterministic."""
@@ -202,22 +259,26 @@ def render_video_and_mask(cfg: DemoDataConfig, domain: str, label: str, index: i
 
     # The scene, in pixel coordinates of the static camera's frame (it extends beyond the frame).
     c0, c1 = rng.uniform(0.55, 0.95, 3), rng.uniform(0.55, 0.95, 3)
-    cell = rng.integers(6, 14) if app.texture else 0
+    cell = rng.integers(6, 14) if app.pattern == "checker" else 0
     boxes = [(rng.uniform(0, 0.85), rng.uniform(0, 0.85), rng.uniform(0.05, 0.2), rng.uniform(0.05, 0.2),
               rng.uniform(0.1, 0.9, 3)) for _ in range(app.clutter)]
     if not cam.static:  # a moving camera sees around the frame: more clutter there, from its own stream
-        cam_rng = np.random.default_rng([cfg.seed, d_idx, c_idx, index, 1])
+        cam_rng = _camera_rng(cfg, domain, label, index)
         offset, zoom = _camera_path(cam, cfg, cam_rng)
         margin = [(cam_rng.uniform(-0.5, 1.35), cam_rng.uniform(-0.5, 1.35), cam_rng.uniform(0.05, 0.2),
                    cam_rng.uniform(0.05, 0.2), cam_rng.uniform(0.1, 0.9, 3)) for _ in range(3 * app.clutter)]
 
+    pattern = _pattern(app.pattern, cell, np.random.default_rng([cfg.seed, d_idx, c_idx, index, 2]))
+
     def scene_at(px: np.ndarray, py: np.ndarray) -> np.ndarray:
         xx, yy = px / w, py / h
-        if app.texture:
-            checker = ((np.floor(py / cell) + np.floor(px / cell)) % 2).astype(np.float32)
-            scene = c0 * checker[..., None] + (c1 * 0.6) * (1 - checker[..., None])
-        else:
+        if app.pattern in ("gradient", "flat"):
             scene = c0 * (1 - yy[..., None]) + c1 * yy[..., None]
+            if app.pattern == "flat":
+                scene = 0.96 * c0.mean() + 0.04 * scene
+        else:
+            level = pattern(px, py)[..., None]
+            scene = c0 * level + (c1 * 0.6) * (1 - level)
         if not cam.static:
             outside = (xx < 0) | (xx >= 1) | (yy < 0) | (yy >= 1)
             for x0, y0, bw, bh, colour in margin:

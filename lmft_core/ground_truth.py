@@ -15,6 +15,9 @@ segment is always kept, with energy 1, so it carries no ranking):
 - :func:`recall_at_keep`: **actor-token recall at keep ratio k**: keep the ``round(k * N')``
   highest-energy of the ``N'`` tokens; the fraction of actor tokens kept. Tokens tied at the cut
   share the remaining places in proportion (the expectation over random tie breaking).
+- :func:`r_precision`: **R-precision**: keep exactly as many tokens as there are actor tokens; the
+  fraction of them that are actor tokens (1 = perfect whatever the actor's size; recall at a fixed
+  keep ratio has a ceiling below 1 when the actor covers more tokens than kept).
 - :func:`roc_auc`: the probability that a random actor token has higher energy than a random other
   token (ties count 1/2): 1 = energy ranks every actor token first, 0.5 = chance.
 """
@@ -26,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from lmft_core.config import ClipConfig
-from lmft_core.demo_data import load_actor_mask
+from lmft_core.demo_data import DemoDataConfig, camera_path, load_actor_mask
 from lmft_core.video import resize_frames, sample_frame_indices
 
 MIN_COVERAGE = 0.1
@@ -71,6 +74,27 @@ def recall_at_keep(energy: np.ndarray, actor: np.ndarray, keep: float) -> float:
     places = k - above.sum()
     kept = (a & above).sum() + (a & tied).sum() * places / tied.sum()
     return float(kept / a.sum())
+
+
+def r_precision(energy: np.ndarray, actor: np.ndarray) -> float:
+    """Precision when keeping as many highest-energy tokens as there are actor tokens (ties shared, as
+    :func:`recall_at_keep`); same inputs. NaN when no token after the first segment is an actor token."""
+    e, a = _ranked(energy, actor)
+    return recall_at_keep(energy, actor, a.sum() / e.size) if a.any() else float("nan")
+
+
+def camera_motion_truth(cfg: DemoDataConfig, domain: str, label: str, index: int, clip: ClipConfig) -> np.ndarray:
+    """The camera's motion between adjacent tubelets of a demo video's clip, as
+    :mod:`lmft_core.camera_motion` models it: float32 (N_t - 1, 3) rows (s, t_y, t_x), translations
+    in clip pixels. A tubelet stands at the mean offset and scale of its frames
+    (:func:`lmft_core.demo_data.camera_path`); exact for a steady camera, an approximation where the
+    camera moves unevenly within a tubelet (its mean then blurs)."""
+    offset, scale = camera_path(cfg, domain, label, index)
+    indices, _ = sample_frame_indices(cfg.num_frames, clip.num_frames)
+    offset = offset[indices].reshape(-1, clip.tubelet, 2).mean(1)
+    scale = scale[indices].reshape(-1, clip.tubelet).mean(1)
+    t = (clip.image_size / min(cfg.height, cfg.width)) * scale[:-1, None] * (offset[1:] - offset[:-1])  # (x, y)
+    return np.stack([scale[:-1] / scale[1:], t[:, 1], t[:, 0]], 1).astype(np.float32)
 
 
 def roc_auc(energy: np.ndarray, actor: np.ndarray) -> float:

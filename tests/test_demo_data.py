@@ -17,6 +17,8 @@ from lmft_core.demo_data import (
     MARKER,
     CameraMotion,
     DemoDataConfig,
+    _pattern,
+    camera_path,
     generate_demo_data,
     load_actor_mask,
     render_video,
@@ -234,3 +236,46 @@ def test_appearances_are_chosen_per_domain():
     assert bright[0] > bright[1] > bright[2]  # the mild look sits between the source and the full target look
     with pytest.raises(ValueError, match="demo_data.target_appearance: unknown appearance 'night'"):
         dataclasses.replace(cfg, target_appearance="night")
+
+
+def test_camera_path_is_what_the_frames_show():
+    """A clap actor stays put in the scene, so on screen it moves by minus the camera's offset."""
+    cfg = dataclasses.replace(CAM, target_camera=CameraMotion(pan_px_per_s=20.0, shake_px=3.0))
+    offset, scale = camera_path(cfg, "target", "clap", 0)
+    assert offset.shape == (cfg.num_frames, 2) and np.all(scale == 1.0)
+    static, moving = (render_video_and_mask(c, "target", "clap", 0)[1] for c in (CAM, cfg))
+    np.testing.assert_allclose(centroids(moving) - centroids(static), -offset[:, ::-1], atol=0.3)
+    assert np.all(camera_path(CAM, "target", "clap", 0)[0] == 0.0)  # a static camera
+
+
+def test_hard_looks_are_periodic_blocky_or_flat():
+    """The periodic patterns repeat at their drawn period and flip at half of it (stripes along their
+    normal; the tilted checkerboard along both of its axes); blocks hold one level per grid cell; the
+    flat look's background has a third of the texture of the others at most (what is left: noise)."""
+    xy = np.random.default_rng(0).uniform(-100, 300, (2, 5000))
+    for name, low, high in (("stripes", 6, 24), ("tilted_checker", 4, 12)):
+        draws = np.random.default_rng(7)
+        angle, size = draws.uniform(0, np.pi), draws.uniform(low, high)
+        axes = [(np.cos(angle), np.sin(angle))] + ([(-np.sin(angle), np.cos(angle))] if name == "tilted_checker" else [])
+        period = size if name == "stripes" else 2 * size  # stripes: a light and a dark band per period
+        f = _pattern(name, 0, np.random.default_rng(7))
+        for ux, uy in axes:
+            assert (f(xy[0] + period * ux, xy[1] + period * uy) == f(*xy)).mean() > 0.99
+            assert (f(xy[0] + period / 2 * ux, xy[1] + period / 2 * uy) != f(*xy)).mean() > 0.97
+    draws = np.random.default_rng(7)
+    draws.uniform(0, np.pi)
+    side = draws.integers(4, 11)
+    blocks = _pattern("blocks", 0, np.random.default_rng(7))
+    corner = np.floor(xy / side) * side
+    np.testing.assert_array_equal(blocks(*xy), blocks(corner[0] + 0.5, corner[1] + 0.5))
+    textures = {look: background_texture(dataclasses.replace(CFG, target_appearance=look))
+                for look in ("flat", "target", "stripes", "tilted_checker", "blocks")}
+    assert textures["flat"] < min(textures[look] for look in ("target", "stripes", "tilted_checker", "blocks")) / 3, textures
+
+
+def background_texture(cfg: DemoDataConfig) -> float:
+    """Mean |spatial gradient| (both axes) of the median frame of a target video, away from the actor."""
+    frames, mask = render_video_and_mask(cfg, "target", "clap", 0)
+    still = np.median(frames.astype(np.float32).mean(-1) / 255, axis=0)
+    away = ~mask.any(0)
+    return float((np.abs(np.diff(still, axis=0))[:, :-1] + np.abs(np.diff(still, axis=1))[:-1])[away[:-1, :-1] & away[1:, 1:]].mean())

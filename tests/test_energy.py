@@ -88,12 +88,12 @@ def test_indivisible_shape_is_refused():
 
 # --- variants -----------------------------------------------------------------------------------
 
-def naive_compensated(frames: np.ndarray, tubelet: int, patch: int, motion: np.ndarray) -> np.ndarray:
+def naive_compensated(frames: np.ndarray, tubelet: int, patch: int, motion: np.ndarray, min_gain: float) -> np.ndarray:
     """The camera-compensated definition for given motions (N_t - 1, 3) rows (s, t_y, t_x), one pixel
     at a time in float64: pixel p of segment t+1 is compared with the nearest pixel of segment t at
     c + s (p - c) + t (pixel centres); a token averages over its pixels that segment t saw, and a token
-    with none keeps the uncompensated difference; a pair whose median token change does not drop
-    keeps the uncompensated differences."""
+    with none keeps the uncompensated difference; a pair whose median token change does not drop by
+    the fraction ``min_gain`` keeps the uncompensated differences."""
     x = frames.astype(np.float64) / 255.0
     t, h, w, _ = x.shape
     n_t, n_h, n_w = t // tubelet, h // patch, w // patch
@@ -114,7 +114,7 @@ def naive_compensated(frames: np.ndarray, tubelet: int, patch: int, motion: np.n
                             count += 1
                 plain[i, j] = np.abs(means[s + 1] - means[s])[i * patch:(i + 1) * patch, j * patch:(j + 1) * patch].mean()
                 compensated[i, j] = total / count if count else plain[i, j]
-        lower_median = np.sort(compensated.ravel())[(compensated.size - 1) // 2] < np.sort(plain.ravel())[(plain.size - 1) // 2]
+        lower_median = np.sort(compensated.ravel())[(compensated.size - 1) // 2] < (1 - min_gain) * np.sort(plain.ravel())[(plain.size - 1) // 2]
         e[s] = compensated if lower_median else plain
     e = (e - e.min()) / (e.max() - e.min()) if e.max() > e.min() else np.zeros_like(e)
     return np.concatenate([np.ones((1, n_h, n_w)), e])
@@ -137,11 +137,11 @@ def textured_pan(n_frames: int = 8, size: int = 48, step: int = 3, actor: bool =
 def test_compensated_variants_match_naive_loop_given_their_motion(variant):
     frames = textured_pan(step=3)
     cfg = EnergyConfig(variant=variant)
-    motion = camera_motion_of(frames, 2, 8, cfg, zoom=variant == "translate_zoom").numpy()
+    motion = camera_motion_of(frames, 2, 8, cfg, zoom=variant == "translate_zoom").motion.numpy()
     assert (np.abs(motion[:, 2] - 6) < 0.5).all()  # 3 px per frame: 6 px between tubelet means of 2 frames
     got = cfg.compute(frames, 2, 8)
     assert got.shape == (4, 6, 6) and got.dtype == np.float32
-    np.testing.assert_allclose(got, naive_compensated(frames, 2, 8, motion), atol=2e-6)
+    np.testing.assert_allclose(got, naive_compensated(frames, 2, 8, motion, cfg.min_gain), atol=2e-6)
 
 
 def test_compensated_energy_finds_the_actor_that_diff_loses_to_the_pan():
@@ -194,3 +194,25 @@ def test_energy_config_validates_and_names_what_it_reads():
     with pytest.raises(ConfigError, match="energy.max_shift must be in"):
         EnergyConfig(max_shift=2.0)
     assert load_profile("demo", ["energy.variant=translate_zoom"]).energy == EnergyConfig(variant="translate_zoom")
+
+
+@pytest.mark.parametrize("variant", ["translate", "translate_zoom"])
+def test_bad_clips_fall_back_to_diff_with_a_note(variant, tmp_path):
+    """Frames too small to estimate motion on, constant frames and a single-frame video: the compensated
+    variant gives diff's energy for that clip, says why, and never NaN; other clips of a batch go on."""
+    from lmft_core.demo_data import write_mp4
+    from lmft_core.video import decode_clip
+
+    cfg = EnergyConfig(variant=variant)
+    small = textured_pan(size=16)  # 16 x 16 pixels: below the estimate's smallest image
+    constant = np.full((8, 48, 48, 3), 77, dtype=np.uint8)
+    write_mp4(textured_pan()[:1], tmp_path / "one_frame.mp4", fps=15)
+    single = decode_clip(str(tmp_path / "one_frame.mp4"), 8, 48).frames  # one frame, sampled 8 times
+    for frames, why in ((small, "below 32"), (constant, "constant"), (single, "constant")):
+        energy, notes = cfg.compute_noted(frames, 2, 8)
+        assert len(notes) == 1 and why in notes[0], notes
+        assert not np.isnan(energy).any()
+        np.testing.assert_array_equal(energy, motion_energy(frames, 2, 8))
+    energy, notes = cfg.compute_noted(np.stack([textured_pan(), constant]), 2, 8)
+    assert notes[0] == "" and "constant" in notes[1] and not np.array_equal(energy[0], motion_energy(textured_pan(), 2, 8))
+    assert EnergyConfig().compute_noted(constant, 2, 8)[1] == [""]  # diff itself has nothing to fall back from

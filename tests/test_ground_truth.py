@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from lmft_core.config import ClipConfig
+from lmft_core.demo_data import CameraMotion, DemoDataConfig
 from lmft_core.energy import motion_energy
-from lmft_core.ground_truth import actor_tokens, recall_at_keep, roc_auc, token_coverage
+from lmft_core.ground_truth import actor_tokens, camera_motion_truth, r_precision, recall_at_keep, roc_auc, token_coverage
 from lmft_core.manifest import load_manifest
 from lmft_core.video import decode_clip
 
@@ -108,3 +109,30 @@ def test_metric_edge_cases():
     assert recall_at_keep(energy, ~nobody, 0.0) == 0.0 and recall_at_keep(energy, ~nobody, 1.0) == 1.0
     with pytest.raises(ValueError, match="differ in shape"):
         roc_auc(energy, nobody[:2])
+
+
+def test_r_precision_is_the_precision_of_the_top_as_many_tokens_as_actor_tokens():
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        energy, actor = rng.uniform(0, 1, (4, 3, 5)), rng.uniform(0, 1, (4, 3, 5)) < 0.3
+        e, a = energy[1:].ravel(), actor[1:].ravel()
+        top = np.argsort(-e)[:a.sum()]
+        assert r_precision(energy, actor) == pytest.approx(a[top].mean())
+    tied = np.ones((2, 2, 2))
+    actor = np.zeros((2, 2, 2), dtype=bool)
+    actor[1, 0, 0] = True
+    assert r_precision(tied, actor) == pytest.approx(0.25)  # one place shared by four tied tokens
+    assert math.isnan(r_precision(tied, np.zeros_like(actor)))
+
+
+def test_camera_motion_truth_of_a_steady_pan_and_a_zoom():
+    """A pan of 20 px/s moves the scene 20 x 0.4 s between tubelets (6 video frames of 15 fps), times
+    the resize factor 224 / 128; a zoom of 0.1/s scales by exp(0.1 x 0.4) per pair (either sign)."""
+    clip = ClipConfig()
+    pan = camera_motion_truth(DemoDataConfig(target_camera=CameraMotion(pan_px_per_s=20.0)), "target", "wave", 0, clip)
+    assert pan.shape == (7, 3) and np.all(pan[:, 0] == 1.0)
+    np.testing.assert_allclose(np.hypot(pan[:, 1], pan[:, 2]), 20.0 * 0.4 * 224 / 128, rtol=1e-5)
+    zoom = camera_motion_truth(DemoDataConfig(target_camera=CameraMotion(zoom_per_s=0.1)), "target", "wave", 0, clip)
+    np.testing.assert_allclose(np.abs(np.log(zoom[:, 0])), 0.04, rtol=1e-4)
+    np.testing.assert_allclose(zoom[:, 1:], 0.0, atol=1e-6)
+    assert np.all(camera_motion_truth(DemoDataConfig(), "target", "wave", 0, clip) == [1.0, 0.0, 0.0])

@@ -140,7 +140,8 @@ def test_metadata_and_summary(first_run, mixed_manifest, tiny_clip):
     meta = json.loads(summary.metadata_path.read_text())
     manifest = load_manifest(mixed_manifest)
     assert meta["classes"] == list(manifest.classes) and meta["profile"] == "demo"
-    assert meta["counts"] == {"manifest_rows": 37, "shard_rows": 35, "rejects": 2, "short_videos": 2, "pyav_decoded": 2}
+    assert meta["counts"] == {"manifest_rows": 37, "shard_rows": 35, "rejects": 2, "short_videos": 2, "pyav_decoded": 2,
+                              "energy_fallbacks": 0}  # diff, the default variant, never falls back
     assert meta["schema_version"] == SCHEMA_VERSION
     assert meta["clip_model"]["kind"] == "file" and meta["clip_model"]["untrained"] is False
     assert meta["clip_model"]["path"] == str(Path(tiny_clip.pretrained).resolve())
@@ -224,9 +225,15 @@ def test_other_config_gets_its_own_output_and_reject_limit(ray_local, tiny_clip,
 
 def test_energy_variant_is_recorded_and_gets_its_own_output(ray_local, tiny_clip, tmp_path):
     """``--set energy.variant=...`` computes that variant's energy, names it in the metadata and hashes
-    it into the output folder (the paper's energy of the same manifest would go elsewhere)."""
+    it into the output folder (the paper's energy of the same manifest would go elsewhere). A
+    single-frame video gets diff's energy, its row says why, and the summary counts it."""
+    from lmft_core.demo_data import write_mp4
+
+    still = tmp_path / "one_frame.mp4"
+    write_mp4(np.random.default_rng(0).integers(0, 256, (1, 48, 64, 3), dtype=np.uint8), still, fps=15)
     manifest = write_manifest(
-        [{"path": str(SHARED_VIDEOS / "moviepy__clip1024.flv"), "label": "wave", "domain": "source", "split": "train"}]
+        [{"path": str(SHARED_VIDEOS / "moviepy__clip1024.flv"), "label": "wave", "domain": "source", "split": "train"},
+         {"path": str(still), "label": "wave", "domain": "target", "split": "train"}]
         + real_rows(["mmaction2__tests__test.mp4", "mmaction2__demo__demo.mp4"]), tmp_path / "m.csv")
     sets = [a for o in overrides(tiny_clip, "energy.variant=translate_zoom") for a in ("--set", o)]
     out = tmp_path / "out"
@@ -245,6 +252,10 @@ def test_energy_variant_is_recorded_and_gets_its_own_output(ray_local, tiny_clip
     frames = np.stack([decode_clip(paths[v], 8, 32).frames for v in table.column("video_id").to_pylist()])
     np.testing.assert_array_equal(energy, EnergyConfig(variant="translate_zoom").compute(frames, 2, 8))
     assert not np.array_equal(energy, motion_energy(frames, 2, 8))  # the hand-held clips were compensated
+    notes = dict(zip(table.column("video_id").to_pylist(), table.column("energy_note").to_pylist()))
+    one_frame = [v for v in notes if "one_frame" in v]
+    assert [v for v, n in notes.items() if n] == one_frame and "constant" in notes[one_frame[0]]
+    assert meta["counts"]["energy_fallbacks"] == 1 and not np.isnan(energy).any()
 
 
 def test_bad_manifest_fails_before_any_work(tmp_path, tiny_clip):

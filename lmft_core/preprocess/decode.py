@@ -92,9 +92,10 @@ def decode_batch(batch: pa.Table, clip: ClipConfig, timeout_s: float, rejects_di
         "decode_note": [c.note for c in clips],
     }
     if energy:
-        maps = [energy_config.compute(f, clip.tubelet, clip.patch) for f in frames]
+        maps, notes = zip(*(energy_config.compute_noted(f, clip.tubelet, clip.patch) for f in frames)) if frames else ((), ())
         cols["energy"] = list_column(maps, pa.float32())
         cols["energy_shape"] = [list(clip.grid)] * len(ok)
+        cols["energy_note"] = [n for (n,) in notes]
     cols["frames"] = pack_frames(frames)
     cols["frames_shape"] = [list(f.shape) for f in frames]
     return pa.table(cols, schema=decoded_schema(energy))

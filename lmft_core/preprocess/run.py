@@ -56,6 +56,7 @@ from lmft_core.pseudo_labels import PseudoLabelConfig
 from lmft_core.ray_cluster import connect
 from lmft_core.run_config import RunConfig
 from lmft_core.shards.format import FRAMES_JPEG_QUALITY, FRAMES_JPEG_SUBSAMPLING, ROW_SCHEMA, SCHEMA_VERSION, SHARD_PARQUET_OPTIONS, shard_schema
+from lmft_core.stack import library_versions
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,7 @@ class PreprocessSummary:
     rejects: int
     short_videos: int
     pyav_decoded: int
+    energy_fallbacks: int  # clips whose camera-compensated energy fell back to diff's (shard column energy_note says why)
     elapsed_s: float
     videos_per_s: float  # processed / elapsed_s
     source_clip_accuracy: float | None  # CLIP pseudo-label accuracy on source rows
@@ -97,6 +99,7 @@ class PreprocessSummary:
                "preprocess/changed_files": self.changed_files,
                "preprocess/shard_rows": self.shard_rows, "preprocess/rejects": self.rejects,
                "preprocess/rejected_fraction": self.rejected_fraction, "preprocess/short_videos": self.short_videos,
+               "preprocess/energy_fallbacks": self.energy_fallbacks,
                "preprocess/elapsed_s": self.elapsed_s, "preprocess/videos_per_s": self.videos_per_s}
         for name in ("source_clip_accuracy", "target_clip_accuracy"):
             if getattr(self, name) is not None:
@@ -112,23 +115,12 @@ class PreprocessSummary:
             f"preprocessing output: {self.output_dir}",
             f"  videos: {self.videos_in} in manifest, {self.already_done} already done, {self.processed} processed now "
             f"({self.changed_files} because their file was replaced; {self.videos_per_s:.2f} videos/s over {self.elapsed_s:.1f} s)",
-            f"  shards: {self.shard_rows} rows ({self.short_videos} short videos, {self.pyav_decoded} decoded with PyAV); "
+            f"  shards: {self.shard_rows} rows ({self.short_videos} short videos, {self.pyav_decoded} decoded with PyAV, "
+            f"{self.energy_fallbacks} with diff's energy in place of the compensated variant's: column energy_note says why); "
             f"rejects: {self.rejects} ({pct(self.rejected_fraction)}) -> {self.rejects_path}",
             f"  CLIP {self.clip_weights}{clip_note}",
             f"  CLIP pseudo-label accuracy: source {pct(self.source_clip_accuracy)}, labelled target {pct(self.target_clip_accuracy)}",
         ])
-
-
-def library_versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for pkg in ("lmft", "torch", "open_clip_torch", "decord", "av", "ray", "pyarrow", "numpy", "pillow"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            out[pkg] = "not installed"
-    return out
 
 
 def manifest_table(manifest: Manifest, rows: Sequence | None = None) -> pa.Table:
@@ -226,7 +218,8 @@ def run_preprocess(manifest: Manifest | str | Path, output_dir: str | Path, prof
         summary = PreprocessSummary(
             output_dir=out, config_hash=digest, videos_in=len(manifest.rows), already_done=len(done), changed_files=len(changed),
             processed=len(todo_rows), shard_rows=stats["rows"], rejects=len(rejects),
-            short_videos=stats["short_videos"], pyav_decoded=stats["pyav_decoded"], elapsed_s=elapsed,
+            short_videos=stats["short_videos"], pyav_decoded=stats["pyav_decoded"], energy_fallbacks=stats["energy_fallbacks"],
+            elapsed_s=elapsed,
             videos_per_s=len(todo_rows) / elapsed if elapsed > 0 else 0.0,
             source_clip_accuracy=stats["source_clip_accuracy"], target_clip_accuracy=stats["target_clip_accuracy"],
             clip_weights=f"{labels.model} / " + (f"untrained (random init, seed {labels.init_seed})" if labels.untrained
@@ -245,7 +238,8 @@ def run_preprocess(manifest: Manifest | str | Path, output_dir: str | Path, prof
             "clip_model": weights, "untrained_clip": labels.untrained,
             "library_versions": library_versions(),
             "counts": {"manifest_rows": summary.videos_in, "shard_rows": summary.shard_rows, "rejects": summary.rejects,
-                       "short_videos": summary.short_videos, "pyav_decoded": summary.pyav_decoded},
+                       "short_videos": summary.short_videos, "pyav_decoded": summary.pyav_decoded,
+                       "energy_fallbacks": summary.energy_fallbacks},
             "source_clip_accuracy": summary.source_clip_accuracy, "target_clip_accuracy": summary.target_clip_accuracy,
             "last_run": {"processed": summary.processed, "already_done": summary.already_done, "changed_files": summary.changed_files,
                          "elapsed_s": summary.elapsed_s, "videos_per_s": summary.videos_per_s},

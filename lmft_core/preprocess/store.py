@@ -148,9 +148,10 @@ def commit(out: Path) -> None:
 
 
 def shard_stats(out: Path) -> dict:
-    """Counts over the committed shards: rows, short videos, PyAV-decoded, CLIP accuracy per domain."""
+    """Counts over the committed shards: rows, short videos, PyAV-decoded, clips whose compensated
+    energy fell back to diff's, CLIP accuracy per domain."""
     files = sorted((out / "shards").glob("*.parquet"))
-    cols = ["video_id", "domain", "label_index", "pseudo_label", "short_video", "decoder"]
+    cols = ["video_id", "domain", "label_index", "pseudo_label", "short_video", "decoder", "energy_note"]
     t = pa.concat_tables([pq.read_table(f, columns=cols) for f in files]) if files else pa.table({c: [] for c in cols})
     d = {c: t.column(c).to_pylist() for c in cols}
 
@@ -159,6 +160,7 @@ def shard_stats(out: Path) -> dict:
         return sum(hits) / len(hits) if hits else None
 
     return {"rows": t.num_rows, "short_videos": sum(d["short_video"]), "pyav_decoded": d["decoder"].count("pyav"),
+            "energy_fallbacks": sum(bool(n) for n in d["energy_note"]),
             "source_clip_accuracy": accuracy("source"), "target_clip_accuracy": accuracy("target"),
             "video_ids": d["video_id"]}
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # A reject: the manifest row, the identity of the file it was made from, the decoders that tried it, why.
 REJECT_COLUMNS = ("video_id", "path", "domain", "split", "label", "file_size", "file_mtime_ns", "file_sha256", "decoder", "reason")
 
@@ -54,6 +54,8 @@ DECODE_FIELDS = [
 ENERGY_FIELDS = [
     pa.field("energy", pa.list_(pa.float32()), nullable=False),
     pa.field("energy_shape", pa.list_(pa.int64()), nullable=False),
+    # why a camera-compensated energy variant fell back to diff's energy for this clip; empty otherwise
+    pa.field("energy_note", pa.string(), nullable=False),
 ]
 CLIP_FIELDS = [
     pa.field("clip_probs", pa.list_(pa.float32()), nullable=False),

@@ -48,7 +48,7 @@ def write_synthetic_shards(root: str | Path, clip: ClipConfig, classes: Sequence
             "num_video_frames": [clip.num_frames] * n,
             "frame_indices": list_column([np.arange(clip.num_frames)] * n, pa.int64()),
             "short_video": [False] * n, "decoder": ["synthetic"] * n, "decode_note": [""] * n,
-            "energy": list_column(list(energy), pa.float32()), "energy_shape": [list(grid)] * n,
+            "energy": list_column(list(energy), pa.float32()), "energy_shape": [list(grid)] * n, "energy_note": [""] * n,
             "clip_probs": list_column(list(probs), pa.float32()), "pseudo_label": probs.argmax(1).astype(np.int64),
             "pseudo_confidence": probs.max(1), "frames": pack_frames(list(frames)),
             "frames_shape": [list(frames.shape[1:])] * n,
