@@ -21,6 +21,10 @@ Groups (each a comparison of trainings, ``--seeds`` seeds each, same data and sc
   and both (``clip+self``).
 - ``policy``: one threshold per clip (the paper's) against one per temporal segment.
 - ``first``: the paper's first-segment rule (always kept) against ``next``.
+- ``pretrain``: adaptation from scratch against adaptation from an encoder pretrained by masked video
+  modelling on the unlabelled source and target clips (``pipelines/pretrain.py``, mask ratio 0.9) with
+  ``tube``, ``motion`` and ``learned`` masking; full tokens and LMFT. Each pretraining runs once per seed
+  (``train.seed``) and its cost (wall-clock, clips/s, peak memory) is tabled beside.
 
 Why this setting (the ``results`` profile says the same): classes are defined by motion and the actor's
 look is shared, the target has a milder look (``target_mild``: no texture, less darkening, noise and
@@ -66,6 +70,7 @@ class Setting:
     energy: str = "diff"
     overrides: tuple[str, ...] = ()
     from_lmft: str = ""
+    pretrain: str = ""  # a masking strategy: adapt from the encoder it pretrains (per seed); empty: from scratch
 
     def all_overrides(self, rows: dict[str, list[dict]]) -> tuple[str, ...]:
         if not self.from_lmft:
@@ -100,6 +105,13 @@ GROUPS: dict[str, list[Setting]] = {
         Setting("first segment always kept (paper)"),
         Setting("first segment scored by the next difference", overrides=('selector.first_segment="next"',)),
     ],
+    "pretrain": [
+        Setting("full tokens, from scratch", overrides=('selector.name="full"',)),
+        *(Setting(f"full tokens, pretrained ({m})", overrides=('selector.name="full"',), pretrain=m)
+          for m in ("tube", "motion", "learned")),
+        Setting("LMFT, from scratch"),
+        Setting("LMFT, pretrained (motion)", pretrain="motion"),
+    ],
 }
 
 
@@ -130,13 +142,22 @@ def energy_ncm(shards: ShardSet) -> float:
     return float((pred == yt).mean())
 
 
-def train_row(profile: RunConfig, shards: Path, workdir: Path, overrides: tuple[str, ...], seed: int) -> dict:
+def train_row(profile: RunConfig, shards: Path, workdir: Path, overrides: tuple[str, ...], seed: int,
+              pretrain: str = "") -> dict:
+    """One training (after a pretraining with masking ``pretrain``, when given, whose encoder it starts from)."""
+    from lmft_core.pretrain.run import run_pretrain
     from lmft_core.train.evaluate import headline
     from lmft_core.train.run import run_training
 
-    result = run_training(profile.with_overrides([*overrides, f"train.seed={seed}"]), shards, workdir)
+    row, seeded = {}, [*overrides, f"train.seed={seed}"]
+    if pretrain:
+        pre = run_pretrain(profile.with_overrides([*seeded, f'pretrain.masking="{pretrain}"']), shards, workdir)
+        seeded.append(f"model.pretrained={json.dumps(pre.encoder)}")
+        row = {"pretrain": {"masking": pretrain, "elapsed_s": pre.elapsed_s, "clips_per_s": pre.clips_per_s,
+                            "peak_memory_mb": pre.peak_memory_mb, "final_loss": pre.final_loss}}
+    result = run_training(profile.with_overrides(seeded), shards, workdir)
     return {"seed": seed, **headline(result.evaluation), "train_clips_per_s": result.train_clips_per_s,
-            "elapsed_s": result.elapsed_s, "run": result.run_name, "evaluation": result.evaluation}
+            "elapsed_s": result.elapsed_s, "run": result.run_name, "evaluation": result.evaluation, **row}
 
 
 RUN_METRICS = ("source_val_top1", "pseudo_label_rate")
@@ -215,9 +236,10 @@ def main(argv: list[str] | None = None) -> int:
             runs = done.setdefault("runs", {})
             rows[setting.label] = []
             for seed in range(args.seeds):
-                key = json.dumps([setting.data, setting.energy, list(args.overrides), list(overrides), seed])
+                key = json.dumps([setting.data, setting.energy, list(args.overrides), list(overrides), seed]
+                                 + ([setting.pretrain] if setting.pretrain else []))
                 if key not in runs:
-                    runs[key] = train_row(profile, shards, workdir, overrides, seed)
+                    runs[key] = train_row(profile, shards, workdir, overrides, seed, setting.pretrain)
                     store.write_text(json.dumps(done, indent=2))
                 rows[setting.label].append(runs[key])
             print(f"[results] {group} / {setting.label}: top-1 {_mean_spread([r['top1'] for r in rows[setting.label]])}",
@@ -249,6 +271,7 @@ TITLES = {
     "pseudo": "Pseudo-label sources (offline demo: CLIP is untrained)",
     "policy": "One threshold per clip against one per temporal segment",
     "first": "The first temporal segment",
+    "pretrain": "Masked video pretraining on the unlabelled clips before adaptation",
 }
 
 
@@ -272,6 +295,8 @@ def render(done: dict, profile: RunConfig, name: str) -> str:
         if group not in done:
             continue
         lines += [f"### {title}", "", group_table(done[group]["rows"], done[group]["extra"]), "", reading(done[group]["rows"], chance), ""]
+        if group == "pretrain":
+            lines += [pretrain_cost(done[group]["rows"], profile), ""]
     missing = [g for g in TITLES if g not in done]
     if missing:
         lines += [f"Not run on this profile: {', '.join(f'`{g}`' for g in missing)} "
@@ -282,6 +307,23 @@ def render(done: dict, profile: RunConfig, name: str) -> str:
               "source clips (how far it fits the source at all); *target pseudo-labelled* the fraction of target-train",
               "clips with a training label at the end (0: the target loss was 0 throughout, a source-only training).", ""]
     return "\n".join(lines)
+
+
+def pretrain_cost(rows: dict[str, list[dict]], profile: RunConfig) -> str:
+    """The pretrainings of the ``pretrain`` group: strategy, final loss, wall-clock, clips/s, peak memory."""
+    cfg = profile.pretrain
+    runs: dict[str, dict[int, dict]] = {}
+    for results in rows.values():
+        for r in results:
+            if "pretrain" in r:
+                runs.setdefault(r["pretrain"]["masking"], {})[r["seed"]] = r["pretrain"]  # once per strategy and seed
+    table = [[m, f"{statistics.mean(p['final_loss'] for p in by_seed.values()):.4f}",
+              f"{statistics.mean(p['elapsed_s'] for p in by_seed.values()):.0f}",
+              f"{statistics.mean(p['clips_per_s'] for p in by_seed.values()):.1f}",
+              f"{max(p['peak_memory_mb'] for p in by_seed.values()):.0f}", len(by_seed)] for m, by_seed in runs.items()]
+    return (f"Pretraining ({cfg.epochs} epochs of batch {cfg.batch_size}, mask ratio {cfg.mask_ratio:g}, on source and "
+            "target train clips; the wall-clock includes Ray Train's start and the figure, and the machine was shared):\n\n"
+            + markdown_table(["masking", "final loss", "wall-clock s", "clips/s", "peak memory MB (rank 0 process)", "seeds"], table))
 
 
 def reading(rows: dict[str, list[dict]], chance: float) -> str:

@@ -34,6 +34,7 @@ from lmft_core.model.policy import PolicyConfig
 from lmft_core.model.selectors import SelectorConfig
 from lmft_core.model.vit import ModelConfig
 from lmft_core.preprocess.config import PreprocessConfig
+from lmft_core.pretrain.config import PretrainConfig
 from lmft_core.pseudo_labels import PseudoLabelConfig
 from lmft_core.tracking import TrackingConfig
 from lmft_core.train.config import TrainConfig
@@ -116,6 +117,7 @@ class WorkflowConfig:
     ``predict_split`` names the manifest's target rows labelled at the end (the held-back videos)."""
 
     adapt: str = "train"
+    pretrain: bool = False  # the pretrain stage ([pretrain]) runs before adapt, which starts from its encoder
     baselines: tuple[str, ...] = ("full",)
     model_name: str = "lmft"
     alias: str = "best"
@@ -176,6 +178,7 @@ class RunConfig:
     selector: SelectorConfig = SelectorConfig()
     policy: PolicyConfig = PolicyConfig()
     train: TrainConfig = TrainConfig()
+    pretrain: PretrainConfig = PretrainConfig()
     predict: PredictConfig = PredictConfig()
     sweep: SweepConfig = SweepConfig()
     workflow: WorkflowConfig = WorkflowConfig()
@@ -327,3 +330,16 @@ if __name__ == "__main__":
 
     this.REFERENCE_MD.write_text(this.reference())
     print(f"wrote {this.REFERENCE_MD}", file=sys.stderr)
+
+
+def run_arguments(description: str):
+    """The command line of a run on a preprocessing output (``pipelines/train.py``, ``pipelines/pretrain.py``):
+    ``--shards``, ``--profile``, ``--workdir``, ``--set section.key=value`` (repeatable, as ``overrides``)."""
+    import argparse
+
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shards", required=True, type=Path, help="preprocessing output (root with LATEST, or a <hash> folder)")
+    p.add_argument("--profile", default=DEFAULT_PROFILE, help=f"one of {available_profiles()} or a .toml path")
+    p.add_argument("--workdir", type=Path, default=Path("outputs"), help="where checkpoints, run files and the embedded MLflow store go")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    return p

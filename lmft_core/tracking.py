@@ -141,10 +141,11 @@ def artifact_location(uri: str, workdir: Path) -> str | None:
 
 
 class Run:
-    """An open MLflow run; log params, metrics (names carry units) and artifacts to it."""
+    """An open MLflow run; log params, metrics (names carry units) and artifacts to it. ``resumed``: an
+    earlier run reopened (its params are logged already)."""
 
-    def __init__(self, client, run_id: str):
-        self.client, self.run_id = client, run_id
+    def __init__(self, client, run_id: str, resumed: bool = False):
+        self.client, self.run_id, self.resumed = client, run_id, resumed
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         """Nested params flattened (``a.b``), values as strings, in batches (one call per 100)."""
@@ -223,10 +224,14 @@ def using_tracking_uri(uri: str) -> Iterator[None]:
 
 @contextmanager
 def start_run(cfg: TrackingConfig, workdir: str | Path, run_name: str, parent_run_id: str | None = None,
-              resume_run_id: str | None = None) -> Iterator[Run]:
+              resume_run_id: str | None = None, id_file: Path | None = None) -> Iterator[Run]:
     """Open a run in ``cfg.experiment`` (created on first use), or reopen ``resume_run_id`` when that run
-    exists (a resumed job continues its run); FINISHED at the end, FAILED if the body raises, KILLED on Ctrl-C."""
+    exists (a resumed job continues its run); FINISHED at the end, FAILED if the body raises, KILLED on Ctrl-C. With
+    ``id_file``, the run id it holds (if any) is the one to resume, and the open run's id is written there."""
     from mlflow import MlflowClient
+
+    if id_file is not None and id_file.is_file():
+        resume_run_id = id_file.read_text().strip()
 
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -250,9 +255,11 @@ def start_run(cfg: TrackingConfig, workdir: str | Path, run_name: str, parent_ru
     if run_id is None:
         tags = {"mlflow.parentRunId": parent_run_id} if parent_run_id else None
         run_id = client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
+    if id_file is not None:
+        id_file.write_text(run_id)
     status = "FAILED"
     try:
-        yield Run(client, run_id)
+        yield Run(client, run_id, resumed=run_id == resume_run_id)
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"  # Ctrl-C: stopped by the user, not failed

@@ -1,4 +1,4 @@
-"""The main job: data -> preprocess -> adapt (train or sweep) -> evaluate -> register -> predict.
+"""The main job: data -> preprocess -> (pretrain) -> adapt (train or sweep) -> evaluate -> register -> predict.
 
 The job is a list of stages (:data:`STAGES`), each a :class:`Stage` with its ``outputs`` and its ``run``
 over a shared :class:`Flow`; adding a stage is one new class. Every stage's output is keyed by its inputs and
@@ -10,16 +10,21 @@ stage        output (keyed by)                                                 s
 ===========  ===============================================================  ==========================
 data         ``data/`` demo videos and manifest (the demo settings)            the same settings exist
 preprocess   ``shards/<hash>/`` (manifest, geometry, CLIP, energy variant)     every video is done
+pretrain     ``pretrain/<run>/encoder.pth`` (``[pretrain]``, model, shards)    its result exists
 adapt        ``train/<run>/`` or ``sweeps/<sweep>/`` (resolved config, shards)  its result exists
 evaluate     ``train/<run>/`` of each baseline training (``[workflow]``)       their results exist
 register     a registry version of the adapted model (its source URI)          that version exists
 predict      ``predictions/<hash>/`` (model version, input rows)               its summary exists
 ===========  ===============================================================  ==========================
 
+``pretrain`` runs only with ``[workflow] pretrain = true`` (masked video pretraining on the unlabelled
+source and target clips, :mod:`lmft_core.pretrain`); adapt and evaluate then start from its encoder
+(``model.pretrained``, which their run names hash, so they are keyed on it).
+
 One MLflow parent run per workflow (``workflow-<profile>-<hash>``, reopened by a re-run of the same
 workflow) with each stage's run nested under it. Layout of the work directory (``--workdir``)::
 
-    data/  shards/  train/  ray_train/  sweeps/  tune/  predictions/  workflow/  mlflow.db  mlartifacts/
+    data/  shards/  pretrain/  train/  ray_train/  sweeps/  tune/  predictions/  workflow/  mlflow.db  mlartifacts/
 
 On a Ray cluster the work directory must be storage every node can read and write (NFS, a mounted
 bucket): workers read the videos and write shards, checkpoints and predictions there.
@@ -145,6 +150,30 @@ class Preprocess(Stage):
         flow.preprocess = summary
 
 
+class Pretrain(Stage):
+    """Masked video pretraining on the unlabelled clips (only with ``workflow.pretrain``); from here on the
+    workflow's profile starts from its encoder (``model.pretrained``)."""
+
+    name = "pretrain"
+
+    def outputs(self, flow: Flow) -> list[Path]:
+        from lmft_core.pretrain.run import prepare_pretrain
+
+        if not flow.profile.workflow.pretrain:
+            return []
+        _, name = prepare_pretrain(flow.profile, flow.shards, flow.workdir)
+        return [flow.workdir / "pretrain" / name, flow.workdir / "ray_train" / name]
+
+    def run(self, flow: Flow) -> None:
+        from lmft_core.pretrain.run import run_pretrain
+
+        if not flow.profile.workflow.pretrain:
+            return
+        pretrained = run_pretrain(flow.profile, flow.shards, flow.workdir, parent_run_id=flow.parent.run_id)
+        flow.parent.log_metrics({"pretrain/final_loss": pretrained.final_loss, "pretrain/clips_per_s": pretrained.clips_per_s})
+        flow.profile = flow.profile.with_overrides([f"model.pretrained={json.dumps(pretrained.encoder)}"])
+
+
 class Adapt(Stage):
     """One training of the profile, or a sweep whose best trial adapts (``workflow.adapt``)."""
 
@@ -265,7 +294,7 @@ class Predict(Stage):
         flow.prediction = pred
 
 
-STAGES: tuple[type[Stage], ...] = (Preprocess, Adapt, Evaluate, Register, Predict)
+STAGES: tuple[type[Stage], ...] = (Preprocess, Pretrain, Adapt, Evaluate, Register, Predict)
 STAGE_NAMES = tuple(stage.name for stage in STAGES)
 
 

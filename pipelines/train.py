@@ -12,23 +12,16 @@ again resumes an unfinished run and returns a finished one as it is.
 
 from __future__ import annotations
 
-import argparse
 import sys
-from pathlib import Path
 
 from lmft_core.config import INTERRUPTED, INTERRUPTED_EXIT, ConfigError
 from lmft_core.model import tau_text
-from lmft_core.run_config import DEFAULT_PROFILE, available_profiles, load_profile
+from lmft_core.run_config import load_profile, run_arguments
 from lmft_core.train.run import TrainError, run_training
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--shards", required=True, type=Path, help="preprocessing output (root with LATEST, or a <hash> folder)")
-    p.add_argument("--profile", default=DEFAULT_PROFILE, help=f"one of {available_profiles()} or a .toml path")
-    p.add_argument("--workdir", type=Path, default=Path("outputs"), help="where checkpoints, run files and the embedded MLflow store go")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
-    args = p.parse_args(argv)
+    args = run_arguments(__doc__).parse_args(argv)
     try:
         profile = load_profile(args.profile, args.overrides)
         result = run_training(profile, args.shards, args.workdir)

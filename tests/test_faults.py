@@ -192,7 +192,7 @@ def test_disk_full_while_a_checkpoint_is_written(tiny_shards, tmp_path):
     watcher.join()
     print(f"file size limit {set(limited.values())} B on {len(limited)} workers; finished in {time.monotonic() - t0:.0f} s")
     assert limited, "no worker was limited"
-    errors = (tmp_path / "train" / "diskfull" / "attempt_errors.jsonl").read_text()
+    errors = (tmp_path / "ray_train" / "diskfull" / "attempt_errors.jsonl").read_text()
     assert "the checkpoint could not be written" in errors and "a full disk or a file-size limit" in errors, errors
     for folder in sorted((tmp_path / "ray_train" / "diskfull").glob("epoch_*")):  # each stored checkpoint whole
         assert load_checkpoint(folder)["epoch"] == int(folder.name.split("_")[1]), folder

@@ -19,8 +19,9 @@ from lmft_core.run_config import load_profile
 from lmft_core.workflow import run_full, where_everything_is
 
 REPO = Path(__file__).resolve().parents[1]
-# the tiny workflow with a full-token baseline training in the evaluate stage
-TINY = TINY_WORKFLOW + ["workflow.baselines=['full']"]
+# the tiny workflow with a full-token baseline training in the evaluate stage, after one epoch of pretraining
+TINY = TINY_WORKFLOW + ["workflow.baselines=['full']", "workflow.pretrain=true", "pretrain.epochs=1",
+                        "pretrain.batch_size=1", "pretrain.decoder_depth=1"]
 
 
 # The workflow logs into its work directory's own store, for the module's run and every re-run in a test alike.
@@ -48,9 +49,12 @@ def test_parent_run_with_a_nested_run_per_stage(full_run):
     assert {a.path for a in client.list_artifacts(result.run_id, "inputs")} == {"inputs/manifest.csv", "inputs/demo.toml"}
     children = client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{result.run_id}'")
     stages = sorted(c.data.tags["lmft.stage"] for c in children)
-    assert stages == ["evaluate", "predict", "preprocess", "register", "train", "train"]  # lmft and the full baseline
+    assert stages == ["evaluate", "predict", "preprocess", "pretrain", "register", "train", "train"]  # lmft and the full baseline
     trained = {c.data.tags["lmft.selector"]: c for c in children if c.data.tags["lmft.stage"] == "train"}
     assert set(trained) == {"lmft", "full"} and trained["lmft"].info.run_id == result.adapted_run
+    encoder = next(c for c in children if c.data.tags["lmft.stage"] == "pretrain").data.tags["lmft.encoder"]
+    assert all(t.data.tags["lmft.pretrained"] == encoder for t in trained.values())  # both start from its encoder
+    assert encoder.startswith(str(workdir / "pretrain")) and Path(encoder).is_file()
     experiment = client.get_experiment(run.info.experiment_id)
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     assert result.experiment_url.endswith(f"/#/experiments/{experiment.experiment_id}/runs?workflowType=machine_learning")

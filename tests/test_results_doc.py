@@ -41,3 +41,22 @@ def test_the_reading_states_the_transfer_bar_and_differences_against_the_spread(
     weak = {"LMFT": [row(0.30), row(0.20), row(0.25)], "full tokens": [row(0.28), row(0.27), row(0.29)]}
     text = reading(weak, chance)
     assert "does not meet the bar" in text and "not a clear difference" in text
+
+
+def test_the_pretrain_group_tables_each_pretraining_once_per_strategy_and_seed():
+    from lmft_core.run_config import load_profile
+
+    cost = results_script()["pretrain_cost"]
+
+    def pre(masking, seed, loss, s, mb):
+        return {"seed": seed, "top1": 0.3, "pretrain": {"masking": masking, "final_loss": loss, "elapsed_s": s,
+                                                        "clips_per_s": 10.0, "peak_memory_mb": mb}}
+
+    rows = {"full tokens, from scratch": [{"seed": 0, "top1": 0.2}],
+            "full tokens, pretrained (motion)": [pre("motion", 0, 0.5, 100.0, 900.0), pre("motion", 1, 0.7, 120.0, 1000.0)],
+            "LMFT, pretrained (motion)": [pre("motion", 0, 0.5, 100.0, 900.0), pre("motion", 1, 0.7, 120.0, 1000.0)],
+            "full tokens, pretrained (tube)": [pre("tube", 0, 0.8, 90.0, 800.0)]}
+    text = cost(rows, load_profile("results-tiny"))
+    assert "| motion | 0.6000 | 110 | 10.0 | 1000 | 2 |" in text  # two seeds, not four runs
+    assert "| tube | 0.8000 | 90 | 10.0 | 800 | 1 |" in text
+    assert "10 epochs of batch 8, mask ratio 0.9" in text

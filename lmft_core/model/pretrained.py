@@ -91,30 +91,36 @@ class LoadReport:
 
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     """The raw tensors of a checkpoint file or Hugging Face directory (see the module docstring)."""
+    return _read(path)[0]
+
+
+def _read(path: str | Path) -> tuple[dict[str, Tensor], dict]:
+    """(the raw tensors, the ``lmft`` entry of a torch checkpoint lmft wrote or {}) of ``path``."""
     path = Path(path)
     if path.is_dir():
         for name in ("model.safetensors", "pytorch_model.bin"):
             if (path / name).is_file():
-                return read_state_dict(path / name)
+                return _read(path / name)
         raise CheckpointError(f"{path}: directory has neither model.safetensors nor pytorch_model.bin")
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file not found")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(path))
+        return load_file(str(path)), {}
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise CheckpointError(f"{path}: cannot be read as a weights-only torch checkpoint: {e}") from e
+    meta = obj.get("lmft") if isinstance(obj, dict) and isinstance(obj.get("lmft"), dict) else {}
     for key in ("model", "module", "state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
             break
     if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
         raise CheckpointError(f"{path}: no state dict found (expected tensors at the top or under 'model'/'module')")
-    return dict(obj)
+    return dict(obj), meta
 
 
 def detect_format(state: dict[str, Tensor]) -> str:
@@ -229,3 +235,26 @@ def build_model(config: ModelConfig) -> VideoViT:
         report = model.load_report = load_videomae(model, config.pretrained)
         log.log(logging.INFO if report.complete else logging.WARNING, "%s", report.summary())
     return model
+
+
+def check_pretrained(config: ModelConfig) -> None:
+    """Raise :class:`CheckpointError` naming ``config.pretrained`` and the key when its weights cannot
+    initialise ``config``'s model: a tensor of another shape (another width, tubelet or patch) or, for a
+    checkpoint lmft's pretraining wrote (it records its geometry under ``lmft``), another ``[clip]``.
+    Builds the model once on the CPU to know its shapes (about a second for ViT-B)."""
+    path = Path(config.pretrained)
+    raw, meta = _read(path)
+    converted, _, _ = convert_state_dict(raw)
+    own = VideoViT(config).state_dict()
+    bad = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+           for k, v in converted.items() if k in own and k not in HEAD_KEYS and v.shape != own[k].shape]
+    if bad:
+        raise CheckpointError(f"{path}: weights of another shape than model.size={config.size!r} at this clip "
+                              "geometry (another width, tubelet or patch?): " + "; ".join(bad))
+    clip = meta.get("clip")
+    if clip:
+        diffs = [f"clip.{k}: checkpoint {v}, model {getattr(config.clip, k)}" for k, v in clip.items()
+                 if getattr(config.clip, k, v) != v]
+        if diffs:
+            raise CheckpointError(f"{path}: pretrained at another clip geometry (" + "; ".join(diffs)
+                                  + "): pretrain with this profile's [clip], or adapt at the checkpoint's")

@@ -149,11 +149,15 @@ class PatchEmbed(nn.Module):
         :meth:`forward` followed by a gather, at the cost of the kept tokens only (forward and backward).
         """
         self.check(video)
-        b, c = video.shape[:2]
-        (n_t, n_h, n_w), t, p = self.clip.grid, self.clip.tubelet, self.clip.patch
-        tubelets = video.view(b, c, n_t, t, n_h, p, n_w, p).permute(0, 2, 4, 6, 1, 3, 5, 7)
-        pixels = tubelets[keep].flatten(1)  # (L, C * t * p * p)
+        pixels = tubelet_view(video, self.clip)[keep].flatten(1)  # (L, C * t * p * p)
         return F.linear(pixels, self.proj.weight.flatten(1), self.proj.bias)
+
+
+def tubelet_view(video: Tensor, clip: ClipConfig) -> Tensor:
+    """A view of ``video`` (B, C, T, H, W) split into its tubelets: (B, N_t, N_h, N_w, C, t, p, p), no copy."""
+    b, c = video.shape[:2]
+    (n_t, n_h, n_w), t, p = clip.grid, clip.tubelet, clip.patch
+    return video.view(b, c, n_t, t, n_h, p, n_w, p).permute(0, 2, 4, 6, 1, 3, 5, 7)
 
 
 class Attention(nn.Module):
@@ -270,7 +274,13 @@ class VideoViT(nn.Module):
         return self.patch_embed(video) + self.pos_embed.to(video.dtype)
 
     def features(self, video: Tensor, keep: Tensor | None = None, attention: str | None = None) -> Tensor:
-        """Pooled, normalised features (B, D) of the kept tokens (see :meth:`forward`).
+        """Pooled, normalised features (B, D) of the kept tokens (see :meth:`forward`)."""
+        h, tokens = self.encode(video, keep, attention)
+        return self.fc_norm(tokens.mean(h))
+
+    def encode(self, video: Tensor, keep: Tensor | None = None, attention: str | None = None) -> tuple[Tensor, TokenLayout]:
+        """The last block's output for the kept tokens and their layout: (L, D) packed, video after video
+        in token order, or (B, L_max, D) padded (as the backend's layout). ``keep`` as in :meth:`forward`.
 
         Only the kept tokens are embedded (:meth:`PatchEmbed.kept`), so every layer's cost, the
         tubelet embedding's included, scales with the tokens kept.
@@ -289,7 +299,7 @@ class VideoViT(nn.Module):
         h = tokens.place(x)
         for block in self.blocks:
             h = block(h, tokens, backend)
-        return self.fc_norm(tokens.mean(h))
+        return h, tokens
 
     def forward(self, video: Tensor, keep: Tensor | None = None, attention: str | None = None) -> Tensor:
         """``video`` (B, C, T, H, W), ``keep`` (B, N_t, N_h, N_w) bool or None -> logits (B, num_classes).

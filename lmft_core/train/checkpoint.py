@@ -62,6 +62,17 @@ def save_unsent_metrics(folder: str | Path, rows: list[list]) -> None:
     (Path(folder) / UNSENT_METRICS_FILE).write_text(json.dumps(rows))
 
 
+def resume(learner, checkpoint: dict | None, rank: int) -> int:
+    """Load ``checkpoint`` (None: nothing to resume) into ``learner`` (its ``load_state_dict`` takes
+    ``checkpoint["learner"]``) and restore rank 0's RNG; returns the epoch to start from."""
+    if checkpoint is None:
+        return 0
+    learner.load_state_dict(checkpoint["learner"])
+    if rank == 0:
+        set_rng_state(checkpoint["rng"])
+    return int(checkpoint["epoch"])
+
+
 def load_checkpoint(folder: str | Path, map_location: str | torch.device = "cpu") -> dict:
     """The contents of ``folder/checkpoint.pt`` (or of the file itself), loaded with ``weights_only=True``."""
     path = Path(folder)

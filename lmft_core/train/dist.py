@@ -40,6 +40,10 @@ class Dist:
             torch.distributed.all_reduce(x, op=torch.distributed.ReduceOp.SUM)
         return x
 
+    def all_true(self, flag: bool, device: torch.device | str = "cpu") -> bool:
+        """Whether ``flag`` holds on every rank (one all-reduce; every rank must call it)."""
+        return float(self.all_reduce_sum(torch.tensor([float(flag)], device=device))) == self.world_size
+
     def broadcast(self, x: Tensor, src: int = 0) -> Tensor:
         """Rank ``src``'s ``x`` on every rank (in place; returns ``x``)."""
         if self.active:

@@ -38,7 +38,7 @@ from lmft_core.model import ModelConfig, PolicyConfig, SelectorConfig, flat_metr
 from lmft_core.model.classifier import LMFTClassifier
 from lmft_core.shards.batch import ClipBatch
 from lmft_core.shards.reader import BATCH_COLUMNS, ShardSet, batch_from_table, read_batches
-from lmft_core.train.checkpoint import save_checkpoint, save_unsent_metrics, set_rng_state
+from lmft_core.train.checkpoint import resume, save_checkpoint, save_unsent_metrics
 from lmft_core.train.config import TrainConfig
 from lmft_core.train.dist import Dist
 from lmft_core.train.evaluate import EvalResult, evaluate
@@ -134,16 +134,9 @@ def run_worker(job: TrainJob, dist: Dist, data: EpochData, checkpoint: dict | No
     adapter = job.build_classifier()
     shards = ShardSet.open(job.shards)
     learner = Learner(adapter, cfg, job.steps_per_epoch, dist, device, label_map_tensor(job.classes, cfg.hflip_label_map))
-    start_epoch = 0
-    if checkpoint is not None:
-        learner.load_state_dict(checkpoint["learner"])
-        start_epoch = int(checkpoint["epoch"])
-        if dist.is_main:
-            set_rng_state(checkpoint["rng"])
-        else:
-            torch.manual_seed(cfg.seed * 7919 + dist.rank * 104729 + learner.step)
-    else:
-        torch.manual_seed(cfg.seed * 7919 + dist.rank * 104729)  # per-rank randomness (drop path)
+    start_epoch = resume(learner, checkpoint, dist.rank)
+    if checkpoint is None or not dist.is_main:  # per-rank randomness (drop path); rank 0 resumes its saved RNG
+        torch.manual_seed(cfg.seed * 7919 + dist.rank * 104729 + learner.step)
     resumed = {"resumed_from_epoch": float(start_epoch), "resumed_from_step": float(learner.step),
                **{f"resumed_policy_{k}": v for k, v in flat_metrics(adapter.policy.values()).items()}}
     if learner.pseudo_source.uses_self:  # the epoch whose self labels the checkpoint held (-1: none yet)
@@ -192,13 +185,11 @@ def _train_epoch(learner: Learner, pairs: Iterator[Pair], dist: Dist, sink: Metr
     limit = cfg.max_steps_per_epoch or learner.steps_per_epoch
     wait = compute = clips = 0.0
     steps = 0
-    have = torch.zeros(1, device=learner.device)
     while steps < limit:
         t0 = time.perf_counter()
         micro = _take(pairs, cfg.accum_steps)
         t1 = time.perf_counter()
-        have.fill_(1.0 if len(micro) == cfg.accum_steps else 0.0)
-        if float(dist.all_reduce_sum(have)) < dist.world_size:  # some rank has run out: all stop here
+        if not dist.all_true(len(micro) == cfg.accum_steps, learner.device):  # some rank has run out: all stop here
             break
         m = learner.step_once(micro)
         t2 = time.perf_counter()

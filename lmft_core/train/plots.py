@@ -83,6 +83,31 @@ def kept_tokens(frames: np.ndarray, energy: np.ndarray, keep: np.ndarray, titles
     return fig
 
 
+def reconstruction(original: np.ndarray, visible: np.ndarray, reconstructed: np.ndarray, tubelet: int, patch: int,
+                   title: str):
+    """Three rows per clip (original; visible tokens, the masked ones grey; reconstruction), one column per
+    temporal segment (its first frame). ``original``/``reconstructed`` uint8 (B, T, S, S, 3), ``visible`` bool
+    (B, N_t, N_h, N_w)."""
+    b, n_t = visible.shape[:2]
+    fig, axes = plt.subplots(3 * b, n_t, figsize=(1.4 * n_t, 1.45 * 3 * b), squeeze=False)
+    for i in range(b):
+        for t in range(n_t):
+            up = np.kron(visible[i, t].astype(np.float32), np.ones((patch, patch)))[..., None]
+            img = original[i, t * tubelet].astype(np.float32) / 255.0
+            rows = (img, img * up + 0.5 * (1 - up), reconstructed[i, t * tubelet].astype(np.float32) / 255.0)
+            for r, picture in enumerate(rows):
+                ax = axes[3 * i + r][t]
+                ax.imshow(picture)
+                ax.set_xticks([])
+                ax.set_yticks([])
+        for r, label in enumerate(("original", "visible", "reconstructed")):
+            axes[3 * i + r][0].set_ylabel(f"clip {i}: {label}", fontsize=7)
+    for t in range(n_t):
+        axes[0][t].set_title(f"t={t}", fontsize=8)
+    fig.suptitle(title)
+    return fig
+
+
 def confusion(matrix: Sequence[Sequence[int]], classes: Sequence[str], title: str):
     """Confusion matrix (rows: true class, columns: predicted), counts in the cells."""
     m = np.asarray(matrix)

@@ -14,7 +14,7 @@ and are made model input on the worker's device.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pyarrow as pa
@@ -63,21 +63,26 @@ def train_datasets(shards: ShardSet, cfg: TrainConfig) -> dict:
     (``materialize``): an epoch then costs a shuffle of blocks in memory, not a new Parquet scan
     (measured: 0.1-0.2 s against 1-5 s per epoch for the demo data on 2 cores).
     """
+    counts = shards.counts()
+    return {name: ingest(shards.dataset(domain, "train", num_cpus=INGEST_TASK_CPUS), counts.get((domain, "train"), 0),
+                         shards, cfg, i)
+            for i, (name, domain) in enumerate(zip(TRAIN_DATASETS, ("source", "target")))}
+
+
+def ingest(ds, rows: int, shards: ShardSet, cfg, stream: int):
+    """``ds`` (``rows`` clips of ``shards``) held in the object store when its frames take at most
+    ``cfg.materialize_max_mb``, and reshuffled every epoch with a seed of ``(cfg.seed, stream)`` when
+    ``cfg.shuffle`` (``cfg``: a ``[train]`` or ``[pretrain]`` section)."""
     from ray.data import DataContext, RandomSeedConfig
 
     DataContext.get_current().enable_progress_bars = False
-    counts = shards.counts()
     t, s = shards.clip.num_frames, shards.clip.image_size
-    out = {}
-    for i, (name, domain) in enumerate(zip(TRAIN_DATASETS, ("source", "target"))):
-        ds = shards.dataset(domain, "train", num_cpus=INGEST_TASK_CPUS)
-        if counts.get((domain, "train"), 0) * t * s * s * 3 <= cfg.materialize_max_mb * 2**20:
-            ds = ds.materialize()
-        if cfg.shuffle:
-            ds = ds.random_shuffle(seed=RandomSeedConfig(seed=cfg.seed * 2 + i, reseed_after_execution=True),
-                                   num_cpus=INGEST_TASK_CPUS)
-        out[name] = ds
-    return out
+    if rows * t * s * s * 3 <= cfg.materialize_max_mb * 2**20:
+        ds = ds.materialize()
+    if cfg.shuffle:
+        ds = ds.random_shuffle(seed=RandomSeedConfig(seed=cfg.seed * 2 + stream, reseed_after_execution=True),
+                               num_cpus=INGEST_TASK_CPUS)
+    return ds
 
 
 def report_to_ray(metrics: dict[str, float], folder: Path | None) -> None:
@@ -93,21 +98,31 @@ def train_fn(config: dict) -> None:
     import ray.train.torch
 
     from lmft_core.train.checkpoint import load_checkpoint
-    from lmft_core.train.dist import from_ray_context
 
     job: TrainJob = config["job"]
+    dist, state, sink = worker_context(job, load_checkpoint)
+    data = RayEpochData(*(ray.train.get_dataset_shard(n) for n in TRAIN_DATASETS), job.train)
+    run_worker(job, dist, data, state, report_to_ray, ray.train.torch.get_device(), sink)
+
+
+def worker_context(job, load: Callable[[str], dict]):
+    """On a Ray Train worker of ``job`` (a training or pretraining job: ``train`` section, MLflow run):
+    torch threads set, and (rank and world size, the checkpoint to resume from read with ``load`` or None,
+    rank 0's MLflow sink or None); rank 0 records the run's placement group."""
+    import ray.train
+
+    from lmft_core.train.dist import from_ray_context
+
     torch.set_num_threads(job.train.threads)
     dist = from_ray_context()
-    data = RayEpochData(*(ray.train.get_dataset_shard(n) for n in TRAIN_DATASETS), job.train)
     checkpoint = ray.train.get_checkpoint()
     state = None
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
-            state = load_checkpoint(folder)
-    sink = mlflow_sink(job) if dist.is_main else None
+            state = load(folder)
     if dist.is_main:
         record_placement_group(ray.train.get_context())
-    run_worker(job, dist, data, state, report_to_ray, ray.train.torch.get_device(), sink)
+    return dist, state, mlflow_sink(job) if dist.is_main else None
 
 
 PLACEMENT_GROUP_FILE = "placement_group"
@@ -275,9 +290,11 @@ def mlflow_sink(job: TrainJob):
 
 
 def build_trainer(job: TrainJob, datasets: dict, name: str, storage_path: str | Path, num_gpus: float,
-                  callbacks: list | None = None, worker_env: dict[str, str] | None = None):
+                  callbacks: list | None = None, worker_env: dict[str, str] | None = None,
+                  fn: Callable[[dict], None] = train_fn, split: tuple[str, ...] = TRAIN_DATASETS):
     """The ``TorchTrainer`` of ``job``: ``job.train.workers`` workers, each with ``cpus_per_worker`` CPUs and
-    ``num_gpus`` GPUs; resumes when ``(storage_path, name)`` holds an earlier run of the same name. With an MLflow
+    ``num_gpus`` GPUs, running ``fn`` (adaptation's :func:`train_fn` unless given) with the ``split``
+    datasets split over the workers; resumes when ``(storage_path, name)`` holds an earlier run of the same name. With an MLflow
     run, a :class:`MetricSender` comes first among the ``callbacks``."""
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -288,7 +305,7 @@ def build_trainer(job: TrainJob, datasets: dict, name: str, storage_path: str | 
         backlog = Path(storage_path) / name / METRIC_BACKLOG_FILE
         callbacks = [MetricSender(job.tracking_uri, job.mlflow_run_id, backlog, worker_env), *(callbacks or [])]
     return TorchTrainer(
-        train_fn,
+        fn,
         train_loop_config={"job": job},
         scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=num_gpus > 0, resources_per_worker=resources),
         run_config=RunConfig(
@@ -296,5 +313,5 @@ def build_trainer(job: TrainJob, datasets: dict, name: str, storage_path: str | 
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints), callbacks=callbacks or None,
             worker_runtime_env={"env_vars": worker_env} if worker_env else None),
         datasets=datasets,
-        dataset_config=DataConfig(datasets_to_split=list(TRAIN_DATASETS)),
+        dataset_config=DataConfig(datasets_to_split=list(split)),
     )

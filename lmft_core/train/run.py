@@ -43,6 +43,7 @@ import torch
 from lmft_core.augment import label_map_tensor
 from lmft_core.files import atomic_write
 from lmft_core.model import SelectorConfig
+from lmft_core.model.pretrained import CheckpointError, check_pretrained
 from lmft_core.run_config import RunConfig
 from lmft_core.shards.format import unpack_array
 from lmft_core.shards.reader import ShardError, ShardSet
@@ -92,6 +93,11 @@ def prepare(profile: RunConfig, shards: str | Path | ShardSet, workdir: str | Pa
                          "VideoMAE checkpoint with --set model.pretrained=/path/to/checkpoint.pth")
     if model.pretrained and not Path(model.pretrained).exists():
         raise TrainError(f"model.pretrained: {model.pretrained} does not exist")
+    if model.pretrained:
+        try:
+            check_pretrained(model)
+        except CheckpointError as e:
+            raise TrainError(f"model.pretrained: {e}") from None
     try:
         label_map_tensor(shards.classes, cfg.hflip_label_map)
         counts = {key: shards.require(*key, what) for key, what in (
@@ -194,30 +200,10 @@ class TrainingRun:
         to Ray and take ``train.gpus_per_worker``, else 1 when the cluster has GPUs); ``callbacks`` are Ray
         Train callbacks (a sweep trial's report to Tune). Returns Ray's ``Result`` (its ``checkpoint`` is the
         last epoch's)."""
-        from lmft_core.ray_cluster import connect, forwarded_env
-        from lmft_core.train.ray_train import (AttemptErrorRecorder, build_trainer, last_line, read_attempt_errors,
-                                               send_backlog, train_datasets)
+        from lmft_core.train.ray_train import train_datasets
 
-        if gpus is None:
-            ray = connect(shared_paths=[self.workdir])  # checkpoints and run files: storage every node sees
-            gpus = worker_gpus(self.job.train, ray.cluster_resources())
-        errors_file = self.run_dir / ATTEMPT_ERRORS_FILE
-        errors_file.parent.mkdir(parents=True, exist_ok=True)
-        errors_file.unlink(missing_ok=True)  # this fit's attempts only
-        trainer = build_trainer(self.job, train_datasets(self.shards, self.job.train), self.name, self.storage, gpus,
-                                callbacks=[AttemptErrorRecorder(errors_file), *(callbacks or [])], worker_env=forwarded_env())
-        try:
-            result = fit_interruptible(trainer)
-        except Exception as e:  # noqa: BLE001 - Ray wraps worker errors; say what failed (failure_message)
-            attempts = read_attempt_errors(errors_file) or [{-1: last_line(e)}]
-            raise TrainError(failure_message(self.name, self.job.train.max_failures, attempts,
-                                             latest_checkpoint(self.storage / self.name),
-                                             self.shards.unreadable_files(read_all=True))) from e
-        if result.checkpoint is None:
-            raise TrainError(f"training run {self.name} finished without a checkpoint")
-        if self.job.mlflow_run_id:
-            send_backlog(self.job, self.storage / self.name)  # what the controller could not send (the server was away)
-        return result
+        return fit_job(self.job, self.name, self.workdir, self.storage, lambda: train_datasets(self.shards, self.job.train),
+                       gpus, callbacks=callbacks)
 
     def log_artifacts(self, run: Run, checkpoint: Path, elapsed_s: float) -> TrainResult:
         """Log the artifacts and the model of ``checkpoint`` into ``run``; returns the run's result."""
@@ -229,10 +215,8 @@ class TrainingRun:
         the fit (resumed from the last checkpoint), the artifacts and ``result.json``; a finished run
         (``result.json`` exists) is not trained again and its result is returned."""
         job, run_dir, shards = self.job, self.run_dir, self.shards
-        if (run_dir / RESULT_FILE).is_file():
-            print(f"[lmft] training run {self.name} already finished: {run_dir / RESULT_FILE}")
-            return TrainResult.load(run_dir / RESULT_FILE)
-        run_dir.mkdir(parents=True, exist_ok=True)
+        if (done := finished(run_dir, TrainResult, "training")) is not None:
+            return done
         passing, n_target, clip_report = clip_label_report(shards, job.train)
         if passing == 0 and job.train.pseudo_labels == "clip":
             log.warning("no target-train clip has a CLIP confidence above train.gamma_c=%s: L_t is 0 throughout and "
@@ -260,6 +244,48 @@ class TrainingRun:
         with atomic_write(run_dir / RESULT_FILE) as f:
             f.write(json.dumps(dataclasses.asdict(result), indent=2))
         return result
+
+
+def finished(run_dir: Path, result: type, what: str):
+    """The ``result`` (a class with ``load``) of the finished ``what`` run in ``run_dir``, said on stdout; or
+    None, the folder made, when it has not finished."""
+    if (run_dir / RESULT_FILE).is_file():
+        print(f"[lmft] {what} run {run_dir.name} already finished: {run_dir / RESULT_FILE}")
+        return result.load(run_dir / RESULT_FILE)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return None
+
+
+def fit_job(job, name: str, workdir: Path, storage: Path, datasets, gpus: float | None = None, **trainer_options):
+    """Fit ``job`` (a training or pretraining job: its ``train`` section says the workers) with Ray Train as run
+    ``name`` under ``storage`` (resuming it if it ran before); ``datasets()`` gives the Ray Datasets once Ray is
+    connected; ``gpus`` per worker (None: ``train.gpus_per_worker``, else 1 when the cluster has GPUs);
+    ``trainer_options`` go to :func:`~lmft_core.train.ray_train.build_trainer` (callbacks, a pretraining's ``fn``
+    and ``split``). Returns Ray's ``Result`` (its ``checkpoint`` is the last epoch's)."""
+    from lmft_core.ray_cluster import connect, forwarded_env
+    from lmft_core.train.ray_train import (AttemptErrorRecorder, build_trainer, last_line, read_attempt_errors,
+                                           send_backlog)
+
+    if gpus is None:  # not inside a sweep trial, which is on Ray already and passes its GPUs
+        ray = connect(shared_paths=[workdir])  # checkpoints and run files: storage every node sees
+        gpus = worker_gpus(job.train, ray.cluster_resources())
+    errors_file = Path(storage) / name / ATTEMPT_ERRORS_FILE
+    errors_file.parent.mkdir(parents=True, exist_ok=True)
+    errors_file.unlink(missing_ok=True)  # this fit's attempts only
+    callbacks = [AttemptErrorRecorder(errors_file), *(trainer_options.pop("callbacks", None) or [])]
+    trainer = build_trainer(job, datasets(), name, storage, gpus, worker_env=forwarded_env(), callbacks=callbacks,
+                            **trainer_options)
+    try:
+        result = fit_interruptible(trainer)
+    except Exception as e:  # noqa: BLE001 - Ray wraps worker errors; say what failed (failure_message)
+        attempts = read_attempt_errors(errors_file) or [{-1: last_line(e)}]
+        raise TrainError(failure_message(name, job.train.max_failures, attempts, latest_checkpoint(Path(storage) / name),
+                                         ShardSet.open(job.shards).unreadable_files(read_all=True))) from e
+    if result.checkpoint is None:
+        raise TrainError(f"run {name} finished without a checkpoint")
+    if job.mlflow_run_id:
+        send_backlog(job, Path(storage) / name)  # what the controller could not send (the server was away)
+    return result
 
 
 def worker_gpus(cfg: TrainConfig, resources: dict) -> float:

@@ -65,17 +65,20 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return None
 
 
-def param_groups(adapter: LMFTClassifier, cfg: TrainConfig) -> list[dict]:
-    """AdamW groups: model weight matrices (decay), other model parameters (no decay), the policy."""
+def decay_groups(module: torch.nn.Module, lr: float, weight_decay: float) -> list[dict]:
+    """AdamW groups of ``module``: weight matrices (decay), other parameters (no decay)."""
     decay, no_decay = [], []
-    for _, p in adapter.model.named_parameters():
+    for _, p in module.named_parameters():
         if p.requires_grad:
             (decay if p.ndim >= 2 else no_decay).append(p)
-    return [
-        {"params": decay, "weight_decay": cfg.weight_decay, "lr": cfg.lr, "name": "model_decay"},
-        {"params": no_decay, "weight_decay": 0.0, "lr": cfg.lr, "name": "model_no_decay"},
-        {"params": list(adapter.policy.parameters()), "weight_decay": 0.0, "lr": cfg.policy_lr, "name": "policy"},
-    ]
+    return [{"params": decay, "weight_decay": weight_decay, "lr": lr, "name": "model_decay"},
+            {"params": no_decay, "weight_decay": 0.0, "lr": lr, "name": "model_no_decay"}]
+
+
+def param_groups(adapter: LMFTClassifier, cfg: TrainConfig) -> list[dict]:
+    """AdamW groups: model weight matrices (decay), other model parameters (no decay), the policy."""
+    return decay_groups(adapter.model, cfg.lr, cfg.weight_decay) + [
+        {"params": list(adapter.policy.parameters()), "weight_decay": 0.0, "lr": cfg.policy_lr, "name": "policy"}]
 
 
 def lr_factor(step: int, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
