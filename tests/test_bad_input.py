@@ -8,9 +8,11 @@ import pytest
 from conftest import entry_main
 
 CASES = {
-    "unknown_profile": (["--profile", "papr"], "unknown profile 'papr'; available: ['demo', 'paper', 'results', 'results-small', 'results-tiny'] or a .toml path"),
+    "unknown_profile": (["--profile", "papr"],
+                        "unknown profile 'papr'; available: ['demo', 'paper', 'results', 'results-small', 'results-tiny'] or a .toml path"),
     "missing_profile_file": (["--profile", "/nonexistent/mine.toml"], "profile file not found: /nonexistent/mine.toml"),
-    "unknown_key": (["--set", "clip.num_frame=8"], "--set clip.num_frame=8: [clip]: unknown key(s) ['num_frame']; known: ['image_size', 'num_frames', 'patch', 'tubelet']"),
+    "unknown_key": (["--set", "clip.num_frame=8"],
+                    "--set clip.num_frame=8: [clip]: unknown key(s) ['num_frame']; known: ['image_size', 'num_frames', 'patch', 'tubelet']"),
     "unknown_section": (["--set", "clipp.num_frames=8"], "--set clipp.num_frames=8: unknown section(s) ['clipp'] (from the file or --set)"),
     "malformed_value": (["--set", "clip.num_frames=abc"], "--set clip.num_frames=abc: [clip].num_frames: expected int, got 'abc'"),
     "empty_value": (["--set", "clip.num_frames="], "--set clip.num_frames=: [clip].num_frames: expected int, got ''"),

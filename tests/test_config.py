@@ -133,7 +133,8 @@ def test_the_selector_fixes_the_policy_kind_and_the_clip_its_segments():
         with pytest.raises(ConfigError, match=rf"\[policy\]: '{key}' is not set in a profile section: it comes from {source}"):
             load_profile("demo", [f"policy.{key}=1"])
     # an explicit evaluation list must fit the policy the run builds: checked when the profile loads
-    with pytest.raises(ConfigError, match=r"^--set selector.name=lmft-segment, --set train.evaluate=.*: train.evaluate: \['random-match-lmft'\] draw on a threshold "
+    with pytest.raises(ConfigError, match=r"^--set selector.name=lmft-segment, --set train.evaluate=.*: "
+                                          r"train.evaluate: \['random-match-lmft'\] draw on a threshold "
                                           r"policy of another kind than the 'segment' one"):
         load_profile("demo", ["selector.name=lmft-segment", "train.evaluate=[{name='random', match='lmft'}]"])
     with pytest.raises(ConfigError, match=r"train.evaluate: \['lmft-segment'\]"):

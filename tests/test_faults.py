@@ -13,11 +13,10 @@ from pathlib import Path
 
 from mlflow import MlflowClient
 
-from lmft_core.config import INTERRUPTED, INTERRUPTED_EXIT
-from lmft_core.train.checkpoint import load_checkpoint
-
 from conftest import REPO, TINY_CLIP_GEOMETRY, TINY_TRAIN
 from live_servers import free_port, stop_session, wait_for
+from lmft_core.config import INTERRUPTED, INTERRUPTED_EXIT
+from lmft_core.train.checkpoint import load_checkpoint
 
 
 def _train_command(shards: Path, workdir: Path, *extra: str) -> list[str]:

@@ -299,7 +299,7 @@ def test_golden_first_losses_of_a_tiny_seeded_pretraining(masking):
 # ---- resume, the run on Ray Train, bad input ------------------------------------------------------------
 
 PRETRAIN_TINY = ["pretrain.epochs=2", "pretrain.batch_size=2", "pretrain.decoder_depth=1",
-                 "pretrain.log_every_steps=1", "pretrain.figure_clips=2"]
+                 "pretrain.figure_clips=2"]
 
 
 def tiny_profile(*extra: str):

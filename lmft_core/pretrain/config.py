@@ -24,7 +24,7 @@ BOUNDS = {
     "warmup_epochs": (0.0, None, True), "weight_decay": (0.0, None, True), "grad_clip": (0.0, None, True),
     "decoder_dim": (0, None, True), "decoder_heads": (0, None, True), "max_steps_per_epoch": (0, None, True),
     "epochs": (1, None, True), "batch_size": (1, None, True), "decoder_depth": (1, None, True),
-    "sampler_hidden": (1, None, True), "log_every_steps": (1, None, True), "figure_clips": (1, None, True),
+    "sampler_hidden": (1, None, True), "figure_clips": (1, None, True),
 }
 
 
@@ -73,7 +73,6 @@ class PretrainConfig:
     max_steps_per_epoch: int = 0
     # data, figure, name
     domains: tuple[str, ...] = ("source", "target")
-    log_every_steps: int = 10
     figure_clips: int = 3
     run_name: str = ""
 

@@ -30,7 +30,7 @@ from lmft_core.pretrain.mae import MaskedAutoencoder, save_encoder
 from lmft_core.pretrain.masking import MASKINGS, TokenSampler
 from lmft_core.shards.batch import ClipBatch
 from lmft_core.shards.reader import ShardSet
-from lmft_core.train.checkpoint import CHECKPOINT_FILE, resume, rng_state
+from lmft_core.train.checkpoint import CHECKPOINT_FILE, resume, rng_state, save_unsent_metrics
 from lmft_core.train.config import TrainConfig
 from lmft_core.train.dist import Dist
 from lmft_core.train.loop import MetricSink, TableEpochData
@@ -113,8 +113,9 @@ def run_pretrain_worker(job: PretrainJob, dist: Dist, batches: Callable[[int], I
     """Pretrain ``job`` on this rank from ``checkpoint`` (or from scratch) to its last epoch.
 
     ``batches(epoch)`` yields this rank's batches; ``report(metrics, folder)`` is called once per epoch on
-    every rank (the checkpoint folder only on rank 0; deleted after the call); ``sink`` gets rank 0's
-    step and epoch metrics; ``stop_after_epochs`` ends early after that many epochs of this call (tests).
+    every rank (the checkpoint folder only on rank 0; deleted after the call); ``sink`` collects rank 0's
+    step and epoch metrics, which travel in each checkpoint (``unsent_metrics.json``) to MLflow, as
+    adaptation's do; ``stop_after_epochs`` ends early after that many epochs of this call (tests).
     """
     cfg, device = job.pretrain, torch.device(device)
     learner = job.build(dist, device)
@@ -132,8 +133,6 @@ def run_pretrain_worker(job: PretrainJob, dist: Dist, batches: Callable[[int], I
             clips, steps = clips + m["clips"], steps + 1
             if sink is not None:
                 sink.add({f"pretrain/{k}": v for k, v in m.items() if k != "clips"}, learner.step)
-                if steps % cfg.log_every_steps == 0:
-                    sink.flush()
         if steps == 0:
             raise RuntimeError("an epoch took no step: a rank has fewer clips than pretrain.batch_size")
         elapsed = time.perf_counter() - t0
@@ -142,9 +141,11 @@ def run_pretrain_worker(job: PretrainJob, dist: Dist, batches: Callable[[int], I
                    "epoch/peak_memory_mb": peak_memory_mb(device)}
         if sink is not None:
             sink.add({k: v for k, v in metrics.items() if k not in ("epoch", "step")}, learner.step)
-            sink.flush()
         with tempfile.TemporaryDirectory(prefix="lmft-pretrain-ckpt-") as tmp:
-            report(metrics, save_pretrain_checkpoint(Path(tmp), learner, epoch + 1, job) if dist.is_main else None)
+            folder = save_pretrain_checkpoint(Path(tmp), learner, epoch + 1, job) if dist.is_main else None
+            if folder is not None and sink is not None:  # sent by the controller once Ray has registered it
+                save_unsent_metrics(folder, sink.take())
+            report(metrics, folder)
 
 
 def pretrain_fn(config: dict) -> None:

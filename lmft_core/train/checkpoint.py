@@ -4,7 +4,8 @@ A checkpoint is a folder holding ``checkpoint.pt``: the learner's state (adapter
 optimizer, scheduler, and under ``self_labels`` the self-training labels: None unless
 ``train.pseudo_labels`` uses them and they have been refreshed), the completed ``epoch`` and ``step``,
 rank 0's RNG states, the resolved configuration, the classes and the clip geometry, and the policy's
-values (mu, log sigma, sigma, baseline, step, tau_hat) in plain numbers (lists, one entry per segment 1..N_t-1, for a per-segment policy). Beside it ``unsent_metrics.json``: the epoch's step and epoch metrics, sent
+values (mu, log sigma, sigma, baseline, step, tau_hat) in plain numbers (lists, one entry per segment 1..N_t-1,
+for a per-segment policy). Beside it ``unsent_metrics.json``: the epoch's step and epoch metrics, sent
 to MLflow once Ray has registered the checkpoint (:func:`save_unsent_metrics`,
 :class:`lmft_core.train.ray_train.MetricSender`), so every step holds one value. The last epoch's checkpoint also holds ``evaluation.json``
 (every selector's results on target-test). Only tensors, numbers, strings, lists and dicts are

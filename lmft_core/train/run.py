@@ -263,8 +263,7 @@ def fit_job(job, name: str, workdir: Path, storage: Path, datasets, gpus: float 
     ``trainer_options`` go to :func:`~lmft_core.train.ray_train.build_trainer` (callbacks, a pretraining's ``fn``
     and ``split``). Returns Ray's ``Result`` (its ``checkpoint`` is the last epoch's)."""
     from lmft_core.ray_cluster import connect, forwarded_env
-    from lmft_core.train.ray_train import (AttemptErrorRecorder, build_trainer, last_line, read_attempt_errors,
-                                           send_backlog)
+    from lmft_core.train.ray_train import AttemptErrorRecorder, build_trainer, last_line, read_attempt_errors, send_backlog
 
     if gpus is None:  # not inside a sweep trial, which is on Ray already and passes its GPUs
         ray = connect(shared_paths=[workdir])  # checkpoints and run files: storage every node sees
@@ -277,7 +276,7 @@ def fit_job(job, name: str, workdir: Path, storage: Path, datasets, gpus: float 
                             **trainer_options)
     try:
         result = fit_interruptible(trainer)
-    except Exception as e:  # noqa: BLE001 - Ray wraps worker errors; say what failed (failure_message)
+    except Exception as e:
         attempts = read_attempt_errors(errors_file) or [{-1: last_line(e)}]
         raise TrainError(failure_message(name, job.train.max_failures, attempts, latest_checkpoint(Path(storage) / name),
                                          ShardSet.open(job.shards).unreadable_files(read_all=True))) from e
