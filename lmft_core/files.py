@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
 import os
 import uuid
 from collections.abc import Iterator
@@ -35,3 +37,16 @@ def file_sha256(path: str | Path) -> str:
         for chunk in iter(lambda: f.read(1 << 22), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+class JsonRecord:
+    """A dataclass kept as one JSON file (a finished run's ``result.json``): ``save`` writes it atomically,
+    ``load`` reads it back."""
+
+    def save(self, path: str | Path) -> None:
+        with atomic_write(path) as f:
+            f.write(json.dumps(dataclasses.asdict(self), indent=2))
+
+    @classmethod
+    def load(cls, path: str | Path):
+        return cls(**json.loads(Path(path).read_text()))

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lmft_core.files import atomic_write
+from lmft_core.files import JsonRecord
 from lmft_core.model import CheckpointError, ModelConfig
 from lmft_core.model.pretrained import check_pretrained
 from lmft_core.pretrain.config import PretrainConfig
@@ -36,6 +36,7 @@ from lmft_core.run_config import RunConfig
 from lmft_core.shards.reader import ShardError, ShardSet, read_batches
 from lmft_core.tracking import check_tracking_server
 from lmft_core.train import plots
+from lmft_core.train.artifacts import RUN_ID_FILE
 from lmft_core.train.config import TrainConfig
 from lmft_core.train.run import RESULT_FILE, TrainError, finished, fit_job
 
@@ -46,7 +47,7 @@ RUN_KEYS = ("workers", "cpus_per_worker", "gpus_per_worker", "threads_per_worker
 
 
 @dataclass(frozen=True)
-class PretrainResult:
+class PretrainResult(JsonRecord):
     """A finished pretraining: its name and folder, MLflow run, the encoder checkpoint (``model.pretrained``),
     the last checkpoint folder, the last epoch's mean loss, mean clips/s over epochs, peak memory, wall-clock."""
 
@@ -60,10 +61,6 @@ class PretrainResult:
     clips_per_s: float
     peak_memory_mb: float
     elapsed_s: float
-
-    @classmethod
-    def load(cls, path: Path) -> PretrainResult:
-        return cls(**json.loads(path.read_text()))
 
 
 def prepare_pretrain(profile: RunConfig, shards_path: str | Path, workdir: str | Path) -> tuple[PretrainJob, str]:
@@ -124,7 +121,7 @@ def run_pretrain(profile: RunConfig, shards_path: str | Path, workdir: str | Pat
         return done
     check_tracking_server(job.tracking_uri)
     with start_run(profile.tracking, workdir, run_name=name, parent_run_id=parent_run_id,
-                   id_file=run_dir / "mlflow_run_id") as run:
+                   id_file=run_dir / RUN_ID_FILE) as run:
         if not run.resumed:
             run.log_params(job.config)
             run.set_tags({"lmft.stage": "pretrain", "lmft.shards": job.shards, "lmft.masking": job.pretrain.masking})
@@ -145,8 +142,7 @@ def run_pretrain(profile: RunConfig, shards_path: str | Path, workdir: str | Pat
             elapsed_s=time.perf_counter() - t0)
         run.log_metrics({"final/loss": result.final_loss, "final/clips_per_s": result.clips_per_s,
                          "final/peak_memory_mb": result.peak_memory_mb, "final/elapsed_s": result.elapsed_s})
-    with atomic_write(run_dir / RESULT_FILE) as f:
-        f.write(json.dumps(dataclasses.asdict(result), indent=2))
+    result.save(run_dir / RESULT_FILE)
     return result
 
 

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 import lmft_core
+from lmft_core.files import JsonRecord
 from lmft_core.model import flat_metrics
 from lmft_core.model.classifier import LMFTClassifier
 from lmft_core.shards.reader import ShardSet, read_batches
@@ -33,11 +34,12 @@ from lmft_core.train.loop import EVALUATION_FILE, TrainJob
 from lmft_core.train.names import FINAL_TARGET
 
 RESULT_FILE = "result.json"  # a finished run's TrainResult, in its run folder
+RUN_ID_FILE = "mlflow_run_id"  # the id of the MLflow run a training or pretraining logs into, in its run folder
 HISTORY_KEYS = ("train/tau", "train/tau_hat", "train/mu", "train/discard_rate_source", "train/discard_rate_target")
 
 
 @dataclass(frozen=True)
-class TrainResult:
+class TrainResult(JsonRecord):
     """What a finished run left: its name and folder, MLflow run, final checkpoint, logged model, evaluation."""
 
     run_name: str
@@ -50,10 +52,6 @@ class TrainResult:
     evaluation: dict
     train_clips_per_s: float
     elapsed_s: float
-
-    @classmethod
-    def load(cls, path: Path) -> TrainResult:
-        return cls(**json.loads(path.read_text()))
 
 
 

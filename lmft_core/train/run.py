@@ -41,14 +41,13 @@ import numpy as np
 import torch
 
 from lmft_core.augment import label_map_tensor
-from lmft_core.files import atomic_write
 from lmft_core.model import SelectorConfig
 from lmft_core.model.pretrained import CheckpointError, check_pretrained
 from lmft_core.run_config import RunConfig
 from lmft_core.shards.format import unpack_array
 from lmft_core.shards.reader import ShardError, ShardSet
 from lmft_core.tracking import Run, check_tracking_server, start_run
-from lmft_core.train.artifacts import RESULT_FILE, TrainResult, log_artifacts
+from lmft_core.train.artifacts import RESULT_FILE, RUN_ID_FILE, TrainResult, log_artifacts
 from lmft_core.train.config import TrainConfig
 from lmft_core.train.loop import TrainJob
 from lmft_core.train.names import checkpoint_dir
@@ -184,12 +183,13 @@ class TrainingRun:
 
     @contextmanager
     def mlflow_run(self, run_name: str = "", parent_run_id: str | None = None, resume_run_id: str | None = None,
-                   tags: dict | None = None) -> Iterator[Run]:
-        """Open the run's MLflow run (``run_name``, default its name), or reopen ``resume_run_id``; a new one
-        gets the resolved configuration as params and ``tags``. The job logs into it from here on."""
+                   tags: dict | None = None, id_file: Path | None = None) -> Iterator[Run]:
+        """Open the run's MLflow run (``run_name``, default its name), or reopen ``resume_run_id`` (or the one
+        ``id_file`` names: :func:`~lmft_core.tracking.start_run`); a new one gets the resolved configuration as
+        params and ``tags``. The job logs into it from here on."""
         with start_run(self.profile.tracking, self.workdir, run_name=run_name or self.name, parent_run_id=parent_run_id,
-                       resume_run_id=resume_run_id) as run:
-            if resume_run_id is None:
+                       resume_run_id=resume_run_id, id_file=id_file) as run:
+            if not run.resumed:
                 run.log_params(self.job.config)
                 run.set_tags(tags or {})
             self.job = replace(self.job, mlflow_run_id=run.run_id)
@@ -228,21 +228,17 @@ class TrainingRun:
                         "model's own labels only (train.pseudo_labels=%r), from the first refresh after epoch %d on",
                         job.train.gamma_c, job.train.pseudo_labels, job.train.self_refresh_epochs)
         check_tracking_server(job.tracking_uri)  # an unreachable or refusing server fails here, before any compute
-        id_file = run_dir / "mlflow_run_id"
-        resume_id = id_file.read_text().strip() if id_file.is_file() else None
         tags = {"lmft.stage": "train", "lmft.shards": job.shards, "lmft.selector": job.selector.label,
                 "lmft.untrained_clip": shards.metadata.get("untrained_clip", False),
                 "lmft.pretrained": job.model.pretrained or "none (random init)"}
-        with self.mlflow_run(parent_run_id=parent_run_id, resume_run_id=resume_id, tags=tags) as run:
-            id_file.write_text(run.run_id)
-            if resume_id is None:
+        with self.mlflow_run(parent_run_id=parent_run_id, tags=tags, id_file=run_dir / RUN_ID_FILE) as run:
+            if not run.resumed:
                 run.log_metrics({"data/target_train_clips": n_target, "data/target_train_pseudo_pass": passing,
                                  "data/target_train_pseudo_pass_rate": passing / n_target,
                                  "data/steps_per_epoch": job.steps_per_epoch, **clip_report})
             checkpoint = Path(self.fit().checkpoint.path)
             result = self.log_artifacts(run, checkpoint, time.perf_counter() - self.started)
-        with atomic_write(run_dir / RESULT_FILE) as f:
-            f.write(json.dumps(dataclasses.asdict(result), indent=2))
+        result.save(run_dir / RESULT_FILE)
         return result
 
 
