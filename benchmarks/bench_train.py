@@ -100,7 +100,7 @@ def step_only(shards: Path, setup: Setup, configs: list[float | None], rounds: i
     import torch
 
     from lmft_core.shards.reader import ShardSet
-    from lmft_core.train.loop import TableEpochData
+    from lmft_core.train.loop import MemoryEpochData
     from lmft_core.train.run import prepare
     from lmft_core.train.step import Learner
 
@@ -112,7 +112,7 @@ def step_only(shards: Path, setup: Setup, configs: list[float | None], rounds: i
         torch.manual_seed(0)
         learners[keep] = Learner(job.build_classifier(), job.train, job.steps_per_epoch, device=device)
         if pairs is None:
-            pairs = list(TableEpochData(ShardSet.open(shards), setup.batch_size, 0).pairs(0))
+            pairs = list(MemoryEpochData(ShardSet.open(shards), setup.batch_size, 0).pairs(0))
     best = {k: float("inf") for k in configs}
     for r in range(rounds + 1):  # round 0 warms up
         for keep, learner in learners.items():

@@ -242,7 +242,7 @@ class ListSink:
 
 def test_a_resumed_run_keeps_the_self_labels_of_its_checkpoint(tiny_shards, tmp_path):
     from lmft_core.train.checkpoint import load_checkpoint
-    from lmft_core.train.loop import TableEpochData, run_worker
+    from lmft_core.train.loop import MemoryEpochData, run_worker
     from lmft_core.train.run import prepare
 
     profile = load_profile("demo", TINY_CLIP_GEOMETRY + TINY_TRAIN + [
@@ -257,7 +257,7 @@ def test_a_resumed_run_keeps_the_self_labels_of_its_checkpoint(tiny_shards, tmp_
         def report(metrics, folder):
             saved.append((metrics, load_checkpoint(folder)))
 
-        run_worker(job, Dist(), TableEpochData(shards, job.train.batch_size, job.train.seed), checkpoint, report,
+        run_worker(job, Dist(), MemoryEpochData(shards, job.train.batch_size, job.train.seed), checkpoint, report,
                    sink=sink, stop_after_epochs=stop_after)
         return sink, saved
 

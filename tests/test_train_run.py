@@ -329,7 +329,7 @@ def test_metrics_reach_mlflow_once_their_checkpoint_is_registered_so_a_resume_le
     from lmft_core.tracking import MetricBuffer, TrackingConfig, start_run
     from lmft_core.train.checkpoint import UNSENT_METRICS_FILE
     from lmft_core.train.dist import Dist
-    from lmft_core.train.loop import TableEpochData, run_worker
+    from lmft_core.train.loop import MemoryEpochData, run_worker
     from lmft_core.train.ray_train import METRIC_BACKLOG_FILE, MetricSender
 
     job, _ = prepare(profile("train.workers=1", "train.evaluate=[]"), tiny_shards, tmp_path)
@@ -353,7 +353,7 @@ def test_metrics_reach_mlflow_once_their_checkpoint_is_registered_so_a_resume_le
             sender.tracking_uri = uri  # the store can be opened from now on
 
         def data():
-            return TableEpochData(shards, job.train.batch_size, job.train.seed)
+            return MemoryEpochData(shards, job.train.batch_size, job.train.seed)
 
         with pytest.raises(RuntimeError, match="worker group lost"):
             run_worker(job, Dist(), data(), None, lambda m, f: controller(m, f, 1), sink=MetricBuffer(client, run.run_id))

@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import torch
 
 from lmft_core.model import ModelConfig
@@ -33,7 +32,7 @@ from lmft_core.shards.reader import ShardSet
 from lmft_core.train.checkpoint import CHECKPOINT_FILE, resume, rng_state, save_unsent_metrics
 from lmft_core.train.config import TrainConfig
 from lmft_core.train.dist import Dist
-from lmft_core.train.loop import MetricSink, TableEpochData
+from lmft_core.train.loop import MemoryEpochData, MetricSink
 
 FORMAT = "lmft-pretrain-checkpoint-v1"
 ENCODER_FILE = "encoder.pth"
@@ -70,16 +69,13 @@ class PretrainJob:
                                self.train.seed, self.train.precision)
 
 
-class TableBatches(TableEpochData):
+class TableBatches(MemoryEpochData):
     """Epochs of batches from the in-memory ``train`` rows of ``domains`` (one stream), no Ray."""
 
     def __init__(self, shards: ShardSet, batch_size: int, seed: int, dist: Dist | None = None,
                  domains: tuple[str, ...] = ("source", "target"), shuffle: bool = True):
-        super().__init__(shards, batch_size, seed, dist or Dist(), shuffle)
-        self.tables = [pa.concat_tables([t for t, d in zip(self.tables, ("source", "target")) if d in domains])]
-
-    def batches(self, epoch: int) -> Iterator[ClipBatch]:
-        return self._batches(self.tables[0], epoch, 0)
+        super().__init__(shards, batch_size, seed, dist or Dist(), shuffle, tuple(d for d in ("source", "target") if d in domains))
+        self.clips = [ClipBatch.cat(self.clips)]
 
 
 def save_pretrain_checkpoint(folder: Path, learner: PretrainLearner, epoch: int, job: PretrainJob) -> Path:

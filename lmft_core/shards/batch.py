@@ -46,6 +46,15 @@ class ClipBatch:
     def as_tensors(self) -> dict[str, Tensor]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
+    def select(self, index: Tensor) -> ClipBatch:
+        """The clips at ``index`` (int64 (b,)), in that order, as a new batch."""
+        return ClipBatch(**{k: v.index_select(0, index) for k, v in self.as_tensors().items()})
+
+    @classmethod
+    def cat(cls, batches: list[ClipBatch]) -> ClipBatch:
+        """One batch of the clips of ``batches``, in order."""
+        return cls(**{f.name: torch.cat([getattr(b, f.name) for b in batches]) for f in fields(cls)})
+
     def to(self, device: torch.device | str, non_blocking: bool = False) -> ClipBatch:
         return ClipBatch(**{k: v.to(device, non_blocking=non_blocking) for k, v in self.as_tensors().items()})
 

@@ -15,6 +15,7 @@ from lmft_core.model.selectors import SelectorConfig
 from lmft_core.train.pseudo import PSEUDO_LABEL_SOURCES
 
 PRECISIONS = ("auto", "fp32", "bf16")
+INGESTS = ("auto", "memory", "ray_data")  # how training batches reach the workers (TrainConfig)
 
 DEFAULT_EVALUATE = (
     SelectorConfig(name="full"),
@@ -44,8 +45,13 @@ class TrainConfig:
     target clip's static scene blended into each source clip (CoMix's background mixing; both in
     :mod:`lmft_core.augment`); ``hflip_label_map`` pairs
     classes that a flip swaps
-    (``{slide_left = "slide_right"}``); ``shuffle`` reshuffles the training rows every epoch; a training
-    split whose frames take at most ``materialize_max_mb`` is held in Ray's object store across epochs.
+    (``{slide_left = "slide_right"}``); ``shuffle`` reshuffles the training rows every epoch.
+    Ingest (:data:`INGESTS`): ``memory`` decodes both training splits once into every worker's memory and
+    draws each epoch's batches from there (a seeded permutation per epoch, split equally over the ranks: no
+    JPEG decoding and no Ray Data work per step); ``ray_data`` streams them from the shards through Ray Data
+    (``streaming_split``, a reshuffle per epoch, JPEGs decoded per batch), holding a split in Ray's object
+    store across epochs when its frames take at most ``materialize_max_mb``; ``auto`` is ``memory`` when
+    both splits' decoded frames take at most ``materialize_max_mb`` together, else ``ray_data``.
     Workers: ``workers`` Ray Train workers with ``cpus_per_worker`` CPUs (Ray's accounting: leave CPUs
     for Ray Data's ingest, which stalls without them) and ``gpus_per_worker`` GPUs (absent: 1 when the
     cluster has GPUs, else 0); ``threads_per_worker`` torch threads per worker (0: ``cpus_per_worker``
@@ -81,6 +87,7 @@ class TrainConfig:
     color_jitter: float = 0.0
     background_mix: float = 0.0
     shuffle: bool = True
+    ingest: str = "auto"
     materialize_max_mb: int = 2048
     seed: int = 0
     workers: int = 2
@@ -121,6 +128,8 @@ class TrainConfig:
             raise ConfigError(f"train.label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.gpus_per_worker is not None and self.gpus_per_worker < 0:
             raise ConfigError(f"train.gpus_per_worker must be >= 0, got {self.gpus_per_worker}")
+        if self.ingest not in INGESTS:
+            raise ConfigError(f"train.ingest must be one of {list(INGESTS)}, got {self.ingest!r}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"train.precision must be one of {list(PRECISIONS)}, got {self.precision!r}")
         if not isinstance(self.hflip_label_map, dict) or not all(
@@ -150,6 +159,13 @@ class TrainConfig:
                               f"evaluate the learned selector of this run ({learned!r} is always evaluated) "
                               "or drop them")
         return tuple(replace(s, first_segment=selector.first_segment) for s in evaluate)
+
+    def resolve_ingest(self, decoded_mb: float) -> TrainConfig:
+        """This section with ``ingest`` decided: ``auto`` becomes ``memory`` when the training splits' decoded
+        frames (``decoded_mb``, both domains) take at most ``materialize_max_mb``, else ``ray_data``."""
+        if self.ingest != "auto":
+            return self
+        return replace(self, ingest="memory" if decoded_mb <= self.materialize_max_mb else "ray_data")
 
     @property
     def threads(self) -> int:

@@ -1,8 +1,8 @@
 """The training loop of one worker: epochs of steps, evaluation, checkpoints, reports.
 
 :func:`run_worker` runs in any process: under Ray Train (:mod:`lmft_core.train.ray_train` hands it
-Ray Data shards and ``ray.train.report``) or in a plain process (tests: :class:`TableEpochData` and a
-callback). Every rank takes the same number of steps: before each step the ranks agree (one
+Ray Data shards or :class:`MemoryEpochData`, and ``ray.train.report``) or in a plain process (tests:
+:class:`MemoryEpochData` and a callback). Every rank takes the same number of steps: before each step the ranks agree (one
 all-reduce of a flag) that every one of them has a batch, and stop together otherwise.
 
 Time is split into **data wait** (blocked waiting for the next batch) and **step time** (selection,
@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
-import pyarrow as pa
 import torch
 
 from lmft_core.augment import label_map_tensor
@@ -81,24 +80,28 @@ class EpochData(Protocol):
         """(source, target) micro-batches of ``epoch`` for this rank (equally many on every rank)."""
 
 
-class TableEpochData:
-    """Epochs from in-memory shard tables, no Ray: each epoch a seeded permutation of each domain's
-    rows, split equally over ranks (the remainder dropped), in batches (the last short one dropped)."""
+class MemoryEpochData:
+    """Epochs from the ``train`` rows of each domain decoded once into this process's memory (no Ray Data):
+    each epoch a seeded permutation of each domain's rows, split equally over ranks (the remainder dropped),
+    in batches (the last short one dropped). A batch is an index into the decoded frames, so a step never
+    waits on JPEG decoding or on an ingest pipeline (``train.ingest = "memory"``)."""
 
-    def __init__(self, shards: ShardSet, batch_size: int, seed: int, dist: Dist = Dist(), shuffle: bool = True):
-        self.tables = [shards.read(d, "train", BATCH_COLUMNS) for d in ("source", "target")]
+    def __init__(self, shards: ShardSet, batch_size: int, seed: int, dist: Dist = Dist(), shuffle: bool = True,
+                 domains: tuple[str, ...] = ("source", "target")):
+        self.clips = [batch_from_table(shards.read(d, "train", BATCH_COLUMNS)) for d in domains]
         self.batch_size, self.seed, self.dist, self.shuffle = batch_size, seed, dist, shuffle
 
-    def _batches(self, table: pa.Table, epoch: int, stream: int) -> Iterator[ClipBatch]:
-        n = table.num_rows
+    def batches(self, epoch: int, stream: int = 0) -> Iterator[ClipBatch]:
+        """This rank's batches of the ``stream``-th domain in ``epoch``."""
+        n = len(self.clips[stream])
         order = np.random.default_rng([self.seed, epoch, stream]).permutation(n) if self.shuffle else np.arange(n)
         per_rank = n // self.dist.world_size
-        mine = order[self.dist.rank * per_rank:(self.dist.rank + 1) * per_rank]
+        mine = torch.from_numpy(order[self.dist.rank * per_rank:(self.dist.rank + 1) * per_rank])
         for i in range(0, per_rank - self.batch_size + 1, self.batch_size):
-            yield batch_from_table(table.take(pa.array(mine[i:i + self.batch_size])))
+            yield self.clips[stream].select(mine[i:i + self.batch_size])
 
     def pairs(self, epoch: int) -> Iterator[Pair]:
-        return zip(self._batches(self.tables[0], epoch, 0), self._batches(self.tables[1], epoch, 1))
+        return zip(self.batches(epoch, 0), self.batches(epoch, 1))
 
 
 class MetricSink(Protocol):

@@ -4,7 +4,8 @@ The per-worker function :func:`train_fn` is a few lines around :func:`lmft_core.
 it reads the rank and world size, the device, this worker's dataset shards and the checkpoint to
 resume from, and hands ``ray.train.report`` to the loop.
 
-Data: source-train and target-train are split over the workers with ``streaming_split(equal=True)``
+Data (``train.ingest``): either every worker decodes both training splits into its memory once
+(:class:`~lmft_core.train.loop.MemoryEpochData`), or source-train and target-train are split over the workers with ``streaming_split(equal=True)``
 (Ray Train's ``DataConfig``), so every rank gets as many rows; batches are full (``drop_last``), and
 the two domains are zipped, so every rank takes the same number of steps. Shuffling is upstream
 (``random_shuffle`` with a seed that moves on every epoch), never ``local_shuffle_buffer_size``
@@ -25,7 +26,7 @@ from ray.data.collate_fn import ArrowBatchCollateFn
 from lmft_core.shards.batch import ClipBatch
 from lmft_core.shards.reader import ShardSet, batch_from_table
 from lmft_core.train.config import TrainConfig
-from lmft_core.train.loop import Pair, TrainJob, run_worker
+from lmft_core.train.loop import MemoryEpochData, Pair, TrainJob, run_worker
 from lmft_core.train.names import checkpoint_dir
 
 TRAIN_DATASETS = ("source_train", "target_train")
@@ -101,7 +102,10 @@ def train_fn(config: dict) -> None:
 
     job: TrainJob = config["job"]
     dist, state, sink = worker_context(job, load_checkpoint)
-    data = RayEpochData(*(ray.train.get_dataset_shard(n) for n in TRAIN_DATASETS), job.train)
+    if job.train.ingest == "memory":
+        data = MemoryEpochData(ShardSet.open(job.shards), job.train.batch_size, job.train.seed, dist, job.train.shuffle)
+    else:
+        data = RayEpochData(*(ray.train.get_dataset_shard(n) for n in TRAIN_DATASETS), job.train)
     run_worker(job, dist, data, state, report_to_ray, ray.train.torch.get_device(), sink)
 
 

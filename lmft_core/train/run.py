@@ -113,6 +113,8 @@ def prepare(profile: RunConfig, shards: str | Path | ShardSet, workdir: str | Pa
                          f"{cfg.batch_size * cfg.accum_steps}: lower them")
     if cfg.max_steps_per_epoch:
         steps = min(steps, cfg.max_steps_per_epoch)
+    t, s = shards.clip.num_frames, shards.clip.image_size
+    cfg = cfg.resolve_ingest((counts[("source", "train")] + counts[("target", "train")]) * t * s * s * 3 / 2**20)
     energy = _energy_of(shards, "source", "train")
     selector = selector.calibrated(energy)
     evaluate = tuple(s.calibrated(energy) for s in cfg.evaluate_for(selector))  # checked when the profile loaded
@@ -202,8 +204,9 @@ class TrainingRun:
         last epoch's)."""
         from lmft_core.train.ray_train import train_datasets
 
-        return fit_job(self.job, self.name, self.workdir, self.storage, lambda: train_datasets(self.shards, self.job.train),
-                       gpus, callbacks=callbacks)
+        ray_data = self.job.train.ingest == "ray_data"
+        return fit_job(self.job, self.name, self.workdir, self.storage,
+                       lambda: train_datasets(self.shards, self.job.train) if ray_data else {}, gpus, callbacks=callbacks)
 
     def log_artifacts(self, run: Run, checkpoint: Path, elapsed_s: float) -> TrainResult:
         """Log the artifacts and the model of ``checkpoint`` into ``run``; returns the run's result."""
