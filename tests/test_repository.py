@@ -137,3 +137,13 @@ def test_every_docs_page_is_in_the_readme_and_every_link_resolves():
     for page in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]:
         for target in re.findall(r"\]\(([^)#\s]+\.md)(?:#[^)]*)?\)", page.read_text()):
             assert (page.parent / target).is_file(), (page.name, target)
+
+
+def test_ci_runs_the_readmes_test_command():
+    """.ci/run is the README's Quickstart command 2 (install with the test extra, then ``pytest -q``) after the lint."""
+    readme = (REPO / "README.md").read_text()
+    command = readme.split("# 2. install and run the tests\n", 1)[1].splitlines()[0]
+    install, test = command.rsplit(" && ", 1)
+    ci = (REPO / ".ci" / "run").read_text().splitlines()
+    assert test == "pytest -q" and test in ci
+    assert any(line.startswith(install) for line in ci), (install, ci)
