@@ -161,6 +161,7 @@ class DemoDataConfig:
     target_camera: CameraMotion = CameraMotion()
     source_appearance: str = "source"
     target_appearance: str = "target"
+    actor_radius: float = 0.11  # the actor disc's radius as a fraction of the frame height (drawn within +-10%)
 
     def __post_init__(self) -> None:
         for domain in DOMAINS:
@@ -172,8 +173,16 @@ class DemoDataConfig:
             raise ValueError(f"demo_data.classes: unknown motion(s) {unknown}; known: {sorted(MOTIONS)}")
         if self.width % 2 or self.height % 2:
             raise ValueError(f"demo_data: width and height must be even for H.264, got {self.width}x{self.height}")
+        if not 0.0 < self.actor_radius <= 0.5:
+            raise ValueError(f"demo_data.actor_radius must be in (0, 0.5], got {self.actor_radius}")
         if self.videos_per_class < 2:
             raise ValueError("demo_data.videos_per_class must be >= 2 (each domain needs two splits)")
+        for key, fraction in (("source_val_fraction", self.source_val_fraction), ("target_test_fraction", self.target_test_fraction)):
+            held = max(1, round(self.videos_per_class * fraction))
+            if not 0.0 < fraction < 1.0 or held >= self.videos_per_class:
+                raise ValueError(f"demo_data.{key}={fraction} holds back {held} of demo_data.videos_per_class="
+                                 f"{self.videos_per_class} videos per class, leaving none for training: use a fraction "
+                                 "in (0, 1) that leaves at least one")
 
     def appearance(self, domain: str) -> str:
         return self.source_appearance if domain == "source" else self.target_appearance
@@ -290,7 +299,7 @@ def render_video_and_mask(cfg: DemoDataConfig, domain: str, label: str, index: i
     # The actor.
     actor_color = rng.uniform(0.0, 1.0, 3)
     light, dark = 0.3 + 0.7 * actor_color, 0.15 * actor_color  # stripes: visible on any scene
-    radius = 0.11 * rng.uniform(0.9, 1.1)
+    radius = cfg.actor_radius * rng.uniform(0.9, 1.1)
     params = {"cx": rng.uniform(0.4, 0.6), "cy": rng.uniform(0.4, 0.6), "freq": rng.uniform(0.8, 1.2),
               "phase": rng.uniform(0, 2 * math.pi), "seed": int(rng.integers(1 << 31))}
     motion = MOTIONS[label]

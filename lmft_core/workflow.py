@@ -68,6 +68,7 @@ class FullRunResult:
     comparison: list[dict]
     predictions: str
     prediction_summary: dict
+    stage_seconds: dict[str, float]  # wall-clock of each stage this run ("generate": the demo data), in order
 
 
 def _key(*parts: object) -> str:
@@ -331,19 +332,24 @@ def run_full(profile: RunConfig, workdir: str | Path, manifest: str | Path | Non
             parent.log_params({**profile.sections, "manifest": str(checked.path.resolve())})
             parent.log_artifact(checked.path, "inputs")
             parent.log_artifact(profile.path, "inputs")
-        parent.log_metrics({"data/videos": len(checked.rows), "data/classes": len(checked.classes), "data/generate_s": data_s})
+        parent.log_metrics({"data/videos": len(checked.rows), "data/classes": len(checked.classes)})
         flow = Flow(profile=profile, workdir=workdir, manifest=checked, uri=uri, parent=parent, state_dir=state_dir)
+        seconds = {"generate": data_s}
         for stage in (cls() for cls in STAGES):
+            started = time.perf_counter()
             if stage.name in force:
                 _force(stage.name, stage.outputs(flow))
             stage.run(flow)
+            seconds[stage.name] = time.perf_counter() - started
+        parent.log_metrics({f"time/{name}_s": s for name, s in seconds.items()})
         experiment_id = parent.client.get_run(parent.run_id).info.experiment_id
         cfg = profile.workflow
         return FullRunResult(
             manifest=checked.path, preprocess=flow.preprocess, run_id=parent.run_id, tracking_uri=uri,
             experiment_url=experiment_url(uri, experiment_id), adapted_run=flow.adapted_run, model_uri=flow.model_uri,
             registered=f"models:/{cfg.model_name}@{cfg.alias}", model_version=flow.model.version,
-            comparison=flow.comparison, predictions=flow.prediction["predictions"], prediction_summary=flow.prediction)
+            comparison=flow.comparison, predictions=flow.prediction["predictions"], prediction_summary=flow.prediction,
+            stage_seconds=seconds)
 
 
 def _evaluation_of(run_id: str, uri: str) -> dict:

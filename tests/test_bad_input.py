@@ -19,6 +19,10 @@ CASES = {
     "no_dot": (["--set", "nodot"], "override 'nodot' is not of the form section.key=value"),
     "no_value": (["--set", "clip.num_frames"], "override 'clip.num_frames' is not of the form section.key=value"),
     "bad_value": (["--set", "clip.num_frames=15"], "--set clip.num_frames=15: [clip]: clip.num_frames=15 is not a multiple of clip.tubelet=2"),
+    "demo_without_training_videos": (["--set", "demo_data.videos_per_class=3", "--set", "demo_data.source_val_fraction=0.9"],
+                                     "demo_data.source_val_fraction=0.9 holds back 3 of demo_data.videos_per_class=3 videos per "
+                                     "class, leaving none for training"),
+    "unknown_ingest": (["--set", "train.ingest='disk'"], "train.ingest must be one of ['auto', 'memory', 'ray_data'], got 'disk'"),
 }
 
 

@@ -60,6 +60,15 @@ def test_parent_run_with_a_nested_run_per_stage(full_run):
     assert result.experiment_url.endswith(f"/#/experiments/{experiment.experiment_id}/runs?workflowType=machine_learning")
 
 
+def test_each_stage_is_timed_and_the_times_reach_the_parent_run(full_run):
+    from lmft_core.workflow import STAGE_NAMES
+
+    _, result, _ = full_run
+    assert list(result.stage_seconds) == ["generate", *STAGE_NAMES] and all(s >= 0 for s in result.stage_seconds.values())
+    metrics = MlflowClient(tracking_uri=result.tracking_uri).get_run(result.run_id).data.metrics
+    assert {f"time/{name}_s" for name in result.stage_seconds} <= set(metrics)
+
+
 def test_evaluate_compares_the_adapted_model_with_the_baseline_training(full_run):
     workdir, result, _ = full_run
     rows = {r["selector"]: r for r in result.comparison}
