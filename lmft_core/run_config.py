@@ -197,6 +197,7 @@ class RunConfig:
         built["policy"] = selector.resolve_policy(built["policy"], clip)
         try:
             built["train"].evaluate_for(selector)  # [train] evaluate against the policy kind [selector] builds
+            built["pseudo_labels"].check_clip(clip.num_frames)  # CLIP sees at most the clip's frames
         except ConfigError as e:
             raise ConfigError(f"{path}: {e}") from None
         return cls(name=name, path=path, sections=sections, **built)
