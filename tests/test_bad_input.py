@@ -19,6 +19,11 @@ CASES = {
     "no_dot": (["--set", "nodot"], "override 'nodot' is not of the form section.key=value"),
     "no_value": (["--set", "clip.num_frames"], "override 'clip.num_frames' is not of the form section.key=value"),
     "bad_value": (["--set", "clip.num_frames=15"], "--set clip.num_frames=15: [clip]: clip.num_frames=15 is not a multiple of clip.tubelet=2"),
+    "labeller_sees_no_frames": (["--set", "pseudo_labels.num_frames=0"],
+                                "--set pseudo_labels.num_frames=0: [pseudo_labels]: pseudo_labels.num_frames must be >= 1"),
+    "labeller_sees_more_than_the_clip": (["--set", "pseudo_labels.num_frames=32"],
+                                         "--set pseudo_labels.num_frames=32: pseudo_labels.num_frames=32 is more than the clip has "
+                                         "(clip.num_frames=16)"),
 }
 
 
