@@ -67,7 +67,8 @@ class PseudoLabelConfig:
     """The ``[pseudo_labels]`` profile section.
 
     ``model``: open_clip model name (``ViT-B-16-quickgelu``: ViT-B/16 with the QuickGELU activation
-    OpenAI's weights need; ``lmft-tiny-clip``: lmft's built-in tiny CLIP, for offline demos and tests). ``pretrained``: open_clip tag (``openai``), path
+    OpenAI's weights need; ``lmft-tiny-clip``: lmft's built-in tiny CLIP, for offline demos and tests).
+    ``pretrained``: open_clip tag (``openai``), path
     to a local checkpoint, or ``""`` for random initialisation (untrained: for offline demos and
     tests only). ``model_config``: optional open_clip model-config JSON for an architecture open_clip
     does not ship (its stem must equal ``model``). ``cache_dir``: where open_clip caches downloaded
