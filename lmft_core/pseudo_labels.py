@@ -75,7 +75,7 @@ class PseudoLabelConfig:
     weights (``""``: its default). ``prompt_template`` must contain ``{action}``. ``precision``:
     ``bf16`` (autocast, on CPU and GPU) or ``fp32``; bf16 is the default because it keeps the labels (on seeded
     random ViT-B/16 and tiny CLIPs: probabilities within 0.004 of fp32's, the same argmax but for near-ties;
-    docs/pseudo_labels.md) at 1.5-3x the speed on CPUs with native bf16 (AVX512-BF16, AMX) and on GPUs;
+    docs/preprocessing.md) at 1.5-3x the speed on CPUs with native bf16 (AVX512-BF16, AMX) and on GPUs;
     elsewhere fp32 may be faster. ``init_seed`` seeds random initialisation. ``num_frames``: how many
     of the clip's frames CLIP sees, evenly spaced (:func:`~lmft_core.video.sample_frame_indices`); absent:
     all ``clip.num_frames`` of them (the paper's 16). At most ``clip.num_frames`` (checked at profile load).

@@ -302,7 +302,7 @@ SECTION_SUMMARIES = {
     "clip": "clip geometry shared by preprocessing and training: frames, image size, tubelet, patch",
     "demo_data": "the generated demo set: classes, videos per class, frames, size, splits, each domain's look and camera",
     "tracking": "MLflow: the tracking URI (empty: the embedded store in the workdir) and the experiment",
-    "pseudo_labels": "zero-shot CLIP: model, weights (open_clip tag, a local file, or empty for untrained), prompt",
+    "pseudo_labels": "zero-shot CLIP: model, weights (open_clip tag, a local file, or empty for untrained), prompt, frames seen, precision",
     "preprocess": "Ray Data preprocessing: frame storage, decode tasks and their time limit, the CLIP actor pool, "
                   "rejects allowed",
     "energy": "the motion-energy variant (`diff`, `translate`, `translate_zoom`) and its estimator's settings",
