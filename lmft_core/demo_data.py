@@ -303,9 +303,9 @@ def render_video_and_mask(cfg: DemoDataConfig, domain: str, label: str, index: i
     # the dtype of the scene coordinates, as NumPy promotes a Python float against them (float32 for a static
     # camera, float64 for a moving one), so every pixel is computed with the same operations in the same
     # precision: the frames are bit-identical to rendering frame by frame.
-    if cam.static:
-        fx, fy, z = px, py, np.float32(1.0)
-        scene = scene_at(px, py)[None]  # (1, H, W, 3): one scene for every frame
+    if cam.static:  # one scene for every frame, (1, H, W, 3); x varies along W only and y along H only
+        fx, fy, z = px[:1], py[:, :1], np.float32(1.0)
+        scene = scene_at(px, py)[None]
     else:  # the scene point each pixel sees: zoom about the frame centre, then offset
         z = zoom[:, None, None]
         fx, fy = w / 2 + (px - w / 2) / z + offset[:, 0, None, None], h / 2 + (py - h / 2) / z + offset[:, 1, None, None]
