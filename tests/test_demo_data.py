@@ -186,7 +186,8 @@ def test_parallel_generation_writes_what_one_process_writes(tmp_path):
         # H.264 bytes vary from process to process (as they did before the pool), so compare pictures: both
         # decode to the rendered video within the codec's loss, and to each other within its rounding
         gray = rendered.astype(np.float32).mean(-1) / 255.0
-        assert np.abs(_decode(a.path) - gray).mean() < 4 / 255 and np.abs(_decode(b.path) - gray).mean() < 4 / 255
+        # (target videos: about 3.7 levels of the sensor noise the encoder smooths; another video: tens of levels)
+        assert np.abs(_decode(a.path) - gray).mean() < 6 / 255 and np.abs(_decode(b.path) - gray).mean() < 6 / 255
         assert np.abs(_decode(a.path) - _decode(b.path)).mean() < 0.5 / 255
     with pytest.raises(ValueError, match="workers must be >= 1"):
         generate_demo_data(cfg, tmp_path / "w0", workers=0)
