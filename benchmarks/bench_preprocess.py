@@ -23,6 +23,7 @@ docs/benchmarks.md:
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 import tempfile
 import time
@@ -88,14 +89,14 @@ def ray_throughput(datasets: list[tuple[str, Path, list[str], bool]], workers: i
             row = [workers, label, n / best_time_s(lambda: decode(False), repeats=3, warmup=1),
                    n / best_time_s(lambda: decode(True), repeats=3, warmup=1), "-", "-"]
             if whole_stage:
-                runs = iter(range(1000))
+                runs = itertools.count()
 
                 def whole() -> None:  # a fresh output folder each time: every video is processed
                     summary = run_preprocess(manifest_path, out_root / f"w{workers}-{next(runs)}", profile)
                     assert summary.processed == n
 
-                row[-1] = n / best_time_s(whole, repeats=2, warmup=1)
-                row.append(f"{row[-1] / row[3]:.2f}x")
+                row[4] = n / best_time_s(whole, repeats=2, warmup=1)
+                row[5] = f"{row[4] / row[3]:.2f}x"
             rows.append(row)
             print(row, flush=True)
     finally:
@@ -189,8 +190,8 @@ def main(argv: list[str] | None = None) -> int:
               "split": "train", "video_id": f"real{k}"} for k, p in enumerate(real_paths * 8)], tmp / "real.csv")
         datasets = [(f"demo ({args.preset}), {demo_profile.clip.num_frames}x{demo_profile.clip.image_size}px", manifest_path, [], True),
                     (f"real clips x8 ({8 * len(real_paths)}), 16x224px", real_manifest, ["clip.image_size=224"], False)]
+        label_rows = labeller_rows(labellers)
         ray_rows = [row for w in workers for row in ray_throughput(datasets, w, tmp / "out")]
-    label_rows = labeller_rows(labellers)
 
     cfg = DemoDataConfig.preset(args.preset)
     labels = demo_profile.pseudo_labels
