@@ -25,10 +25,14 @@ static camera renders exactly what it rendered before camera motion existed).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
+import multiprocessing
+import os
 import shutil
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -303,29 +307,36 @@ def render_video_and_mask(cfg: DemoDataConfig, domain: str, label: str, index: i
     params = {"cx": rng.uniform(0.4, 0.6), "cy": rng.uniform(0.4, 0.6), "freq": rng.uniform(0.8, 1.2),
               "phase": rng.uniform(0, 2 * math.pi), "seed": int(rng.integers(1 << 31))}
     motion = MOTIONS[label]
-    aspect = w / h
-    frames = np.empty((cfg.num_frames, h, w, 3), dtype=np.uint8)
-    masks = np.empty((cfg.num_frames, h, w), dtype=bool)
-    still = scene_at(px, py) if cam.static else None
-    for t in range(cfg.num_frames):
-        if cam.static:
-            fx, fy, z, scene = px, py, 1.0, still
-        else:  # the scene point each pixel sees: zoom about the frame centre, then offset
-            z = zoom[t]
-            fx, fy = w / 2 + (px - w / 2) / z + offset[t, 0], h / 2 + (py - h / 2) / z + offset[t, 1]
-            scene = scene_at(fx, fy)
-        xx, yy = fx / w, fy / h
-        cx, cy, scale = motion(t / cfg.fps, params)
-        dx, dy = (xx - cx) * aspect, yy - cy
-        r = radius * scale
-        dist = np.sqrt(dx * dx + dy * dy)
-        disc = np.clip((r - dist) * h * z, 0.0, 1.0)[..., None]  # anti-aliased edge (one pixel wide on screen)
-        stripe = (np.sin(dx / r * 3 * math.pi) > 0)[..., None]
-        frame = scene * (1 - disc) + np.where(stripe, light, dark) * disc
-        frame = frame + rng.normal(0.0, app.noise_std, frame.shape)
-        frames[t] = np.clip(frame * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        masks[t] = disc[..., 0] >= 0.5
-    return frames, masks
+    path = np.array([motion(t / cfg.fps, params) for t in range(cfg.num_frames)])  # (T, 3): cx, cy, scale
+    # All frames at once, (T, H, W). The actor's per-frame numbers (Python floats in a frame loop) enter in
+    # the dtype of the scene coordinates, as NumPy promotes a Python float against them (float32 for a static
+    # camera, float64 for a moving one), so every pixel is computed with the same operations in the same
+    # precision: the frames are bit-identical to rendering frame by frame.
+    if cam.static:  # one scene for every frame, (1, H, W, 3); x varies along W only and y along H only
+        fx, fy, z = px[:1], py[:, :1], np.float32(1.0)
+        scene = scene_at(px, py)[None]
+    else:  # the scene point each pixel sees: zoom about the frame centre, then offset
+        z = zoom[:, None, None]
+        fx, fy = w / 2 + (px - w / 2) / z + offset[:, 0, None, None], h / 2 + (py - h / 2) / z + offset[:, 1, None, None]
+        scene = scene_at(fx, fy)
+    xx, yy = fx / w, fy / h
+    cx, cy, r = (v.astype(xx.dtype)[:, None, None] for v in (path[:, 0], path[:, 1], radius * path[:, 2]))
+    dx, dy = (xx - cx) * xx.dtype.type(w / h), yy - cy
+    dist = np.sqrt(dx * dx + dy * dy)
+    disc = np.clip((r - dist) * h * z, 0.0, 1.0)  # anti-aliased edge (one pixel wide on screen)
+    masks = disc >= 0.5  # (T, H, W)
+    # Blend the actor in where it covers anything (elsewhere scene * (1 - 0) + colour * 0 is the scene).
+    covered = disc > 0
+    d, scene_shape = disc[covered][:, None], (cfg.num_frames, h, w, 3)
+    stripe = np.sin(np.broadcast_to(dx, masks.shape)[covered] / np.broadcast_to(r, masks.shape)[covered] * xx.dtype.type(3)
+                    * xx.dtype.type(math.pi)) > 0
+    actor = np.broadcast_to(scene, scene_shape)[covered] * (1 - d) + np.where(stripe[:, None], light, dark) * d
+    noise = rng.normal(0.0, app.noise_std, scene_shape)  # the same draws, in the same order, as frame by frame
+    frames = noise + scene
+    frames[covered] = actor + noise[covered]
+    frames *= 255.0
+    frames += 0.5
+    return np.clip(frames, 0, 255, out=frames).astype(np.uint8), masks
 
 
 def render_video(cfg: DemoDataConfig, domain: str, label: str, index: int) -> np.ndarray:
@@ -371,11 +382,32 @@ def load_actor_mask(video: str | Path) -> np.ndarray:
         return np.unpackbits(f["packed"], axis=-1, count=w).astype(bool).reshape(t, h, w)
 
 
-def generate_demo_data(cfg: DemoDataConfig, output: str | Path) -> Path:
+# Rendered frame-pixels (videos x frames x height x width) below which generating in one process beats a
+# process pool, whose workers take about half a second to start (Python, NumPy, PyAV).
+POOL_MIN_PIXELS = 20_000_000
+
+
+def _write_video(cfg: DemoDataConfig, output: Path, domain: str, label: str, index: int) -> dict:
+    """Render one video, write it and its actor mask under ``output``; its manifest row."""
+    rel = Path(domain) / label / f"{label}_{index:03d}.mp4"
+    frames, mask = render_video_and_mask(cfg, domain, label, index)
+    write_mp4(frames, output / rel, cfg.fps)
+    write_actor_mask(mask, output / rel)
+    return {"path": output.resolve() / rel, "label": label, "domain": domain,
+            "split": _split_of(domain, index, cfg.videos_per_class, cfg)}
+
+
+def generate_demo_data(cfg: DemoDataConfig, output: str | Path, workers: int | None = None) -> Path:
     """Write the video set, each video's actor mask and ``output/manifest.csv``; return the manifest path.
 
     A non-empty ``output`` that is not an earlier output of this function is refused. An earlier
     output made with the same config is reused as it is; one made with another config is replaced.
+    ``workers``: processes rendering and encoding videos in parallel (None: one per usable core when there
+    are at least :data:`POOL_MIN_PIXELS` to render, else 1). Every video depends only on ``cfg`` and its
+    place in the set, so the rendered frames and the masks are the same whatever the number of workers (the
+    H.264 bytes may differ from one process to another, as they did before the pool, within the codec's
+    rounding). The workers are spawned processes: a script that calls this with more than one must guard its
+    entry point (``if __name__ == "__main__":``), as ``pipelines/`` and ``benchmarks/`` do.
     """
     output = Path(output)
     marker = output / MARKER
@@ -391,14 +423,16 @@ def generate_demo_data(cfg: DemoDataConfig, output: str | Path) -> Path:
             shutil.rmtree(child) if child.is_dir() else child.unlink()
     output.mkdir(parents=True, exist_ok=True)
     marker.write_text(config_json)  # claim the folder first; the manifest, written last, marks completion
-    rows = []
-    for domain in DOMAINS:
-        for label in cfg.classes:
-            for i in range(cfg.videos_per_class):
-                rel = Path(domain) / label / f"{label}_{i:03d}.mp4"
-                frames, mask = render_video_and_mask(cfg, domain, label, i)
-                write_mp4(frames, output / rel, cfg.fps)
-                write_actor_mask(mask, output / rel)
-                rows.append({"path": output.resolve() / rel, "label": label, "domain": domain,
-                             "split": _split_of(domain, i, cfg.videos_per_class, cfg)})
+    videos = [(domain, label, i) for domain in DOMAINS for label in cfg.classes for i in range(cfg.videos_per_class)]
+    if workers is None:
+        big = len(videos) * cfg.num_frames * cfg.height * cfg.width >= POOL_MIN_PIXELS
+        workers = len(os.sched_getaffinity(0)) if big else 1
+    if workers < 1:
+        raise ValueError(f"demo data: workers must be >= 1, got {workers}")
+    write = functools.partial(_write_video, cfg, output)
+    if workers == 1:
+        rows = [write(*v) for v in videos]
+    else:  # spawned, not forked: the caller may hold threads (Ray, torch)
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            rows = list(pool.map(write, *zip(*videos)))
     return write_manifest(rows, manifest_path)

@@ -197,6 +197,7 @@ class RunConfig:
         built["policy"] = selector.resolve_policy(built["policy"], clip)
         try:
             built["train"].evaluate_for(selector)  # [train] evaluate against the policy kind [selector] builds
+            built["pseudo_labels"].check_clip(clip.num_frames)  # CLIP sees at most the clip's frames
         except ConfigError as e:
             raise ConfigError(f"{path}: {e}") from None
         return cls(name=name, path=path, sections=sections, **built)
@@ -301,7 +302,7 @@ SECTION_SUMMARIES = {
     "clip": "clip geometry shared by preprocessing and training: frames, image size, tubelet, patch",
     "demo_data": "the generated demo set: classes, videos per class, frames, size, splits, each domain's look and camera",
     "tracking": "MLflow: the tracking URI (empty: the embedded store in the workdir) and the experiment",
-    "pseudo_labels": "zero-shot CLIP: model, weights (open_clip tag, a local file, or empty for untrained), prompt",
+    "pseudo_labels": "zero-shot CLIP: model, weights (open_clip tag, a local file, or empty for untrained), prompt, frames seen, precision",
     "preprocess": "Ray Data preprocessing: frame storage, decode tasks and their time limit, the CLIP actor pool, "
                   "rejects allowed",
     "energy": "the motion-energy variant (`diff`, `translate`, `translate_zoom`) and its estimator's settings",

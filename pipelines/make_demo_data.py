@@ -2,7 +2,7 @@
 
     python pipelines/make_demo_data.py --output data/demo [--preset demo|tiny] [--seed 0]
         [--classes wave,jump,spin] [--videos-per-class 12] [--num-frames 48] [--width 160] [--height 128]
-        [--source-camera KEY=VALUE,...] [--target-camera pan_px_per_s=20,shake_px=3,zoom_per_s=0.1]
+        [--source-camera KEY=VALUE,...] [--target-camera pan_px_per_s=20,shake_px=3,zoom_per_s=0.1] [--workers N]
 """
 
 from __future__ import annotations
@@ -39,8 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     for domain in ("source", "target"):
         p.add_argument(f"--{domain}-camera", metavar="KEY=VALUE,...",
                        help=f"camera motion of {domain} videos: pan_px_per_s, shake_px, zoom_per_s (default: static)")
+    p.add_argument("--workers", type=int, help="processes rendering in parallel (default: one per core for large sets)")
     args = p.parse_args(argv)
-    overrides = {k: v for k, v in vars(args).items() if k not in ("output", "preset") and v is not None}
+    overrides = {k: v for k, v in vars(args).items() if k not in ("output", "preset", "workers") and v is not None}
     if "classes" in overrides:
         overrides["classes"] = tuple(c.strip() for c in overrides["classes"].split(","))
     try:
@@ -48,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
             if key in overrides:
                 overrides[key] = parse_camera(overrides[key], f"--{key.replace('_', '-')}")
         cfg = dataclasses.replace(DemoDataConfig.preset(args.preset), **overrides)
-        manifest = generate_demo_data(cfg, args.output)
+        manifest = generate_demo_data(cfg, args.output, workers=args.workers)
     except (ValueError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

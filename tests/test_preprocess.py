@@ -43,7 +43,7 @@ def tiny_clip(tmp_path_factory):
 def overrides(tiny_clip, *extra: str) -> list[str]:
     return ["clip.num_frames=8", "clip.image_size=32", "clip.patch=8",
             f'pseudo_labels.model="{tiny_clip.model}"', f'pseudo_labels.model_config="{tiny_clip.model_config}"',
-            f'pseudo_labels.pretrained="{tiny_clip.pretrained}"',
+            f'pseudo_labels.pretrained="{tiny_clip.pretrained}"', "pseudo_labels.precision='fp32'",
             "preprocess.decode_batch_size=4", "preprocess.labeler_batch_size=8", "preprocess.rows_per_shard=8",
             "preprocess.max_rejected_fraction=0.5", "preprocess.decode_timeout_s=60.0", *extra]
 
@@ -75,8 +75,8 @@ def read_shards(out: Path) -> pa.Table:
     return pa.concat_tables([pq.read_table(f) for f in sorted((out / "shards").glob("*.parquet"))])
 
 
-def test_shard_schema_and_contents(first_run, mixed_manifest, tiny_clip):
-    summary, _, _ = first_run
+def test_shard_schema_and_contents(first_run, mixed_manifest):
+    summary, profile, _ = first_run
     manifest = load_manifest(mixed_manifest)
     table = read_shards(summary.output_dir)
     assert table.schema.remove_metadata() == shard_schema(store_frames=True)
@@ -112,7 +112,7 @@ def test_shard_schema_and_contents(first_run, mixed_manifest, tiny_clip):
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
     np.testing.assert_array_equal(table.column("pseudo_label").to_numpy(), probs.argmax(axis=1))
     np.testing.assert_allclose(table.column("pseudo_confidence").to_numpy(), probs.max(axis=1))
-    np.testing.assert_allclose(probs, ClipZeroShot(tiny_clip, manifest.classes).probs(frames), atol=1e-5)
+    np.testing.assert_allclose(probs, ClipZeroShot(profile.pseudo_labels, manifest.classes).probs(frames), atol=1e-5)
 
 
 def test_rejects_accounting_on_real_broken_files(first_run, mixed_manifest):
@@ -145,6 +145,8 @@ def test_metadata_and_summary(first_run, mixed_manifest, tiny_clip):
     assert meta["schema_version"] == SCHEMA_VERSION
     assert meta["clip_model"]["kind"] == "file" and meta["clip_model"]["untrained"] is False
     assert meta["clip_model"]["path"] == str(Path(tiny_clip.pretrained).resolve())
+    assert meta["tiny_clip"] is False and meta["clip_frames_seen"] == 8  # a checkpoint file is not the built-in tiny CLIP
+    assert "8 of 8 frames, fp32" in str(summary)
     assert meta["resolved_config"]["clip"] == {"num_frames": 8, "image_size": 32, "tubelet": 2, "patch": 8}
     assert meta["energy"] == meta["resolved_config"]["content"]["energy"] == {"variant": "diff"}
     assert {"torch", "open_clip_torch", "decord", "av", "ray", "pyarrow"} <= set(meta["library_versions"])

@@ -222,8 +222,9 @@ def run_preprocess(manifest: Manifest | str | Path, output_dir: str | Path, prof
             elapsed_s=elapsed,
             videos_per_s=len(todo_rows) / elapsed if elapsed > 0 else 0.0,
             source_clip_accuracy=stats["source_clip_accuracy"], target_clip_accuracy=stats["target_clip_accuracy"],
-            clip_weights=f"{labels.model} / " + (f"untrained (random init, seed {labels.init_seed})" if labels.untrained
-                                                 else f"{weights['kind']} {labels.pretrained}"),
+            clip_weights=f"{labels.model}{' (built-in tiny CLIP)' if labels.tiny else ''} / "
+                         + (f"untrained (random init, seed {labels.init_seed})" if labels.untrained else f"{weights['kind']} {labels.pretrained}")
+                         + f", {labels.frames_seen(clip.num_frames)} of {clip.num_frames} frames, {labels.precision}",
             untrained_clip=labels.untrained,
         )
         metadata = {
@@ -235,7 +236,8 @@ def run_preprocess(manifest: Manifest | str | Path, output_dir: str | Path, prof
                                 "pseudo_labels": dataclasses.asdict(labels), "preprocess": dataclasses.asdict(pre),
                                 "energy": dataclasses.asdict(energy)},
             "energy": energy.identity(),
-            "clip_model": weights, "untrained_clip": labels.untrained,
+            "clip_model": weights, "untrained_clip": labels.untrained, "tiny_clip": labels.tiny,
+            "clip_frames_seen": labels.frames_seen(clip.num_frames),
             "library_versions": library_versions(),
             "counts": {"manifest_rows": summary.videos_in, "shard_rows": summary.shard_rows, "rejects": summary.rejects,
                        "short_videos": summary.short_videos, "pyav_decoded": summary.pyav_decoded,

@@ -46,7 +46,7 @@ def resolved_config(manifest: Manifest, clip: ClipConfig, labels: PseudoLabelCon
         "classes": list(manifest.classes),
         "clip": dataclasses.asdict(clip),
         "pseudo_labels": {"prompt_template": labels.prompt_template, "precision": labels.precision,
-                          "weights": weights_identity(labels)},
+                          "frames_seen": labels.frames_seen(clip.num_frames), "weights": weights_identity(labels)},
         "store_frames": pre.store_frames,
         "energy": energy.identity(),
     }
