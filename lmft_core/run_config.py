@@ -196,6 +196,7 @@ class RunConfig:
         built["model"] = replace(built["model"], clip=clip)
         built["policy"] = selector.resolve_policy(built["policy"], clip)
         try:
+            selector.check_grid(clip)  # adafocus: the window and segments fit the token grid
             built["train"].evaluate_for(selector)  # [train] evaluate against the policy kind [selector] builds
         except ConfigError as e:
             raise ConfigError(f"{path}: {e}") from None
