@@ -182,3 +182,17 @@ def test_adafocus_from_a_profile_evaluates_random_matched_to_it():
     assert "random-match-adafocus" in labels and "random-match-lmft" not in labels
     with pytest.raises(ConfigError, match="train.evaluate"):
         load_profile("demo", ['train.evaluate=[{name="adafocus"}]'])
+
+
+def test_a_saved_adafocus_model_predicts_as_the_trained_one(tmp_path):
+    """The model store logs the classifier pickled (mlflow.pytorch, serialization_format="pickle"): the
+    same round trip, without the store."""
+    ad = adapter(window=(2, 3), segments=3, exit_threshold=0.3).eval()
+    torch.save(ad, tmp_path / "model.pth", pickle_protocol=4)
+    loaded = torch.load(tmp_path / "model.pth", weights_only=False).eval()
+    frames, energy = clips(4, seed=7)
+    want, got = ad.predict(frames, energy), loaded.predict(frames, energy)
+    assert type(loaded.glance).__name__ == "GlanceNet" and loaded.selector_config == ad.selector_config
+    assert ((want["keep_ratio"] == 0) | (want["keep_ratio"] == 3 * 6 / 64)).all()  # exited, or 3 windows of 6
+    for key in ("probs", "label", "keep_ratio"):
+        torch.testing.assert_close(got[key], want[key])
