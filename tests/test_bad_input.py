@@ -19,6 +19,9 @@ CASES = {
     "no_dot": (["--set", "nodot"], "override 'nodot' is not of the form section.key=value"),
     "no_value": (["--set", "clip.num_frames"], "override 'clip.num_frames' is not of the form section.key=value"),
     "bad_value": (["--set", "clip.num_frames=15"], "--set clip.num_frames=15: [clip]: clip.num_frames=15 is not a multiple of clip.tubelet=2"),
+    "adafocus_window_over_grid": (["--set", 'selector.name="adafocus"', "--set", "selector.window=[5, 5]"],
+                                  '--set selector.name="adafocus", --set selector.window=[5, 5]: selector.window=[5, 5] is '
+                                  "larger than the token grid 4 x 4 ([clip] image_size / patch = 64 / 16)"),
 }
 
 
