@@ -196,3 +196,20 @@ def test_a_saved_adafocus_model_predicts_as_the_trained_one(tmp_path):
     assert ((want["keep_ratio"] == 0) | (want["keep_ratio"] == 3 * 6 / 64)).all()  # exited, or 3 windows of 6
     for key in ("probs", "label", "keep_ratio"):
         torch.testing.assert_close(got[key], want[key])
+
+
+def test_evaluation_counts_the_glance_in_gflops_per_clip():
+    from lmft_core.shards.batch import ClipBatch
+    from lmft_core.train.evaluate import evaluate
+
+    ad = adapter(window=(2, 2), segments=2)
+    frames, energy = clips(4, seed=3)
+    batch = ClipBatch(frames=frames, energy=energy, label=torch.tensor([0, 1, 2, 3]), pseudo_label=torch.zeros(4, dtype=torch.long),
+                      pseudo_confidence=torch.ones(4), clip_probs=torch.full((4, K), 1 / K), key=torch.arange(4))
+    results = evaluate(ad, [batch], [ad.selector_config, SelectorConfig(name="full")])
+    vit = float(selection_flops(ad.model.config, torch.ones(1, 4, 4, 4, dtype=torch.bool)[:, :2, :2, :2])[0])  # 8 tokens
+    focus = results["adafocus-w2x2-seg2"]
+    assert focus.discard_rate == pytest.approx(1 - 8 / 64)
+    assert focus.gflops_per_clip == pytest.approx((vit + glance_flops(CLIP, K, 16)) / 1e9)
+    full = float(selection_flops(ad.model.config, torch.ones(1, 4, 4, 4, dtype=torch.bool))[0])
+    assert results["full"].gflops_per_clip == pytest.approx(full / 1e9)  # no glance for the full-token selector
