@@ -180,6 +180,8 @@ def test_adafocus_from_a_profile_evaluates_random_matched_to_it():
     assert profile.selector.label == "adafocus-w2x4-exit0.9" and profile.selector.window == (2, 4)
     labels = [s.label for s in profile.train.evaluate_for(profile.selector)]
     assert "random-match-adafocus" in labels and "random-match-lmft" not in labels
+    matched = next(s for s in profile.train.evaluate_for(profile.selector) if s.match)
+    assert (matched.window, matched.exit_threshold) == ((2, 4), 0.9)  # the run's window, not the default's
     with pytest.raises(ConfigError, match="train.evaluate"):
         load_profile("demo", ['train.evaluate=[{name="adafocus"}]'])
 

@@ -219,6 +219,8 @@ FIRST_SEGMENT_RULES: Registry[FirstSegmentRule] = Registry("first-segment rule")
 FIRST_SEGMENT_RULES.register("keep", FirstSegmentRule(forced=True))
 FIRST_SEGMENT_RULES.register("next", FirstSegmentRule(forced=False))
 
+# the adafocus settings (a random selector matched to adafocus takes the run's)
+FOCUS_KEYS = ("window", "segments", "exit_threshold", "glance_channels")
 Selector = Callable[..., Selection]
 SELECTORS: Registry[Callable[[SelectorConfig, ThresholdPolicy | None, GlanceNet | None], Selector]] = Registry("selector")
 # learned selectors: name -> the kind of threshold policy it draws from and trains

@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass, field, replace
 
 from lmft_core.config import ConfigError
-from lmft_core.model.selectors import SelectorConfig
+from lmft_core.model.selectors import FOCUS_KEYS, SelectorConfig
 from lmft_core.train.pseudo import PSEUDO_LABEL_SOURCES
 
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -142,7 +142,8 @@ class TrainConfig:
         evaluate = self.evaluate
         learned = selector.match or selector.name
         if evaluate == DEFAULT_EVALUATE and (selector.policy_kind != "scalar" or selector.focus):
-            evaluate = tuple(replace(s, match=learned) if s.match == "lmft" else s for s in evaluate)
+            focus = {k: getattr(selector, k) for k in FOCUS_KEYS}  # random matched to adafocus: the run's window
+            evaluate = tuple(replace(s, match=learned, **focus) if s.match == "lmft" else s for s in evaluate)
         wrong = [s.label for s in evaluate if (s.focus and not selector.focus) or (selector.focus and s.uses_policy)]
         if wrong:
             raise ConfigError(f"train.evaluate: {wrong} need a learned part that selector.name={selector.name!r} does "
