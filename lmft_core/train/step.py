@@ -92,13 +92,15 @@ def param_groups(adapter: LMFTClassifier, cfg: TrainConfig) -> list[dict]:
 
 
 def average_grads(module: torch.nn.Module, dist: Dist) -> None:
-    """Average the gradients of ``module`` (outside DDP) over ranks, in one all-reduce."""
-    params = [p for p in module.parameters() if p.grad is not None]
+    """Average the gradients of ``module`` (outside DDP) over ranks, in one all-reduce (a parameter without a
+    gradient on a rank counts as zero there, so every rank reduces the same tensor)."""
+    params = list(module.parameters())
     if not dist.active or not params:
         return
-    flat = dist.all_reduce_sum(torch.cat([p.grad.reshape(-1) for p in params])) / dist.world_size
+    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params])
+    flat = dist.all_reduce_sum(flat) / dist.world_size
     for p, part in zip(params, flat.split([p.numel() for p in params])):
-        p.grad.copy_(part.view_as(p.grad))
+        p.grad = part.view_as(p).clone()
 
 
 def focus_loss(sel: Selection, clip_ce: Tensor, labels: Tensor, target: Tensor, lambda_t: float) -> tuple[Tensor, Tensor]:
