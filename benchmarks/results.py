@@ -21,6 +21,11 @@ Groups (each a comparison of trainings, ``--seeds`` seeds each, same data and sc
   and both (``clip+self``).
 - ``policy``: one threshold per clip (the paper's) against one per temporal segment.
 - ``first``: the paper's first-segment rule (always kept) against ``next``.
+- ``adafocus``: the learned, content-based window of ``adafocus`` (AdaFocus: glance network, window policy)
+  against LMFT, full tokens and random drop at matched keep ratios 0.25 and 0.5 (a 2x2 and a 2x4 window of the
+  4x4 token grid), on the static-camera data and on the moving-camera target of ``camera``; on static data also
+  its temporal selection alone (the whole grid in the 2 of 8 segments the glance is surest of: keep 0.25) and
+  its early exit (2x2, exit at glance confidence 0.9). GFLOPs per clip include the glance network.
 - ``pretrain``: adaptation from scratch against adaptation from an encoder pretrained by masked video
   modelling on the unlabelled source and target clips (``pipelines/pretrain.py``, mask ratio 0.9) with
   ``tube``, ``motion`` and ``learned`` masking; full tokens and LMFT. Each pretraining runs once per seed
@@ -81,6 +86,7 @@ class Setting:
         return (*self.overrides, self.from_lmft.format(d=d, k=1 - d))
 
 
+FOCUS = ('selector.name="adafocus"',)
 GROUPS: dict[str, list[Setting]] = {
     "main": [
         Setting("LMFT"),
@@ -106,6 +112,18 @@ GROUPS: dict[str, list[Setting]] = {
     "first": [
         Setting("first segment always kept (paper)"),
         Setting("first segment scored by the next difference", overrides=('selector.first_segment="next"',)),
+    ],
+    "adafocus": [
+        *(s for data, where in (("static", "static camera"), ("camera", "moving camera")) for s in (
+            Setting(f"{where}: LMFT", data=data),
+            Setting(f"{where}: full tokens", data=data, overrides=('selector.name="full"',)),
+            Setting(f"{where}: random, keep 0.25", data=data, overrides=('selector.name="random"', "selector.drop_rate=0.75")),
+            Setting(f"{where}: random, keep 0.5", data=data, overrides=('selector.name="random"', "selector.drop_rate=0.5")),
+            Setting(f"{where}: adafocus 2x2, keep 0.25", data=data, overrides=(*FOCUS, "selector.window=[2, 2]")),
+            Setting(f"{where}: adafocus 2x4, keep 0.5", data=data, overrides=(*FOCUS, "selector.window=[2, 4]")))),
+        Setting("static camera: adafocus 4x4 in 2 of 8 segments, keep 0.25",
+                overrides=(*FOCUS, "selector.window=[4, 4]", "selector.segments=2")),
+        Setting("static camera: adafocus 2x2, exit at 0.9", overrides=(*FOCUS, "selector.window=[2, 2]", "selector.exit_threshold=0.9")),
     ],
     "pretrain": [
         Setting("full tokens, from scratch", overrides=('selector.name="full"',)),
@@ -274,6 +292,7 @@ TITLES = {
     "policy": "One threshold per clip against one per temporal segment",
     "first": "The first temporal segment",
     "pretrain": "Masked video pretraining on the unlabelled clips before adaptation",
+    "adafocus": "AdaFocus (a learned window per segment) against LMFT, full tokens and random at keep 0.25 and 0.5",
 }
 
 
@@ -299,6 +318,8 @@ def render(done: dict, profile: RunConfig, name: str) -> str:
         lines += [f"### {title}", "", group_table(done[group]["rows"], done[group]["extra"]), "", reading(done[group]["rows"], chance), ""]
         if group == "pretrain":
             lines += [pretrain_cost(done[group]["rows"], profile), ""]
+        if group == "adafocus":
+            lines += [focus_reading(done[group]["rows"]), ""]
     missing = [g for g in TITLES if g not in done]
     if missing:
         lines += [f"Not run on this profile: {', '.join(f'`{g}`' for g in missing)} "
@@ -326,6 +347,38 @@ def pretrain_cost(rows: dict[str, list[dict]], profile: RunConfig) -> str:
     return (f"Pretraining ({cfg.epochs} epochs of batch {cfg.batch_size}, mask ratio {cfg.mask_ratio:g}, on source and "
             "target train clips; the wall-clock includes Ray Train's start and the figure, and the machine was shared):\n\n"
             + markdown_table(["masking", "final loss", "wall-clock s", "clips/s", "peak memory MB (rank 0 process)", "seeds"], table))
+
+
+def focus_reading(rows: dict[str, list[dict]]) -> str:
+    """Where adafocus wins and loses in the ``adafocus`` group, computed: per camera setting, adafocus against
+    random drop at the same keep ratio (does the learned window beat chance placement?) and against LMFT
+    (with its own keep ratio and GFLOPs), differences set against twice the largest seed spread."""
+    def mean(label: str, key: str = "top1") -> float | None:
+        return statistics.mean(r[key] for r in rows[label]) if rows.get(label) else None
+
+    spread = max((statistics.stdev(r["top1"] for r in runs) for runs in rows.values() if len(runs) > 1), default=0.0)
+
+    def versus(a: float, b: float) -> str:
+        d = a - b
+        verdict = "wins" if d > 2 * spread else "loses" if d < -2 * spread else "ties (within two seed spreads)"
+        return f"{verdict}, {d:+.3f}"
+
+    parts = []
+    for where in ("static camera", "moving camera"):
+        for keep, window in (("0.25", "2x2"), ("0.5", "2x4")):
+            focus, rand = mean(f"{where}: adafocus {window}, keep {keep}"), mean(f"{where}: random, keep {keep}")
+            lmft = mean(f"{where}: LMFT")
+            if focus is None or rand is None or lmft is None:
+                continue
+            parts.append(f"{where}, keep {keep}: adafocus {focus:.3f} against random {versus(focus, rand)}; against LMFT "
+                         f"(keep {1 - mean(f'{where}: LMFT', 'discard_rate'):.2f}) {versus(focus, lmft)} at "
+                         f"{mean(f'{where}: adafocus {window}, keep {keep}', 'gflops_per_clip'):.4f} against "
+                         f"{mean(f'{where}: LMFT', 'gflops_per_clip'):.4f} GFLOPs per clip")
+    if not parts:
+        return ""
+    return ("Where adafocus wins and loses (computed; a difference counts when larger than twice the largest seed "
+            f"spread, {2 * spread:.3f}): " + "; ".join(parts) + ". The demo generator has one actor size, so small "
+            "against large actors is not compared here.")
 
 
 def reading(rows: dict[str, list[dict]], chance: float) -> str:

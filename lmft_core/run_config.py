@@ -48,6 +48,12 @@ SEARCHES = ("grid", "random", "optuna")
 # the swept hyperparameters: [sweep] key -> the setting it overrides
 SWEPT = {"gamma_c": "train.gamma_c", "lambda_l": "policy.loss_weight", "lambda_t": "train.lambda_t"}
 TARGET_METRIC = eval_metric(EVAL_TARGET, "lmft", "top1")  # read beside every trial, selected by only on request
+
+
+def metric_of(metric: str, selector_label: str) -> str:
+    """``metric`` (``<prefix>/lmft/<key>``) for the run's selector ``selector_label``; other metrics as they are."""
+    parts = metric.split("/")
+    return "/".join(selector_label if i == 1 and p == "lmft" and len(parts) == 3 else p for i, p in enumerate(parts))
 ADAPT = ("train", "sweep")
 OUTPUT_FORMATS = ("parquet", "csv")  # of predictions
 
@@ -103,6 +109,12 @@ class SweepConfig:
     @property
     def selection_metric(self) -> tuple[str, str]:
         return (TARGET_METRIC, "max") if self.select_on_target_labels else (self.metric, self.mode)
+
+    def metric_for(self, selector_label: str) -> tuple[str, str]:
+        """:attr:`selection_metric` of a sweep training ``selector_label`` (``lmft`` or an ``adafocus`` one): the
+        metric's selector part, ``lmft``, becomes that label (``eval_source_val/adafocus-w2x2/top1``)."""
+        metric, mode = self.selection_metric
+        return metric_of(metric, selector_label), mode
 
     def trials(self) -> int:
         return math.prod(len(getattr(self, k)) for k in SWEPT) if self.search == "grid" else self.num_samples
@@ -196,6 +208,7 @@ class RunConfig:
         built["model"] = replace(built["model"], clip=clip)
         built["policy"] = selector.resolve_policy(built["policy"], clip)
         try:
+            selector.check_grid(clip)  # adafocus: the window and segments fit the token grid
             built["train"].evaluate_for(selector)  # [train] evaluate against the policy kind [selector] builds
             built["pseudo_labels"].check_clip(clip.num_frames)  # CLIP sees at most the clip's frames
         except ConfigError as e:

@@ -11,6 +11,10 @@ is the standard label-free criterion ("source risk"). It does not see the domain
 reports each trial's target-test accuracy beside it, for reading only. Choosing by target accuracy
 needs ``sweep.select_on_target_labels = true`` (say so when reporting such a result).
 
+A sweep trains ``lmft`` or ``adafocus`` (:mod:`lmft_core.model.focus`); with ``adafocus`` every metric named
+for ``lmft`` reads the run's selector label instead (``eval_source_val/adafocus-w2x2/top1``:
+:meth:`~lmft_core.run_config.SweepConfig.metric_for`), and ``lambda_l`` (the threshold's reward weight) has no effect.
+
 Resources: each trial takes ``train.workers x train.cpus_per_worker`` CPUs (and GPUs) for its workers
 plus :data:`TRIAL_DRIVER_CPUS` for the Tune function; at least ``sweep.data_cpus`` CPUs of the cluster
 stay free for Ray Data's ingest, and the trials that fit in the rest run at once (``sweep.max_concurrent``
@@ -32,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lmft_core.files import atomic_write
-from lmft_core.run_config import SWEPT, TARGET_METRIC, RunConfig, SweepConfig
+from lmft_core.run_config import SWEPT, TARGET_METRIC, RunConfig, SweepConfig, metric_of
 from lmft_core.train.names import EVAL_SOURCE_VAL, EVAL_TARGET, TAU_HAT, eval_metric
 
 TRIAL_DRIVER_CPUS = 0.1  # the Tune function itself only waits for its TorchTrainer
@@ -139,12 +143,12 @@ def run_sweep(profile: RunConfig, shards_path: str | Path, workdir: str | Path, 
     cfg: SweepConfig = profile.sweep
     base = TrainingRun.prepare(profile, shards_path, workdir)  # checks the shards and the configuration once
     job, base_name = base.job, base.name
-    metric, mode = cfg.selection_metric
+    metric, mode = cfg.metric_for(job.selector.label)
     if metric.startswith(f"{EVAL_SOURCE_VAL}/") and not base.shards.counts().get(("source", "val")):
         raise SweepError(f"sweep.metric={metric!r} needs source-val clips and the shards have none: choose another "
                          "label-free metric (e.g. sweep.metric='eval_target/lmft/entropy_nats', sweep.mode='min')")
-    if job.selector.name != "lmft":
-        raise SweepError(f"a sweep tunes the learned threshold: selector.name must be 'lmft', not {job.selector.name!r}")
+    if job.selector.name not in ("lmft", "adafocus"):
+        raise SweepError(f"a sweep tunes a learned selector: selector.name must be 'lmft' or 'adafocus', not {job.selector.name!r}")
     name = cfg.name or f"sweep-{base_name}-{cfg.search}{cfg.trials()}"
     ray = connect(shared_paths=[workdir])
     resources = ray.cluster_resources()
@@ -173,13 +177,13 @@ def run_sweep(profile: RunConfig, shards_path: str | Path, workdir: str | Path, 
                                       callbacks=[_release_callback(workdir / "sweeps" / name)]),
         )
         grid = tuner.fit()
-        table = _results_table(grid, metric, job.train.epochs, parent, name)
+        table = _results_table(grid, metric, job.train.epochs, parent, name, job.selector.label)
         finished = [r for r in table if r["epochs"] == job.train.epochs and r.get(metric) is not None]
         if not finished:
             raise SweepError(f"no trial of sweep {name} finished its {job.train.epochs} epochs with {metric}: see {workdir / 'tune' / name}")
         best = max(finished, key=lambda r: r[metric] if mode == "max" else -r[metric])
         results_csv = _write_table(table, workdir / "sweeps" / name / "results.csv")
-        plot = _plot(table, workdir / "sweeps" / name / "accuracy_vs_discard.png", best["trial"])
+        plot = _plot(table, workdir / "sweeps" / name / "accuracy_vs_discard.png", best["trial"], job.selector.label)
         parent.log_artifact(results_csv, "sweep")
         parent.log_artifact(plot, "sweep")
         parent.log_params({f"best.{k}": best[k] for k in SWEPT} | {"best.trial": best["trial"]})
@@ -193,9 +197,10 @@ def run_sweep(profile: RunConfig, shards_path: str | Path, workdir: str | Path, 
                        elapsed_s=time.perf_counter() - t0)
 
 
-def _results_table(grid, metric: str, epochs: int, parent, name: str) -> list[dict]:
+def _results_table(grid, metric: str, epochs: int, parent, name: str, label: str) -> list[dict]:
     """One row per trial: its hyperparameters, the epochs it reached, the selection metric, target-test
-    accuracy (reading only), discard rate, GFLOPs, tau_hat, status and its MLflow run."""
+    accuracy (reading only), discard rate and GFLOPs of the trained selector ``label``, tau_hat, status and its MLflow run."""
+    target = metric_of(TARGET_METRIC, label)
     runs = parent.client.search_runs([parent.client.get_run(parent.run_id).info.experiment_id],
                                      f"tags.mlflow.parentRunId = '{parent.run_id}'")
     run_ids = {r.info.run_name: r.info.run_id for r in runs}
@@ -205,8 +210,8 @@ def _results_table(grid, metric: str, epochs: int, parent, name: str) -> list[di
         cfg = {k: result.config[k] for k in SWEPT}
         trial = m.get("trial_id") or Path(result.path).name
         rows.append({"trial": trial, **cfg, "epochs": int(m.get("epoch", 0)), metric: m.get(metric),
-                     TARGET_METRIC: m.get(TARGET_METRIC), "discard_rate": m.get(eval_metric(EVAL_TARGET, "lmft", "discard_rate")),
-                     "gflops_per_clip": m.get(eval_metric(EVAL_TARGET, "lmft", "gflops_per_clip")), "tau_hat": m.get(TAU_HAT),
+                     target: m.get(target), "discard_rate": m.get(eval_metric(EVAL_TARGET, label, "discard_rate")),
+                     "gflops_per_clip": m.get(eval_metric(EVAL_TARGET, label, "gflops_per_clip")), "tau_hat": m.get(TAU_HAT),
                      "status": "completed" if int(m.get("epoch", 0)) == epochs else "stopped early",
                      "error": str(result.error)[:200] if result.error else "", "path": result.path,
                      "run_id": run_ids.get(f"{name}-{trial}", "")})
@@ -225,10 +230,10 @@ def _write_table(table: list[dict], path: Path) -> Path:
     return path
 
 
-def _plot(table: list[dict], path: Path, best: str) -> Path:
+def _plot(table: list[dict], path: Path, best: str, label: str) -> Path:
     from lmft_core.train import plots
 
-    return plots.save(plots.sweep_scatter(table, TARGET_METRIC, best), path)
+    return plots.save(plots.sweep_scatter(table, metric_of(TARGET_METRIC, label), best), path)
 
 
 def _log_best(profile: RunConfig, best: dict, shards: str, workdir: Path, name: str) -> str:

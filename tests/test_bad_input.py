@@ -28,6 +28,9 @@ CASES = {
     "labeller_sees_more_than_the_clip": (["--set", "pseudo_labels.num_frames=32"],
                                          "--set pseudo_labels.num_frames=32: pseudo_labels.num_frames=32 is more than the clip has "
                                          "(clip.num_frames=16)"),
+    "adafocus_window_over_grid": (["--set", 'selector.name="adafocus"', "--set", "selector.window=[5, 5]"],
+                                  '--set selector.name="adafocus", --set selector.window=[5, 5]: selector.window=[5, 5] is '
+                                  "larger than the token grid 4 x 4 ([clip] image_size / patch = 64 / 16)"),
 }
 
 

@@ -71,3 +71,22 @@ def test_the_pretrain_group_tables_each_pretraining_once_per_strategy_and_seed()
     assert "| motion | 0.6000 | 110 | 10.0 | 1000 | 2 |" in text  # two seeds, not four runs
     assert "| tube | 0.8000 | 90 | 10.0 | 800 | 1 |" in text
     assert "10 epochs of batch 8, mask ratio 0.9" in text
+
+
+def test_the_adafocus_reading_says_where_it_wins_and_loses_against_random_and_lmft():
+    focus_reading = results_script()["focus_reading"]
+
+    def runs(*top1, discard=0.5, gflops=0.1):
+        return [{"top1": t, "discard_rate": discard, "gflops_per_clip": gflops} for t in top1]
+
+    rows = {"static camera: LMFT": runs(0.50, 0.52, discard=0.6, gflops=0.08),
+            "static camera: random, keep 0.25": runs(0.30, 0.32),
+            "static camera: adafocus 2x2, keep 0.25": runs(0.40, 0.42, gflops=0.05),
+            "moving camera: LMFT": runs(0.30, 0.32),
+            "moving camera: random, keep 0.25": runs(0.35, 0.37),
+            "moving camera: adafocus 2x2, keep 0.25": runs(0.45, 0.47)}
+    text = focus_reading(rows)  # every sd is 0.014: a difference counts beyond 0.028
+    assert "static camera, keep 0.25: adafocus 0.410 against random wins, +0.100; against LMFT (keep 0.40) loses, -0.100" in text
+    assert "at 0.0500 against 0.0800 GFLOPs per clip" in text
+    assert "moving camera, keep 0.25: adafocus 0.460 against random wins, +0.100; against LMFT (keep 0.50) wins, +0.150" in text
+    assert "keep 0.5:" not in text  # no 2x4 rows: not compared

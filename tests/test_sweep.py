@@ -85,3 +85,13 @@ def test_concurrency_leaves_cpus_for_ray_data():
         max_concurrent(cfg, TrainConfig(workers=2, cpus_per_worker=0.5), {"CPU": 2.0})
     with pytest.raises(ConfigError, match="sweep.data_cpus must be >= 1"):
         SweepConfig(data_cpus=0.5)
+
+
+def test_an_adafocus_sweep_selects_on_its_own_selector_label():
+    from lmft_core.run_config import load_profile
+
+    profile = load_profile("demo", ['selector.name="adafocus"', "selector.window=[2, 4]"])
+    assert profile.sweep.metric_for(profile.selector.label) == ("eval_source_val/adafocus-w2x4/top1", "max")
+    assert SweepConfig(select_on_target_labels=True).metric_for("adafocus-w2x2") == ("eval_target/adafocus-w2x2/top1", "max")
+    assert SweepConfig(metric="train/loss", mode="min").metric_for("adafocus-w2x2") == ("train/loss", "min")
+    assert SweepConfig().metric_for("lmft") == SweepConfig().selection_metric

@@ -13,12 +13,12 @@ import torch.nn.functional as F
 
 from lmft_core.augment import background_mix, color_jitter, hflip, label_map_tensor
 from lmft_core.config import ClipConfig, ConfigError
-from lmft_core.model import ModelConfig, PolicyConfig, SelectorConfig, keep_above
+from lmft_core.model import ModelConfig, PolicyConfig, Selection, SelectorConfig, keep_above
 from lmft_core.model.classifier import LMFTClassifier
 from lmft_core.shards.batch import ClipBatch, model_input
 from lmft_core.train.config import TrainConfig
 from lmft_core.train.dist import Dist
-from lmft_core.train.step import Learner, lr_factor, param_groups, step_generator
+from lmft_core.train.step import Learner, focus_loss, lr_factor, param_groups, step_generator
 
 CLIP = ClipConfig(num_frames=8, image_size=32, tubelet=2, patch=8)  # grid (4, 4, 4): 64 tokens
 K = 4
@@ -56,8 +56,9 @@ def test_one_selection_call_and_one_tau_for_source_and_target_of_all_micro_batch
     calls = []
     original = lrn.adapter.selection
 
-    def spy(energy, generator=None, selector=None):
-        sel = original(energy, generator, selector)
+    def spy(energy, generator=None, selector=None, video=None):
+        assert video is None  # only adafocus reads the clips
+        sel = original(energy, generator, selector, video)
         calls.append((energy.clone(), sel))
         return sel
 
@@ -281,11 +282,14 @@ def _worker(rank: int, world: int, init_file: str, out: dict, steps: int, select
     torch.set_num_threads(1)
     try:
         lrn = learner(selector=selector, dist=Dist(rank, world), accum_steps=2)
+        initial = {k: v.clone() for k, v in (lrn.adapter.glance or torch.nn.Module()).state_dict().items()}
         rewards = []
         for step in range(steps):
-            if step == steps - 2 and rank == 1:  # drift rank 1's policy: the next step must undo it
+            if step == steps - 2 and rank == 1:  # drift rank 1's policy (and glance): the next step must undo it
                 with torch.no_grad():
                     lrn.adapter.policy.mu.add_(0.5)
+                    if lrn.adapter.glance is not None:
+                        lrn.adapter.glance.conv1.weight.add_(0.5)
             # every rank sees different clips
             batches = [(batch(4, 10_000 * rank + 100 * step + 2 * i), batch(4, 10_000 * rank + 100 * step + 2 * i + 1))
                        for i in range(2)]
@@ -294,7 +298,10 @@ def _worker(rank: int, world: int, init_file: str, out: dict, steps: int, select
         p.inference_tau()
         out[rank] = {**{k: v.tolist() for k, v in p.state_dict().items()},  # every parameter and buffer
                      "rewards": rewards, "ddp": type(lrn.model).__name__,
-                     "policy_in_ddp": any(q is p.mu for q in lrn.model.parameters())}
+                     "policy_in_ddp": any(q is p.mu for q in lrn.model.parameters()),
+                     "glance": {k: v.tolist() for k, v in (lrn.adapter.glance or torch.nn.Module()).state_dict().items()},
+                     "glance_moved": lrn.adapter.glance is not None and any(
+                         not torch.equal(a, b) for a, b in zip(lrn.adapter.glance.state_dict().values(), initial.values()))}
     finally:
         dist.destroy_process_group()
 
@@ -318,6 +325,60 @@ def test_the_policy_is_identical_on_every_worker_after_every_step(tmp_path, sele
     assert a["step"] == steps and a["rewards"] == b["rewards"]  # the reward is all-reduced
     assert a["ddp"] == "DistributedDataParallel" and not a["policy_in_ddp"]
     assert (torch.tensor(a["mu"]) != 0.01).all()  # the policy did learn (every segment)
+
+
+def test_the_adafocus_glance_is_identical_on_every_worker_after_every_step(tmp_path):
+    import torch.multiprocessing as mp
+
+    with mp.get_context("spawn").Manager() as manager:
+        out = manager.dict()
+        mp.spawn(_worker, args=(2, str(tmp_path / "pg"), out, 3, "adafocus"), nprocs=2, join=True)
+        out = dict(out)
+    a, b = out[0], out[1]
+    assert set(a["glance"]) == {"conv1.weight", "conv1.bias", "conv2.weight", "conv2.bias", "score.weight", "score.bias",
+                                "head.weight", "head.bias"}
+    for key in a["glance"]:  # bit-identical after rank 1's conv1 was pushed off by 0.5
+        assert torch.equal(torch.tensor(a["glance"][key]), torch.tensor(b["glance"][key])), key
+    assert a["glance_moved"] and a["step"] == 3 and a["rewards"] == b["rewards"]
+
+
+def test_an_adafocus_step_trains_the_glance_on_the_step_objective_and_draws_windows_from_the_step_seed(monkeypatch):
+    lrn = learner(selector="adafocus")
+    glance = lrn.adapter.glance
+    before = {k: v.clone() for k, v in glance.state_dict().items()}
+    seen = []
+    original = lrn.adapter.selection
+
+    def spy(energy, generator=None, selector=None, video=None):
+        sel = original(energy, generator, selector, video)
+        seen.append((video, sel))
+        return sel
+
+    monkeypatch.setattr(lrn.adapter, "selection", spy)
+    batches = micro(0)
+    m = lrn.step_once(batches)
+    (video, sel), = seen
+    assert video.shape == (8, 3, 8, 32, 32) and (sel.keep.flatten(2).sum(-1) == 4).all()  # 2 x 2 of each segment
+    assert m["discard_rate_source"] == pytest.approx(0.75) and math.isfinite(m["glance_loss"])
+    assert all(not torch.equal(before[k], v) for k, v in glance.state_dict().items())  # every glance weight trained
+    assert lrn.adapter.policy.mu.item() == pytest.approx(0.01)  # the threshold policy is not trained
+    again = learner(selector="adafocus")  # the same seed and step draw the same windows
+    monkeypatch.setattr(again.adapter, "selection", spy)
+    again.step_once(micro(0))
+    assert torch.equal(seen[1][1].keep, sel.keep)
+
+
+def test_the_focus_surrogate_weighs_each_clip_by_its_domain_advantage():
+    log_prob = torch.zeros(5, requires_grad=True)
+    sel = Selection(torch.ones(5, 1, 1, 1, dtype=torch.bool), log_prob=log_prob, glance_logits=torch.zeros(5, K))
+    clip_ce = torch.tensor([1.0, 3.0, float("nan"), 2.0, 6.0])
+    labels = torch.tensor([0, 1, -1, 2, 3])
+    target = torch.tensor([False, False, True, True, True])
+    glance, surrogate = focus_loss(sel, clip_ce, labels, target, lambda_t=0.5)
+    surrogate.backward()
+    # source mean 2: advantages +1, -1; target mean 4 (clip 2 has no label): 0.5 * (+2, -2); over 4 labelled clips
+    torch.testing.assert_close(log_prob.grad, -torch.tensor([1.0, -1.0, 0.0, 1.0, -1.0]) / 4)
+    assert float(glance) == pytest.approx(math.log(K) * 1.5)  # uniform logits: L_s + 0.5 L_t = 1.5 log K
 
 
 # ----------------------------------------------------------------------------- per-segment thresholds

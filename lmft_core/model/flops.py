@@ -3,7 +3,8 @@
 Counted as :mod:`torch.utils.flop_counter` counts (tests check the two agree): the tubelet embedding
 of the ``n`` kept tokens (only kept tubelets are embedded), and for each block the linear layers
 ``2 n (3D^2 + D^2 + 2 D M)`` and attention ``4 n^2 D`` (QK^T and AV), then the head ``2 D C``. Norms, activations, softmax and
-pooling are not counted. A training step costs
+pooling are not counted. The ``adafocus`` glance network's FLOPs
+(:func:`lmft_core.model.focus.glance_flops`) are added per clip where it runs. A training step costs
 about three times the forward. ViT-B/16 on a full 16x224x224 clip: 361 GFLOPs, the "180 G" that
 VideoMAE reports counted in multiply-adds (fvcore's convention).
 """
@@ -27,6 +28,10 @@ def clip_flops(config: ModelConfig, num_kept: int | Tensor) -> int | Tensor:
     return embed + w.depth * per_block + 2 * d * config.num_classes
 
 
-def selection_flops(config: ModelConfig, keep: Tensor) -> Tensor:
-    """Forward FLOPs per clip (B,) int64 for keep masks ``keep`` (B, N_t, N_h, N_w) bool."""
-    return clip_flops(config, keep.flatten(1).sum(1))
+def selection_flops(config: ModelConfig, keep: Tensor, exited: Tensor | None = None, glance: int = 0) -> Tensor:
+    """Forward FLOPs per clip (B,) int64 for keep masks ``keep`` (B, N_t, N_h, N_w) bool; with ``adafocus``,
+    plus its ``glance`` FLOPs per clip, and none of the ViT's for clips that ``exited`` (B,) bool after the glance."""
+    vit = clip_flops(config, keep.flatten(1).sum(1))
+    if exited is not None:
+        vit = torch.where(exited, torch.zeros_like(vit), vit)
+    return vit + glance

@@ -1,7 +1,8 @@
 """Token selectors: which tokens of each clip the model computes.
 
-Every selector is called as ``selector(energy, generator=None) -> Selection`` with motion energies
-``energy`` (B, N_t, N_h, N_w) in [0, 1] and returns a keep mask of the same shape.
+Every selector is called as ``selector(energy, generator=None, video=None) -> Selection`` with motion
+energies ``energy`` (B, N_t, N_h, N_w) in [0, 1] and returns a keep mask of the same shape; ``video``
+(B, 3, T, S, S), the ViT's input, is read by ``adafocus`` only (its glance).
 
 The first temporal segment has no preceding tubelet, so no motion energy of its own; the **first-segment
 rule** (``selector.first_segment``, registered in :data:`FIRST_SEGMENT_RULES`) says what happens to it:
@@ -28,6 +29,12 @@ Selectors registered by name (:data:`SELECTORS`):
 - ``threshold``: a fixed tau (the run-length tokenization rule on motion energy); or, with
   ``calibrate``, the tau whose mean keep ratio on given energies (source-train) is ``keep_ratio``
   (:func:`calibrate_tau`, :meth:`SelectorConfig.calibrated`).
+- ``adafocus``: a learned, content-based window (:mod:`lmft_core.model.focus`): a glance network on
+  downsampled frames scores the tokens, and each temporal segment keeps the ``window`` = (w_h, w_w)
+  tokens of one window, placed by a policy trained with the policy gradient (drawn in training, the
+  best in eval); optionally only the ``segments`` segments the glance is most confident on, and, in
+  eval, an early exit on the glance's answer when its confidence reaches ``exit_threshold``. It
+  ignores motion energy and the first-segment rule.
 - ``topk``: a fixed budget of ``round(keep_ratio * N)`` tokens per clip, highest energy first (with
   ``keep``, the first segment counts in the budget and is kept even when it exceeds it).
 """
@@ -41,6 +48,7 @@ import torch
 from torch import Tensor
 
 from lmft_core.config import ClipConfig, ConfigError
+from lmft_core.model.focus import GlanceNet, glance_flops, place_windows, top_segments, window_keep, window_logits
 from lmft_core.model.policy import POLICIES, PolicyConfig, ThresholdPolicy
 from lmft_core.registry import Registry
 
@@ -48,10 +56,18 @@ from lmft_core.registry import Registry
 @dataclass
 class Selection:
     """A selector's output: ``keep`` (B, N_t, N_h, N_w) bool and the threshold ``tau`` it used
-    (a scalar tensor for ``lmft`` and ``threshold``, (N_t - 1,) for ``lmft-segment``, else None)."""
+    (a scalar tensor for ``lmft`` and ``threshold``, (N_t - 1,) for ``lmft-segment``, else None).
+
+    ``adafocus`` adds ``log_prob`` (B,), the log-probability of its window placements (differentiable in
+    the glance), ``glance_logits`` (B, K), ``exited`` (B,) bool (clips answered by the glance alone: no
+    token kept) and ``glance_flops``, the glance's forward FLOPs per clip."""
 
     keep: Tensor
     tau: Tensor | None = None
+    log_prob: Tensor | None = None
+    glance_logits: Tensor | None = None
+    exited: Tensor | None = None
+    glance_flops: int = 0
 
     @property
     def discard_rate(self) -> Tensor:
@@ -70,7 +86,9 @@ class SelectorConfig:
     ``tau`` (threshold), or ``calibrate`` (threshold: tau is fitted to ``keep_ratio`` on given energies
     by :meth:`calibrated` before building), ``drop_rate`` and ``match`` (random; ``match`` names another
     selector whose per-video discard rate to copy), ``keep_ratio`` (topk, calibrated threshold);
-    ``first_segment`` the first-segment rule (module docstring), for every selector.
+    ``first_segment`` the first-segment rule (module docstring), for every selector but ``adafocus``.
+    ``adafocus`` reads ``window`` (w_h, w_w) tokens, ``segments`` (temporal segments kept; None: all),
+    ``exit_threshold`` (in (0, 1]; None: no early exit) and ``glance_channels`` (the glance's width).
     A learned selector (``lmft``, ``lmft-segment``) fixes the kind of threshold policy the run builds
     (:attr:`policy_kind`); it is never set separately."""
 
@@ -81,6 +99,10 @@ class SelectorConfig:
     match: str = ""
     calibrate: bool = False
     first_segment: str = "keep"
+    window: tuple[int, int] = (2, 2)
+    segments: int | None = None
+    exit_threshold: float | None = None
+    glance_channels: int = 16
 
     def __post_init__(self) -> None:
         SELECTORS.check(self.name, "selector.name")
@@ -95,11 +117,39 @@ class SelectorConfig:
 
         if self.calibrate and self.name != "threshold":
             raise ConfigError(f"selector.calibrate applies to name='threshold' only, not {self.name!r}")
+        if len(self.window) != 2 or min(self.window) < 1:
+            raise ConfigError(f"selector.window must be two sizes >= 1 (rows, columns of tokens), got {list(self.window)}")
+        if self.segments is not None and self.segments < 1:
+            raise ConfigError(f"selector.segments must be >= 1 (temporal segments kept), got {self.segments}: "
+                              "a clip of zero segments keeps no token; leave it unset to keep them all")
+        if self.exit_threshold is not None and not 0.0 < self.exit_threshold <= 1.0:
+            raise ConfigError(f"selector.exit_threshold must be in (0, 1] (the glance's confidence), got "
+                              f"{self.exit_threshold}; leave it unset for no early exit")
+        if self.glance_channels < 1:
+            raise ConfigError(f"selector.glance_channels must be >= 1, got {self.glance_channels}")
+
+    def check_grid(self, clip: ClipConfig) -> None:
+        """ConfigError naming the key when ``adafocus``'s window or segment count does not fit ``clip``'s grid."""
+        if not self.focus:
+            return
+        n_t, n_h, n_w = clip.grid
+        if self.window[0] > n_h or self.window[1] > n_w:
+            raise ConfigError(f"selector.window={list(self.window)} is larger than the token grid {n_h} x {n_w} "
+                              f"([clip] image_size / patch = {clip.image_size} / {clip.patch})")
+        if self.segments is not None and self.segments > n_t:
+            raise ConfigError(f"selector.segments={self.segments} is more than the clip's {n_t} temporal segments "
+                              f"([clip] num_frames / tubelet)")
+
+    @property
+    def focus(self) -> bool:
+        """Whether this selector needs the AdaFocus glance network: ``adafocus``, or ``random`` matched to it."""
+        return (self.match or self.name) == "adafocus"
 
     @property
     def label(self) -> str:
         """A short name for tables, metric names and run names: ``lmft``, ``lmft-segment``, ``random-match-lmft``,
-        ``random-drop0.50``, ``threshold-tau0.3``, ``threshold-keep0.50`` (to calibrate), ``topk-keep0.50``;
+        ``random-drop0.50``, ``threshold-tau0.3``, ``threshold-keep0.50`` (to calibrate), ``topk-keep0.50``,
+        ``adafocus-w2x2`` (``-seg4`` with 4 segments kept, ``-exit0.9`` with an early exit);
         ``.first-next`` appended under the ``next`` first-segment rule."""
         base = self.name
         if self.name == "random":
@@ -108,6 +158,9 @@ class SelectorConfig:
             base = f"threshold-keep{self.keep_ratio:.2f}" if self.calibrate else f"threshold-tau{self.tau:.3g}"
         elif self.name == "topk":
             base = f"topk-keep{self.keep_ratio:.2f}"
+        elif self.name == "adafocus":
+            base = f"adafocus-w{self.window[0]}x{self.window[1]}" + (f"-seg{self.segments}" if self.segments else "") + (
+                f"-exit{self.exit_threshold:g}" if self.exit_threshold else "")
         return base + ("" if self.first_segment == "keep" else f".first-{self.first_segment}")
 
     @property
@@ -138,12 +191,12 @@ class SelectorConfig:
         rule = FIRST_SEGMENT_RULES[self.first_segment]
         return replace(self, tau=calibrate_tau(rule.energy(energy), self.keep_ratio, forced_first=rule.forced))
 
-    def build(self, policy: ThresholdPolicy | None = None) -> Selector:
+    def build(self, policy: ThresholdPolicy | None = None, glance: GlanceNet | None = None) -> Selector:
         """The selector named by ``name`` (``lmft`` and ``lmft-segment`` need a ``policy`` of their kind,
-        :attr:`policy_kind`; a threshold to calibrate needs :meth:`calibrated` first)."""
+        :attr:`policy_kind`, ``adafocus`` a ``glance`` network; a threshold to calibrate needs :meth:`calibrated` first)."""
         if self.name == "threshold" and self.tau is None:
             raise ValueError(f"selector {self.label}: calibrate tau first (SelectorConfig.calibrated(energy))")
-        return SELECTORS[self.name](self, policy)
+        return SELECTORS[self.name](self, policy, glance)
 
 
 @dataclass(frozen=True)
@@ -166,14 +219,16 @@ FIRST_SEGMENT_RULES: Registry[FirstSegmentRule] = Registry("first-segment rule")
 FIRST_SEGMENT_RULES.register("keep", FirstSegmentRule(forced=True))
 FIRST_SEGMENT_RULES.register("next", FirstSegmentRule(forced=False))
 
+# the adafocus settings (a random selector matched to adafocus takes the run's)
+FOCUS_KEYS = ("window", "segments", "exit_threshold", "glance_channels")
 Selector = Callable[..., Selection]
-SELECTORS: Registry[Callable[[SelectorConfig, ThresholdPolicy | None], Selector]] = Registry("selector")
+SELECTORS: Registry[Callable[[SelectorConfig, ThresholdPolicy | None, GlanceNet | None], Selector]] = Registry("selector")
 # learned selectors: name -> the kind of threshold policy it draws from and trains
 SELECTOR_POLICY: dict[str, str] = {}
 
 
 def register_selector(name: str, policy: str | None = None):
-    """Decorator registering ``factory(config, policy) -> selector`` under ``name``; ``policy`` names the
+    """Decorator registering ``factory(config, policy, glance) -> selector`` under ``name``; ``policy`` names the
     kind of threshold policy (:data:`~lmft_core.model.policy.POLICIES`) a learned selector trains."""
     if policy is not None:
         POLICIES.check(policy, f"policy of selector {name!r}")
@@ -255,8 +310,8 @@ def calibrate_tau(energy: Tensor, keep_ratio: float, forced_first: bool = True) 
 
 
 @register_selector("full")
-def full(config: SelectorConfig, policy: ThresholdPolicy | None = None) -> Selector:
-    def select(energy: Tensor, generator: torch.Generator | None = None) -> Selection:
+def full(config: SelectorConfig, policy: ThresholdPolicy | None = None, glance: GlanceNet | None = None) -> Selector:
+    def select(energy: Tensor, generator: torch.Generator | None = None, video: Tensor | None = None) -> Selection:
         _check_energy(energy)
         return Selection(torch.ones_like(energy, dtype=torch.bool))
 
@@ -264,10 +319,10 @@ def full(config: SelectorConfig, policy: ThresholdPolicy | None = None) -> Selec
 
 
 @register_selector("threshold")
-def threshold(config: SelectorConfig, policy: ThresholdPolicy | None = None) -> Selector:
+def threshold(config: SelectorConfig, policy: ThresholdPolicy | None = None, glance: GlanceNet | None = None) -> Selector:
     rule = FIRST_SEGMENT_RULES[config.first_segment]
 
-    def select(energy: Tensor, generator: torch.Generator | None = None) -> Selection:
+    def select(energy: Tensor, generator: torch.Generator | None = None, video: Tensor | None = None) -> Selection:
         tau = torch.tensor(config.tau, device=energy.device)
         return Selection(keep_above(rule.energy(energy), tau, rule.forced), tau)
 
@@ -276,7 +331,7 @@ def threshold(config: SelectorConfig, policy: ThresholdPolicy | None = None) -> 
 
 @register_selector("lmft", policy="scalar")
 @register_selector("lmft-segment", policy="segment")
-def learned(config: SelectorConfig, policy: ThresholdPolicy | None = None) -> Selector:
+def learned(config: SelectorConfig, policy: ThresholdPolicy | None = None, glance: GlanceNet | None = None) -> Selector:
     """keep_above(energy, the policy's threshold) under the first-segment rule: sampled in training,
     tau_hat in eval; the policy's kind is the one the selector is registered with."""
     name, rule, kind = config.name, FIRST_SEGMENT_RULES[config.first_segment], SELECTOR_POLICY[config.name]
@@ -284,7 +339,7 @@ def learned(config: SelectorConfig, policy: ThresholdPolicy | None = None) -> Se
         got = "none" if policy is None else f"a {policy.kind!r} one ({type(policy).__name__})"
         raise ValueError(f"the {name!r} selector needs a {POLICIES[kind].__name__} (policy kind {kind!r}), got {got}")
 
-    def select(energy: Tensor, generator: torch.Generator | None = None) -> Selection:
+    def select(energy: Tensor, generator: torch.Generator | None = None, video: Tensor | None = None) -> Selection:
         tau = policy.threshold(generator)
         return Selection(keep_above(rule.energy(energy), tau, rule.forced), tau)
 
@@ -292,10 +347,10 @@ def learned(config: SelectorConfig, policy: ThresholdPolicy | None = None) -> Se
 
 
 @register_selector("topk")
-def topk(config: SelectorConfig, policy: ThresholdPolicy | None = None) -> Selector:
+def topk(config: SelectorConfig, policy: ThresholdPolicy | None = None, glance: GlanceNet | None = None) -> Selector:
     rule = FIRST_SEGMENT_RULES[config.first_segment]
 
-    def select(energy: Tensor, generator: torch.Generator | None = None) -> Selection:
+    def select(energy: Tensor, generator: torch.Generator | None = None, video: Tensor | None = None) -> Selection:
         _check_energy(energy)
         budget = round(config.keep_ratio * energy[0].numel())
         num_keep = torch.full((energy.shape[0],), budget, device=energy.device)
@@ -315,16 +370,47 @@ def random_keep(energy: Tensor, num_drop: Tensor, generator: torch.Generator | N
 
 
 @register_selector("random")
-def random(config: SelectorConfig, policy: ThresholdPolicy | None = None) -> Selector:
-    other = replace(config, name=config.match, match="").build(policy) if config.match else None
+def random(config: SelectorConfig, policy: ThresholdPolicy | None = None, glance: GlanceNet | None = None) -> Selector:
+    other = replace(config, name=config.match, match="").build(policy, glance) if config.match else None
 
-    def select(energy: Tensor, generator: torch.Generator | None = None) -> Selection:
+    def select(energy: Tensor, generator: torch.Generator | None = None, video: Tensor | None = None) -> Selection:
         _check_energy(energy)
         n = energy[0].numel()
         if other is not None:
-            num_drop = n - other(energy, generator).num_kept
+            num_drop = n - other(energy, generator, video).num_kept
         else:
             num_drop = torch.full((energy.shape[0],), round(config.drop_rate * n), device=energy.device)
         return Selection(random_keep(energy, num_drop, generator, FIRST_SEGMENT_RULES[config.first_segment].forced))
+
+    return select
+
+
+@register_selector("adafocus")
+def adafocus(config: SelectorConfig, policy: ThresholdPolicy | None = None, glance: GlanceNet | None = None) -> Selector:
+    """One window of ``config.window`` tokens per kept temporal segment, placed by the glance's policy
+    (:mod:`lmft_core.model.focus`): drawn in training (``generator``), the most likely in eval; in eval a
+    clip whose glance confidence reaches ``exit_threshold`` keeps no token (``exited``)."""
+    if glance is None:
+        raise ValueError("the 'adafocus' selector needs its glance network (LMFTClassifier.build makes it)")
+    flops = glance_flops(glance.clip, glance.num_classes, glance.channels)
+
+    def select(energy: Tensor, generator: torch.Generator | None = None, video: Tensor | None = None) -> Selection:
+        _check_energy(energy)
+        if video is None:
+            raise ValueError("the 'adafocus' selector reads the clips: pass video (B, 3, T, S, S)")
+        g = glance(video)
+        position, log_prob = place_windows(window_logits(g.scores, config.window), glance.training, generator)
+        segments = torch.ones(energy.shape[:2], dtype=torch.bool, device=energy.device)
+        if config.segments is not None:
+            segments = top_segments(g.segment_logits, config.segments)
+        keep = window_keep(position, config.window, energy.shape[2:]) & segments[..., None, None]
+        weights = segments.float()
+        logits = (g.segment_logits * weights[..., None]).sum(1) / weights.sum(1, keepdim=True)
+        exited = torch.zeros(len(keep), dtype=torch.bool, device=keep.device)
+        if config.exit_threshold is not None and not glance.training:
+            exited = logits.detach().float().softmax(-1).amax(-1) >= config.exit_threshold
+            keep = keep & ~exited[:, None, None, None]
+        return Selection(keep, log_prob=(log_prob * weights).sum(1), glance_logits=logits, exited=exited,
+                         glance_flops=flops)
 
     return select

@@ -99,7 +99,7 @@ def log_artifacts(job: TrainJob, shards: ShardSet, run, name: str, run_dir: Path
     history = {k: [(m.step, m.value) for m in run.client.get_metric_history(run.run_id, k)] for k in keys}
     sample = next(read_batches(shards, "target", "test", 4))
     with torch.no_grad():
-        keep = adapter.selection(sample.energy).keep
+        keep = adapter.selection(sample.energy, video=sample.video()).keep
     titles = [f"{job.classes[y]}" if y >= 0 else "?" for y in sample.label.tolist()]
     main = results[job.selector.label]
     files["plots"] = [

@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass, field, replace
 
 from lmft_core.config import ConfigError
-from lmft_core.model.selectors import SelectorConfig
+from lmft_core.model.selectors import FOCUS_KEYS, SelectorConfig
 from lmft_core.train.pseudo import PSEUDO_LABEL_SOURCES
 
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -142,16 +142,22 @@ class TrainConfig:
         """The selectors ``evaluate`` means for a run trained with ``selector``.
 
         The default list's ``random`` is matched to ``lmft``; when the run's policy is another kind (it
-        trains ``lmft-segment``, or a ``random`` matched to it) that entry matches the run's learned
-        selector instead (label ``random-match-lmft-segment``). Every selector must draw on the policy the
+        trains ``lmft-segment``, or a ``random`` matched to it) or the run trains ``adafocus``, that entry
+        matches the run's learned selector instead (label ``random-match-lmft-segment``). Every selector must draw on the policy the
         run builds (:attr:`SelectorConfig.policy_kind`), else a ConfigError naming ``train.evaluate``. Every
         selector takes the run's first-segment rule (``selector.first_segment``), so the baselines compare
         like with like.
         """
         evaluate = self.evaluate
         learned = selector.match or selector.name
-        if evaluate == DEFAULT_EVALUATE and selector.policy_kind != "scalar":
-            evaluate = tuple(replace(s, match=learned) if s.match == "lmft" else s for s in evaluate)
+        if evaluate == DEFAULT_EVALUATE and (selector.policy_kind != "scalar" or selector.focus):
+            focus = {k: getattr(selector, k) for k in FOCUS_KEYS}  # random matched to adafocus: the run's window
+            evaluate = tuple(replace(s, match=learned, **focus) if s.match == "lmft" else s for s in evaluate)
+        wrong = [s.label for s in evaluate if (s.focus and not selector.focus) or (selector.focus and s.uses_policy)]
+        if wrong:
+            raise ConfigError(f"train.evaluate: {wrong} need a learned part that selector.name={selector.name!r} does "
+                              "not train (the adafocus glance network, or a learned threshold in an adafocus run); "
+                              "evaluate the run's own learned selector and selectors without learned parts")
         wrong = [s.label for s in evaluate if s.uses_policy and s.policy_kind != selector.policy_kind]
         if wrong:
             raise ConfigError(f"train.evaluate: {wrong} draw on a threshold policy of another kind than the "

@@ -5,7 +5,8 @@ clips for each selector asked for: the training selector, ``full`` (every token)
 to LMFT's per-clip discard (``match = "lmft"``), ``threshold`` (a tau, or a keep ratio calibrated on
 source-train energies: :meth:`SelectorConfig.calibrated`), ``topk``. Per selector it reports top-1,
 mean class accuracy (the mean of per-class recalls over classes present), the mean discard rate,
-forward GFLOPs per clip (the model core's analytic count for each clip's kept tokens), clips/s of the
+forward GFLOPs per clip (the model core's analytic count for each clip's kept tokens, plus the
+``adafocus`` glance network's and none of the ViT's for clips that exit after the glance), clips/s of the
 forward (selection + model, data loading excluded) and the confusion matrix. Also computable without
 labels: the mean entropy of the predicted class distribution (nats).
 """
@@ -93,7 +94,7 @@ def evaluate(adapter: LMFTClassifier, batches: Iterable[ClipBatch], selectors: S
                 idx = batch.label[labelled] * k + pred[labelled]
                 a["confusion"] += torch.bincount(idx.cpu(), minlength=k * k).view(k, k)
                 a["discard"] += float(sel.discard_rate.sum())
-                a["flops"] += float(selection_flops(adapter.model.config, sel.keep).double().sum())
+                a["flops"] += float(selection_flops(adapter.model.config, sel.keep, sel.exited, sel.glance_flops).double().sum())
                 p = logits.softmax(-1)
                 a["entropy"] += float(-(p * p.clamp_min(1e-12).log()).sum(-1).sum())
                 a["clips"] += len(batch)

@@ -29,6 +29,14 @@ tensor and every rank copies them.
 broadcast changes nothing where floating point agrees; it makes agreement exact where it would not,
 e.g. across GPU models.) The policy lives outside DDP and stays in fp32: it is never under autocast.
 
+With the ``adafocus`` selector the selection of step 1 also glances at the clips (its glance network,
+outside DDP, fp32) and places a window per segment by a draw from the step's generator. After the
+micro-batches, :func:`focus_loss` back-propagates the glance classifier's ``L_s + lambda_t * L_t`` (on the
+same labels and pseudo-labels as the ViT's) and the windows' policy-gradient surrogate, whose reward is
+each clip's ViT cross-entropy against its domain's mean in the step. The glance's gradients are averaged
+over ranks, it takes the model's learning rate, and rank 0's glance is broadcast after every step like
+the policy. The threshold policy is then unused: its reward and baseline are still logged.
+
 A step whose losses are not finite on any rank is skipped on all ranks (no optimizer step, no policy
 update; counted in ``skipped_steps``).
 """
@@ -45,7 +53,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lmft_core.augment import background_mix, color_jitter, hflip
-from lmft_core.model import ThresholdPolicy, flat_metrics
+from lmft_core.model import Selection, flat_metrics
 from lmft_core.model.classifier import LMFTClassifier
 from lmft_core.shards.batch import ClipBatch, model_input
 from lmft_core.train.config import TrainConfig
@@ -76,9 +84,45 @@ def decay_groups(module: torch.nn.Module, lr: float, weight_decay: float) -> lis
 
 
 def param_groups(adapter: LMFTClassifier, cfg: TrainConfig) -> list[dict]:
-    """AdamW groups: model weight matrices (decay), other model parameters (no decay), the policy."""
-    return decay_groups(adapter.model, cfg.lr, cfg.weight_decay) + [
+    """AdamW groups: model weight matrices (decay), other model parameters (no decay), the policy. The
+    ``adafocus`` glance network, when there is one, trains with the model's groups (its learning rate)."""
+    learned = torch.nn.ModuleList([m for m in (adapter.model, adapter.glance) if m is not None])
+    return decay_groups(learned, cfg.lr, cfg.weight_decay) + [
         {"params": list(adapter.policy.parameters()), "weight_decay": 0.0, "lr": cfg.policy_lr, "name": "policy"}]
+
+
+def average_grads(module: torch.nn.Module, dist: Dist) -> None:
+    """Average the gradients of ``module`` (outside DDP) over ranks, in one all-reduce (a parameter without a
+    gradient on a rank counts as zero there, so every rank reduces the same tensor)."""
+    params = list(module.parameters())
+    if not dist.active or not params:
+        return
+    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params])
+    flat = dist.all_reduce_sum(flat) / dist.world_size
+    for p, part in zip(params, flat.split([p.numel() for p in params])):
+        p.grad = part.view_as(p).clone()
+
+
+def focus_loss(sel: Selection, clip_ce: Tensor, labels: Tensor, target: Tensor, lambda_t: float) -> tuple[Tensor, Tensor]:
+    """The ``adafocus`` glance's loss: its classifier's L_s + lambda_t L_t and the policy-gradient surrogate.
+
+    Over the step's clips in selection order: ``clip_ce`` (B,) the ViT's cross-entropy of each clip under
+    its windows (NaN where the clip has no training label), ``labels`` (B,) the label each clip trains on
+    (-1: none), ``target`` (B,) bool (target-domain clips). The surrogate is
+    ``-sum_b w_b (b_d - ce_b) log pi(windows_b) / n`` over the n labelled clips, with b_d the mean
+    cross-entropy of clip b's domain in this step (the baseline) and w_b = 1 for source, lambda_t for
+    target clips: its gradient is the policy gradient of -(L_s + lambda_t L_t). Returns (glance classifier
+    loss, surrogate), scalars."""
+    labelled = labels >= 0
+    ce = F.cross_entropy(sel.glance_logits.float(), labels.clamp(min=0), reduction="none")
+    glance, advantage = ce.new_zeros(()), torch.zeros_like(clip_ce)
+    for domain, weight in ((False, 1.0), (True, lambda_t)):
+        valid = labelled & (target == domain)
+        glance = glance + weight * ce[valid].sum() / valid.sum().clamp(min=1)
+        if valid.any():
+            advantage[valid] = weight * (clip_ce[valid].mean() - clip_ce[valid])
+    surrogate = -(advantage * sel.log_prob)[labelled].sum() / labelled.sum().clamp(min=1)
+    return glance, surrogate
 
 
 def lr_factor(step: int, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
@@ -89,9 +133,10 @@ def lr_factor(step: int, warmup_steps: int, total_steps: int, min_ratio: float) 
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def sync_policy(policy: ThresholdPolicy, dist: Dist) -> None:
-    """Copy rank 0's policy (every parameter and buffer, any shape) to every rank in one broadcast of
-    a flat float64 tensor (exact for fp32 values and for the int64 step count below 2^53)."""
+def sync_policy(policy: torch.nn.Module, dist: Dist) -> None:
+    """Copy rank 0's policy (every parameter and buffer, any shape; also the ``adafocus`` glance network)
+    to every rank in one broadcast of a flat float64 tensor (exact for fp32 values and for the int64 step
+    count below 2^53)."""
     if not dist.active:
         return
     with torch.no_grad():
@@ -171,9 +216,12 @@ class Learner:
         pairs = [self._mix(self._prepare(s, 2 * i), self._prepare(targets[i][0], 2 * i + 1), i)
                  for i, (s, _) in enumerate(micro_batches)]
         energy = torch.cat([b.energy for pair in pairs for b in pair])
-        sel = self.adapter.selection(energy, step_generator(cfg.seed, step))  # one call: one tau for the step
+        focus = self.adapter.glance is not None  # adafocus: the selection glances at the clips
+        video = torch.cat([model_input(b.frames) for pair in pairs for b in pair]) if focus else None
+        sel = self.adapter.selection(energy, step_generator(cfg.seed, step), video=video)  # one call: one tau for the step
         keeps = sel.keep.split([len(b) for pair in pairs for b in pair])
         rho = sel.discard_rate.split([len(b) for pair in pairs for b in pair])
+        clip_ce, focus_labels = [], []  # adafocus: per clip in selection order, the ViT's CE and the label it trains on
 
         # what the step sums over its micro-batches, then over ranks (one all-reduce), by name
         sums: dict[str, Tensor] = {}
@@ -201,6 +249,10 @@ class Learner:
                 loss_s = ce_s.sum() / labelled.sum().clamp(min=1)
                 loss_t = ce_t.sum() / passing.sum().clamp(min=1)  # exactly 0 when no target clip passes
                 ((loss_s + cfg.lambda_t * loss_t) / cfg.accum_steps).backward()
+            if focus:
+                clip_ce += [torch.where(labelled, ce_s.detach(), float("nan")),
+                            torch.full((len(tgt),), float("nan"), device=self.device).index_put((fwd,), ce_t.detach())]
+                focus_labels += [src.label, torch.where(passing, tgt.pseudo_label, -1)]
             with torch.no_grad():
                 parts = {"ce_source": ce_s.sum(), "labelled": labelled.sum(), "ce_target": ce_t.sum(),
                          "passing": passing.sum(), "discard_source": rho[2 * i].sum(),
@@ -230,6 +282,12 @@ class Learner:
         advantage = policy.advantage(reward)
         if self.learns_policy:
             policy.surrogate(sel.tau, advantage).backward()
+        if focus:
+            is_target = torch.cat([torch.full((len(b),), d == 1, device=self.device) for pair in pairs for d, b in enumerate(pair)])
+            glance_loss, surrogate = focus_loss(sel, torch.cat(clip_ce), torch.cat(focus_labels), is_target, cfg.lambda_t)
+            (glance_loss + surrogate).backward()
+            average_grads(self.adapter.glance, self.dist)
+            metrics["glance_loss"] = float(glance_loss.detach())
         params = [p for p in self.adapter.model.parameters() if p.grad is not None]
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
         lr = self.optimizer.param_groups[0]["lr"]
@@ -238,6 +296,8 @@ class Learner:
         self.optimizer.zero_grad(set_to_none=True)
         policy.commit(reward, step)
         sync_policy(policy, self.dist)
+        if focus:
+            sync_policy(self.adapter.glance, self.dist)
         # tau, mu, sigma, tau_hat: floats; per segment, their mean and tau/seg1, ... (flat_metrics)
         values = policy.values()
         tau = float("nan") if sel.tau is None else sel.tau.detach().cpu().tolist()
