@@ -122,23 +122,22 @@ def selection_clips(metric: str, counts: dict[tuple[str, str], int]) -> int | No
     return counts.get(split) if split and metric.endswith("/top1") else None
 
 
-def indistinguishable(rows: list[dict], metric: str, mode: str) -> str:
-    """A note when the best of ``rows`` (sorted best first, with ``metric`` and ``se``) leads the second by
+def indistinguishable(rows: list[dict], metric: str) -> str:
+    """A note when the best of ``rows`` (sorted best first, with ``metric`` and ``selection_se``) leads the second by
     at most its standard error; empty otherwise."""
-    if len(rows) < 2 or rows[0].get("se") is None:
+    if len(rows) < 2 or rows[0].get("selection_se") is None:
         return ""
     best, second = rows[0], rows[1]
     gap = abs(best[metric] - second[metric])
-    if gap > best["se"]:
+    if gap > best["selection_se"]:
         return ""
-    return (f"the best trial {best['trial']} ({metric} {best[metric]:.3f} ± {best['se']:.3f}) is not distinguishable "
+    return (f"the best trial {best['trial']} ({metric} {best[metric]:.3f} ± {best['selection_se']:.3f}) is not distinguishable "
             f"from the second, {second['trial']} ({second[metric]:.3f}): they differ by {gap:.3f}, within one standard error")
 
 
 @dataclass(frozen=True)
 class SweepResult:
     name: str
-    metric: str
     parent_run_id: str
     best_trial: str
     best_params: dict
@@ -249,31 +248,30 @@ def run_sweep(profile: RunConfig, shards_path: str | Path, workdir: str | Path, 
             raise SweepError(f"no trial of sweep {name} finished its {job.train.epochs} epochs with {metric}: see {workdir / 'tune' / name}")
         n = selection_clips(metric, base.shards.counts())
         for row in table:
-            row["se"] = binomial_se(row[metric], n) if n and row.get(metric) is not None else None
+            row["selection_se"] = binomial_se(row[metric], n) if n and row.get(metric) is not None else None
         ranked = sorted(finished, key=lambda r: -r[metric] if mode == "max" else r[metric])
         best = ranked[0]
         folder = workdir / "sweeps" / name
         results_csv = _write_table(table, folder / "results.csv")
-        text = summary(ranked[:cfg.top], cfg.varied(), metric, mode, n)
+        text = summary(ranked[:cfg.top], cfg.varied(), metric, n)
         with atomic_write(folder / "results.md") as f:
             f.write(text + "\n")
         plot = _plot(table, cfg.varied(), folder / "accuracy_vs_discard.png", best["trial"])
         for artifact in (results_csv, folder / "results.md", plot):
             parent.log_artifact(artifact, "sweep")
         parent.log_params({f"best.{k}": best[k] for k in cfg.space} | {"best.trial": best["trial"]})
-        parent.log_metrics({f"best/{k}": v for k, v in best.items() if isinstance(v, float)}
-                           | ({"best/selection_se": best["se"]} if best["se"] is not None else {}))
+        parent.log_metrics({f"best/{k}": v for k, v in best.items() if isinstance(v, float)})  # best/selection_se too
         model_uri = _log_best(profile, fit.overrides + trial_overrides({k: best[k] for k in cfg.space}), best, job.shards,
                               workdir, name)
     if not model_uri:
         raise TrainError(f"the best trial {best['trial']} left no checkpoint")
-    return SweepResult(name=name, metric=metric, parent_run_id=parent.run_id, best_trial=best["trial"],
+    return SweepResult(name=name, parent_run_id=parent.run_id, best_trial=best["trial"],
                        best_params={k: best[k] for k in cfg.space}, best_metrics={k: v for k, v in best.items() if isinstance(v, float)},
                        best_run_id=best["run_id"], model_uri=model_uri, table=table, results_csv=str(results_csv),
                        elapsed_s=time.perf_counter() - t0, summary=text)
 
 
-def summary(rows: list[dict], params: list[str], metric: str, mode: str, clips: int | None) -> str:
+def summary(rows: list[dict], params: list[str], metric: str, clips: int | None) -> str:
     """The top trials ``rows`` (best first) as a markdown table: their settings, the selection metric ±
     its standard error, target-test top-1, discard rate and GFLOPs/clip; then the note of
     :func:`indistinguishable`, if any."""
@@ -284,11 +282,11 @@ def summary(rows: list[dict], params: list[str], metric: str, mode: str, clips: 
     head = ["trial", *params, f"{metric}{se_note}", f"{TARGET_METRIC} (reading only)", "discard rate", "GFLOPs/clip"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        selected = f"{num(r[metric])}" + (f" ± {r['se']:.3f}" if r.get("se") is not None else "")
+        selected = f"{num(r[metric])}" + (f" ± {r['selection_se']:.3f}" if r.get("selection_se") is not None else "")
         cells = [r["trial"], *(f"{r[p]:g}" if isinstance(r[p], float) else str(r[p]) for p in params), selected,
                  num(r.get(TARGET_METRIC)), num(r.get("discard_rate")), num(r.get("gflops_per_clip"), ".2f")]
         lines.append("| " + " | ".join(cells) + " |")
-    note = indistinguishable(rows, metric, mode)
+    note = indistinguishable(rows, metric)
     return "\n".join(lines + ([f"note: {note}"] if note else []))
 
 

@@ -77,7 +77,7 @@ def test_trials_parent_and_child_runs_and_the_best_model(swept, tiny_shards):
         assert mlflow.models.get_model_info(result.model_uri).metadata["classes"] == ["jump", "walk", "wave"]
     with open(result.results_csv, newline="") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 3 and {"trial", "train.gamma_c", "eval_source_val/lmft/top1", "eval_target/lmft/top1", "se"} <= set(rows[0])
+    assert len(rows) == 3 and {"trial", "train.gamma_c", "eval_source_val/lmft/top1", "eval_target/lmft/top1", "selection_se"} <= set(rows[0])
     lines = result.summary.splitlines()
     assert lines[0].startswith(f"| trial | train.gamma_c | policy.loss_weight | eval_source_val/lmft/top1 ± SE (n={clips}) |")
     assert lines[2].startswith(f"| {result.best_trial} |")  # best first; train.lambda_t has one value: no column
@@ -185,15 +185,15 @@ def test_the_summary_says_when_the_best_trial_is_not_distinguishable_from_the_se
     metric = "eval_source_val/lmft/top1"
 
     def row(trial, value, n=60):
-        return {"trial": trial, "train.lambda_t": 0.5, metric: value, "se": binomial_se(value, n),
+        return {"trial": trial, "train.lambda_t": 0.5, metric: value, "selection_se": binomial_se(value, n),
                 "eval_target/lmft/top1": 0.4, "discard_rate": 0.3, "gflops_per_clip": 1.234}
 
     close = [row("a", 0.60), row("b", 0.55)]  # SE of 0.60 on 60 clips: 0.063 > 0.05
-    assert "a (eval_source_val/lmft/top1 0.600 ± 0.063) is not distinguishable from the second, b" in indistinguishable(close, metric, "max")
-    assert indistinguishable([row("a", 0.80), row("b", 0.60)], metric, "max") == ""  # 0.2 apart, SE 0.052
-    assert indistinguishable([row("a", 0.60)], metric, "max") == ""
-    text = summary(close, ["train.lambda_t"], metric, "max", 60)
+    assert "a (eval_source_val/lmft/top1 0.600 ± 0.063) is not distinguishable from the second, b" in indistinguishable(close, metric)
+    assert indistinguishable([row("a", 0.80), row("b", 0.60)], metric) == ""  # 0.2 apart, SE 0.052
+    assert indistinguishable([row("a", 0.60)], metric) == ""
+    text = summary(close, ["train.lambda_t"], metric, 60)
     assert text.splitlines()[2] == "| a | 0.5 | 0.600 ± 0.063 | 0.400 | 0.300 | 1.23 |"
     assert text.splitlines()[-1].startswith("note: the best trial a ")
-    unlabelled = dict(row("c", 0.7), se=None, **{"eval_target/lmft/top1": None})
-    assert summary([unlabelled], ["train.lambda_t"], metric, "max", None).splitlines()[2] == "| c | 0.5 | 0.700 | — | 0.300 | 1.23 |"
+    unlabelled = dict(row("c", 0.7), selection_se=None, **{"eval_target/lmft/top1": None})
+    assert summary([unlabelled], ["train.lambda_t"], metric, None).splitlines()[2] == "| c | 0.5 | 0.700 | — | 0.300 | 1.23 |"
