@@ -218,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     md = "\n\n".join([
         "## Motion-energy variants (`benchmarks/bench_energy.py`)",
         f"Machine: {machine_description()}, shared with other jobs (load average {load} at the end of the run). "
-        f"One thread. Variants: {', '.join(f'`{v}`' for v in variants)} (README: Preprocessing, energy variants).",
+        f"One thread. Variants: {', '.join(f'`{v}`' for v in variants)} (docs/preprocessing.md: motion-energy variants).",
         "**Cost** per clip at the paper's geometry (16 x 224 x 224): CPU time of this process (all its threads; "
         "the time other jobs take on the shared cores does not count, their contention for caches does), mean "
         "over the clips of the best of 5 (decoding: best of 3, `decode_clip` in this process), decoding and the "

@@ -55,8 +55,10 @@ from lmft_core.shards.format import unpack_array
 from lmft_core.shards.reader import ShardSet
 
 RESULTS_MD = Path(__file__).resolve().parent.parent / "docs" / "results.md"
-RESULTS_HEADER = ("# Results\n\nWritten by `python benchmarks/results.py`, one section per results profile "
-                  "(`--profile`); do not edit by hand.\n")
+# a new docs/results.md starts with this; in an existing one the script rewrites only its own profile's section,
+# so the hand-written narrative above the sections stays
+RESULTS_HEADER = ("# Results\n\nThe sections below are written by `python benchmarks/results.py`, one per results profile "
+                  "(`--profile`); do not edit them by hand (text above them is kept).\n")
 CAMERA = CameraMotion(pan_px_per_s=20.0, shake_px=3.0, zoom_per_s=0.1)  # the camera group's target domain
 
 

@@ -362,32 +362,115 @@ def _profile_sections(path: Path, chain: tuple[Path, ...]) -> dict[str, dict[str
     return merged
 
 
+# One line per section for the index of docs/configuration.md (a section without one fails the generator)
+SECTION_SUMMARIES = {
+    "clip": "clip geometry shared by preprocessing and training: frames, image size, tubelet, patch",
+    "demo_data": "the generated demo set: classes, videos per class, frames, size, splits, each domain's look and camera",
+    "tracking": "MLflow: the tracking URI (empty: the embedded store in the workdir) and the experiment",
+    "pseudo_labels": "zero-shot CLIP: model, weights (open_clip tag, a local file, or empty for untrained), prompt",
+    "preprocess": "Ray Data preprocessing: frame storage, decode tasks and their time limit, the CLIP actor pool, "
+                  "rejects allowed",
+    "energy": "the motion-energy variant (`diff`, `translate`, `translate_zoom`) and its estimator's settings",
+    "model": "the video ViT: size, attention backend, drop path, VideoMAE weights",
+    "selector": "the training selector (`lmft`, `lmft-segment`, `full`, `random`, `threshold`, `topk`) and the "
+                "first-segment rule",
+    "policy": "the learned threshold: initial mu and log sigma, REINFORCE baseline, lambda_L, tau_hat samples",
+    "train": "adaptation: schedule, losses, pseudo-label source, augmentations, workers, evaluation, checkpoints",
+    "pretrain": "masked video pretraining: masking strategy, mask ratio, sampler, decoder, schedule, domains",
+    "predict": "batch prediction: batch size, model replicas and their resources, output format",
+    "sweep": "Ray Tune sweeps over gamma_c, lambda_L, lambda_t: search, ASHA, selection metric, resources",
+    "workflow": "the main job: train or sweep, pretraining, baselines, the registered name and alias, the predicted split",
+}
+
+
+def _md(text: str) -> str:
+    """Sphinx markup of a docstring as Markdown: ``x`` -> `x`, :role:`x` -> `x`."""
+    import re
+
+    return re.sub(r":[a-z]+:`~?([^`]+)`", r"`\1`", text.replace("``", "`"))
+
+
+def _terms() -> list[str]:
+    """The terms list of :mod:`lmft_core.config`'s docstring, as Markdown lines."""
+    import lmft_core.config as config
+
+    doc = inspect.cleandoc(config.__doc__ or "")
+    block = doc.split("Terms used across lmft", 1)[1].split("\n\n")[1]
+    return [_md(line) for line in block.splitlines()]
+
+
+def _profile_rows() -> list[str]:
+    """One table row per named profile: its name, base and the description at the top of its file."""
+    rows = ["| profile | base | launch | what it is |", "|---|---|---|---|"]
+    for path in sorted(PROFILE_DIR.glob("*.toml")):
+        comments = []
+        for line in path.read_text().splitlines():
+            if not line.startswith("#"):
+                break
+            comments.append(line.lstrip("#").strip())
+        launch = comments[0].removeprefix("Launch:").split("  ")[0].strip() if comments else ""
+        paragraphs = " ".join(comments[1:]).split("  ")
+        about = next((p.strip() for p in paragraphs if p.strip() and not p.strip().startswith("(")), "")
+        base = tomllib.loads(path.read_text()).get("base", "")
+        rows.append(f"| `{path.stem}` | {f'`{base}`' if base else '(the defaults)'} | `{launch}` | "
+                    f"{about.replace('|', chr(92) + '|')} |")
+    return rows
+
+
+def _key_rows(cls: type, prefix: str = "") -> list[str]:
+    """Table rows for every key of the dataclass ``cls``; a nested dataclass adds a row per sub-key
+    (``source_camera.pan_px_per_s``), set in TOML as an inline table."""
+    rows = []
+    hints = typing.get_type_hints(cls)
+    for field_ in dataclasses.fields(cls):
+        if DERIVED in field_.metadata:
+            default = f"derived from {field_.metadata[DERIVED]}"
+        elif field_.default is not dataclasses.MISSING:
+            default = f"`{field_.default!r}`"
+        elif field_.default_factory is not dataclasses.MISSING:
+            default = f"`{field_.default_factory()!r}`"
+        else:
+            default = "required"
+        kind = str(field_.type).replace("|", "\\|")
+        rows.append(f"| `{prefix}{field_.name}` | `{kind}` | {default.replace('|', chr(92) + '|')} |")
+        if dataclasses.is_dataclass(hints[field_.name]):
+            rows += _key_rows(hints[field_.name], f"{prefix}{field_.name}.")
+    return rows
+
+
 def reference() -> str:
-    """The configuration reference (``docs/configuration.md``): each section's docstring and its keys with
-    their types and defaults, generated from the dataclasses (``python -m lmft_core.run_config`` writes it)."""
+    """The configuration reference (``docs/configuration.md``): how profiles work, the terms, the named
+    profiles, an index of the sections, and each section's docstring and keys with their types and defaults,
+    generated from the dataclasses and the profile files (``python -m lmft_core.run_config`` writes it)."""
+    sections = [f.name for f in dataclasses.fields(RunConfig) if f.name in section_names()]
     lines = ["# Configuration reference", "",
-             "Generated from the dataclasses by `python -m lmft_core.run_config` (a test checks it is current).",
-             "A profile (`lmft_core/profiles/*.toml`) states only what differs from these defaults; `--set "
-             "section.key=value` overrides any key. Derived keys are never set in a profile.", ""]
-    for f in dataclasses.fields(RunConfig):
-        if f.name not in section_names():
-            continue
-        cls = section_class(f.name)
-        lines += [f"## `[{f.name}]` ({cls.__name__}, `{cls.__module__}`)", "", inspect.cleandoc(cls.__doc__ or ""), "",
-                  "| key | type | default |", "|---|---|---|"]
-        hints = {h.name: h.type for h in dataclasses.fields(cls)}
-        for field_ in dataclasses.fields(cls):
-            if DERIVED in field_.metadata:
-                default = f"derived from {field_.metadata[DERIVED]}"
-            elif field_.default is not dataclasses.MISSING:
-                default = f"`{field_.default!r}`"
-            elif field_.default_factory is not dataclasses.MISSING:
-                default = f"`{field_.default_factory()!r}`"
-            else:
-                default = "required"
-            kind = str(hints[field_.name]).replace("|", "\\|")
-            lines.append(f"| `{field_.name}` | `{kind}` | {default.replace('|', chr(92) + '|')} |")
-        lines.append("")
+             "Generated from the dataclasses and the profile files by `python -m lmft_core.run_config` (a test "
+             "checks it is current); edit the docstrings, not this page.", "",
+             "## Profiles, overrides and checks", "",
+             "A run profile is a TOML file of sections, one per component. Loading it "
+             "(`lmft_core.run_config.load_profile`) builds one typed tree, `RunConfig`, once: a dataclass per "
+             "section (`profile.train`, `profile.model`, ...), every value checked, the checks that read two "
+             "sections run (the evaluation selectors against the selector's policy kind), and the derived keys "
+             "resolved in one place (the model's clip geometry from `[clip]`, the policy's kind and segment count "
+             "from `[selector]` and `[clip]`; the class count comes from the shards when a training is prepared). "
+             "An unknown section, an unknown key or a wrong type is an error naming the file, section and key. "
+             "Derived keys are never set in a profile.", "",
+             "The defaults below are the paper's settings; a profile states only what differs from them. A "
+             "profile can start from another: a top-level `base = \"demo\"` (a profile name or a `.toml` path) "
+             "takes that profile's sections, and the file's own keys replace the base's key by key; a cycle of "
+             "bases is an error. Every entry script and `load_profile` default to "
+             f"`{DEFAULT_PROFILE}`. Any key can be overridden from the command line: `--set clip.num_frames=8 "
+             "--set tracking.experiment=mine` (values parse as TOML; a non-TOML value is taken as a string; a "
+             "nested table as `--set \"demo_data.target_camera={pan_px_per_s=20, shake_px=3}\"`).", "",
+             "## Terms", "", *_terms(), "",
+             "## Named profiles (`lmft_core/profiles/`)", "", *_profile_rows(), "",
+             "## Sections", "", "| section | what it configures |", "|---|---|",
+             *[f"| [`[{s}]`](#{s}) | {SECTION_SUMMARIES[s]} |" for s in sections], ""]
+    for name in sections:
+        cls = section_class(name)
+        lines += [f'<a id="{name}"></a>', "", f"## `[{name}]` ({cls.__name__}, `{cls.__module__}`)", "",
+                  _md(inspect.cleandoc(cls.__doc__ or "")), "", "| key | type | default |", "|---|---|---|",
+                  *_key_rows(cls), ""]
     return "\n".join(lines)
 
 

@@ -360,8 +360,8 @@ def referenced_secrets() -> dict[str, set[str]]:
     return out
 
 
-def test_the_readme_shows_how_to_create_every_secret_the_manifests_read():
-    readme = (REPO / "README.md").read_text()
+def test_the_docs_show_how_to_create_every_secret_the_manifests_read():
+    readme = (REPO / "docs" / "cluster.md").read_text()
     secrets = referenced_secrets()
     assert set(secrets) == {"lmft-ray-token", "lmft-mlflow-admin", "lmft-mlflow-client"}
     secrets["lmft-mlflow-client"] |= {"MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"}

@@ -180,6 +180,31 @@ def test_the_configuration_reference_is_generated_from_the_dataclasses_and_curre
     assert "| `gamma_c` | `float` | `0.8` |" in reference()  # a default read from TrainConfig
 
 
+def test_the_configuration_reference_lists_every_section_key_and_profile():
+    import dataclasses
+
+    from lmft_core.run_config import PROFILE_DIR, RunConfig, available_profiles, reference, section_class, section_names
+
+    text = reference()
+
+    def keys(instance, prefix=""):  # every key of a default section, nested tables (demo_data.source_camera) key by key
+        for f in dataclasses.fields(instance):
+            yield prefix + f.name
+            if dataclasses.is_dataclass(getattr(instance, f.name)):
+                yield from keys(getattr(instance, f.name), f"{prefix}{f.name}.")
+
+    sections = [f.name for f in dataclasses.fields(RunConfig) if f.name in section_names()]
+    assert set(sections) == set(section_names())
+    for name in sections:
+        assert f"## `[{name}]`" in text and f"| [`[{name}]`](#{name}) |" in text, name
+        for key in keys(section_class(name)()):
+            assert f"| `{key}` |" in text.split(f"## `[{name}]`", 1)[1], (name, key)
+    assert "| `source_camera.zoom_per_s` | `float` | `0.0` |" in text
+    for profile in available_profiles():
+        assert f"| `{profile}` |" in text and (PROFILE_DIR / f"{profile}.toml").is_file()
+    assert "**discard rate** = 1 - keep ratio" in text  # the terms, from lmft_core.config's docstring
+
+
 def test_every_cli_and_load_profile_default_to_one_profile():
     import inspect
 

@@ -28,7 +28,7 @@ def overlap_matrix(n_out: int, n_in: int, offset: int, scale: float) -> np.ndarr
 
 
 def area_reference(mask: np.ndarray, clip: ClipConfig) -> np.ndarray:
-    """Actor coverage per token from the geometry as written in the README: frame floor((i + 0.5) n / T),
+    """Actor coverage per token from the geometry as written in docs/data.md: frame floor((i + 0.5) n / T),
     short side scaled to image_size, centre crop; each clip pixel averages the mask over its footprint."""
     n, h, w = mask.shape
     s = clip.image_size

@@ -1,14 +1,16 @@
-"""The repository polices itself: no large or generated files committed, no import circles, README examples
-that go through lmft's own loader."""
+"""The repository polices itself: no large or generated files committed, no import circles, documentation
+examples that go through lmft's own loader, a short README whose file tree and links stay true."""
 
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 
 from conftest import REPO, STORE_NAMES
 
-MAX_FILE_BYTES = 512 * 1024  # the largest file now is the README (under 100 KB); data and models live outside git
+MAX_FILE_BYTES = 512 * 1024  # the largest files are docs pages (under 100 KB); data and models live outside git
+README_MAX_LINES = 250  # the README is read in five minutes; reference material lives in docs/
 
 
 def repository_files() -> list[str]:
@@ -95,7 +97,53 @@ def test_cycles_finds_a_circle_and_the_package_has_none():
     assert cycles(graph) == []
 
 
-def test_readme_loads_models_through_lmfts_loader():
+def test_the_docs_load_models_through_lmfts_loader():
+    pages = {p.name: p.read_text() for p in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]}
+    for name, text in pages.items():
+        assert "mlflow.pytorch.load_model(" not in text, name  # a bare call reads or creates ./mlflow.db
+    assert "from lmft_core.model_store import load_model" in pages["tracking.md"]
+
+
+def readme_tree() -> list[str]:
+    """The paths the README's file tree names, rebuilt from its indentation (``pipelines/full.py``, ...)."""
     readme = (REPO / "README.md").read_text()
-    assert "mlflow.pytorch.load_model(" not in readme  # a bare call reads or creates ./mlflow.db
-    assert "from lmft_core.model_store import load_model" in readme
+    block = readme.split("## Files", 1)[1].split("```", 2)[1]
+    paths, parents = [], []
+    for line in block.splitlines()[1:]:
+        if not line.strip():
+            continue
+        depth = (len(line) - len(line.lstrip())) // 2
+        name = line.split()[0]
+        parents[depth:] = [name]
+        paths.append("".join(parents))
+    return paths
+
+
+def test_the_readme_is_short_and_its_file_tree_names_every_module():
+    readme = (REPO / "README.md").read_text()
+    assert len(readme.splitlines()) <= README_MAX_LINES
+    tree = set(readme_tree())
+    assert {"pipelines/full.py", "lmft_core/train/step.py", "lmft_core/profiles/", "docs/"} <= tree
+    modules = {p for p in repository_files() if p.endswith(".py") and p.split("/")[0] in ("pipelines", "benchmarks")
+               or (p.startswith("lmft_core/") and p.endswith(".py") and not p.endswith("__init__.py"))}
+    assert not modules - tree, f"modules the README's file tree does not name: {sorted(modules - tree)}"
+    assert not {p for p in tree if p.endswith(".py")} - modules, "the README's file tree names modules that do not exist"
+
+
+def test_every_docs_page_is_in_the_readme_and_every_link_resolves():
+    readme = (REPO / "README.md").read_text()
+    pages = sorted(p.name for p in (REPO / "docs").glob("*.md"))
+    assert all(f"(docs/{name}" in readme for name in pages), "a docs page the README's index does not list"
+    for page in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]:
+        for target in re.findall(r"\]\(([^)#\s]+\.md)(?:#[^)]*)?\)", page.read_text()):
+            assert (page.parent / target).is_file(), (page.name, target)
+
+
+def test_ci_runs_the_readmes_test_command():
+    """.ci/run is the README's Quickstart command 2 (install with the test extra, then ``pytest -q``) after the lint."""
+    readme = (REPO / "README.md").read_text()
+    command = readme.split("# 2. install and run the tests\n", 1)[1].splitlines()[0]
+    install, test = command.rsplit(" && ", 1)
+    ci = (REPO / ".ci" / "run").read_text().splitlines()
+    assert test == "pytest -q" and test in ci
+    assert any(line.startswith(install) for line in ci), (install, ci)

@@ -26,6 +26,17 @@ def test_a_profile_section_is_replaced_and_the_other_profiles_sections_stay(tmp_
     assert text.count("<!-- BEGIN results -->") == 1 and text.count("<!-- END results-small -->") == 1
 
 
+def test_the_narrative_above_the_generated_sections_is_kept(tmp_path):
+    doc = tmp_path / "results.md"
+    doc.write_text((ROOT / "docs" / "results.md").read_text())
+    narrative = doc.read_text().split("<!-- BEGIN results -->")[0]
+    assert "## What it shows" in narrative  # the hand-written part the README points at
+    write_section("results", "regenerated", doc, header=results_script()["RESULTS_HEADER"])
+    text = doc.read_text()
+    assert text.startswith(narrative) and "<!-- BEGIN results -->\nregenerated\n<!-- END results -->" in text
+    assert "<!-- BEGIN results-small -->" in text
+
+
 def row(top1: float, src: float = 0.6) -> dict:
     return {"top1": top1, "source_val_top1": src}
 

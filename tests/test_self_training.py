@@ -26,7 +26,7 @@ from lmft_core.train.pseudo import PSEUDO_LABEL_SOURCES, SelfLabels, predict_cli
 
 
 def naive_rule(source: str, clip_label: int, clip_pass: bool, self_label: int, self_pass: bool) -> int | None:
-    """The label a clip trains on, or None, written out case by case (README: pseudo-label sources)."""
+    """The label a clip trains on, or None, written out case by case (docs/training.md: pseudo-label sources)."""
     if source == "clip":
         return clip_label if clip_pass else None
     if source == "self":

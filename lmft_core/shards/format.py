@@ -74,7 +74,7 @@ SHARD_PARQUET_OPTIONS = {"compression": "none", "use_dictionary": False}
 
 
 def shard_schema(store_frames: bool = True) -> pa.Schema:
-    """Columns of a shard row (one decoded clip); see the module docstring and the README's table."""
+    """Columns of a shard row (one decoded clip); see the module docstring and the table in docs/preprocessing.md."""
     return pa.schema(ROW_FIELDS + IDENTITY_FIELDS + DECODE_FIELDS + ENERGY_FIELDS + CLIP_FIELDS + (FRAME_FIELDS if store_frames else []))
 
 

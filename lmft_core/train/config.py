@@ -26,7 +26,7 @@ DEFAULT_EVALUATE = (
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """The ``[train]`` section. Where the paper is silent the defaults are lmft's choice (README).
+    """The ``[train]`` section. Where the paper is silent the defaults are lmft's choice (docs/training.md).
 
     Optimisation: AdamW on the model (``lr`` peak, linear warm-up over ``warmup_epochs``, cosine decay
     to ``min_lr``, ``weight_decay`` on weight matrices only), gradient clipping at ``grad_clip`` (global
