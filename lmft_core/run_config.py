@@ -378,7 +378,8 @@ SECTION_SUMMARIES = {
     "train": "adaptation: schedule, losses, pseudo-label source, augmentations, workers, evaluation, checkpoints",
     "pretrain": "masked video pretraining: masking strategy, mask ratio, sampler, decoder, schedule, domains",
     "predict": "batch prediction: batch size, model replicas and their resources, output format",
-    "sweep": "Ray Tune sweeps over gamma_c, lambda_L, lambda_t: search, ASHA, selection metric, resources",
+    "sweep": "Ray Tune sweeps: the space of settings tried (lambda_t, lambda_L, a pseudo-label threshold), search, "
+             "ASHA, selection metric, resources",
     "workflow": "the main job: train or sweep, pretraining, baselines, the registered name and alias, the predicted split",
 }
 
