@@ -45,8 +45,11 @@ REFERENCE_MD = Path(__file__).resolve().parent.parent / "docs" / "configuration.
 DEFAULT_PROFILE = "demo"  # what every CLI and load_profile use when no profile is named
 
 SEARCHES = ("grid", "random", "optuna")
-# the swept hyperparameters: [sweep] key -> the setting it overrides
-SWEPT = {"gamma_c": "train.gamma_c", "lambda_l": "policy.loss_weight", "lambda_t": "train.lambda_t"}
+# the space a [sweep] without its own searches: the paper's gamma_c, lambda_L and lambda_t
+DEFAULT_SPACE = {"train.gamma_c": [0.5, 0.7, 0.8, 0.9], "policy.loss_weight": [1.0, 5.0, 10.0, 20.0],
+                 "train.lambda_t": [0.25, 0.5, 1.0]}
+# swept settings that act only when train.pseudo_labels uses this source (clip, self, clip+self)
+ACTS_ONLY_WITH = {"train.gamma_c": "clip", "train.self_gamma": "self", "train.self_refresh_epochs": "self"}
 TARGET_METRIC = eval_metric(EVAL_TARGET, "lmft", "top1")  # read beside every trial, selected by only on request
 
 
@@ -62,19 +65,22 @@ OUTPUT_FORMATS = ("parquet", "csv")  # of predictions
 class SweepConfig:
     """The ``[sweep]`` profile section (:mod:`lmft_core.sweep`).
 
+    ``space``: the swept settings, ``"section.key"`` -> the values tried (a list), e.g.
+    ``"train.lambda_t" = [0.25, 0.5, 1.0]`` in a ``[sweep.space]`` table; ``{grid = [...]}`` makes that
+    setting a grid axis crossed with the samples of the others (Optuna cannot search one). Every value must be
+    valid for its setting, and a setting must act in the run (``train.self_gamma`` needs self pseudo-labels,
+    ``train.gamma_c`` CLIP's): checked at profile load.
     ``search``: ``grid`` (every combination of the value lists), ``random`` (``num_samples`` draws) or
-    ``optuna`` (TPE over the same values, ``num_samples`` trials). ``gamma_c``, ``lambda_l``,
-    ``lambda_t``: the values tried. ``metric``/``mode``: the selection metric (module docstring; a
-    metric the epochs report). ``asha``: early stopping with ``grace_period`` epochs and
+    ``optuna`` (TPE over the same values, ``num_samples`` trials). ``metric``/``mode``: the selection metric
+    (module docstring; a metric the epochs report). ``asha``: early stopping with ``grace_period`` epochs and
     ``reduction_factor``. ``data_cpus``: CPUs kept free for Ray Data; ``max_concurrent``: trials at once
-    (0: as many as fit). ``name``: the sweep's name (empty: derived from its configuration).
+    (0: as many as fit). ``name``: the sweep's name (empty: derived from its configuration). ``top``: trials
+    in the table printed at the end.
     """
 
     search: str = "random"
     num_samples: int = 8
-    gamma_c: tuple[float, ...] = (0.5, 0.7, 0.8, 0.9)
-    lambda_l: tuple[float, ...] = (1.0, 5.0, 10.0, 20.0)
-    lambda_t: tuple[float, ...] = (0.25, 0.5, 1.0)
+    space: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_SPACE))
     metric: str = eval_metric(EVAL_SOURCE_VAL, "lmft", "top1")
     mode: str = "max"
     select_on_target_labels: bool = False
@@ -85,19 +91,21 @@ class SweepConfig:
     max_concurrent: int = 0
     seed: int = 0
     name: str = ""
+    top: int = 5
 
     def __post_init__(self) -> None:
         if self.search not in SEARCHES:
             raise ConfigError(f"sweep.search must be one of {list(SEARCHES)}, got {self.search!r}")
         if self.mode not in ("max", "min"):
             raise ConfigError(f"sweep.mode must be 'max' or 'min', got {self.mode!r}")
-        for key in SWEPT:
-            if not getattr(self, key):
-                raise ConfigError(f"sweep.{key} needs at least one value")
-        if any(not 0.0 <= g <= 1.0 for g in self.gamma_c):
-            raise ConfigError(f"sweep.gamma_c values must be in [0, 1], got {self.gamma_c}")
-        if self.num_samples < 1 or self.grace_period < 1 or self.reduction_factor < 2:
-            raise ConfigError("sweep.num_samples and grace_period must be >= 1, reduction_factor >= 2")
+        if not isinstance(self.space, dict) or not self.space:
+            raise ConfigError(f"sweep.space must be a table of \"section.key\" = [values], got {self.space!r}")
+        for key in self.space:
+            self.values(key)  # checks its form
+        if self.num_samples < 1:
+            raise ConfigError(f"sweep.num_samples must be >= 1, got {self.num_samples}")
+        if self.grace_period < 1 or self.reduction_factor < 2 or self.top < 1:
+            raise ConfigError("sweep.grace_period and sweep.top must be >= 1, sweep.reduction_factor >= 2")
         if self.data_cpus < 1 or self.max_concurrent < 0:
             raise ConfigError(f"sweep.data_cpus must be >= 1 (with less, concurrent trials wait for each other's ingest: "
                               f"module docstring) and max_concurrent >= 0, "
@@ -105,6 +113,31 @@ class SweepConfig:
         if self.metric.startswith(f"{EVAL_TARGET}/") and not self.select_on_target_labels:
             raise ConfigError(f"sweep.metric={self.metric!r} selects by target labels: set "
                               "sweep.select_on_target_labels = true to do so knowingly")
+
+    def values(self, key: str) -> list:
+        """The values tried for setting ``key`` of :attr:`space` (a ConfigError naming it when malformed)."""
+        spec, where = self.space[key], f"sweep.space[{key!r}]"
+        section, dot, name = key.partition(".")
+        if not dot or not section or not name or "." in name:
+            raise ConfigError(f"{where}: a setting is named \"section.key\" (e.g. \"train.lambda_t\")")
+        if isinstance(spec, dict):
+            if set(spec) != {"grid"}:
+                raise ConfigError(f"{where}: a table must be {{grid = [values]}}, got {spec!r}")
+            if self.search == "optuna":
+                raise ConfigError(f"{where}: Optuna cannot search a grid (sweep.search = 'optuna'): give a plain list "
+                                  "of values, or use sweep.search = 'grid' or 'random'")
+            spec = spec["grid"]
+        if not isinstance(spec, (list, tuple)) or not spec:
+            raise ConfigError(f"{where}: needs a non-empty list of values, got {spec!r}")
+        return list(spec)
+
+    def grid_axes(self) -> list[str]:
+        """The settings searched as a grid: every one under ``search = 'grid'``, else those given as ``{grid = [...]}``."""
+        return [k for k, v in self.space.items() if self.search == "grid" or isinstance(v, dict)]
+
+    def varied(self) -> list[str]:
+        """The swept settings with more than one value (the columns of the sweep's table)."""
+        return [k for k in self.space if len(self.values(k)) > 1]
 
     @property
     def selection_metric(self) -> tuple[str, str]:
@@ -117,7 +150,38 @@ class SweepConfig:
         return metric_of(metric, selector_label), mode
 
     def trials(self) -> int:
-        return math.prod(len(getattr(self, k)) for k in SWEPT) if self.search == "grid" else self.num_samples
+        """Trials the sweep runs: every grid combination, times ``num_samples`` unless it is all grid."""
+        combos = math.prod(len(self.values(k)) for k in self.grid_axes())
+        return combos if self.search == "grid" else combos * self.num_samples
+
+    def check_space(self, settings: dict[str, Any], build) -> None:
+        """Each swept setting exists, takes each of its values and acts in the run.
+
+        ``settings`` are the other sections' built dataclasses (section -> dataclass); ``build(section, key,
+        value)`` builds that section with one value changed and raises ConfigError when it is invalid."""
+        for key in self.space:
+            section, _, name = key.partition(".")
+            if section == "sweep" or section not in settings:
+                raise ConfigError(f"sweep.space[{key!r}]: {section!r} is not a section a trial can change; "
+                                  f"known: {sorted(s for s in settings if s != 'sweep')}")
+            names = sorted(f.name for f in dataclasses.fields(settings[section]) if DERIVED not in f.metadata)
+            if name not in names:
+                raise ConfigError(f"sweep.space[{key!r}]: [{section}] has no key {name!r}; known: {names}")
+            for value in self.values(key):
+                try:
+                    build(section, name, value)
+                except ConfigError as e:
+                    raise ConfigError(f"sweep.space[{key!r}] value {value!r}: {e}") from None
+            source = ACTS_ONLY_WITH.get(key)
+            sources = {v for s in self._pseudo_label_sources(settings) for v in s.split("+")}
+            if source and source not in sources:
+                raise ConfigError(f"sweep.space[{key!r}]: {key} acts only when train.pseudo_labels uses {source!r}, "
+                                  f"and this sweep's trials use {sorted(self._pseudo_label_sources(settings))}: "
+                                  "remove it from the space or change train.pseudo_labels")
+
+    def _pseudo_label_sources(self, settings: dict[str, Any]) -> set[str]:
+        key = "train.pseudo_labels"
+        return set(self.values(key)) if key in self.space else {settings["train"].pseudo_labels}
 
 
 @dataclass(frozen=True)
@@ -211,6 +275,8 @@ class RunConfig:
             selector.check_grid(clip)  # adafocus: the window and segments fit the token grid
             built["train"].evaluate_for(selector)  # [train] evaluate against the policy kind [selector] builds
             built["pseudo_labels"].check_clip(clip.num_frames)  # CLIP sees at most the clip's frames
+            built["sweep"].check_space(built, lambda s, k, v: from_dict(
+                section_class(s), {**sections.get(s, {}), k: v}, f"[{s}]"))
         except ConfigError as e:
             raise ConfigError(f"{path}: {e}") from None
         return cls(name=name, path=path, sections=sections, **built)
@@ -326,7 +392,8 @@ SECTION_SUMMARIES = {
     "train": "adaptation: schedule, losses, pseudo-label source, augmentations, workers, evaluation, checkpoints",
     "pretrain": "masked video pretraining: masking strategy, mask ratio, sampler, decoder, schedule, domains",
     "predict": "batch prediction: batch size, model replicas and their resources, output format",
-    "sweep": "Ray Tune sweeps over gamma_c, lambda_L, lambda_t: search, ASHA, selection metric, resources",
+    "sweep": "Ray Tune sweeps: the space of settings tried (lambda_t, lambda_L, a pseudo-label threshold), search, "
+             "ASHA, selection metric, resources",
     "workflow": "the main job: train or sweep, pretraining, baselines, the registered name and alias, the predicted split",
 }
 

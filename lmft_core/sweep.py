@@ -1,8 +1,9 @@
-"""Sweeps over gamma_c, lambda_L and lambda_t on Ray Tune, each trial a Ray Train fit.
+"""Sweeps over the settings of ``[sweep] space`` (gamma_c, lambda_L, lambda_t, ...) on Ray Tune, each trial a Ray Train fit.
 
 A trial is a Tune function that builds and fits a ``TorchTrainer`` (named after the trial) with
 ``TuneReportCallback``, so every epoch's report reaches Tune and ASHA can stop poor trials early.
 gamma_c acts at training time on the stored CLIP probabilities, so a sweep never re-runs preprocessing.
+The space names settings (``"train.lambda_t" = [...]``); a trial is the profile with its values as overrides.
 
 **Selection without target labels.** The default metric is ``eval_source_val/lmft/top1``: the trained
 selector's accuracy on labelled, held-out source clips. Target labels do not exist in a real
@@ -10,33 +11,42 @@ adaptation, so choosing by them would report an accuracy no user could have reac
 is the standard label-free criterion ("source risk"). It does not see the domain shift, so the sweep
 reports each trial's target-test accuracy beside it, for reading only. Choosing by target accuracy
 needs ``sweep.select_on_target_labels = true`` (say so when reporting such a result).
+A top-1 selection metric comes with its binomial standard error over the selection clips,
+sqrt(p (1 - p) / n): when the best trial leads the second by at most one standard error, the sweep says
+the two are not distinguishable on this metric.
 
 A sweep trains ``lmft`` or ``adafocus`` (:mod:`lmft_core.model.focus`); with ``adafocus`` every metric named
 for ``lmft`` reads the run's selector label instead (``eval_source_val/adafocus-w2x2/top1``:
 :meth:`~lmft_core.run_config.SweepConfig.metric_for`), and ``lambda_l`` (the threshold's reward weight) has no effect.
 
-Resources: each trial takes ``train.workers x train.cpus_per_worker`` CPUs (and GPUs) for its workers
-plus :data:`TRIAL_DRIVER_CPUS` for the Tune function; at least ``sweep.data_cpus`` CPUs of the cluster
-stay free for Ray Data's ingest, and the trials that fit in the rest run at once (``sweep.max_concurrent``
-caps it). Ray Data's read and shuffle tasks take :data:`~lmft_core.train.ray_train.INGEST_TASK_CPUS`
-each, and ``data_cpus`` is at least 1: with less, concurrent trials wait for each other's ingest for
-ever (seen here: two trials on 2 CPUs with 0.5 kept for Data hung).
+Resources (:func:`fit_trials`): each trial takes ``train.workers x train.cpus_per_worker`` CPUs (and GPUs)
+for its workers plus :data:`TRIAL_DRIVER_CPUS` for the Tune function; at least ``sweep.data_cpus`` CPUs of
+the cluster stay free for Ray Data's ingest, and the trials that fit in the rest run at once
+(``sweep.max_concurrent`` caps it). When one trial does not fit at ``train.workers``, trials run with the
+most workers that fit (the global batch shrinks with them), and the sweep says so in one line. Ray
+Data's read and shuffle tasks take :data:`~lmft_core.train.ray_train.INGEST_TASK_CPUS` each, and
+``data_cpus`` is at least 1: with less, concurrent trials wait for each other's ingest for ever (seen
+here: two trials on 2 CPUs with 0.5 kept for Data hung).
 
 MLflow: one parent run per sweep with a child run per trial (params, the epochs' metrics from rank 0);
-at the end the parent holds the best trial (``best/*`` params and metrics), the results table and a plot
-of target accuracy against discard rate over the trials, and the best trial's run gets its artifacts and
+at the end the parent holds the best trial (``best/*`` params and metrics), the results table (CSV, and
+the top trials as markdown, the table printed at the end) and a plot of target accuracy against discard
+rate over the trials (the selected trial starred), and the best trial's run gets its artifacts and
 model (:func:`lmft_core.train.artifacts.log_artifacts`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from lmft_core.files import atomic_write
-from lmft_core.run_config import SWEPT, TARGET_METRIC, RunConfig, SweepConfig, metric_of
+from lmft_core.run_config import TARGET_METRIC, RunConfig, SweepConfig, metric_of
+from lmft_core.train.config import TrainConfig
 from lmft_core.train.names import EVAL_SOURCE_VAL, EVAL_TARGET, TAU_HAT, eval_metric
 
 TRIAL_DRIVER_CPUS = 0.1  # the Tune function itself only waits for its TorchTrainer
@@ -47,32 +57,86 @@ class SweepError(RuntimeError):
 
 
 def param_space(cfg: SweepConfig) -> dict:
-    """Tune's search space of ``cfg``: a grid, or a choice per swept value list."""
+    """Tune's search space of ``cfg``: a grid axis or a choice per swept setting (:meth:`SweepConfig.grid_axes`)."""
     from ray import tune
 
-    pick = tune.grid_search if cfg.search == "grid" else tune.choice
-    return {key: pick(list(getattr(cfg, key))) for key in SWEPT}
+    grid = cfg.grid_axes()
+    return {key: (tune.grid_search if key in grid else tune.choice)(cfg.values(key)) for key in cfg.space}
 
 
 def trial_overrides(params: dict) -> list[str]:
-    """A trial's hyperparameters as profile overrides."""
-    return [f"{SWEPT[k]}={params[k]}" for k in SWEPT]
+    """A trial's settings (``{"train.lambda_t": 0.5}``) as profile overrides (values written as TOML)."""
+    return [f"{k}={json.dumps(v)}" for k, v in params.items()]
 
 
-def max_concurrent(cfg: SweepConfig, train, resources: dict) -> int:
-    """Trials that fit at once: CPUs left after ``data_cpus`` over each trial's CPUs, and GPUs."""
-    per_trial = train.workers * train.cpus_per_worker + TRIAL_DRIVER_CPUS
-    fit = int((resources.get("CPU", 0) - cfg.data_cpus) // per_trial)
-    gpus = resources.get("GPU", 0)
-    per_trial_gpus = train.workers * (train.gpus_per_worker if train.gpus_per_worker is not None else (1.0 if gpus else 0.0))
-    if per_trial_gpus:
-        fit = min(fit, int(gpus // per_trial_gpus))
-    if fit < 1:
-        raise SweepError(f"one trial needs {per_trial:g} CPUs ({train.workers} workers x {train.cpus_per_worker:g} + "
-                         f"{TRIAL_DRIVER_CPUS}) and {per_trial_gpus:g} GPUs with {cfg.data_cpus:g} CPUs kept for Ray Data, "
-                         f"but the cluster has {resources.get('CPU', 0):g} CPUs and {gpus:g} GPUs: lower train.workers "
-                         "or train.cpus_per_worker")
-    return min(fit, cfg.max_concurrent) if cfg.max_concurrent else fit
+@dataclass(frozen=True)
+class TrialFit:
+    """How trials fit the cluster: ``workers`` Ray Train workers each, ``concurrent`` trials at once, and
+    ``note``, one line saying why ``workers`` is below ``train.workers`` (empty when it is not)."""
+
+    workers: int
+    concurrent: int
+    note: str
+
+    @property
+    def overrides(self) -> list[str]:
+        return [f"train.workers={self.workers}"]
+
+
+def fit_trials(cfg: SweepConfig, train: TrainConfig, resources: dict) -> TrialFit:
+    """Fit trials to a cluster of ``resources`` (``{"CPU": 2.0, "GPU": 0.0}``; module docstring).
+
+    A trial of ``w`` workers needs ``w x train.cpus_per_worker + TRIAL_DRIVER_CPUS`` CPUs and ``w x
+    train.gpus_per_worker`` GPUs (absent: 1 per worker when the cluster has GPUs); ``sweep.data_cpus`` CPUs
+    stay free. ``workers`` is the largest ``w <= train.workers`` with which one trial fits; a SweepError when
+    even one worker does not fit."""
+    cpus, gpus = resources.get("CPU", 0.0), resources.get("GPU", 0.0)
+    gpus_per_worker = train.gpus_per_worker if train.gpus_per_worker is not None else (1.0 if gpus else 0.0)
+
+    def at_once(workers: int) -> int:  # trials of ``workers`` workers that fit at once (1e-9: float sums)
+        fit = int((cpus - cfg.data_cpus + 1e-9) // (workers * train.cpus_per_worker + TRIAL_DRIVER_CPUS))
+        return min(fit, int((gpus + 1e-9) // (workers * gpus_per_worker))) if gpus_per_worker else fit
+
+    def needs(workers: int) -> str:
+        return (f"{workers * train.cpus_per_worker + TRIAL_DRIVER_CPUS:g} CPUs ({workers} workers x {train.cpus_per_worker:g} + "
+                f"{TRIAL_DRIVER_CPUS}) and {workers * gpus_per_worker:g} GPUs with {cfg.data_cpus:g} CPUs kept for Ray Data")
+
+    workers = next((w for w in range(train.workers, 0, -1) if at_once(w) >= 1), 0)
+    has = f"the cluster has {cpus:g} CPUs and {gpus:g} GPUs"
+    if not workers:
+        raise SweepError(f"one trial needs at least {needs(1)}, but {has}: lower train.cpus_per_worker, "
+                         "train.gpus_per_worker or sweep.data_cpus, or add nodes")
+    concurrent = min(at_once(workers), cfg.max_concurrent) if cfg.max_concurrent else at_once(workers)
+    note = "" if workers == train.workers else (
+        f"a trial at train.workers={train.workers} needs {needs(train.workers)}, but {has}: trials run with {workers} "
+        f"worker{'s' if workers > 1 else ''} each (global batch {workers * train.batch_size} instead of "
+        f"{train.workers * train.batch_size} clips per domain)")
+    return TrialFit(workers=workers, concurrent=concurrent, note=note)
+
+
+def binomial_se(p: float, n: int) -> float:
+    """Standard error of an accuracy ``p`` measured on ``n`` clips: sqrt(p (1 - p) / n)."""
+    return math.sqrt(p * (1.0 - p) / n)
+
+
+def selection_clips(metric: str, counts: dict[tuple[str, str], int]) -> int | None:
+    """The clips a top-1 metric is measured on (source-val or target-test rows of the shards), or None when
+    ``metric`` is not a top-1 accuracy (no binomial standard error)."""
+    split = {EVAL_SOURCE_VAL: ("source", "val"), EVAL_TARGET: ("target", "test")}.get(metric.split("/")[0])
+    return counts.get(split) if split and metric.endswith("/top1") else None
+
+
+def indistinguishable(rows: list[dict], metric: str) -> str:
+    """A note when the best of ``rows`` (sorted best first, with ``metric`` and ``selection_se``) leads the second by
+    at most its standard error; empty otherwise."""
+    if len(rows) < 2 or rows[0].get("selection_se") is None:
+        return ""
+    best, second = rows[0], rows[1]
+    gap = abs(best[metric] - second[metric])
+    if gap > best["selection_se"]:
+        return ""
+    return (f"the best trial {best['trial']} ({metric} {best[metric]:.3f} ± {best['selection_se']:.3f}) is not distinguishable "
+            f"from the second, {second['trial']} ({second[metric]:.3f}): they differ by {gap:.3f}, within one standard error")
 
 
 @dataclass(frozen=True)
@@ -87,6 +151,7 @@ class SweepResult:
     table: list[dict]
     results_csv: str
     elapsed_s: float
+    summary: str  # the top trials as a markdown table, and the notes (:func:`summary`)
 
 
 def _trial(config: dict) -> None:
@@ -97,9 +162,10 @@ def _trial(config: dict) -> None:
     from lmft_core.train.run import TrainingRun
 
     ctx = config["ctx"]
-    params = {k: config[k] for k in SWEPT}
+    params = {k: config[k] for k in ctx["space"]}
     trial_id = tune.get_context().get_trial_id()
-    training = TrainingRun.prepare(ctx["profile"].with_overrides(trial_overrides(params)), ctx["shards"], ctx["workdir"],
+    profile = ctx["profile"].with_overrides(ctx["fit"] + trial_overrides(params))
+    training = TrainingRun.prepare(profile, ctx["shards"], ctx["workdir"],
                                    name=trial_id, storage=Path(ctx["workdir"]) / "sweeps" / ctx["name"])
     tags = {"lmft.stage": "sweep-trial", "lmft.trial": trial_id} | {f"lmft.{k}": v for k, v in params.items()}
     with training.mlflow_run(run_name=f"{ctx['name']}-{trial_id}", parent_run_id=ctx["parent_run_id"], tags=tags):
@@ -152,11 +218,14 @@ def run_sweep(profile: RunConfig, shards_path: str | Path, workdir: str | Path, 
     name = cfg.name or f"sweep-{base_name}-{cfg.search}{cfg.trials()}"
     ray = connect(shared_paths=[workdir])
     resources = ray.cluster_resources()
-    concurrent = max_concurrent(cfg, job.train, resources)
+    fit = fit_trials(cfg, job.train, resources)
+    if fit.note:
+        print(f"[lmft] sweep: {fit.note}", flush=True)
     gpus = worker_gpus(job.train, resources)
     check_tracking_server(job.tracking_uri)
     with start_run(profile.tracking, workdir, run_name=name, parent_run_id=parent_run_id) as parent:
-        parent.log_params({"sweep": dataclasses.asdict(cfg), "sweep.concurrent_trials": concurrent,
+        parent.log_params({"sweep": dataclasses.asdict(cfg), "sweep.concurrent_trials": fit.concurrent,
+                           "sweep.workers_per_trial": fit.workers,
                            "sweep.selection_metric": metric, **{k: v for k, v in job.config.items() if k != "evaluate"}})
         parent.set_tags({"lmft.stage": "sweep", "lmft.selection_uses_target_labels": cfg.select_on_target_labels})
         searcher = None
@@ -167,37 +236,67 @@ def run_sweep(profile: RunConfig, shards_path: str | Path, workdir: str | Path, 
         scheduler = ASHAScheduler(time_attr="training_iteration", max_t=job.train.epochs, grace_period=cfg.grace_period,
                                   reduction_factor=cfg.reduction_factor) if cfg.asha else None
         ctx = {"profile": profile, "shards": job.shards, "workdir": str(workdir), "name": name,
-               "parent_run_id": parent.run_id, "gpus": gpus}
+               "parent_run_id": parent.run_id, "gpus": gpus, "space": list(cfg.space), "fit": fit.overrides}
         tuner = tune.Tuner(
             tune.with_resources(_trial, {"cpu": TRIAL_DRIVER_CPUS}),
             param_space=param_space(cfg) | {"ctx": ctx},
             tune_config=tune.TuneConfig(metric=metric, mode=mode, num_samples=1 if cfg.search == "grid" else cfg.num_samples,
-                                        search_alg=searcher, scheduler=scheduler, max_concurrent_trials=concurrent),
+                                        search_alg=searcher, scheduler=scheduler, max_concurrent_trials=fit.concurrent),
             run_config=tune.RunConfig(name=name, storage_path=str(workdir / "tune"),
                                       callbacks=[_release_callback(workdir / "sweeps" / name)]),
         )
         grid = tuner.fit()
-        table = _results_table(grid, metric, job.train.epochs, parent, name, job.selector.label)
+        label = job.selector.label
+        target = metric_of(TARGET_METRIC, label)
+        table = _results_table(grid, cfg, metric, job.train.epochs, parent, name, label)
         finished = [r for r in table if r["epochs"] == job.train.epochs and r.get(metric) is not None]
         if not finished:
             raise SweepError(f"no trial of sweep {name} finished its {job.train.epochs} epochs with {metric}: see {workdir / 'tune' / name}")
-        best = max(finished, key=lambda r: r[metric] if mode == "max" else -r[metric])
-        results_csv = _write_table(table, workdir / "sweeps" / name / "results.csv")
-        plot = _plot(table, workdir / "sweeps" / name / "accuracy_vs_discard.png", best["trial"], job.selector.label)
-        parent.log_artifact(results_csv, "sweep")
-        parent.log_artifact(plot, "sweep")
-        parent.log_params({f"best.{k}": best[k] for k in SWEPT} | {"best.trial": best["trial"]})
-        parent.log_metrics({f"best/{k}": v for k, v in best.items() if isinstance(v, float)})
-        model_uri = _log_best(profile, best, job.shards, workdir, name)
+        n = selection_clips(metric, base.shards.counts())
+        for row in table:
+            row["selection_se"] = binomial_se(row[metric], n) if n and row.get(metric) is not None else None
+        ranked = sorted(finished, key=lambda r: -r[metric] if mode == "max" else r[metric])
+        best = ranked[0]
+        folder = workdir / "sweeps" / name
+        results_csv = _write_table(table, folder / "results.csv")
+        text = summary(ranked[:cfg.top], cfg.varied(), metric, n, target)
+        with atomic_write(folder / "results.md") as f:
+            f.write(text + "\n")
+        plot = _plot(table, cfg.varied(), folder / "accuracy_vs_discard.png", best["trial"], target)
+        for artifact in (results_csv, folder / "results.md", plot):
+            parent.log_artifact(artifact, "sweep")
+        parent.log_params({f"best.{k}": best[k] for k in cfg.space} | {"best.trial": best["trial"]})
+        parent.log_metrics({f"best/{k}": v for k, v in best.items() if isinstance(v, float)})  # best/selection_se too
+        model_uri = _log_best(profile, fit.overrides + trial_overrides({k: best[k] for k in cfg.space}), best, job.shards,
+                              workdir, name)
     if not model_uri:
         raise TrainError(f"the best trial {best['trial']} left no checkpoint")
     return SweepResult(name=name, parent_run_id=parent.run_id, best_trial=best["trial"],
-                       best_params={k: best[k] for k in SWEPT}, best_metrics={k: v for k, v in best.items() if isinstance(v, float)},
+                       best_params={k: best[k] for k in cfg.space}, best_metrics={k: v for k, v in best.items() if isinstance(v, float)},
                        best_run_id=best["run_id"], model_uri=model_uri, table=table, results_csv=str(results_csv),
-                       elapsed_s=time.perf_counter() - t0)
+                       elapsed_s=time.perf_counter() - t0, summary=text)
 
 
-def _results_table(grid, metric: str, epochs: int, parent, name: str, label: str) -> list[dict]:
+def summary(rows: list[dict], params: list[str], metric: str, clips: int | None, target: str = TARGET_METRIC) -> str:
+    """The top trials ``rows`` (best first) as a markdown table: their settings, the selection metric ±
+    its standard error, target-test top-1 (``target``, the trained selector's), discard rate and GFLOPs/clip; then the note of
+    :func:`indistinguishable`, if any."""
+    def num(v, fmt=".3f"):
+        return "—" if v is None else format(v, fmt)
+
+    se_note = f" ± SE (n={clips})" if clips else ""
+    head = ["trial", *params, f"{metric}{se_note}", f"{target} (reading only)", "discard rate", "GFLOPs/clip"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        selected = f"{num(r[metric])}" + (f" ± {r['selection_se']:.3f}" if r.get("selection_se") is not None else "")
+        cells = [r["trial"], *(f"{r[p]:g}" if isinstance(r[p], float) else str(r[p]) for p in params), selected,
+                 num(r.get(target)), num(r.get("discard_rate")), num(r.get("gflops_per_clip"), ".2f")]
+        lines.append("| " + " | ".join(cells) + " |")
+    note = indistinguishable(rows, metric)
+    return "\n".join(lines + ([f"note: {note}"] if note else []))
+
+
+def _results_table(grid, cfg: SweepConfig, metric: str, epochs: int, parent, name: str, label: str) -> list[dict]:
     """One row per trial: its hyperparameters, the epochs it reached, the selection metric, target-test
     accuracy (reading only), discard rate and GFLOPs of the trained selector ``label``, tau_hat, status and its MLflow run."""
     target = metric_of(TARGET_METRIC, label)
@@ -207,9 +306,9 @@ def _results_table(grid, metric: str, epochs: int, parent, name: str, label: str
     rows = []
     for result in grid:
         m = result.metrics or {}
-        cfg = {k: result.config[k] for k in SWEPT}
+        params = {k: result.config[k] for k in cfg.space}
         trial = m.get("trial_id") or Path(result.path).name
-        rows.append({"trial": trial, **cfg, "epochs": int(m.get("epoch", 0)), metric: m.get(metric),
+        rows.append({"trial": trial, **params, "epochs": int(m.get("epoch", 0)), metric: m.get(metric),
                      target: m.get(target), "discard_rate": m.get(eval_metric(EVAL_TARGET, label, "discard_rate")),
                      "gflops_per_clip": m.get(eval_metric(EVAL_TARGET, label, "gflops_per_clip")), "tau_hat": m.get(TAU_HAT),
                      "status": "completed" if int(m.get("epoch", 0)) == epochs else "stopped early",
@@ -230,18 +329,18 @@ def _write_table(table: list[dict], path: Path) -> Path:
     return path
 
 
-def _plot(table: list[dict], path: Path, best: str, label: str) -> Path:
+def _plot(table: list[dict], params: list[str], path: Path, best: str, target: str) -> Path:
     from lmft_core.train import plots
 
-    return plots.save(plots.sweep_scatter(table, metric_of(TARGET_METRIC, label), best), path)
+    return plots.save(plots.sweep_scatter(table, params, target, best), path)
 
 
-def _log_best(profile: RunConfig, best: dict, shards: str, workdir: Path, name: str) -> str:
+def _log_best(profile: RunConfig, overrides: list[str], best: dict, shards: str, workdir: Path, name: str) -> str:
     """Log the best trial's artifacts and model (from its last checkpoint) into its MLflow run; returns
-    the model URI."""
+    the model URI. ``overrides``: the trial's settings and fitted workers."""
     from lmft_core.train.run import TrainingRun
 
-    training = TrainingRun.prepare(profile.with_overrides(trial_overrides(best)), shards, workdir, name=best["trial"],
+    training = TrainingRun.prepare(profile.with_overrides(overrides), shards, workdir, name=best["trial"],
                                    storage=workdir / "sweeps" / name, run_dir=workdir / "sweeps" / name / "best")
     checkpoint = training.final_checkpoint()
     if not checkpoint.is_dir():

@@ -196,6 +196,7 @@ class Adapt(Stage):
             from lmft_core.sweep import run_sweep, trial_overrides
 
             sweep = run_sweep(flow.profile, flow.shards, flow.workdir, parent_run_id=flow.parent.run_id)
+            print(sweep.summary, flush=True)
             flow.adapted_run, flow.model_uri = sweep.best_run_id, sweep.model_uri
             flow.adapted = flow.profile.with_overrides(trial_overrides(sweep.best_params))
         else:

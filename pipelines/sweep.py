@@ -1,14 +1,15 @@
-"""Sweep gamma_c, lambda_L and lambda_t on Ray Tune: each trial a Ray Train fit, ASHA early stopping.
+"""Sweep the profile's ``[sweep] space`` (lambda_t, lambda_L, ...) on Ray Tune: each trial a Ray Train fit, ASHA early stopping.
 
     python pipelines/sweep.py --shards outputs/shards [--profile demo|paper|FILE.toml] [--workdir outputs]
         [--set sweep.search=grid|random|optuna] [--set sweep.num_samples=8] [--set section.key=value ...]
     ray job submit --working-dir . -- python pipelines/sweep.py --profile paper --shards /shared/lmft/shards --workdir /shared/lmft
 
 The space, search, selection metric and early stopping come from the profile's ``[sweep]`` section; as
-many trials run at once as the cluster's CPUs and GPUs allow with CPUs left for Ray Data. The selection
+many trials run at once as the cluster's CPUs and GPUs allow with CPUs left for Ray Data (with fewer
+workers per trial than ``train.workers`` when one trial would not fit, said in one line). The selection
 metric is computable without target labels (source-val accuracy) unless
 ``--set sweep.select_on_target_labels=true``. One MLflow parent run, a child run per trial; the best
-trial's model is logged in its run.
+trial's model is logged in its run. The printout ends with the top trials (selection metric ± standard error).
 """
 
 from __future__ import annotations
@@ -39,8 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(INTERRUPTED, file=sys.stderr)
         return INTERRUPTED_EXIT
-    print(f"[lmft] sweep {result.name}: {len(result.table)} trials in {result.elapsed_s:.0f} s; best {result.best_trial} "
-          f"{result.best_params} -> {result.best_metrics}\n[lmft] results: {result.results_csv}\n"
+    print(f"{result.summary}\n[lmft] sweep {result.name}: {len(result.table)} trials in {result.elapsed_s:.0f} s; selected "
+          f"{result.best_trial} {result.best_params}\n[lmft] results: {result.results_csv}\n"
           f"[lmft] best model: {result.model_uri} (MLflow run {result.best_run_id}); sweep run {result.parent_run_id}")
     return 0
 

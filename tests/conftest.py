@@ -78,11 +78,11 @@ def pytest_sessionfinish(session, exitstatus):
 _STORES_BEFORE = pytest.StashKey[set]()
 
 
-def start_local_ray():
+def start_local_ray(num_cpus: int = 2):
     import ray
 
     os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
     return ray
 
 

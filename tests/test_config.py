@@ -99,6 +99,15 @@ def test_from_dict_coerces_nested_and_optional():
                                         r"source; known: \['clip', 'clip\+self', 'self'\]"),
     ("train.self_gamma=1.5", r"\[train\]: train.self_gamma must be in \[0, 1\]"),
     ("train.self_refresh_epochs=0", r"\[train\]: train.self_refresh_epochs must be >= 1"),
+    # the sweep's search space: each key and value checked against the section it sets
+    ('sweep.space={"train.lambda_x" = [1.0]}', r"sweep.space\['train.lambda_x'\]: \[train\] has no key 'lambda_x'"),
+    ('sweep.space={"nowhere.x" = [1.0]}', r"sweep.space\['nowhere.x'\]: 'nowhere' is not a section"),
+    ('sweep.space={lambda_t = [1.0]}', r"sweep.space\['lambda_t'\]: a setting is named \"section.key\""),
+    ('sweep.space={"train.lambda_t" = []}', r"sweep.space\['train.lambda_t'\]: needs a non-empty list"),
+    ('sweep.space={"train.lambda_t" = {grid = []}}', r"sweep.space\['train.lambda_t'\]: needs a non-empty list"),
+    ('sweep.space={"train.self_gamma" = [0.5, 1.5]}', r"sweep.space\['train.self_gamma'\] value 1.5: .*must be in \[0, 1\]"),
+    ('sweep.space={"train.lambda_t" = [0.5, "a"]}', r"sweep.space\['train.lambda_t'\] value 'a': .*expected float"),
+    ("sweep.num_samples=0", r"sweep.num_samples must be >= 1, got 0"),
 ])
 def test_every_section_is_validated_when_the_profile_loads(override, message):
     """A typo in any section fails at load, not when (hours later) the component is built."""

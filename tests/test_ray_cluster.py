@@ -102,14 +102,26 @@ def _ray(args: list[str], env: dict, timeout_s: float) -> subprocess.CompletedPr
     return subprocess.run([str(BIN / "ray"), *args], env=env, capture_output=True, text=True, timeout=timeout_s, cwd=REPO)
 
 
-def test_job_submit_runs_the_main_job_on_the_cluster(cluster, tmp_path):
-    workdir = tmp_path / "work"
+def _submit(cluster, script: str, args: list[str]) -> str:
+    """Submit ``python pipelines/<script> <args>`` as a job, wait for it and return its console output; the job
+    must succeed."""
     job_id = f"lmft-test-{uuid.uuid4().hex[:8]}"
-    overrides = [a for s in TINY_WORKFLOW for a in ("--set", s)]
     proc = _ray(["job", "submit", "--address", cluster.dashboard, "--submission-id", job_id, "--working-dir", str(REPO),
-                 "--", "python", "pipelines/full.py", "--workdir", str(workdir), *overrides], cluster.env, timeout_s=480)
+                 "--", "python", f"pipelines/{script}", *args], cluster.env, timeout_s=480)
     log = proc.stdout + proc.stderr
     assert cluster.api(f"/api/jobs/{job_id}")["status"] == "SUCCEEDED", log[-4000:]
+    return log
+
+
+@pytest.fixture(scope="module")
+def main_job(cluster, tmp_path_factory):
+    """(console output, workdir) of the main job submitted to the cluster."""
+    workdir = tmp_path_factory.mktemp("main_job") / "work"
+    return _submit(cluster, "full.py", ["--workdir", str(workdir), *(a for s in TINY_WORKFLOW for a in ("--set", s))]), workdir
+
+
+def test_job_submit_runs_the_main_job_on_the_cluster(main_job):
+    log, workdir = main_job
     assert "visible from all 2 Ray nodes" in log  # preprocessing checked its output folder from both nodes
     assert (workdir / "data" / "manifest.csv").is_file()
     latest = (workdir / "shards" / "LATEST").read_text().strip()
@@ -124,6 +136,19 @@ def test_job_submit_runs_the_main_job_on_the_cluster(cluster, tmp_path):
     assert (workdir / "predictions").is_dir()
 
 
+def test_a_submitted_sweep_fits_its_trials_to_the_cluster(cluster, main_job):
+    """The cluster has 2 CPUs (one per node): with 1 kept for Ray Data, a trial of 2 half-CPU workers (1.1 CPUs)
+    does not fit, so the sweep's trials run with one worker each, say so, and finish with the table."""
+    _, workdir = main_job
+    sweep = [*TINY_WORKFLOW, "train.workers=2", "sweep.num_samples=2", 'sweep.space={"policy.loss_weight" = [1.0, 10.0]}']
+    log = _submit(cluster, "sweep.py", ["--shards", str(workdir / "shards"), "--workdir", str(workdir),
+                                        *(a for s in sweep for a in ("--set", s))])
+    assert ("[lmft] sweep: a trial at train.workers=2 needs 1.1 CPUs (2 workers x 0.5 + 0.1) and 0 GPUs with 1 CPUs kept "
+            "for Ray Data, but the cluster has 2 CPUs and 0 GPUs: trials run with 1 worker each") in log
+    assert "| trial | policy.loss_weight | eval_source_val/lmft/top1 ± SE (n=" in log  # the table at the end
+    client = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}")
+    (parent,) = client.search_runs([client.get_experiment_by_name("lmft-demo").experiment_id], "tags.`lmft.stage` = 'sweep'")
+    assert parent.info.status == "FINISHED" and parent.data.params["sweep.workers_per_trial"] == "1"
 DRIVER = """
 import json, os, ray
 from lmft_core.ray_cluster import check_shared_storage, connect

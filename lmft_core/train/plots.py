@@ -126,9 +126,9 @@ def confusion(matrix: Sequence[Sequence[int]], classes: Sequence[str], title: st
     return fig
 
 
-def sweep_scatter(table: Sequence[Mapping], accuracy_key: str, best: str):
-    """Target-test accuracy against discard rate, one point per sweep trial (the best one starred),
-    labelled with its (gamma_c, lambda_L, lambda_t); trials stopped early are hollow."""
+def sweep_scatter(table: Sequence[Mapping], params: Sequence[str], accuracy_key: str, best: str):
+    """Target-test accuracy against discard rate, one point per sweep trial (the selected one starred),
+    labelled with its swept settings ``params`` (their keys without the section); trials stopped early are hollow."""
     fig, ax = plt.subplots(figsize=(7, 5))
     for row in table:
         if row.get(accuracy_key) is None or row.get("discard_rate") is None:
@@ -137,7 +137,8 @@ def sweep_scatter(table: Sequence[Mapping], accuracy_key: str, best: str):
         ax.scatter(row["discard_rate"], row[accuracy_key], s=160 if row["trial"] == best else 50,
                    marker="*" if row["trial"] == best else "o", facecolors=None if done else "none",
                    edgecolors="C0" if not done else None, color="C1" if row["trial"] == best else "C0")
-        ax.annotate(f"γ{row['gamma_c']:g} λL{row['lambda_l']:g} λt{row['lambda_t']:g}", (row["discard_rate"], row[accuracy_key]),
+        label = " ".join(f"{p.partition('.')[2]}={row[p]}" for p in params)
+        ax.annotate(label, (row["discard_rate"], row[accuracy_key]),
                     fontsize=6, xytext=(3, 3), textcoords="offset points")
     ax.set_xlabel("discard rate on target-test (τ̂)")
     ax.set_ylabel("target-test top-1 (reading only, not used to select)")
