@@ -88,18 +88,21 @@ def fit_trials(cfg: SweepConfig, train: TrainConfig, resources: dict) -> TrialFi
 
     A trial of ``w`` workers needs ``w x train.cpus_per_worker + TRIAL_DRIVER_CPUS`` CPUs and ``w x
     train.gpus_per_worker`` GPUs (absent: 1 per worker when the cluster has GPUs); ``sweep.data_cpus`` CPUs
-    stay free. ``workers`` is the largest ``w <= train.workers`` with which one trial fits; a SweepError when
-    even one worker does not fit."""
+    stay free for Ray Data when the trials ingest through it (``train.ingest`` ``ray_data``, or ``auto`` not yet
+    decided; memory ingest runs no Ray Data task). ``workers`` is the largest ``w <= train.workers`` with which
+    one trial fits; a SweepError when even one worker does not fit."""
     cpus, gpus = resources.get("CPU", 0.0), resources.get("GPU", 0.0)
+    data_cpus = 0.0 if train.ingest == "memory" else cfg.data_cpus
     gpus_per_worker = train.gpus_per_worker if train.gpus_per_worker is not None else (1.0 if gpus else 0.0)
 
     def at_once(workers: int) -> int:  # trials of ``workers`` workers that fit at once (1e-9: float sums)
-        fit = int((cpus - cfg.data_cpus + 1e-9) // (workers * train.cpus_per_worker + TRIAL_DRIVER_CPUS))
+        fit = int((cpus - data_cpus + 1e-9) // (workers * train.cpus_per_worker + TRIAL_DRIVER_CPUS))
         return min(fit, int((gpus + 1e-9) // (workers * gpus_per_worker))) if gpus_per_worker else fit
 
     def needs(workers: int) -> str:
         return (f"{workers * train.cpus_per_worker + TRIAL_DRIVER_CPUS:g} CPUs ({workers} workers x {train.cpus_per_worker:g} + "
-                f"{TRIAL_DRIVER_CPUS}) and {workers * gpus_per_worker:g} GPUs with {cfg.data_cpus:g} CPUs kept for Ray Data")
+                f"{TRIAL_DRIVER_CPUS}) and {workers * gpus_per_worker:g} GPUs"
+                + (f" with {data_cpus:g} CPUs kept for Ray Data" if data_cpus else ""))
 
     workers = next((w for w in range(train.workers, 0, -1) if at_once(w) >= 1), 0)
     has = f"the cluster has {cpus:g} CPUs and {gpus:g} GPUs"

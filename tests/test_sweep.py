@@ -165,6 +165,12 @@ def test_trials_fit_the_cluster_with_fewer_workers_when_one_does_not():
         fit_trials(cfg, one, {"CPU": 1.5})
     with pytest.raises(ConfigError, match="sweep.data_cpus must be >= 1"):
         SweepConfig(data_cpus=0.5)
+    # memory ingest runs no Ray Data task: no CPU is kept for it
+    memory = fit_trials(cfg, TrainConfig(workers=2, cpus_per_worker=1.0, batch_size=32, ingest="memory"), {"CPU": 2.0})
+    assert (memory.workers, memory.concurrent) == (1, 1)
+    assert memory.note == ("a trial at train.workers=2 needs 2.1 CPUs (2 workers x 1 + 0.1) and 0 GPUs, but the cluster "
+                           "has 2 CPUs and 0 GPUs: trials run with 1 worker each (global batch 32 instead of 64 clips per domain)")
+    assert fit_trials(cfg, TrainConfig(workers=1, cpus_per_worker=1.0, ingest="memory"), {"CPU": 2.0}).note == ""
 
 
 def test_an_adafocus_sweep_selects_on_its_own_selector_label():
