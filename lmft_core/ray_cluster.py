@@ -112,19 +112,34 @@ def connect(shared_paths: Iterable[str | Path] = ()):
     """
     import ray
 
+    from lmft_core.console import quiet_ray_data, ray_init_options
+
     if not ray.is_initialized():
         address = cluster_address()
         env = forwarded_env()
         runtime_env = {"env_vars": env} if env else None
         try:
-            ray.init(address=address or "local", runtime_env=runtime_env)
+            ray.init(address=address or "local", runtime_env=runtime_env, **ray_init_options())
         except (ConnectionError, ray.exceptions.AuthenticationError) as e:
             if not address:
                 raise
             raise _connection_error(address, e) from None
+        quiet_ray_data()
+        print(f"[lmft] Ray: {ray.cluster_resources().get('CPU', 0):g} CPUs; Ray's own logs: "
+              f"{ray_logs_dir()} (--verbose shows them here)", flush=True)
     for path in shared_paths:
         check_shared_storage(path)
     return ray
+
+
+def ray_logs_dir() -> str:
+    """The folder of this Ray session's log files (workers', actors', Ray Data's) on the driver's node."""
+    import ray
+
+    try:
+        return str(Path(ray._private.worker._global_node.get_session_dir_path()) / "logs")
+    except AttributeError:  # connected as a client, without a local node
+        return "the head node's /tmp/ray/session_latest/logs"
 
 
 def _node_sees(path: str) -> bool:
