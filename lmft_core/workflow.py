@@ -21,6 +21,9 @@ predict      ``predictions/<hash>/`` (model version, input rows)               i
 source and target clips, :mod:`lmft_core.pretrain`); adapt and evaluate then start from its encoder
 (``model.pretrained``, which their run names hash, so they are keyed on it).
 
+The console shows a banner as each stage starts (with the time since the start), one line per training epoch,
+and last a table of the adapted model against each baseline (:mod:`lmft_core.console`, ``docs/console.md``).
+
 One MLflow parent run per workflow (``workflow-<profile>-<hash>``, reopened by a re-run of the same
 workflow) with each stage's run nested under it. Layout of the work directory (``--workdir``)::
 
@@ -69,7 +72,7 @@ class FullRunResult:
     comparison: list[dict]
     predictions: str
     prediction_summary: dict
-    elapsed_s: float = float("nan")  # the workflow's wall-clock time in this process
+    elapsed_s: float  # the workflow's wall-clock time in this process
 
 
 def _key(*parts: object) -> str:
@@ -359,7 +362,6 @@ def run_full(profile: RunConfig, workdir: str | Path, manifest: str | Path | Non
                 if stage.name in force:
                     _force(stage.name, stage.outputs(flow))
                 stage.run(flow)
-        parent.log_metrics({"workflow/elapsed_s": clock.elapsed_s})
         experiment_id = parent.client.get_run(parent.run_id).info.experiment_id
         cfg = profile.workflow
         return FullRunResult(
