@@ -50,16 +50,20 @@ class _LmftFormatter(logging.Formatter):
 
 
 def setup_logging() -> None:
-    """lmft's own log records on stderr as ``[lmft] warning: ...``; MLflow's INFO and WARNING records (``Creating
+    """lmft's own log records on stderr as ``[lmft] warning: ...`` (INFO ones only with ``--verbose``); MLflow's INFO and WARNING records (``Creating
     initial MLflow database tables``, the pickle-format caution for a format lmft chooses on purpose) and its
     artifact download bars only with ``--verbose``."""
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(line_buffering=True)  # in a pipe too, lines keep their order with stderr's
     lmft = logging.getLogger("lmft_core")
-    if not any(isinstance(h.formatter, _LmftFormatter) for h in lmft.handlers):
+    handler = next((h for h in lmft.handlers if isinstance(h.formatter, _LmftFormatter)), None)
+    if handler is None:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(_LmftFormatter())
         lmft.addHandler(handler)
         lmft.propagate = False
     lmft.setLevel(logging.INFO)
+    handler.setLevel(logging.INFO if verbose() else logging.WARNING)
     level = "INFO" if verbose() else "ERROR"
     os.environ["MLFLOW_LOGGING_LEVEL"] = level  # read when mlflow is imported (here and in Ray workers)
     os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = str(verbose()).lower()  # read at each download
@@ -108,6 +112,11 @@ def duration(seconds: float) -> str:
         return f"{s} s"
     h, rest = divmod(s, 3600)
     return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60}:{rest % 60:02d}"
+
+
+def plural(n: int, word: str) -> str:
+    """``1 epoch``, ``10 epochs``."""
+    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 def _num(value: float | None, fmt: str) -> str:

@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lmft_core.config import ConfigError
-from lmft_core.console import StageClock, duration, table
+from lmft_core.console import StageClock, duration, plural, table
 from lmft_core.demo_data import generate_demo_data
 from lmft_core.files import atomic_write, file_sha256
 from lmft_core.manifest import Manifest, load_manifest
@@ -205,8 +205,8 @@ class Adapt(Stage):
     def note(self, flow: Flow) -> str:
         p = flow.profile
         if p.workflow.adapt == "sweep":
-            return f"sweep of {p.sweep.trials} trials ({p.sweep.search}), {p.train.epochs} epochs each"
-        return f"adapted training ({p.selector.label}), {p.train.epochs} epochs"
+            return f"sweep of {p.sweep.trials()} trials ({p.sweep.search}), {plural(p.train.epochs, 'epoch')} each"
+        return f"adapted training ({p.selector.label}), {plural(p.train.epochs, 'epoch')}"
 
     def run(self, flow: Flow) -> None:
         if flow.profile.workflow.adapt == "sweep":
