@@ -73,7 +73,8 @@ def user_errors() -> tuple[type[BaseException], ...]:
 def run_main(work: Callable[[], str]) -> int:
     """Run an entry script's ``work`` (it returns the final message) and return the exit status: 0, 2 for a
     :func:`user_errors` error (printed as one line), :data:`~lmft_core.config.INTERRUPTED_EXIT` on Ctrl-C. Ray is
-    shut down before the final message, so that nothing of Ray's prints after it."""
+    shut down before the final message (when the work connected to it), so that nothing of Ray's prints after it."""
+    connected_before = _ray_connected()
     try:
         message = work()
     except KeyboardInterrupt:
@@ -84,10 +85,14 @@ def run_main(work: Callable[[], str]) -> int:
             raise
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if "ray" in sys.modules:
+    if _ray_connected() and not connected_before:
         import ray
 
-        if ray.is_initialized():
-            ray.shutdown()
+        ray.shutdown()
     print(message, flush=True)
     return 0
+
+
+def _ray_connected() -> bool:
+    """Whether this process is connected to Ray (without importing Ray when nothing has)."""
+    return "ray" in sys.modules and sys.modules["ray"].is_initialized()
