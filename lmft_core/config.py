@@ -22,9 +22,17 @@ import dataclasses
 import tomllib
 import typing
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+
+PROFILE_DIR = Path(__file__).parent / "profiles"  # the named profiles, <name>.toml (lmft_core.run_config)
+DEFAULT_PROFILE = "demo"  # what every entry script and load_profile use when no profile is named
+
+
+def available_profiles() -> list[str]:
+    return sorted(p.stem for p in PROFILE_DIR.glob("*.toml"))
 
 # Field metadata key: a config field whose value is derived from elsewhere (another section, the
 # shards' metadata) and that a profile section may therefore not set, e.g.

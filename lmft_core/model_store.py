@@ -15,6 +15,7 @@ import json
 from dataclasses import asdict, dataclass
 
 from lmft_core.config import ClipConfig, ConfigError
+from lmft_core.console import library_prints
 from lmft_core.energy import EnergyConfig
 from lmft_core.tracking import using_tracking_uri
 
@@ -123,7 +124,7 @@ def register(model_uri: str, name: str, alias: str, tracking_uri: str, tags: dic
     if existing:
         version = existing[0]
     else:
-        with using_tracking_uri(tracking_uri):
+        with using_tracking_uri(tracking_uri), library_prints():
             version = mlflow.register_model(model_uri, name)
     for key, value in (facts.tags() | (tags or {})).items():
         client.set_model_version_tag(name, version.version, key, value)

@@ -27,7 +27,16 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from lmft_core.config import DERIVED, ClipConfig, ConfigError, from_dict, parse_override
+from lmft_core.config import (
+    DEFAULT_PROFILE,
+    DERIVED,
+    PROFILE_DIR,
+    ClipConfig,
+    ConfigError,
+    available_profiles,
+    from_dict,
+    parse_override,
+)
 from lmft_core.demo_data import DemoDataConfig
 from lmft_core.energy import EnergyConfig
 from lmft_core.model.policy import PolicyConfig
@@ -40,9 +49,7 @@ from lmft_core.tracking import TrackingConfig
 from lmft_core.train.config import TrainConfig
 from lmft_core.train.names import EVAL_SOURCE_VAL, EVAL_TARGET, eval_metric
 
-PROFILE_DIR = Path(__file__).parent / "profiles"
 REFERENCE_MD = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
-DEFAULT_PROFILE = "demo"  # what every CLI and load_profile use when no profile is named
 
 SEARCHES = ("grid", "random", "optuna")
 # the space a [sweep] without its own searches: the paper's gamma_c, lambda_L and lambda_t
@@ -319,6 +326,37 @@ class RunConfig:
         """Every section's values, defaults included, JSON-able (what identifies the configuration)."""
         return json.loads(json.dumps({s: dataclasses.asdict(getattr(self, s)) for s in section_names()}, default=str))
 
+    def to_toml(self) -> str:
+        """This configuration as a profile file (``--print-config``): every section and key, defaults included,
+        derived keys left out; loading it builds an equal configuration. A key whose value is unset (None) is a
+        comment, since TOML has no null and a missing key loads as its default, None."""
+        lines = [f"# the resolved configuration of profile {self.name!r} ({self.path}), every key stated"]
+        for name in section_names():
+            section = getattr(self, name)
+            lines += ["", f"[{name}]"]
+            for f in dataclasses.fields(section):
+                if f.init and DERIVED not in f.metadata:
+                    value = getattr(section, f.name)
+                    lines.append(f"# {f.name}: unset" if value is None else f"{f.name} = {_toml_value(value)}")
+        return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    """A TOML literal of a config value: bool, number (nan and inf as TOML spells them), string, path, list or
+    tuple, dataclass or dict (an inline table, unset entries left out)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (str, Path)):
+        return json.dumps(str(value))
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    items = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else dict(value)
+    return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in items.items() if v is not None) + " }"
+
 
 def section_names() -> tuple[str, ...]:
     """The sections a profile may have (the fields of :class:`RunConfig` that are sections)."""
@@ -328,10 +366,6 @@ def section_names() -> tuple[str, ...]:
 def section_class(name: str) -> type:
     """The dataclass of section ``name`` (the type of that field of :class:`RunConfig`)."""
     return typing.get_type_hints(RunConfig)[name]
-
-
-def available_profiles() -> list[str]:
-    return sorted(p.stem for p in PROFILE_DIR.glob("*.toml"))
 
 
 def load_profile(name_or_path: str | Path = DEFAULT_PROFILE, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
@@ -494,16 +528,3 @@ if __name__ == "__main__":
 
     this.REFERENCE_MD.write_text(this.reference())
     print(f"wrote {this.REFERENCE_MD}", file=sys.stderr)
-
-
-def run_arguments(description: str):
-    """The command line of a run on a preprocessing output (``pipelines/train.py``, ``pipelines/pretrain.py``):
-    ``--shards``, ``--profile``, ``--workdir``, ``--set section.key=value`` (repeatable, as ``overrides``)."""
-    import argparse
-
-    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--shards", required=True, type=Path, help="preprocessing output (root with LATEST, or a <hash> folder)")
-    p.add_argument("--profile", default=DEFAULT_PROFILE, help=f"one of {available_profiles()} or a .toml path")
-    p.add_argument("--workdir", type=Path, default=Path("outputs"), help="where checkpoints, run files and the embedded MLflow store go")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
-    return p

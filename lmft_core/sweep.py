@@ -44,6 +44,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from lmft_core.console import verbose
 from lmft_core.files import atomic_write
 from lmft_core.run_config import TARGET_METRIC, RunConfig, SweepConfig, metric_of
 from lmft_core.train.config import TrainConfig
@@ -245,7 +246,7 @@ def run_sweep(profile: RunConfig, shards_path: str | Path, workdir: str | Path, 
             param_space=param_space(cfg) | {"ctx": ctx},
             tune_config=tune.TuneConfig(metric=metric, mode=mode, num_samples=1 if cfg.search == "grid" else cfg.num_samples,
                                         search_alg=searcher, scheduler=scheduler, max_concurrent_trials=fit.concurrent),
-            run_config=tune.RunConfig(name=name, storage_path=str(workdir / "tune"),
+            run_config=tune.RunConfig(name=name, storage_path=str(workdir / "tune"), verbose=2 if verbose() else 1,
                                       callbacks=[_release_callback(workdir / "sweeps" / name)]),
         )
         grid = tuner.fit()

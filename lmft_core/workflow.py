@@ -21,6 +21,9 @@ predict      ``predictions/<hash>/`` (model version, input rows)               i
 source and target clips, :mod:`lmft_core.pretrain`); adapt and evaluate then start from its encoder
 (``model.pretrained``, which their run names hash, so they are keyed on it).
 
+The console shows a banner as each stage starts (with the time since the start), one line per training epoch,
+and last a table of the adapted model against each baseline (:mod:`lmft_core.console`, ``docs/console.md``).
+
 One MLflow parent run per workflow (``workflow-<profile>-<hash>``, reopened by a re-run of the same
 workflow) with each stage's run nested under it. Layout of the work directory (``--workdir``)::
 
@@ -42,6 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lmft_core.config import ConfigError
+from lmft_core.console import StageClock, duration, plural, table
 from lmft_core.demo_data import generate_demo_data
 from lmft_core.files import atomic_write, file_sha256
 from lmft_core.manifest import Manifest, load_manifest
@@ -69,6 +73,7 @@ class FullRunResult:
     predictions: str
     prediction_summary: dict
     stage_seconds: dict[str, float]  # wall-clock of each stage this run ("generate": the demo data), in order
+    elapsed_s: float  # the workflow's wall-clock time in this process
 
 
 def _key(*parts: object) -> str:
@@ -121,6 +126,14 @@ class Stage(ABC):
     def outputs(self, flow: Flow) -> list[Path]:
         return []  # a stage that writes no files (register: a registry version, reused when it exists)
 
+    def enabled(self, profile: RunConfig) -> bool:
+        """Whether ``profile`` runs this stage (its banner is printed only then)."""
+        return True
+
+    def note(self, flow: Flow) -> str:
+        """What the stage's banner says besides its name."""
+        return ""
+
     @abstractmethod
     def run(self, flow: Flow) -> None:
         """Do the stage's work (skipping what its outputs already hold), recording what it made in ``flow``."""
@@ -160,16 +173,15 @@ class Pretrain(Stage):
     def outputs(self, flow: Flow) -> list[Path]:
         from lmft_core.pretrain.run import prepare_pretrain
 
-        if not flow.profile.workflow.pretrain:
-            return []
         _, name = prepare_pretrain(flow.profile, flow.shards, flow.workdir)
         return [flow.workdir / "pretrain" / name, flow.workdir / "ray_train" / name]
+
+    def enabled(self, profile: RunConfig) -> bool:
+        return profile.workflow.pretrain
 
     def run(self, flow: Flow) -> None:
         from lmft_core.pretrain.run import run_pretrain
 
-        if not flow.profile.workflow.pretrain:
-            return
         pretrained = run_pretrain(flow.profile, flow.shards, flow.workdir, parent_run_id=flow.parent.run_id)
         flow.parent.log_metrics({"pretrain/final_loss": pretrained.final_loss, "pretrain/clips_per_s": pretrained.clips_per_s})
         flow.profile = flow.profile.with_overrides([f"model.pretrained={json.dumps(pretrained.encoder)}"])
@@ -191,6 +203,12 @@ class Adapt(Stage):
     def outputs(self, flow: Flow) -> list[Path]:
         return [flow.workdir / "sweeps"] if flow.profile.workflow.adapt == "sweep" else self.training(flow).outputs
 
+    def note(self, flow: Flow) -> str:
+        p = flow.profile
+        if p.workflow.adapt == "sweep":
+            return f"sweep of {p.sweep.trials()} trials ({p.sweep.search}), {plural(p.train.epochs, 'epoch')} each"
+        return f"adapted training ({p.selector.label}), {plural(p.train.epochs, 'epoch')}"
+
     def run(self, flow: Flow) -> None:
         if flow.profile.workflow.adapt == "sweep":
             from lmft_core.sweep import run_sweep, trial_overrides
@@ -200,7 +218,7 @@ class Adapt(Stage):
             flow.adapted_run, flow.model_uri = sweep.best_run_id, sweep.model_uri
             flow.adapted = flow.profile.with_overrides(trial_overrides(sweep.best_params))
         else:
-            trained = self.training(flow).run(parent_run_id=flow.parent.run_id)
+            trained = self.training(flow).run(parent_run_id=flow.parent.run_id, title=f"adapted ({flow.profile.selector.label})")
             flow.adapted_run, flow.model_uri, flow.adapted = trained.mlflow_run_id, trained.model_uri, flow.profile
         flow.adapted_evaluation = _evaluation_of(flow.adapted_run, flow.uri)
         flow.comparison = [_comparison_row("adapted", flow.adapted_evaluation, flow.adapted_run, flow.uri)]
@@ -226,9 +244,13 @@ class Evaluate(Stage):
     def outputs(self, flow: Flow) -> list[Path]:
         return [p for training in self.trainings(flow) for p in training.outputs]
 
+    def note(self, flow: Flow) -> str:
+        names = [t.job.selector.label for t in self.trainings(flow)]
+        return f"baseline training{'s' if len(names) != 1 else ''} {', '.join(names)}" if names else "no baselines"
+
     def run(self, flow: Flow) -> None:
         for training in self.trainings(flow):
-            result = training.run(parent_run_id=flow.parent.run_id)
+            result = training.run(parent_run_id=flow.parent.run_id, title=f"baseline ({training.job.selector.label})")
             flow.comparison.append(_comparison_row("baseline", result.evaluation, result.mlflow_run_id, flow.uri))
         with flow.stage_run("evaluate") as run:
             run.set_tags({"lmft.stage": "evaluate"})
@@ -313,13 +335,15 @@ def run_full(profile: RunConfig, workdir: str | Path, manifest: str | Path | Non
     uri = profile.tracking.resolve_uri(workdir)
     check_tracking_server(uri)  # an unreachable or refusing server fails here, before any work
     connect(shared_paths=[workdir])  # so does an unreachable Ray cluster or a workdir not shared by every node
+    stages = [stage for stage in (cls() for cls in STAGES) if stage.enabled(profile)]
+    clock = StageClock(1 + len(stages))
     t0 = time.perf_counter()
-    if manifest is None:
-        print(f"[lmft] demo data in {workdir / 'data'}")
-        manifest = generate_demo_data(profile.demo_data, workdir / "data")
-    data_s = time.perf_counter() - t0
-    checked = load_manifest(manifest)  # a bad manifest fails here, before any work
-    print(checked.summary())
+    with clock.stage("data", f"demo videos into {workdir / 'data'}" if manifest is None else str(manifest)):
+        if manifest is None:
+            manifest = generate_demo_data(profile.demo_data, workdir / "data")
+        data_s = time.perf_counter() - t0
+        checked = load_manifest(manifest)  # a bad manifest fails here, before any work
+        print(checked.summary())
     key = _key(profile.settings(), file_sha256(checked.path))
     state_dir = workdir / "workflow" / f"{profile.name}-{key}"
     state_dir.mkdir(parents=True, exist_ok=True)
@@ -336,11 +360,12 @@ def run_full(profile: RunConfig, workdir: str | Path, manifest: str | Path | Non
         parent.log_metrics({"data/videos": len(checked.rows), "data/classes": len(checked.classes)})
         flow = Flow(profile=profile, workdir=workdir, manifest=checked, uri=uri, parent=parent, state_dir=state_dir)
         seconds = {"generate": data_s}
-        for stage in (cls() for cls in STAGES):
+        for stage in stages:
             started = time.perf_counter()
-            if stage.name in force:
-                _force(stage.name, stage.outputs(flow))
-            stage.run(flow)
+            with clock.stage(stage.name, stage.note(flow)):
+                if stage.name in force:
+                    _force(stage.name, stage.outputs(flow))
+                stage.run(flow)
             seconds[stage.name] = time.perf_counter() - started
         parent.log_metrics({f"time/{name}_s": s for name, s in seconds.items()})
         experiment_id = parent.client.get_run(parent.run_id).info.experiment_id
@@ -350,7 +375,7 @@ def run_full(profile: RunConfig, workdir: str | Path, manifest: str | Path | Non
             experiment_url=experiment_url(uri, experiment_id), adapted_run=flow.adapted_run, model_uri=flow.model_uri,
             registered=f"models:/{cfg.model_name}@{cfg.alias}", model_version=flow.model.version,
             comparison=flow.comparison, predictions=flow.prediction["predictions"], prediction_summary=flow.prediction,
-            stage_seconds=seconds)
+            stage_seconds=seconds, elapsed_s=clock.elapsed_s)
 
 
 def _evaluation_of(run_id: str, uri: str) -> dict:
@@ -366,9 +391,10 @@ def _comparison_row(training: str, evaluation: dict, run_id: str, uri: str) -> d
 
     from lmft_core.train.evaluate import headline
 
-    metrics = MlflowClient(tracking_uri=uri).get_run(run_id).data.metrics
-    return {"training": training, **headline(evaluation),
-            "train_clips_per_s": metrics.get("final/train_clips_per_s", float("nan")), "run_id": run_id}
+    run = MlflowClient(tracking_uri=uri).get_run(run_id)
+    wall_s = (run.info.end_time - run.info.start_time) / 1000 if run.info.end_time else float("nan")
+    return {"training": training, **headline(evaluation), "train_wall_s": wall_s,
+            "train_clips_per_s": run.data.metrics.get("final/train_clips_per_s", float("nan")), "run_id": run_id}
 
 
 def _write_comparison(rows: list[dict], path: Path) -> Path:
@@ -381,16 +407,26 @@ def _write_comparison(rows: list[dict], path: Path) -> Path:
     return path
 
 
+def comparison_table(rows: list[dict]) -> str:
+    """The adapted model against each baseline training on target-test: top-1, discard rate, GFLOPs per clip and
+    the training's wall-clock time (its MLflow run's), one row per training."""
+    return table(["training", "target top-1", "discard rate", "GFLOPs/clip", "train time"],
+                 [[f"{r['training']} ({r['selector']})", f"{r['top1']:.3f}", f"{r['discard_rate']:.1%}",
+                   f"{r['gflops_per_clip']:.3f}", duration(r.get("train_wall_s", float("nan")))] for r in rows])
+
+
 def where_everything_is(result: FullRunResult) -> str:
-    """The end-of-run message: runs, model version, predictions, how to open MLflow."""
+    """The end-of-run message: runs, model version, predictions, how to open MLflow, and last the comparison
+    table (:func:`comparison_table`)."""
     ui = ui_command(result.tracking_uri)
     return "\n".join([
-        f"[lmft] workflow MLflow run {result.run_id} ({result.tracking_uri}); adapted model's run {result.adapted_run}",
-        f"[lmft] shards: {result.preprocess.output_dir}",
+        f"[lmft] ── done in {duration(result.elapsed_s)} " + "─" * 50,
         f"[lmft] model: {result.registered} (version {result.model_version}; logged as {result.model_uri})",
         f"[lmft] predictions: {result.predictions} ({result.prediction_summary['predicted']} labelled, "
         f"{result.prediction_summary['rejected']} rejected)",
-        *(f"[lmft]   {r['training']}: target top-1 {r['top1']:.3f}, discard rate {r['discard_rate']:.3f}" for r in result.comparison),
+        f"[lmft] MLflow: workflow run {result.run_id}, adapted model's run {result.adapted_run} ({result.tracking_uri})",
         f"[lmft] open MLflow: {ui}" if ui else f"[lmft] MLflow UI: {result.tracking_uri}",
         f"[lmft] this workflow's experiment (model-training view): {result.experiment_url}",
+        "",
+        comparison_table(result.comparison),
     ])

@@ -11,39 +11,26 @@ stages and resumes an interrupted one.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
-from lmft_core.config import INTERRUPTED, INTERRUPTED_EXIT, ConfigError
-from lmft_core.manifest import ManifestError
-from lmft_core.preprocess.decode import PreprocessError
-from lmft_core.pseudo_labels import WeightsError
-from lmft_core.run_config import DEFAULT_PROFILE, available_profiles, load_profile
-from lmft_core.sweep import SweepError
-from lmft_core.train.run import TrainError
-from lmft_core.workflow import STAGE_NAMES, run_full, where_everything_is
+from lmft_core.cli import load, parser, run_main
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--profile", default=DEFAULT_PROFILE, help=f"one of {available_profiles()} or a .toml path")
+    p = parser(__doc__)
     p.add_argument("--manifest", type=Path, help="dataset manifest (default: generate the demo data)")
     p.add_argument("--workdir", type=Path, default=Path("outputs"), help="where data, shards, runs and the MLflow store go")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
-    p.add_argument("--force", action="append", default=[], choices=STAGE_NAMES, help="redo this stage (repeatable)")
+    p.add_argument("--force", action="append", default=[], metavar="STAGE",
+                   help="redo this stage: preprocess, pretrain, adapt, evaluate, register or predict (repeatable)")
     args = p.parse_args(argv)
-    try:
-        profile = load_profile(args.profile, args.overrides)
-        result = run_full(profile, args.workdir, args.manifest, tuple(args.force))
-    except (ConfigError, ManifestError, FileExistsError, PreprocessError, WeightsError, TrainError, SweepError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(INTERRUPTED, file=sys.stderr)
-        return INTERRUPTED_EXIT
-    print(where_everything_is(result))
-    return 0
+
+    def work() -> str:
+        from lmft_core.workflow import run_full, where_everything_is
+
+        return where_everything_is(run_full(load(args), args.workdir, args.manifest, tuple(args.force)))
+
+    return run_main(work)
 
 
 if __name__ == "__main__":

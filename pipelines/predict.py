@@ -13,20 +13,16 @@ predict.output_format=csv``), ``rejects.csv`` and ``summary.json``.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
+from lmft_core.cli import load, parser
 from lmft_core.config import INTERRUPTED, INTERRUPTED_EXIT, ConfigError
 from lmft_core.manifest import ManifestError
-from lmft_core.model_store import resolve
-from lmft_core.predict import read_inputs, run_predict
-from lmft_core.run_config import DEFAULT_PROFILE, available_profiles, load_profile
-from lmft_core.tracking import check_tracking_server
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser(__doc__)  # --profile: its [predict] and [preprocess] decode settings
     p.add_argument("--model", required=True, help="MLflow model reference, e.g. models:/lmft@best")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--manifest", type=Path, help="CSV with a path column (an lmft manifest works)")
@@ -36,11 +32,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--output", required=True, type=Path)
     p.add_argument("--tracking-uri", default="", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or the embedded store)")
     p.add_argument("--workdir", type=Path, default=Path("outputs"), help="where the embedded MLflow store is")
-    p.add_argument("--profile", default=DEFAULT_PROFILE, help=f"decode and actor settings: one of {available_profiles()} or a .toml path")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     args = p.parse_args(argv)
     try:
-        profile = load_profile(args.profile, args.overrides)
+        profile = load(args)
+        from lmft_core.model_store import resolve  # after --help: torch, Ray and MLflow load only for work
+        from lmft_core.predict import read_inputs, run_predict
+        from lmft_core.tracking import check_tracking_server
+
         uri = args.tracking_uri or profile.tracking.resolve_uri(args.workdir)
         check_tracking_server(uri)
         model = resolve(args.model, uri)  # a missing model or alias fails here, before any work

@@ -15,25 +15,23 @@ from __future__ import annotations
 
 import sys
 
-from lmft_core.config import ConfigError
-from lmft_core.pretrain.run import run_pretrain
-from lmft_core.run_config import load_profile, run_arguments
-from lmft_core.train.run import TrainError
+from lmft_core.cli import load, run_arguments, run_main
 
 
 def main(argv: list[str] | None = None) -> int:
     args = run_arguments(__doc__).parse_args(argv)
-    try:
-        result = run_pretrain(load_profile(args.profile, args.overrides), args.shards, args.workdir)
-    except (ConfigError, TrainError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"[lmft] pretraining run {result.run_name}: final loss {result.final_loss:.4f}, {result.clips_per_s:.1f} clips/s, "
-          f"peak memory {result.peak_memory_mb:.0f} MB, {result.elapsed_s:.0f} s\n"
-          f"[lmft] encoder: {result.encoder}\n"
-          f"[lmft] adapt from it: python pipelines/train.py --shards <shards> --set model.pretrained={result.encoder}\n"
-          f"[lmft] MLflow run {result.mlflow_run_id} at {result.tracking_uri}")
-    return 0
+
+    def work() -> str:
+        from lmft_core.pretrain.run import run_pretrain
+
+        result = run_pretrain(load(args), args.shards, args.workdir)
+        return (f"[lmft] pretraining run {result.run_name}: final loss {result.final_loss:.4f}, {result.clips_per_s:.1f} "
+                f"clips/s, peak memory {result.peak_memory_mb:.0f} MB, {result.elapsed_s:.0f} s\n"
+                f"[lmft] encoder: {result.encoder}\n"
+                f"[lmft] adapt from it: python pipelines/train.py --shards <shards> --set model.pretrained={result.encoder}\n"
+                f"[lmft] MLflow run {result.mlflow_run_id} at {result.tracking_uri}")
+
+    return run_main(work)
 
 
 if __name__ == "__main__":

@@ -14,29 +14,24 @@ from __future__ import annotations
 
 import sys
 
-from lmft_core.config import INTERRUPTED, INTERRUPTED_EXIT, ConfigError
-from lmft_core.model import tau_text
-from lmft_core.run_config import load_profile, run_arguments
-from lmft_core.train.run import TrainError, run_training
+from lmft_core.cli import load, run_arguments, run_main
 
 
 def main(argv: list[str] | None = None) -> int:
     args = run_arguments(__doc__).parse_args(argv)
-    try:
-        profile = load_profile(args.profile, args.overrides)
-        result = run_training(profile, args.shards, args.workdir)
-    except (ConfigError, TrainError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(INTERRUPTED, file=sys.stderr)
-        return INTERRUPTED_EXIT
-    main_result = result.evaluation.get(next(iter(result.evaluation)), {})
-    print(f"[lmft] run {result.run_name}: target-test top-1 {main_result.get('top1', float('nan')):.3f}, "
-          f"discard rate {main_result.get('discard_rate', float('nan')):.3f}, tau_hat {tau_text(result.tau_hat)}\n"
-          f"[lmft] model: {result.model_uri}\n[lmft] checkpoint: {result.checkpoint}\n"
-          f"[lmft] MLflow run {result.mlflow_run_id} at {result.tracking_uri}")
-    return 0
+
+    def work() -> str:
+        from lmft_core.model import tau_text
+        from lmft_core.train.run import run_training
+
+        result = run_training(load(args), args.shards, args.workdir)
+        main_result = result.evaluation.get(next(iter(result.evaluation)), {})
+        return (f"[lmft] run {result.run_name}: target-test top-1 {main_result.get('top1', float('nan')):.3f}, "
+                f"discard rate {main_result.get('discard_rate', float('nan')):.3f}, tau_hat {tau_text(result.tau_hat)}\n"
+                f"[lmft] model: {result.model_uri}\n[lmft] checkpoint: {result.checkpoint}\n"
+                f"[lmft] MLflow run {result.mlflow_run_id} at {result.tracking_uri}")
+
+    return run_main(work)
 
 
 if __name__ == "__main__":

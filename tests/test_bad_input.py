@@ -34,11 +34,14 @@ CASES = {
 }
 
 
+@pytest.mark.parametrize("verbose", [[], ["--verbose"]], ids=["quiet", "verbose"])
 @pytest.mark.parametrize("case", CASES, ids=list(CASES))
-def test_main_job_refuses_bad_input_at_start(case, tmp_path, capsys):
+def test_main_job_refuses_bad_input_at_start(case, verbose, tmp_path, capsys, monkeypatch):
+    for name in ("LMFT_VERBOSE", "MLFLOW_LOGGING_LEVEL", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"):  # --verbose sets them
+        monkeypatch.delenv(name, raising=False)
     args, message = CASES[case]
     workdir = tmp_path / "work"
-    assert entry_main("full")(["--workdir", str(workdir), *args]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: ") and message in err
+    assert entry_main("full")(["--workdir", str(workdir), *args, *verbose]) == 2  # --verbose: the same error, the same code
+    out, err = capsys.readouterr()
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1 and out == ""
     assert not workdir.exists()

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lmft_core.console import EpochPrinter
 from lmft_core.files import JsonRecord
 from lmft_core.model import CheckpointError, ModelConfig
 from lmft_core.model.pretrained import check_pretrained
@@ -127,8 +128,9 @@ def run_pretrain(profile: RunConfig, shards_path: str | Path, workdir: str | Pat
             run.set_tags({"lmft.stage": "pretrain", "lmft.shards": job.shards, "lmft.masking": job.pretrain.masking})
         run.set_tags({"lmft.encoder": run_dir / ENCODER_FILE})
         job = replace(job, mlflow_run_id=run.run_id)
+        printer = EpochPrinter("pretrain", job.pretrain.epochs, show_tau=False)
         checkpoint = Path(fit_job(job, name, workdir, workdir / "ray_train", lambda: pretrain_datasets(job), fn=pretrain_fn,
-                                  split=(DATASET,)).checkpoint.path)
+                                  split=(DATASET,), printer=printer).checkpoint.path)
         encoder = Path(shutil.copy2(checkpoint / ENCODER_FILE, run_dir / ENCODER_FILE))
         figure = reconstruction_figure(job, checkpoint, run_dir / FIGURE_FILE)
         run.log_artifact(encoder, "pretrain")

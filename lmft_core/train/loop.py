@@ -186,7 +186,7 @@ def run_worker(job: TrainJob, dist: Dist, data: EpochData, checkpoint: dict | No
 def _train_epoch(learner: Learner, pairs: Iterator[Pair], dist: Dist, sink: MetricSink | None) -> dict[str, float]:
     cfg = learner.cfg
     limit = cfg.max_steps_per_epoch or learner.steps_per_epoch
-    wait = compute = clips = 0.0
+    wait = compute = clips = loss = discard = 0.0
     steps = 0
     while steps < limit:
         t0 = time.perf_counter()
@@ -197,6 +197,8 @@ def _train_epoch(learner: Learner, pairs: Iterator[Pair], dist: Dist, sink: Metr
         m = learner.step_once(micro)
         t2 = time.perf_counter()
         wait, compute, clips, steps = wait + (t1 - t0), compute + (t2 - t1), clips + m["clips"], steps + 1
+        loss += m["loss"]
+        discard += (m["discard_rate_source"] + m["discard_rate_target"]) / 2
         if dist.is_main and sink is not None:
             timing = {"step_time_s": t2 - t1, "data_wait_s": t1 - t0, "clips_per_s": m["clips"] / (t2 - t0)}
             sink.add({f"train/{k}": v for k, v in (m | timing).items() if k != "clips"}, learner.step)
@@ -204,7 +206,8 @@ def _train_epoch(learner: Learner, pairs: Iterator[Pair], dist: Dist, sink: Metr
         raise RuntimeError("an epoch took no step: a rank has fewer clips than one batch (train.batch_size x accum_steps)")
     total = wait + compute
     return {"epoch/steps": float(steps), "epoch/time_s": total, "epoch/clips_per_s": clips / total,
-            "epoch/data_wait_fraction": wait / total, "epoch/step_time_s": compute / steps}
+            "epoch/data_wait_fraction": wait / total, "epoch/step_time_s": compute / steps,
+            "epoch/loss": loss / steps, "epoch/discard_rate": discard / steps}
 
 
 def _evaluate(adapter: LMFTClassifier, shards: ShardSet, job: TrainJob, device: torch.device, amp_dtype,

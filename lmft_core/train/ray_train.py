@@ -193,6 +193,36 @@ class AttemptErrorRecorder(ray.train.UserCallback):
             f.write(json.dumps({"time": time.time(), "errors": errors}) + "\n")
 
 
+class EpochLog(ray.train.UserCallback):
+    """Ray Train callback (it runs in the controller, on the driver's node): rank 0's metrics of every report,
+    one JSON line each, appended to ``path``; the driver reads them while it waits for the fit and prints one
+    line per epoch (:class:`lmft_core.console.EpochPrinter`). Only numbers are kept."""
+
+    def __init__(self, path: str | Path):
+        self.path = str(path)
+
+    def after_report(self, run_context, metrics: list[dict], checkpoint) -> None:
+        import json
+
+        rank0 = {k: float(v) for k, v in (metrics[0] if metrics else {}).items() if isinstance(v, (int, float))}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(rank0) + "\n")
+
+
+def read_epoch_log(path: str | Path, offset: int) -> tuple[list[dict], int]:
+    """The complete lines of an :class:`EpochLog` file from byte ``offset`` on, parsed, and the offset after them."""
+    import json
+
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            data = f.read()
+    except FileNotFoundError:
+        return [], offset
+    end = data.rfind(b"\n") + 1
+    return [json.loads(line) for line in data[:end].splitlines() if line.strip()], offset + end
+
+
 class MetricSender(ray.train.UserCallback):
     """Ray Train callback (it runs in the controller): once Ray has registered a checkpoint, send the metrics rank 0
     kept in it (``unsent_metrics.json``, :func:`lmft_core.train.checkpoint.save_unsent_metrics`) to the MLflow run.

@@ -197,26 +197,30 @@ class TrainingRun:
             self.job = replace(self.job, mlflow_run_id=run.run_id)
             yield run
 
-    def fit(self, gpus: float | None = None, callbacks: list | None = None):
+    def fit(self, gpus: float | None = None, callbacks: list | None = None, title: str = ""):
         """Fit the job with Ray Train (resuming the run if it ran before), ``gpus`` per worker (None: connect
         to Ray and take ``train.gpus_per_worker``, else 1 when the cluster has GPUs); ``callbacks`` are Ray
-        Train callbacks (a sweep trial's report to Tune). Returns Ray's ``Result`` (its ``checkpoint`` is the
-        last epoch's)."""
+        Train callbacks (a sweep trial's report to Tune); ``title``: print one line per epoch under that name
+        (none printed without). Returns Ray's ``Result`` (its ``checkpoint`` is the last epoch's)."""
+        from lmft_core.console import EpochPrinter
         from lmft_core.train.ray_train import train_datasets
 
+        printer = EpochPrinter(title, self.job.train.epochs, show_tau=self.job.selector.uses_policy) if title else None
         ray_data = self.job.train.ingest == "ray_data"
         return fit_job(self.job, self.name, self.workdir, self.storage,
-                       lambda: train_datasets(self.shards, self.job.train) if ray_data else {}, gpus, callbacks=callbacks)
+                       lambda: train_datasets(self.shards, self.job.train) if ray_data else {}, gpus, callbacks=callbacks,
+                       printer=printer)
 
     def log_artifacts(self, run: Run, checkpoint: Path, elapsed_s: float) -> TrainResult:
         """Log the artifacts and the model of ``checkpoint`` into ``run``; returns the run's result."""
         return log_artifacts(self.job, self.shards, run, self.name, self.run_dir, checkpoint, self.profile.path, elapsed_s)
 
 
-    def run(self, parent_run_id: str | None = None) -> TrainResult:
+    def run(self, parent_run_id: str | None = None, title: str = "") -> TrainResult:
         """The whole run: the MLflow run (a child of ``parent_run_id``; reopened when the run ran before),
-        the fit (resumed from the last checkpoint), the artifacts and ``result.json``; a finished run
-        (``result.json`` exists) is not trained again and its result is returned."""
+        the fit (resumed from the last checkpoint; one line per epoch printed under ``title``, default
+        ``train <selector>``), the artifacts and ``result.json``; a finished run (``result.json`` exists) is
+        not trained again and its result is returned."""
         job, run_dir, shards = self.job, self.run_dir, self.shards
         if (done := finished(run_dir, TrainResult, "training")) is not None:
             return done
@@ -239,7 +243,7 @@ class TrainingRun:
                 run.log_metrics({"data/target_train_clips": n_target, "data/target_train_pseudo_pass": passing,
                                  "data/target_train_pseudo_pass_rate": passing / n_target,
                                  "data/steps_per_epoch": job.steps_per_epoch, **clip_report})
-            checkpoint = Path(self.fit().checkpoint.path)
+            checkpoint = Path(self.fit(title=title or f"train {job.selector.label}").checkpoint.path)
             result = self.log_artifacts(run, checkpoint, time.perf_counter() - self.started)
         result.save(run_dir / RESULT_FILE)
         return result
@@ -255,14 +259,25 @@ def finished(run_dir: Path, result: type, what: str):
     return None
 
 
-def fit_job(job, name: str, workdir: Path, storage: Path, datasets, gpus: float | None = None, **trainer_options):
+def fit_job(job, name: str, workdir: Path, storage: Path, datasets, gpus: float | None = None, printer=None,
+            **trainer_options):
     """Fit ``job`` (a training or pretraining job: its ``train`` section says the workers) with Ray Train as run
     ``name`` under ``storage`` (resuming it if it ran before); ``datasets()`` gives the Ray Datasets once Ray is
     connected; ``gpus`` per worker (None: ``train.gpus_per_worker``, else 1 when the cluster has GPUs);
     ``trainer_options`` go to :func:`~lmft_core.train.ray_train.build_trainer` (callbacks, a pretraining's ``fn``
-    and ``split``). Returns Ray's ``Result`` (its ``checkpoint`` is the last epoch's)."""
+    and ``split``); ``printer``: a :class:`~lmft_core.console.EpochPrinter` that prints rank 0's epoch reports as
+    they come (:class:`~lmft_core.train.ray_train.EpochLog`). Returns Ray's ``Result`` (its ``checkpoint`` is the
+    last epoch's)."""
     from lmft_core.ray_cluster import connect, forwarded_env
-    from lmft_core.train.ray_train import AttemptErrorRecorder, build_trainer, last_line, read_attempt_errors, send_backlog
+    from lmft_core.train.ray_train import (
+        AttemptErrorRecorder,
+        EpochLog,
+        build_trainer,
+        last_line,
+        read_attempt_errors,
+        read_epoch_log,
+        send_backlog,
+    )
 
     if gpus is None:  # not inside a sweep trial, which is on Ray already and passes its GPUs
         ray = connect(shared_paths=[workdir])  # checkpoints and run files: storage every node sees
@@ -271,14 +286,27 @@ def fit_job(job, name: str, workdir: Path, storage: Path, datasets, gpus: float 
     errors_file.parent.mkdir(parents=True, exist_ok=True)
     errors_file.unlink(missing_ok=True)  # this fit's attempts only
     callbacks = [AttemptErrorRecorder(errors_file), *(trainer_options.pop("callbacks", None) or [])]
+    epoch_file, read = errors_file.parent / EPOCH_LOG_FILE, {"offset": 0}
+    if printer is not None:
+        epoch_file.unlink(missing_ok=True)  # this fit's epochs only
+        callbacks.append(EpochLog(epoch_file))
+
+    def print_epochs() -> None:
+        lines, read["offset"] = read_epoch_log(epoch_file, read["offset"])
+        for metrics in lines:
+            printer.report(metrics)
+
     trainer = build_trainer(job, datasets(), name, storage, gpus, worker_env=forwarded_env(), callbacks=callbacks,
                             **trainer_options)
     try:
-        result = fit_interruptible(trainer)
+        result = fit_interruptible(trainer, print_epochs if printer is not None else None)
     except Exception as e:
         attempts = read_attempt_errors(errors_file) or [{-1: last_line(e)}]
         raise TrainError(failure_message(name, job.train.max_failures, attempts, latest_checkpoint(Path(storage) / name),
                                          ShardSet.open(job.shards).unreadable_files(read_all=True))) from e
+    finally:
+        if printer is not None:
+            printer.close()
     if result.checkpoint is None:
         raise TrainError(f"run {name} finished without a checkpoint")
     if job.mlflow_run_id:
@@ -300,10 +328,12 @@ def run_training(profile: RunConfig, shards_path: str | Path, workdir: str | Pat
 
 
 ATTEMPT_ERRORS_FILE = "attempt_errors.jsonl"
+EPOCH_LOG_FILE = "epochs.jsonl"  # rank 0's report per epoch, for the console (ray_train.EpochLog)
 
 
-def fit_interruptible(trainer):
-    """``trainer.fit()`` where Ctrl-C raises ``KeyboardInterrupt`` in the caller at once.
+def fit_interruptible(trainer, while_waiting=None):
+    """``trainer.fit()`` where Ctrl-C raises ``KeyboardInterrupt`` in the caller at once; ``while_waiting()`` (if
+    given) is called every half second while the fit runs, and once after it.
 
     Ray Train's ``fit`` in the main thread installs its own SIGINT handler, which asks the controller to abort and,
     when Ctrl-C also reached the controller's process (a terminal signals the whole process group), ends the process
@@ -324,6 +354,8 @@ def fit_interruptible(trainer):
     thread.start()
     while thread.is_alive():
         thread.join(0.5)
+        if while_waiting is not None:
+            while_waiting()
     if "error" in outcome:
         raise outcome["error"]
     return outcome["result"]
