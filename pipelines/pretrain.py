@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import sys
 
-from lmft_core.config import ConfigError
+from lmft_core.config import INTERRUPTED, INTERRUPTED_EXIT, ConfigError
 from lmft_core.pretrain.run import run_pretrain
 from lmft_core.run_config import load_profile, run_arguments
 from lmft_core.train.run import TrainError
@@ -28,6 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, TrainError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(INTERRUPTED, file=sys.stderr)
+        return INTERRUPTED_EXIT
     print(f"[lmft] pretraining run {result.run_name}: final loss {result.final_loss:.4f}, {result.clips_per_s:.1f} clips/s, "
           f"peak memory {result.peak_memory_mb:.0f} MB, {result.elapsed_s:.0f} s\n"
           f"[lmft] encoder: {result.encoder}\n"
