@@ -143,7 +143,8 @@ def test_ctrl_c_in_each_workflow_stage_then_rerun_finishes(tmp_path):
         else:
             proc = _start(command, log)
             _signal_when(proc, ready[stage], signal.SIGINT)
-        code, text = _reap(proc), log.read_text()
+        code = _reap(proc, timeout_s=900 if stage == "register" else 120)  # register: after the baseline's training
+        text = log.read_text()
         times[stage] = time.monotonic() - t0
         assert code == INTERRUPTED_EXIT, f"{stage}: exit {code}\n{text[-3000:]}"
         assert text.count(INTERRUPTED) == 1, f"{stage}:\n{text[-3000:]}"

@@ -246,7 +246,8 @@ def test_a_node_lost_mid_preprocessing_loses_no_video(cluster, tiny_demo, tiny_c
         busy: list[str] = []
 
         def a_task_runs_on_the_node() -> bool:
-            busy[:] = [c for c in _descendants(node.pid).values() if c.startswith("ray::") and not c.startswith("ray::IDLE")]
+            # the job's decode tasks and CLIP actors are titled ray::MapBatches(...), ray::MapWorker(MapBatches(...))
+            busy[:] = [c for c in _descendants(node.pid).values() if c.startswith("ray::") and "MapBatches(" in c]
             return bool(busy)
 
         wait_for(a_task_runs_on_the_node, 300, "a task of the job on the third node", driver, log)
