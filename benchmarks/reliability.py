@@ -83,9 +83,23 @@ FAULT_TESTS = [
      "written (the workers' RLIMIT_FSIZE cut to half a checkpoint: EFBIG, as ENOSPC)", "the worker group restarts "
      "from the last stored checkpoint and finishes; the error recorded; every stored checkpoint whole",
      "the steps after the last checkpoint, re-run"),
-    ("tests/test_faults.py::test_a_checkpoint_write_that_runs_out_of_space_says_so", "a checkpoint written with "
-     "64 KiB of space (file-size limit)", "an OSError naming the file, the bytes written and the space left (torch "
-     "alone says 'unexpected pos')", "the checkpoint being written (the last stored one stays)"),
+    ("tests/test_faults.py::test_a_write_that_runs_out_of_space_says_so_and_leaves_no_part_of_the_file", "a "
+     "checkpoint or a shard written with 64 KiB of space (file-size limit)", "an error naming the file, the bytes "
+     "written and the space left (torch alone says 'unexpected pos', Arrow 'Error writing bytes to file'); no part of "
+     "the shard left", "the file being written (the last stored checkpoint stays)"),
+    ("tests/test_faults.py::test_disk_full_while_shards_are_written", "the disk full while preprocessing writes its "
+     "shards (a 192 KiB tmpfs in a namespace of the test's own: a real ENOSPC in Ray Data's write tasks)", "exit 2 "
+     "with one line naming the shard, the bytes written and the space left; every file left whole; the re-run on a "
+     "disk with space keeps the completed shards and accounts for every video", "nothing (the shard being written "
+     "is redone)"),
+    ("tests/test_faults.py::test_ctrl_c_in_each_workflow_stage_then_rerun_finishes", "Ctrl-C (SIGINT to the process "
+     "group) in the workflow's preprocessing, evaluation (a baseline training), registration and prediction stages, "
+     "the same command run again after each", "exit 130, one message, no traceback, the stage's and the workflow's "
+     "MLflow runs KILLED, no staging folder left; each re-run continues (staged shards salvaged, finished trainings "
+     "kept); one workflow run, one run per training, one model version", "the unfinished part of the stage, redone"),
+    ("tests/test_ray_cluster.py::test_a_node_lost_mid_preprocessing_loses_no_video", "a node of a 3-node Ray cluster "
+     "lost (SIGKILL to its raylet and workers) while it runs preprocessing tasks", "Ray Data runs the lost tasks "
+     "again on the nodes left; the job finishes", "nothing: every video in the shards or the rejects"),
     ("tests/test_tracking_server.py::test_unreachable_server_fails_at_start", "tracking server unreachable at start",
      "exit 2 within the 30 s preflight, naming the URI", "nothing"),
     ("tests/test_tracking_server.py::test_refused_credentials_fail_at_start", "tracking server refuses the "
@@ -277,9 +291,8 @@ def fault_run() -> str:
         "that load, setup of shared fixtures included in the first test that needs them). *what the product does* and "
         "*what is lost* are what the test asserts; *result* is that test's outcome in this run.",
         markdown_table(["fault or bad input", "what the product does", "what is lost", "test", "result", "s"], rows),
-        "Not tried yet: the disk filling up while shards are written (a file-size limit on Ray Data's write tasks "
-        "cannot be set from outside as on the long-lived training workers); a Ray node lost mid-preprocessing on a "
-        "2-node cluster; Ctrl-C in the preprocessing, evaluation, registration and prediction stages (training only).",
+        "Not tried yet: Ctrl-C in the pretraining stage (it fits through the same interruptible Ray Train fit as "
+        "training, which the training rows try); a node lost mid-training or mid-prediction.",
     ])
 
 

@@ -15,7 +15,9 @@ empty), ``predicted_label``, ``predicted_index``, ``confidence``, one ``p_<class
 ``keep_ratio`` (kept tokens / all tokens at tau_hat), ``decoder`` and ``decode_note``; ``rejects.csv``
 (every input that could not be decoded or was not found, with its reason); ``summary.json`` (model,
 counts, accuracy where labels were given). Every input row is in exactly one of predictions and rejects
-(checked at the end).
+(checked at the end). One prediction run at a time writes into a folder (its ``.lock``); the pipeline writes into
+``_staging/`` there, removed when the run ends, also when it stops (Ctrl-C, an error), and at the start of the next
+run (one a killed run left).
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ import csv
 import json
 import shutil
 import time
-import uuid
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -35,7 +36,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lmft_core.config import ConfigError
-from lmft_core.files import atomic_write
+from lmft_core.files import atomic_write, exclusive
 from lmft_core.manifest import ManifestError, default_video_id
 from lmft_core.model_store import ModelInfo, load_model
 from lmft_core.preprocess.config import PreprocessConfig
@@ -177,14 +178,49 @@ def run_predict(model: ModelInfo, tracking_uri: str, inputs: pa.Table, output: s
     """Label ``inputs`` (:func:`read_inputs`) with ``model`` into ``output`` (module docstring), with the
     run's ``[predict]`` and ``[preprocess]`` (decode) settings."""
     from lmft_core.preprocess.decode import write_rejects_csv
+
+    t0 = time.perf_counter()
+    out = Path(output).resolve()
+    staging = out / "_staging"
+    with exclusive(out, "prediction run"):
+        shutil.rmtree(staging, ignore_errors=True)  # an earlier run's, stopped before it could remove it (killed)
+        try:
+            table, rejects = _predict_into(model, tracking_uri, inputs, staging, cfg, pre)
+            path = out / f"predictions.{cfg.output_format}"
+            if cfg.output_format == "parquet":
+                with atomic_write(path, "wb") as f:
+                    pq.write_table(table, f)
+            else:
+                import pyarrow.csv as pacsv
+
+                with atomic_write(path, "wb") as f:
+                    pacsv.write_csv(table, f)
+            write_rejects_csv(rejects, out / "rejects.csv")
+        finally:  # also on Ctrl-C: the next run would remove it, but a stopped run leaves nothing of its own behind
+            shutil.rmtree(staging, ignore_errors=True)
+    predicted_ids, expected = table.column("video_id").to_pylist(), inputs.column("video_id").to_pylist()
+    labelled = [(y, p) for y, p in zip(table.column("label").to_pylist(), table.column("predicted_label").to_pylist())
+                if y in model.classes] if table.num_columns > 1 else []
+    elapsed = time.perf_counter() - t0
+    summary = PredictSummary(
+        output_dir=str(out), predictions=str(path), rejects=str(out / "rejects.csv"), model=model.uri,
+        model_version=model.version, videos_in=len(expected), predicted=len(predicted_ids), rejected=len(rejects),
+        accuracy=sum(y == p for y, p in labelled) / len(labelled) if labelled else None, labelled=len(labelled),
+        elapsed_s=elapsed, videos_per_s=len(expected) / elapsed)
+    with atomic_write(out / "summary.json") as f:
+        f.write(json.dumps(asdict(summary) | {"classes": list(model.classes), "tau_hat": model.tau_hat}, indent=2))
+    return summary
+
+
+def _predict_into(model: ModelInfo, tracking_uri: str, inputs: pa.Table, staging: Path, cfg: PredictConfig,
+                  pre: PreprocessConfig) -> tuple[pa.Table, list[dict]]:
+    """The predictions table and the rejects of ``inputs``, the pipeline writing into ``staging``; every input is
+    in exactly one of them (else RuntimeError)."""
     from lmft_core.preprocess.run import decoded_dataset
     from lmft_core.preprocess.store import read_rejects_csv
     from lmft_core.ray_cluster import connect, forwarded_env
 
-    t0 = time.perf_counter()
-    out = Path(output).resolve()
-    staging = out / f"_staging-{uuid.uuid4().hex[:8]}"
-    connect(shared_paths=[out])
+    connect(shared_paths=[staging.parent])
     import ray.data  # the module connect() set up
 
     num_gpus = cfg.num_gpus if cfg.num_gpus is not None else (1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0)
@@ -198,35 +234,11 @@ def run_predict(model: ModelInfo, tracking_uri: str, inputs: pa.Table, output: s
                         **({"runtime_env": {"env_vars": env}} if env else {}))
     ds.write_parquet(str(staging / "parts"))
     parts = sorted((staging / "parts").glob("*.parquet"))
-    table = pa.concat_tables([pq.read_table(p) for p in parts]) if parts else None
+    table = pa.concat_tables([pq.read_table(p) for p in parts]) if parts else pa.table({"video_id": pa.array([], pa.string())})
     rejects = [r for f in sorted((staging / "rejects").glob("*.csv")) for r in read_rejects_csv(f)]
-    predicted_ids = table.column("video_id").to_pylist() if table is not None else []
+    predicted_ids = table.column("video_id").to_pylist()
     expected = inputs.column("video_id").to_pylist()
     if sorted(predicted_ids + [r["video_id"] for r in rejects]) != sorted(expected):
         raise RuntimeError(f"prediction lost or duplicated videos: {len(expected)} in, {len(predicted_ids)} predicted, "
                            f"{len(rejects)} rejected")
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"predictions.{cfg.output_format}"
-    if table is None:
-        table = pa.table({"video_id": pa.array([], pa.string())})
-    if cfg.output_format == "parquet":
-        with atomic_write(path, "wb") as f:
-            pq.write_table(table, f)
-    else:
-        import pyarrow.csv as pacsv
-
-        with atomic_write(path, "wb") as f:
-            pacsv.write_csv(table, f)
-    write_rejects_csv(rejects, out / "rejects.csv")
-    shutil.rmtree(staging, ignore_errors=True)
-    labelled = [(y, p) for y, p in zip(table.column("label").to_pylist(), table.column("predicted_label").to_pylist())
-                if y in model.classes] if table.num_columns > 1 else []
-    elapsed = time.perf_counter() - t0
-    summary = PredictSummary(
-        output_dir=str(out), predictions=str(path), rejects=str(out / "rejects.csv"), model=model.uri,
-        model_version=model.version, videos_in=len(expected), predicted=len(predicted_ids), rejected=len(rejects),
-        accuracy=sum(y == p for y, p in labelled) / len(labelled) if labelled else None, labelled=len(labelled),
-        elapsed_s=elapsed, videos_per_s=len(expected) / elapsed)
-    with atomic_write(out / "summary.json") as f:
-        f.write(json.dumps(asdict(summary) | {"classes": list(model.classes), "tau_hat": model.tau_hat}, indent=2))
-    return summary
+    return table, rejects

@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         model = resolve(args.model, uri)  # a missing model or alias fails here, before any work
         inputs = read_inputs(args.manifest, args.folder, args.domain, args.split)
         summary = run_predict(model, uri, inputs, args.output, profile.predict, profile.preprocess)
-    except (ConfigError, ManifestError) as e:
+    except (ConfigError, ManifestError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -1,20 +1,26 @@
 """Faults from outside the product, tried as they happen to a user: the driver killed (SIGKILL) or interrupted
-(Ctrl-C: SIGINT to its process group) mid-training and the same command run again; the MLflow tracking server
-stopping mid-training and coming back. Each test prints what it measured."""
+(Ctrl-C: SIGINT to its process group) mid-training, and Ctrl-C in each other stage of the workflow, then the same
+command run again; the MLflow tracking server stopping mid-training and coming back; the disk filling up while
+checkpoints or shards are written. Each test prints what it measured."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
+import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from mlflow import MlflowClient
 
-from conftest import REPO, TINY_CLIP_GEOMETRY, TINY_TRAIN
-from live_servers import free_port, stop_session, wait_for
+from conftest import REPO, TINY_CLIP_GEOMETRY, TINY_TRAIN, tiny_clip_overrides
+from live_servers import TINY_WORKFLOW, free_port, stop_session, wait_for
 from lmft_core.config import INTERRUPTED, INTERRUPTED_EXIT
 from lmft_core.train.checkpoint import load_checkpoint
 
@@ -29,12 +35,13 @@ def _start(command: list[str], log: Path) -> subprocess.Popen:
     return subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
 
 
-def _signal_when(proc: subprocess.Popen, ready: Path, sig: int, timeout_s: float = 300) -> None:
-    """Send ``sig`` to ``proc``'s process group (as Ctrl-C does to a terminal's foreground group) once ``ready`` exists."""
+def _signal_when(proc: subprocess.Popen, ready: Path | Callable[[], bool], sig: int, timeout_s: float = 600) -> None:
+    """Send ``sig`` to ``proc``'s process group (as Ctrl-C does to a terminal's foreground group) once ``ready`` exists
+    (a path) or is true (a function)."""
     deadline = time.monotonic() + timeout_s
-    while not ready.exists():
-        assert proc.poll() is None, f"the driver ended (code {proc.returncode}) before {ready} appeared"
-        assert time.monotonic() < deadline, f"{ready} did not appear within {timeout_s} s"
+    while not (ready.exists() if isinstance(ready, Path) else ready()):
+        assert proc.poll() is None, f"the driver ended (code {proc.returncode}) before {ready} was ready"
+        assert time.monotonic() < deadline, f"{ready} was not ready within {timeout_s} s"
         time.sleep(0.2)
     os.killpg(proc.pid, sig)
 
@@ -85,6 +92,93 @@ def test_driver_killed_then_interrupted_then_rerun_finishes_in_one_mlflow_run(ti
     assert load_checkpoint(checkpoints / "epoch_0006")["epoch"] == 6
     for key in ("train/tau", "train/loss", "epoch/steps"):
         assert sorted(m.step for m in client.get_metric_history(run_id, key)) == list(range(1, 7)), key
+
+
+# Runs pipelines/full.py with Ctrl-C (SIGINT to the whole process group, as a terminal sends it) as the register
+# stage calls lmft_core.model_store.register: that stage is a few MLflow calls, too short to hit from outside.
+INTERRUPT_AT_REGISTER = """
+import os, runpy, signal, sys
+import lmft_core.model_store as store
+register = store.register
+def interrupted(*args, **kwargs):
+    os.killpg(0, signal.SIGINT)
+    return register(*args, **kwargs)
+store.register = interrupted
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def _driver_lines(log: str) -> list[str]:
+    """The driver's own lines of a log (not those Ray forwards from its workers, which start with their name)."""
+    return [line for line in log.splitlines() if not line.startswith(("(", "\x1b[36m("))]
+
+
+def test_ctrl_c_in_each_workflow_stage_then_rerun_finishes(tmp_path):
+    """``pipelines/full.py`` (the tiny workflow, one baseline) interrupted by Ctrl-C in preprocessing (once a shard is
+    staged), in evaluation (the baseline's training started), in registration and in prediction (its staging folder
+    made), the same command each time, then run to the end. Each stop: exit 130, the one message, no traceback, the
+    stage's MLflow run and the workflow's KILLED, prediction's staging folder gone. Each re-run continues: the staged
+    shard salvaged, finished trainings not redone; at the end every input is in the predictions or the rejects, one
+    workflow run, one run per training, one registered version."""
+    workdir = tmp_path / "work"
+    command = [sys.executable, str(REPO / "pipelines" / "full.py"), "--workdir", str(workdir),
+               *[a for s in TINY_WORKFLOW + ["workflow.baselines=['full']", "preprocess.rows_per_shard=2",
+                                             "preprocess.decode_batch_size=2", "preprocess.labeler_batch_size=2"]
+                 for a in ("--set", s)]]
+    ready = {"preprocess": lambda: any(workdir.glob("shards/*/_staging/*/shards/*.parquet")),
+             "evaluate": lambda: any(workdir.glob("ray_train/demo-full-*")),
+             "predict": lambda: any(workdir.glob("predictions/*/_staging"))}
+    client = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}")
+
+    def runs() -> list:
+        experiment = client.get_experiment_by_name("lmft-demo")
+        return client.search_runs([experiment.experiment_id]) if experiment else []
+
+    killed, times, workflow = {}, {}, None
+    for stage in ("preprocess", "evaluate", "register", "predict"):
+        t0, log, before = time.monotonic(), tmp_path / f"{stage}.log", {r.info.run_id for r in runs()}
+        if stage == "register":
+            proc = _start([sys.executable, "-c", INTERRUPT_AT_REGISTER, *command[1:]], log)
+        else:
+            proc = _start(command, log)
+            _signal_when(proc, ready[stage], signal.SIGINT)
+        code = _reap(proc, timeout_s=900 if stage == "register" else 120)  # register: after the baseline's training
+        text = log.read_text()
+        times[stage] = time.monotonic() - t0
+        assert code == INTERRUPTED_EXIT, f"{stage}: exit {code}\n{text[-3000:]}"
+        assert text.count(INTERRUPTED) == 1, f"{stage}:\n{text[-3000:]}"
+        assert not [line for line in _driver_lines(text) if "Traceback" in line], f"{stage}:\n{text[-3000:]}"
+        now = runs()
+        assert not [r.info.run_name for r in now if r.info.status == "RUNNING"], stage
+        workflow = workflow or next(r for r in now if r.info.run_name.startswith("workflow-")).info.run_id
+        assert client.get_run(workflow).info.status == "KILLED", stage  # reopened by each re-run, KILLED again
+        killed[stage] = sorted(r.info.run_name for r in now if r.info.run_id not in before and r.info.status == "KILLED")
+        if stage == "preprocess":
+            assert not any(workdir.glob("shards/*/shards/.*"))  # no temporary file among the committed shards
+        if stage == "predict":
+            assert not any(workdir.glob("predictions/*/_staging"))
+    print("seconds to each stop: " + ", ".join(f"{k} {v:.0f}" for k, v in times.items()) + f"; new runs KILLED: {killed}")
+    assert killed["preprocess"] == ["preprocess", client.get_run(workflow).info.run_name]
+    assert len(killed["evaluate"]) == 1 and killed["evaluate"][0].startswith("demo-full-")  # the baseline's training
+    assert killed["register"] == ["register"] and killed["predict"] == ["predict"]
+    assert int(re.search(r"(\d+) already done", (tmp_path / "evaluate.log").read_text())[1]) >= 2  # the staged shard
+
+    t0 = time.monotonic()
+    finished = _start(command, tmp_path / "finished.log")
+    assert _reap(finished, timeout_s=900) == 0, (tmp_path / "finished.log").read_text()[-3000:]
+    print(f"the last re-run finished in {time.monotonic() - t0:.0f} s")
+    final = runs()
+    assert [r.info.run_id for r in final if r.info.run_name.startswith("workflow-")] == [workflow]
+    assert client.get_run(workflow).info.status == "FINISHED"
+    trainings = [r for r in final if r.info.run_name.startswith("demo-")]
+    assert sorted(r.info.run_name.split("-")[1] for r in trainings) == ["full", "lmft"]  # one run each, resumed
+    assert {r.info.status for r in trainings} == {"FINISHED"}
+    assert [v.version for v in client.search_model_versions("name='lmft-demo'")] == ["1"]
+    (pred_dir,) = workdir.glob("predictions/*")
+    summary = json.loads((pred_dir / "summary.json").read_text())
+    assert summary["predicted"] + summary["rejected"] == summary["videos_in"] > 0
+    assert sorted(p.name for p in pred_dir.iterdir()) == [".lock", "predictions.parquet", "rejects.csv", "summary.json"]
 
 
 def _mlflow_server(store: Path, port: int, log: Path) -> subprocess.Popen:
@@ -202,22 +296,86 @@ def test_disk_full_while_a_checkpoint_is_written(tiny_shards, tmp_path):
         assert sorted(m.step for m in client.get_metric_history(result.mlflow_run_id, key)) == list(range(1, 5)), key
 
 
-def test_a_checkpoint_write_that_runs_out_of_space_says_so(tmp_path):
-    """torch.save on a full disk says only "unexpected pos ..."; save_checkpoint says what failed: the file, the
-    bytes written, the space left (a subprocess with a 64 KiB file-size limit, EFBIG as a full disk's ENOSPC)."""
+def test_disk_full_while_shards_are_written(tiny_demo, tiny_clip_weights, tmp_path):
+    """``pipelines/preprocess.py`` writing its output onto a 192 KiB filesystem (a tmpfs, mounted in a user and mount
+    namespace of the test's own: ``unshare -Urm``, no root needed), which fills after a few shards of the 24 videos: a
+    real ENOSPC in Ray Data's write tasks. The run stops with exit 2 and one line naming the shard, the bytes written
+    and the space left; every file left on that disk is whole (no part of a shard, no temporary file). The same
+    command on a disk with space then keeps the shards the first run completed and accounts for every video."""
+    import shlex
+
+    import pyarrow.parquet as pq
+
+    if subprocess.run(["unshare", "-Urm", "true"], capture_output=True).returncode != 0:
+        pytest.skip("unshare -Urm is not permitted here (unprivileged user namespaces are off): no small filesystem "
+                    "can be mounted without root")
+    small, after = tmp_path / "small", tmp_path / "after"
+    small.mkdir()
+    sets = [a for s in TINY_CLIP_GEOMETRY + tiny_clip_overrides(tiny_clip_weights) + [
+        "preprocess.rows_per_shard=2", "preprocess.decode_batch_size=2", "preprocess.labeler_batch_size=2"]
+            for a in ("--set", s)]
+
+    def command(output: Path) -> list[str]:
+        return [sys.executable, str(REPO / "pipelines" / "preprocess.py"), "--manifest", str(tiny_demo),
+                "--output", str(output), *sets]
+
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")} | {
+        "RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(REPO)}
+    script = (f"mount -t tmpfs -o size=192k tmpfs {small} && {shlex.join(command(small / 'out'))}; code=$?; "
+              f"cp -a {small} {after}; exit $code")  # the tmpfs goes with the namespace: keep a copy to look at
+    t0 = time.monotonic()
+    full = subprocess.run(["unshare", "-Urm", "sh", "-c", script], env=env, capture_output=True, text=True, timeout=600)
+    print(f"stopped after {time.monotonic() - t0:.0f} s: {full.stderr.strip().splitlines()[-1][:300]}")
+    assert full.returncode == 2, full.stdout[-2000:] + full.stderr[-3000:]
+    error = full.stderr.strip().splitlines()[-1]
+    assert re.fullmatch(rf"error: {re.escape(str(small / 'out'))}/\w+/_staging/\w+/shards/[\w-]+\.parquet: the shard could "
+                        r"not be written \(\d+ bytes written, \d+ bytes free on its disk: a full disk or a file-size "
+                        r"limit\?\): .*No space left on device.*\. The complete shard files written so far are kept: "
+                        r"once there is space, re-running the same command continues from them\.", error), error
+    files = [f for f in after.rglob("*") if f.is_file()]
+    assert not [f for f in files if f.name.endswith(".tmp")], files
+    staged = [f for f in files if f.suffix == ".parquet"]
+    rows = sum(pq.read_table(f).num_rows for f in staged)  # every one whole: a part of a file would not read
+    assert staged and rows < 24, (staged, rows)
+
+    again = subprocess.run(command(after / "out"), env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"24 in manifest, {rows} already done, {24 - rows} processed now" in again.stdout, again.stdout
+    (metadata,) = after.glob("out/*/metadata.json")
+    counts = json.loads(metadata.read_text())["counts"]
+    assert counts["shard_rows"] + counts["rejects"] == counts["manifest_rows"] == 24, counts
+
+
+WRITERS = {  # a file of about 400 KB, written by each of lmft's writers: (the code, the file, what it is)
+    "checkpoint": ("from lmft_core.model import ThresholdPolicy\nfrom lmft_core.train.checkpoint import save_checkpoint\n"
+                   "save_checkpoint(folder, {'w': torch.zeros(100_000)}, ThresholdPolicy(), 1, {}, [], {})",
+                   "checkpoint.pt", "the checkpoint"),
+    "shard": ("import pyarrow as pa\nfrom lmft_core.preprocess.store import write_shard\n"
+              "write_shard(pa.table({'x': torch.rand(100_000).numpy()}), folder / 'part-0.parquet')",
+              "part-0.parquet", "the shard"),
+}
+
+
+@pytest.mark.parametrize("writer", sorted(WRITERS))
+def test_a_write_that_runs_out_of_space_says_so_and_leaves_no_part_of_the_file(writer, tmp_path):
+    """torch.save on a full disk says only "unexpected pos ...", Arrow "Error writing bytes to file"; lmft's writers say
+    what failed: the file, the bytes written, the space left (a subprocess with a 64 KiB file-size limit, EFBIG as a
+    full disk's ENOSPC). A shard is written under a temporary name: nothing of it is left in the folder."""
+    write, name, what = WRITERS[writer]
     code = f"""
-import resource, torch
-from lmft_core.model import ThresholdPolicy
-from lmft_core.train.checkpoint import save_checkpoint
+import resource, sys, torch
+from pathlib import Path
+folder = Path({str(tmp_path)!r})
 resource.setrlimit(resource.RLIMIT_FSIZE, (65536, resource.RLIM_INFINITY))
 try:
-    save_checkpoint({str(tmp_path)!r}, {{"w": torch.zeros(100_000)}}, ThresholdPolicy(), 1, {{}}, [], {{}})
+{textwrap.indent(write, "    ")}
 except OSError as e:
-    print("OSError:", e)
+    print(type(e).__name__, e.errno, e)
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                          env=os.environ | {"PYTHONPATH": str(REPO)})
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.startswith(f"OSError: {tmp_path / 'checkpoint.pt'}: the checkpoint could not be written (65536 bytes "
-                                 "written, "), out.stdout
-    assert "bytes free on its disk: a full disk or a file-size limit?): [enforce fail" in out.stdout, out.stdout
+    assert out.stdout.startswith(f"NoSpaceError 28 {tmp_path / name}: {what} could not be written (65536 bytes written, "), out.stdout
+    assert "bytes free on its disk: a full disk or a file-size limit?): " in out.stdout, out.stdout
+    if writer == "shard":
+        assert list(tmp_path.iterdir()) == []

@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import urllib.request
 import uuid
 from dataclasses import dataclass
@@ -226,3 +227,70 @@ def test_ray_address_decides_where_drivers_connect(monkeypatch):
     monkeypatch.setenv("RAY_ADDRESS", "http://127.0.0.1:8265")
     with pytest.raises(RayConnectionError, match=r"RAY_ADDRESS=http://127.0.0.1:8265 is a dashboard .* `ray job submit --address"):
         cluster_address()
+
+
+def _descendants(pid: int) -> dict[int, str]:
+    """The processes below ``pid`` (children, their children, ...): {pid: command line}."""
+    parents, commands = {}, {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            commands[int(stat.parent.name)] = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+        except (OSError, IndexError, UnicodeDecodeError):
+            continue
+        parents[int(stat.parent.name)] = int(fields[1])
+    found, frontier = {}, [pid]
+    while frontier:
+        frontier = [p for p, parent in parents.items() if parent in frontier and p not in found]
+        found |= {p: commands[p] for p in frontier}
+    return found
+
+
+# Last in this module: the node it adds is lost, and Ray takes a while to mark it dead.
+def test_a_node_lost_mid_preprocessing_loses_no_video(cluster, tiny_demo, tiny_clip_weights, tmp_path):
+    """A third node (1 CPU) joins the cluster and ``pipelines/preprocess.py`` runs on it (24 videos, Ray Data spreads
+    the tasks over the nodes); once a task of the job runs on the new node, the whole node is killed (SIGKILL to its
+    raylet, its workers and their decoder children: a machine lost). Ray Data runs the lost tasks again on the nodes
+    left and the job finishes; every video of the manifest is in exactly one of the shards or the rejects."""
+    from conftest import TINY_CLIP_GEOMETRY, tiny_clip_overrides
+
+    temp_dir = tempfile.mkdtemp(prefix="lmft-ray3-")
+    node = _start(["--address", cluster.gcs, "--temp-dir", temp_dir], cluster.env, tmp_path / "node3.log")
+    try:
+        wait_for(lambda: cluster.alive_nodes() == 3, 180, "third ray node", node, tmp_path / "node3.log")
+        sets = [a for s in TINY_CLIP_GEOMETRY + tiny_clip_overrides(tiny_clip_weights) + [
+            "preprocess.rows_per_shard=2", "preprocess.decode_batch_size=2", "preprocess.labeler_batch_size=2"]
+                for a in ("--set", s)]
+        env = {**cluster.env, "RAY_ADDRESS": cluster.gcs,
+               "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+        log = tmp_path / "preprocess.log"
+        t0 = time.monotonic()
+        driver = subprocess.Popen([sys.executable, str(REPO / "pipelines" / "preprocess.py"), "--manifest", str(tiny_demo),
+                                   "--output", str(tmp_path / "out"), *sets], env=env, stdout=log.open("w"),
+                                  stderr=subprocess.STDOUT, cwd=REPO)
+        busy: list[str] = []
+
+        def a_task_runs_on_the_node() -> bool:
+            # the job's decode tasks and CLIP actors are titled ray::MapBatches(...), ray::MapWorker(MapBatches(...))
+            busy[:] = [c for c in _descendants(node.pid).values() if c.startswith("ray::") and "MapBatches(" in c]
+            return bool(busy)
+
+        wait_for(a_task_runs_on_the_node, 300, "a task of the job on the third node", driver, log)
+        lost = _descendants(node.pid)
+        for pid in [node.pid, *lost]:
+            try:
+                os.kill(pid, 9)
+            except ProcessLookupError:
+                pass
+        t_kill = time.monotonic() - t0
+        code = driver.wait(timeout=600)
+        print(f"node lost after {t_kill:.0f} s while it ran {busy}; the job ended {time.monotonic() - t0 - t_kill:.0f} s "
+              f"later with exit code {code}")
+        assert code == 0, log.read_text()[-4000:]
+    finally:
+        stop_session(node)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+    (out,) = (tmp_path / "out").glob("*/metadata.json")
+    counts = json.loads(out.read_text())["counts"]
+    assert counts["shard_rows"] + counts["rejects"] == counts["manifest_rows"] == 24, counts  # and check_accounting passed
+    assert not list((tmp_path / "out").glob("*/_staging"))

@@ -5,7 +5,7 @@ The pipeline streams (nothing collects the videos on the driver)::
     from_arrow(manifest rows, one block per decode batch)
       -> map_batches(decode + motion energy)   CPU tasks, one isolated decoder child per worker (decode.py)
       -> map_batches(CLIP zero-shot)           actor pool, on GPUs when the cluster has them (labeler.py)
-      -> write_parquet                         into a staging folder, moved into shards/ at the end (store.py)
+      -> ShardSink                             complete files into a staging folder, moved into shards/ (store.py)
 
 Output folder (``<output>/<config hash>/``; a different configuration or manifest gets another
 folder, so outputs never mix; ``<output>/LATEST`` names the newest): see :mod:`lmft_core.shards.format`;
@@ -25,7 +25,6 @@ cluster, ``<output>`` must be storage every node can write (NFS or a mounted buc
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import json
 import time
 import uuid
@@ -37,7 +36,7 @@ import pyarrow as pa
 
 from lmft_core.config import ClipConfig
 from lmft_core.energy import EnergyConfig
-from lmft_core.files import atomic_write
+from lmft_core.files import NoSpaceError, atomic_write, exclusive
 from lmft_core.manifest import Manifest, load_manifest
 from lmft_core.preprocess.config import PreprocessConfig
 from lmft_core.preprocess.decode import PreprocessError, decode_batch
@@ -55,7 +54,7 @@ from lmft_core.preprocess.store import (
 from lmft_core.pseudo_labels import PseudoLabelConfig
 from lmft_core.ray_cluster import connect
 from lmft_core.run_config import RunConfig
-from lmft_core.shards.format import FRAMES_JPEG_QUALITY, FRAMES_JPEG_SUBSAMPLING, ROW_SCHEMA, SCHEMA_VERSION, SHARD_PARQUET_OPTIONS, shard_schema
+from lmft_core.shards.format import FRAMES_JPEG_QUALITY, FRAMES_JPEG_SUBSAMPLING, ROW_SCHEMA, SCHEMA_VERSION, shard_schema
 from lmft_core.stack import library_versions
 
 
@@ -169,7 +168,22 @@ def _run_pipeline(todo: pa.Table, manifest: Manifest, clip: ClipConfig, labels: 
         fn_constructor_kwargs={"cfg": labels, "classes": manifest.classes, "store_frames": pre.store_frames,
                                "num_threads": max(1, int(pre.labeler_num_cpus))},
     )
-    ds.write_parquet(str(staging / "shards"), min_rows_per_file=pre.rows_per_shard, **SHARD_PARQUET_OPTIONS)
+    from lmft_core.preprocess.sink import ShardSink
+
+    ds.write_datasink(ShardSink(staging / "shards", pre.rows_per_shard))
+
+
+def out_of_space_in(error: BaseException) -> NoSpaceError | None:
+    """The :class:`~lmft_core.files.NoSpaceError` of a write that ``error`` (what Ray Data raised on the driver) was
+    caused by, if any: Ray wraps a task's exception (its ``cause``), Ray Data chains it."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        cause = getattr(error, "cause", None)  # a RayTaskError, an instance of its cause's class too
+        if isinstance(error, NoSpaceError) and cause is None:
+            return error
+        error = cause or error.__cause__ or error.__context__
+    return None
 
 
 def run_preprocess(manifest: Manifest | str | Path, output_dir: str | Path, profile: RunConfig) -> PreprocessSummary:
@@ -192,12 +206,7 @@ def run_preprocess(manifest: Manifest | str | Path, output_dir: str | Path, prof
     digest = config_hash(content)
     root = Path(output_dir).resolve()
     out = root / digest
-    out.mkdir(parents=True, exist_ok=True)
-    with (out / ".lock").open("w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise PreprocessError(f"{out}: another preprocessing run is writing there") from None
+    with exclusive(out, "preprocessing run", PreprocessError):
         commit(out)  # salvage what an interrupted earlier run finished
         done, changed = done_and_changed(out, manifest)
         forget(out, changed)  # replaced files: their old rows and rejects go, the videos are processed again
@@ -208,7 +217,13 @@ def run_preprocess(manifest: Manifest | str | Path, output_dir: str | Path, prof
 
                 fetch_pretrained(labels)  # fail fast, before any work, when the weights cannot be had
             staging = out / "_staging" / uuid.uuid4().hex
-            _run_pipeline(manifest_table(manifest, todo_rows), manifest, clip, labels, pre, energy, staging)
+            try:
+                _run_pipeline(manifest_table(manifest, todo_rows), manifest, clip, labels, pre, energy, staging)
+            except Exception as e:
+                if (full := out_of_space_in(e)) is None:
+                    raise
+                raise PreprocessError(f"{full}. The complete shard files written so far are kept: once there is space, "
+                                      "re-running the same command continues from them.") from None
             commit(out)
         stats = shard_stats(out)
         rejects = read_rejects_csv(out / "rejects.csv")

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 
 from lmft_core.config import ClipConfig
 from lmft_core.energy import EnergyConfig
-from lmft_core.files import file_sha256
+from lmft_core.files import atomic_write, file_sha256
 from lmft_core.manifest import Manifest
 from lmft_core.preprocess.config import PreprocessConfig
 from lmft_core.preprocess.decode import PreprocessError, write_rejects_csv
@@ -28,6 +28,14 @@ from lmft_core.preprocess.identity import unchanged
 from lmft_core.pseudo_labels import PseudoLabelConfig, weights_identity
 from lmft_core.shards.format import IDENTITY_FIELDS, SCHEMA_VERSION, SHARD_PARQUET_OPTIONS
 from lmft_core.video import is_transient_reason
+
+
+def write_shard(table: pa.Table, path: Path) -> Path:
+    """``table`` as the shard file ``path``, written atomically (:func:`~lmft_core.files.atomic_write`: a full disk is
+    an error naming the file, the bytes written and the space left, and leaves no part of the file)."""
+    with atomic_write(path, "wb", what="the shard") as f:
+        pq.write_table(table, f, **SHARD_PARQUET_OPTIONS)
+    return path
 
 
 def read_rejects_csv(path: Path) -> list[dict]:
@@ -76,9 +84,7 @@ def forget(out: Path, video_ids: set[str]) -> None:
         if not kept.num_rows:
             f.unlink()
             continue
-        tmp = f.with_name(f".{f.name}.tmp")
-        pq.write_table(kept, tmp, **SHARD_PARQUET_OPTIONS)
-        os.replace(tmp, f)
+        write_shard(kept, f)
     rejects = read_rejects_csv(out / "rejects.csv")
     write_rejects_csv([r for r in rejects if r["video_id"] not in video_ids], out / "rejects.csv")
 
@@ -125,11 +131,7 @@ def commit(out: Path) -> None:
         if done.isdisjoint(ids):
             os.replace(f, shards / f.name)
         elif not done.issuperset(ids):
-            table = pq.read_table(f)
-            keep = pa.array([v not in done for v in ids])
-            tmp = f.with_name(f".{f.name}.filtered")
-            pq.write_table(table.filter(keep), tmp, **SHARD_PARQUET_OPTIONS)
-            os.replace(tmp, shards / f.name)
+            write_shard(pq.read_table(f).filter(pa.array([v not in done for v in ids])), shards / f.name)
         done.update(ids)
     rejects = [r for r in read_rejects_csv(out / "rejects.csv") if r["video_id"] not in done]  # retried, now decoded
     position = {r["video_id"]: i for i, r in enumerate(rejects)}

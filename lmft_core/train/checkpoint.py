@@ -15,11 +15,11 @@ stored, so ``weights_only=True`` loads it.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import torch
 
+from lmft_core.files import out_of_space
 from lmft_core.model import ThresholdPolicy
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -52,9 +52,7 @@ def save_checkpoint(folder: str | Path, learner_state: dict, policy: ThresholdPo
                     "rng": rng_state(), "config": config, "classes": list(classes), "clip": dict(clip),
                     "policy": policy.values()}, path)
     except (RuntimeError, OSError) as e:  # torch's writer turns a failed write into "unexpected pos ..."
-        written = path.stat().st_size if path.exists() else 0
-        raise OSError(f"{path}: the checkpoint could not be written ({written} bytes written, "
-                      f"{shutil.disk_usage(folder).free} bytes free on its disk: a full disk or a file-size limit?): {e}") from None
+        raise out_of_space(path, "the checkpoint", path.stat().st_size if path.exists() else 0, e) from None
     return path
 
 
