@@ -30,7 +30,8 @@ from typing import Any
 from lmft_core.config import DERIVED, ClipConfig, ConfigError, from_dict, parse_override
 from lmft_core.demo_data import DemoDataConfig
 from lmft_core.energy import EnergyConfig
-from lmft_core.model.policy import PolicyConfig
+from lmft_core.augment import check_hflip
+from lmft_core.model.policy import ESTIMATORS, PolicyConfig
 from lmft_core.model.selectors import SelectorConfig
 from lmft_core.model.vit import ModelConfig
 from lmft_core.preprocess.config import PreprocessConfig
@@ -197,7 +198,9 @@ class RunConfig:
         built["policy"] = selector.resolve_policy(built["policy"], clip)
         try:
             built["train"].evaluate_for(selector)  # [train] evaluate against the policy kind [selector] builds
-        except ConfigError as e:
+            check_estimator(built["policy"], built["train"])
+            check_hflip(built["demo_data"].classes, built["train"].hflip, built["train"].hflip_label_map, "demo_data.classes")
+        except (ConfigError, ValueError) as e:
             raise ConfigError(f"{path}: {e}") from None
         return cls(name=name, path=path, sections=sections, **built)
 
@@ -238,6 +241,14 @@ class RunConfig:
     def settings(self) -> dict[str, Any]:
         """Every section's values, defaults included, JSON-able (what identifies the configuration)."""
         return json.loads(json.dumps({s: dataclasses.asdict(getattr(self, s)) for s in section_names()}, default=str))
+
+
+def check_estimator(policy: PolicyConfig, train: TrainConfig) -> None:
+    """A per-clip estimator (``rloo``) needs at least 2 clip pairs per step for its leave-one-out baseline."""
+    pairs = train.batch_size * train.accum_steps * train.workers
+    if ESTIMATORS[policy.estimator].per_clip and pairs < 2:
+        raise ConfigError(f"policy.estimator={policy.estimator!r} needs >= 2 clip pairs per step for its leave-one-out "
+                          f"baseline; train.batch_size x accum_steps x workers is {pairs}")
 
 
 def section_names() -> tuple[str, ...]:

@@ -43,9 +43,11 @@ class LMFTClassifier(nn.Module):
         return cls(build_model(model), selector.resolve_policy(policy, model.clip).build(), selector, classes)
 
     def selection(self, energy: Tensor, generator: torch.Generator | None = None,
-                  selector: SelectorConfig | None = None) -> Selection:
-        """Keep mask of ``energy`` with the adapter's selector (or ``selector``, built on this policy)."""
-        return (selector or self.selector_config).build(self.policy)(energy, generator)
+                  selector: SelectorConfig | None = None, tau: Tensor | None = None) -> Selection:
+        """Keep mask of ``energy`` with the adapter's selector (or ``selector``, built on this policy); ``tau``
+        (B, *policy shape): each clip's own threshold, for a learned selector only."""
+        select = (selector or self.selector_config).build(self.policy)
+        return select(energy, generator) if tau is None else select(energy, generator, tau=tau)
 
     def forward(self, video: Tensor, energy: Tensor, generator: torch.Generator | None = None,
                 selector: SelectorConfig | None = None) -> tuple[Tensor, Selection]:
