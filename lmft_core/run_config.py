@@ -27,10 +27,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from lmft_core.augment import check_hflip
 from lmft_core.config import DERIVED, ClipConfig, ConfigError, from_dict, parse_override
 from lmft_core.demo_data import DemoDataConfig
 from lmft_core.energy import EnergyConfig
-from lmft_core.augment import check_hflip
 from lmft_core.model.policy import ESTIMATORS, PolicyConfig
 from lmft_core.model.selectors import SelectorConfig
 from lmft_core.model.vit import ModelConfig

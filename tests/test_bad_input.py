@@ -9,7 +9,8 @@ from conftest import entry_main
 
 CASES = {
     "unknown_profile": (["--profile", "papr"],
-                        "unknown profile 'papr'; available: ['demo', 'paper', 'results', 'results-small', 'results-tiny'] or a .toml path"),
+                        "unknown profile 'papr'; available: ['demo', 'paper', 'results', 'results-directions', 'results-small', 'results-tiny'] "
+                        "or a .toml path"),
     "missing_profile_file": (["--profile", "/nonexistent/mine.toml"], "profile file not found: /nonexistent/mine.toml"),
     "unknown_key": (["--set", "clip.num_frame=8"],
                     "--set clip.num_frame=8: [clip]: unknown key(s) ['num_frame']; known: ['image_size', 'num_frames', 'patch', 'tubelet']"),
@@ -19,6 +20,14 @@ CASES = {
     "no_dot": (["--set", "nodot"], "override 'nodot' is not of the form section.key=value"),
     "no_value": (["--set", "clip.num_frames"], "override 'clip.num_frames' is not of the form section.key=value"),
     "bad_value": (["--set", "clip.num_frames=15"], "--set clip.num_frames=15: [clip]: clip.num_frames=15 is not a multiple of clip.tubelet=2"),
+    "unknown_estimator": (["--set", "policy.estimator='rlo'"], "--set policy.estimator='rlo': [policy]: policy.estimator 'rlo' "
+                          "is not a registered threshold estimator; known: ['paper', 'rloo']"),
+    "unknown_selection_rule": (["--set", "train.self_selection='cbst'"], "train.self_selection 'cbst' is not a registered "
+                               "self-training selection rule; known: ['class_balanced', 'threshold']"),
+    "fraction_outside": (["--set", "train.self_fraction_max=1.2"], "train.self_fraction_max must be in (0, 1]"),
+    "flip_mislabels": (["--profile", "results-directions", "--set", "train.hflip_label_map={}"],
+                       "train.hflip = true, but the classes ['slide_left', 'slide_right', 'orbit_cw', 'orbit_ccw'] "
+                       "(demo_data.classes) name a direction"),
 }
 
 

@@ -15,17 +15,25 @@ import torch.nn.functional as F
 from test_train_step import CLIP, K, batch, learner
 
 from conftest import TINY_CLIP_GEOMETRY, TINY_TRAIN
+from lmft_core.config import ConfigError
 from lmft_core.model import ModelConfig, PolicyConfig, SelectorConfig
 from lmft_core.model.classifier import LMFTClassifier
 from lmft_core.registry import Registry
 from lmft_core.run_config import load_profile
 from lmft_core.shards.batch import model_input
 from lmft_core.shards.reader import BATCH_COLUMNS, ShardSet, batch_from_table, video_key
-from lmft_core.train.dist import Dist
-from lmft_core.config import ConfigError
 from lmft_core.train.config import TrainConfig
-from lmft_core.train.pseudo import (PSEUDO_LABEL_SOURCES, SELF_SELECTIONS, SelfLabels, predict_clips, pseudo_label_report,
-                                    refresh_self_labels, self_fraction, target_labels)
+from lmft_core.train.dist import Dist
+from lmft_core.train.pseudo import (
+    PSEUDO_LABEL_SOURCES,
+    SELF_SELECTIONS,
+    SelfLabels,
+    predict_clips,
+    pseudo_label_report,
+    refresh_self_labels,
+    self_fraction,
+    target_labels,
+)
 
 
 def naive_rule(source: str, clip_label: int, clip_pass: bool, self_label: int, self_pass: bool) -> int | None:
