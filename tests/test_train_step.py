@@ -420,3 +420,19 @@ def test_rloo_needs_two_clip_pairs_per_step_at_profile_load():
     assert load_profile("results-tiny", ["policy.estimator='rloo'", "train.accum_steps=2"]).policy.estimator == "rloo"
     with pytest.raises(ConfigError, match="policy.estimator 'reinforce' is not a registered"):
         load_profile("results-tiny", ["policy.estimator='reinforce'"])
+
+
+def test_rloo_with_a_threshold_per_segment_draws_one_row_of_thresholds_per_pair():
+    lrn = learner(selector="lmft-segment", estimator="rloo")
+    policy = lrn.adapter.policy
+    draws = policy.sample(step_generator(0, 0), n=4)  # (4 pairs, N_t - 1 segments)
+    assert draws.shape == (4, CLIP.grid[0] - 1)
+    batches = micro(0)
+    m = lrn.step_once(batches)
+    energy = torch.cat([batches[0][0].energy, batches[0][1].energy])
+    expected = keep_above(energy, torch.cat([draws, draws]), per_clip=True)
+    rho = 1 - expected.flatten(1).float().mean(1)
+    assert m["discard_rate_source"] == pytest.approx(float(rho[:4].mean()), abs=1e-6)
+    assert m["discard_rate_target"] == pytest.approx(float(rho[4:].mean()), abs=1e-6)
+    assert [m[f"tau/seg{t}"] for t in (1, 2, 3)] == pytest.approx(draws.mean(0).tolist(), abs=1e-6)
+    assert (policy.mu.detach() != 0.01).all()  # every segment learned from the pairs' rewards
