@@ -270,7 +270,7 @@ class Learner:
             rewards = reduced[len(names):].float()  # (world * pairs,), rank-major like tau_all
             advantages = self.estimator.advantage(policy, rewards)
             policy.surrogate(tau_all, advantages).backward()
-            advantage = advantages.abs().mean()
+            advantage = advantages.abs().mean()  # logged: the mean |A_i| (the A_i sum to 0)
             extra = {"reward_pair_mean": float(rewards.mean()), "reward_pair_sd": float(rewards.std())}
         elif self.learns_policy:
             policy.surrogate(sel.tau, advantage).backward()
