@@ -27,10 +27,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from lmft_core.augment import check_hflip
 from lmft_core.config import DERIVED, ClipConfig, ConfigError, from_dict, parse_override
 from lmft_core.demo_data import DemoDataConfig
 from lmft_core.energy import EnergyConfig
-from lmft_core.model.policy import PolicyConfig
+from lmft_core.model.policy import ESTIMATORS, PolicyConfig
 from lmft_core.model.selectors import SelectorConfig
 from lmft_core.model.vit import ModelConfig
 from lmft_core.preprocess.config import PreprocessConfig
@@ -275,9 +276,11 @@ class RunConfig:
             selector.check_grid(clip)  # adafocus: the window and segments fit the token grid
             built["train"].evaluate_for(selector)  # [train] evaluate against the policy kind [selector] builds
             built["pseudo_labels"].check_clip(clip.num_frames)  # CLIP sees at most the clip's frames
+            check_estimator(built["policy"], built["train"], selector)
+            check_hflip(built["demo_data"].classes, built["train"].hflip, built["train"].hflip_label_map, "demo_data.classes")
             built["sweep"].check_space(built, lambda s, k, v: from_dict(
                 section_class(s), {**sections.get(s, {}), k: v}, f"[{s}]"))
-        except ConfigError as e:
+        except (ConfigError, ValueError) as e:
             raise ConfigError(f"{path}: {e}") from None
         return cls(name=name, path=path, sections=sections, **built)
 
@@ -318,6 +321,21 @@ class RunConfig:
     def settings(self) -> dict[str, Any]:
         """Every section's values, defaults included, JSON-able (what identifies the configuration)."""
         return json.loads(json.dumps({s: dataclasses.asdict(getattr(self, s)) for s in section_names()}, default=str))
+
+
+def check_estimator(policy: PolicyConfig, train: TrainConfig, selector: SelectorConfig) -> None:
+    """A per-clip estimator (``rloo``) needs at least 2 clip pairs per step for its leave-one-out baseline,
+    and a threshold policy to train: ``adafocus`` trains its window policy with its own gradient instead."""
+    if not ESTIMATORS[policy.estimator].per_clip:
+        return
+    if selector.name == "adafocus":
+        raise ConfigError(f"policy.estimator={policy.estimator!r} estimates the threshold policy's gradient, which "
+                          "selector.name='adafocus' does not use (its window policy has its own gradient); set "
+                          "policy.estimator='paper' or a learned selector (lmft, lmft-segment)")
+    pairs = train.batch_size * train.accum_steps * train.workers
+    if pairs < 2:
+        raise ConfigError(f"policy.estimator={policy.estimator!r} needs >= 2 clip pairs per step for its leave-one-out "
+                          f"baseline; train.batch_size x accum_steps x workers is {pairs}")
 
 
 def section_names() -> tuple[str, ...]:

@@ -156,7 +156,8 @@ def run_worker(job: TrainJob, dist: Dist, data: EpochData, checkpoint: dict | No
         if learner.pseudo_source.uses_self and not last and (epoch + 1) % cfg.self_refresh_epochs == 0:
             learner.self_labels, pseudo = refresh_self_labels(
                 adapter, shards, dist, source=learner.pseudo_source, gamma_c=cfg.gamma_c, self_gamma=cfg.self_gamma,
-                epoch=epoch + 1, batch_size=cfg.eval_batch_size, device=device, amp_dtype=learner.amp_dtype)
+                epoch=epoch + 1, batch_size=cfg.eval_batch_size, device=device, amp_dtype=learner.amp_dtype,
+                selection=cfg.self_selection, fraction=cfg.self_fraction(epoch + 1))
             metrics.update(pseudo)
         if checkpoint is not None and epoch == start_epoch:
             metrics.update(resumed)

@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lmft_core.augment import label_map_tensor
+from lmft_core.augment import check_hflip, label_map_tensor
 from lmft_core.model import SelectorConfig
 from lmft_core.model.pretrained import CheckpointError, check_pretrained
 from lmft_core.run_config import RunConfig
@@ -99,6 +99,7 @@ def prepare(profile: RunConfig, shards: str | Path | ShardSet, workdir: str | Pa
             raise TrainError(f"model.pretrained: {e}") from None
     try:
         label_map_tensor(shards.classes, cfg.hflip_label_map)
+        check_hflip(shards.classes, cfg.hflip, cfg.hflip_label_map, "the shards' classes")
         counts = {key: shards.require(*key, what) for key, what in (
             (("source", "train"), "training (L_s)"), (("target", "train"), "training (adaptation)"),
             (("target", "test"), "the evaluation"))}
