@@ -204,6 +204,9 @@ def test_full_and_random_training_modes_leave_the_policy_parameters_alone():
         assert float(lrn.adapter.policy.mu.detach()) == pytest.approx(0.01)
         expected_discard = 0.0 if selector == "full" else round(0.5 * 64) / 64
         assert m["discard_rate_source"] == pytest.approx(expected_discard)
+        # baselines log only what applies to them: no threshold, so no tau, tau_hat or REINFORCE metrics
+        assert not {"tau", "tau_hat", "mu", "sigma", "reward", "advantage", "baseline"} & set(m) and "loss" in m
+    assert {"tau", "tau_hat", "mu", "sigma", "reward", "advantage", "baseline"} <= set(learner().step_once(micro(0)))
 
 
 def test_flip_moves_frames_and_energy_together_and_maps_labels():

@@ -241,11 +241,11 @@ class Learner:
         # tau, mu, sigma, tau_hat: floats; per segment, their mean and tau/seg1, ... (flat_metrics)
         values = policy.values()
         tau = float("nan") if sel.tau is None else sel.tau.detach().cpu().tolist()
-        return metrics | {
+        threshold = {  # only for a selector that draws on the threshold (not full, nor random at a fixed rate)
             "reward": float(reward), "advantage": float(advantage), "baseline": float(policy.baseline),
             **flat_metrics({"tau": tau, "mu": values["mu"], "sigma": values["sigma"], "tau_hat": values["tau_hat"]}),
-            "lr": lr, "grad_norm": float(grad_norm), "skipped_steps": float(self.skipped_steps),
-        }
+        } if self.adapter.selector_config.uses_policy else {}
+        return metrics | threshold | {"lr": lr, "grad_norm": float(grad_norm), "skipped_steps": float(self.skipped_steps)}
 
     def state_dict(self) -> dict:
         """LMFTClassifier (model and policy), optimizer, scheduler, counters and the self-training labels (None
