@@ -9,7 +9,6 @@ import math
 
 import numpy as np
 import pyarrow as pa
-import pytest
 import torch
 from matplotlib.patches import Rectangle
 from mlflow import MlflowClient
