@@ -332,7 +332,8 @@ def main(argv: list[str] | None = None) -> int:
     url = experiment_url(uri, chosen[0].experiment_id, f"http://127.0.0.1:{args.port}")
     server = None
     if not is_server(uri):
-        server = subprocess.Popen(shlex.split(ui_command(uri, args.port)))
+        # this Python's MLflow (its `mlflow` script need not be on PATH)
+        server = subprocess.Popen([sys.executable, "-m", "mlflow", *shlex.split(ui_command(uri, args.port))[1:]])
         for _ in range(120):  # the UI answers within a few seconds
             try:
                 urllib.request.urlopen(f"http://127.0.0.1:{args.port}/health", timeout=1)
