@@ -216,13 +216,15 @@ class WorkflowConfig:
 class PredictConfig:
     """The ``[predict]`` profile section (:mod:`lmft_core.predict`): ``batch_size`` clips per model call, ``num_actors`` model
     replicas with ``num_cpus`` CPUs and ``num_gpus`` GPUs each (absent: 1 when the cluster has GPUs),
-    ``output_format`` ``parquet`` or ``csv``. Decoding uses the ``[preprocess]`` decode settings."""
+    ``output_format`` ``parquet`` or ``csv``; ``pictures``: also a picture per video of its kept tokens over the frames
+    (``pictures/``, :mod:`lmft_core.predict`). Decoding uses the ``[preprocess]`` decode settings."""
 
     batch_size: int = 16
     num_actors: int = 1
     num_cpus: float = 1.0
     num_gpus: float | None = None
     output_format: str = "parquet"
+    pictures: bool = False
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.num_actors < 1:

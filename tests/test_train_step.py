@@ -205,6 +205,9 @@ def test_full_and_random_training_modes_leave_the_policy_parameters_alone():
         assert float(lrn.adapter.policy.mu.detach()) == pytest.approx(0.01)
         expected_discard = 0.0 if selector == "full" else round(0.5 * 64) / 64
         assert m["discard_rate_source"] == pytest.approx(expected_discard)
+        # baselines log only what applies to them: no threshold, so no tau, tau_hat or REINFORCE metrics
+        assert not {"tau", "tau_hat", "mu", "sigma", "reward", "advantage", "baseline"} & set(m) and "loss" in m
+    assert {"tau", "tau_hat", "mu", "sigma", "reward", "advantage", "baseline"} <= set(learner().step_once(micro(0)))
 
 
 def test_flip_moves_frames_and_energy_together_and_maps_labels():
@@ -293,7 +296,7 @@ def _worker(rank: int, world: int, init_file: str, out: dict, steps: int, select
             # every rank sees different clips
             batches = [(batch(4, 10_000 * rank + 100 * step + 2 * i), batch(4, 10_000 * rank + 100 * step + 2 * i + 1))
                        for i in range(2)]
-            rewards.append(lrn.step_once(batches)["reward"])
+            rewards.append(lrn.step_once(batches).get("reward"))  # none for adafocus (no threshold)
         p = lrn.adapter.policy
         p.inference_tau()
         out[rank] = {**{k: v.tolist() for k, v in p.state_dict().items()},  # every parameter and buffer

@@ -46,7 +46,7 @@ from lmft_core.model.pretrained import CheckpointError, check_pretrained
 from lmft_core.run_config import RunConfig
 from lmft_core.shards.format import unpack_array
 from lmft_core.shards.reader import ShardError, ShardSet
-from lmft_core.tracking import Run, check_tracking_server, start_run
+from lmft_core.tracking import NOTE, Run, check_tracking_server, start_run
 from lmft_core.train.artifacts import RESULT_FILE, RUN_ID_FILE, TrainResult, log_artifacts
 from lmft_core.train.config import TrainConfig
 from lmft_core.train.loop import TrainJob
@@ -214,10 +214,20 @@ class TrainingRun:
         return log_artifacts(self.job, self.shards, run, self.name, self.run_dir, checkpoint, self.profile.path, elapsed_s)
 
 
-    def run(self, parent_run_id: str | None = None) -> TrainResult:
-        """The whole run: the MLflow run (a child of ``parent_run_id``; reopened when the run ran before),
-        the fit (resumed from the last checkpoint), the artifacts and ``result.json``; a finished run
-        (``result.json`` exists) is not trained again and its result is returned."""
+    def description(self, role: str) -> str:
+        """The run's description on its MLflow page (Markdown); ``role`` says what it is for (e.g. "Baseline")."""
+        job = self.job
+        return (f"**{role}**: adaptation training with the `{job.selector.label}` token selector, {job.train.epochs} epochs "
+                f"on {job.train.workers} Ray Train worker(s), shards `{job.shards}`.\n\n"
+                "Its result is `target_test/*`: this selector on target-test, under the names every lmft training uses "
+                "(so charts overlay trainings; the selector is the tag `lmft.selector`). `eval_target/<selector>/*` "
+                "evaluate the same model with other selectors; the model is logged as "
+                f"`classifier-{job.selector.label}`.")
+
+    def run(self, parent_run_id: str | None = None, role: str = "Training") -> TrainResult:
+        """The whole run: the MLflow run (a child of ``parent_run_id``; reopened when the run ran before; ``role``
+        in its tags and description), the fit (resumed from the last checkpoint), the artifacts and ``result.json``;
+        a finished run (``result.json`` exists) is not trained again and its result is returned."""
         job, run_dir, shards = self.job, self.run_dir, self.shards
         if (done := finished(run_dir, TrainResult, "training")) is not None:
             return done
@@ -234,7 +244,8 @@ class TrainingRun:
         check_tracking_server(job.tracking_uri)  # an unreachable or refusing server fails here, before any compute
         tags = {"lmft.stage": "train", "lmft.shards": job.shards, "lmft.selector": job.selector.label,
                 "lmft.untrained_clip": shards.metadata.get("untrained_clip", False),
-                "lmft.pretrained": job.model.pretrained or "none (random init)"}
+                "lmft.pretrained": job.model.pretrained or "none (random init)", "lmft.role": role.lower(),
+                NOTE: self.description(role)}
         with self.mlflow_run(parent_run_id=parent_run_id, tags=tags, id_file=run_dir / RUN_ID_FILE) as run:
             if not run.resumed:
                 run.log_metrics({"data/target_train_clips": n_target, "data/target_train_pseudo_pass": passing,

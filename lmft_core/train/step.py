@@ -40,7 +40,7 @@ micro-batches, :func:`focus_loss` back-propagates the glance classifier's ``L_s 
 same labels and pseudo-labels as the ViT's) and the windows' policy-gradient surrogate, whose reward is
 each clip's ViT cross-entropy against its domain's mean in the step. The glance's gradients are averaged
 over ranks, it takes the model's learning rate, and rank 0's glance is broadcast after every step like
-the policy. The threshold policy is then unused: its reward and baseline are still logged; its
+the policy. The threshold policy is then unused (its reward, baseline and tau are not logged); its
 ``policy.estimator`` must be ``paper`` (``rloo`` with ``adafocus`` is refused at profile load).
 
 A step whose losses are not finite on any rank is skipped on all ranks (no optimizer step, no policy
@@ -347,11 +347,11 @@ class Learner:
         values = policy.values()
         tau = tau_all.mean(0) if per_clip else sel.tau  # rloo: the mean of the step's draws
         tau = float("nan") if tau is None else tau.detach().cpu().tolist()
-        return metrics | extra | {
+        threshold = {  # only for a selector that draws on the threshold (not full, random at a fixed rate, adafocus)
             "reward": float(reward), "advantage": float(advantage), "baseline": float(policy.baseline),
             **flat_metrics({"tau": tau, "mu": values["mu"], "sigma": values["sigma"], "tau_hat": values["tau_hat"]}),
-            "lr": lr, "grad_norm": float(grad_norm), "skipped_steps": float(self.skipped_steps),
-        }
+        } if self.adapter.selector_config.uses_policy else {}
+        return metrics | extra | threshold | {"lr": lr, "grad_norm": float(grad_norm), "skipped_steps": float(self.skipped_steps)}
 
     def state_dict(self) -> dict:
         """LMFTClassifier (model and policy), optimizer, scheduler, counters and the self-training labels (None
