@@ -26,6 +26,18 @@ Groups (each a comparison of trainings, ``--seeds`` seeds each, same data and sc
   4x4 token grid), on the static-camera data and on the moving-camera target of ``camera``; on static data also
   its temporal selection alone (the whole grid in the 2 of 8 segments the glance is surest of: keep 0.25) and
   its early exit (2x2, exit at glance confidence 0.9). GFLOPs per clip include the glance network.
+- ``self``: self-training against the same training source-only: LMFT whose untrained CLIP passes no target
+  clip (L_t = 0: the LMFT row of ``main``) against the model's own labels (``train.pseudo_labels = "self"``)
+  under the class-balanced rule (CBST) and under the fixed threshold; per refresh the pass rate and the
+  pseudo-labels' accuracy against the hidden target labels (monitoring only).
+- ``threshold``: a map of fixed thresholds (the ``threshold`` selector calibrated on source-train to keep
+  ratios 0.1 to 0.9, one seed each; the best two by source-val reward and by target top-1 then with
+  ``--seeds`` seeds), with the paper's reward on source-val clips, ``R = -lambda_L * L_s - (1 - rho_s)``
+  (source labels only), beside LMFT with each estimator; a figure of accuracy and reward against tau.
+- ``estimator``: the paper's estimator against ``rloo`` (``policy.estimator``) from two starts, tau_hat
+  about 0.3 and 0.7 (``policy.mu``), 2 seeds each (at most ``--seeds``); tau_hat over training in one figure.
+- ``augment``: the recipe's augmentations (flip, colour jitter) against none, for LMFT and full tokens; run it
+  on ``results`` and on the second generated shift (``--profile results-directions --groups main,augment``).
 - ``pretrain``: adaptation from scratch against adaptation from an encoder pretrained by masked video
   modelling on the unlabelled source and target clips (``pipelines/pretrain.py``, mask ratio 0.9) with
   ``tube``, ``motion`` and ``learned`` masking; full tokens and LMFT. Each pretraining runs once per seed
@@ -45,6 +57,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import statistics
 import sys
 import time
@@ -78,6 +91,7 @@ class Setting:
     overrides: tuple[str, ...] = ()
     from_lmft: str = ""
     pretrain: str = ""  # a masking strategy: adapt from the encoder it pretrains (per seed); empty: from scratch
+    seeds: int = 0  # at most this many seeds (0: --seeds)
 
     def all_overrides(self, rows: dict[str, list[dict]]) -> tuple[str, ...]:
         if not self.from_lmft:
@@ -87,6 +101,13 @@ class Setting:
 
 
 FOCUS = ('selector.name="adafocus"',)
+CBST = 'train.self_selection="class_balanced"'
+MAP_KEEP = (0.1, 0.25, 0.4, 0.55, 0.7, 0.9)  # the threshold map's keep ratios (calibrated on source-train)
+# policy.mu whose tau_hat (the mean of sigmoid(mu + sigma * eps), sigma = e^-1) is about 0.3 and 0.7
+START_MU = {0.3: -0.8733, 0.7: 0.8733}
+NO_AUGMENT = ("train.hflip=false", "train.color_jitter=0.0")
+FIGURES = RESULTS_MD.parent / "figures"
+
 GROUPS: dict[str, list[Setting]] = {
     "main": [
         Setting("LMFT"),
@@ -104,6 +125,27 @@ GROUPS: dict[str, list[Setting]] = {
         Setting("pseudo-labels: clip (paper; the LMFT row of main)"),
         Setting("pseudo-labels: self", overrides=('train.pseudo_labels="self"',)),
         Setting("pseudo-labels: clip+self", overrides=('train.pseudo_labels="clip+self"',)),
+        Setting("pseudo-labels: self, class-balanced", overrides=('train.pseudo_labels="self"', CBST)),
+        Setting("pseudo-labels: clip+self, class-balanced", overrides=('train.pseudo_labels="clip+self"', CBST)),
+    ],
+    "self": [
+        Setting("source-only (the LMFT row of main: no target clip passes the untrained CLIP)"),
+        Setting("self-training, class-balanced (CBST)", overrides=('train.pseudo_labels="self"', CBST)),
+        Setting("self-training, fixed threshold self_gamma", overrides=('train.pseudo_labels="self"',)),
+    ],
+    "threshold": [
+        *(Setting(f"fixed threshold, keep {k:.2f}", overrides=('selector.name="threshold"', "selector.calibrate=true",
+                                                              f"selector.keep_ratio={k}"), seeds=1) for k in MAP_KEEP),
+        Setting("LMFT, paper estimator"),
+        Setting("LMFT, rloo estimator", overrides=('policy.estimator="rloo"',)),
+    ],
+    "estimator": [Setting(f"{est} estimator, start tau_hat {start}", overrides=(f'policy.estimator="{est}"', f"policy.mu={mu:.4f}"),
+                          seeds=2) for est in ("paper", "rloo") for start, mu in START_MU.items()],
+    "augment": [
+        Setting("LMFT, the recipe's augmentations"),
+        Setting("LMFT, no flip, no colour jitter", overrides=NO_AUGMENT),
+        Setting("full tokens, the recipe's augmentations", overrides=('selector.name="full"',)),
+        Setting("full tokens, no flip, no colour jitter", overrides=('selector.name="full"', *NO_AUGMENT)),
     ],
     "policy": [
         Setting("one threshold per clip"),
@@ -180,24 +222,58 @@ def train_row(profile: RunConfig, shards: Path, workdir: Path, overrides: tuple[
             "elapsed_s": result.elapsed_s, "run": result.run_name, "evaluation": result.evaluation, **row}
 
 
-RUN_METRICS = ("source_val_top1", "pseudo_label_rate")
+RUN_METRICS = ("source_val_top1", "pseudo_label_rate", "refreshes", "tau_hat_history")
 
 
-def run_metrics(workdir: Path, row: dict) -> dict[str, float]:
+def run_metrics(workdir: Path, row: dict) -> dict:
     """From a training's MLflow run: ``source_val_top1``, the training selector's top-1 on source-val at the
-    last epoch (how far the ViT fits the source at all; against it the target top-1 reads as transfer), and
+    last epoch (how far the ViT fits the source at all; against it the target top-1 reads as transfer),
     ``pseudo_label_rate``, the fraction of target-train clips with a training label at the end (CLIP's pass
-    rate; with self-training, the last refresh's ``pseudo/used_pass_rate``): 0 means L_t was 0 throughout."""
+    rate; with self-training, the last refresh's ``pseudo/used_pass_rate``): 0 means L_t was 0 throughout;
+    ``refreshes``, per self-training refresh ``[epoch, pass rate, pseudo-label accuracy]`` (the labels trained
+    on, against the hidden target labels: monitoring only; empty without self-training); ``tau_hat_history``,
+    ``[step, tau_hat]`` over training (the mean over segments for a per-segment threshold)."""
     from mlflow import MlflowClient
 
     from lmft_core.train.artifacts import RESULT_FILE, TrainResult
 
     result = TrainResult.load(workdir / "train" / row["run"] / RESULT_FILE)
     label = next(iter(row["evaluation"]))
-    metrics = MlflowClient(tracking_uri=result.tracking_uri).get_run(result.mlflow_run_id).data.metrics
+    client = MlflowClient(tracking_uri=result.tracking_uri)
+    metrics = client.get_run(result.mlflow_run_id).data.metrics
     used = "pseudo/used_pass_rate" if "pseudo/used_pass_rate" in metrics else "data/target_train_pseudo_pass_rate"
+
+    def history(key: str) -> dict[int, float]:
+        return {m.step: m.value for m in client.get_metric_history(result.mlflow_run_id, key)}
+
+    epochs, rates, accuracy = (history(k) for k in ("pseudo/self_refresh_epoch", "pseudo/used_pass_rate", "pseudo/used_accuracy"))
+    refreshes = [[epochs[step], rates[step], accuracy.get(step, float("nan"))] for step in sorted(epochs)]
     return {"source_val_top1": metrics.get(f"eval_source_val/{label}/top1", float("nan")),
-            "pseudo_label_rate": metrics[used]}
+            "pseudo_label_rate": metrics[used], "refreshes": refreshes,
+            "tau_hat_history": sorted(history("train/tau_hat").items())}
+
+
+def source_val_reward(profile: RunConfig, shards: Path, workdir: Path, overrides: tuple[str, ...], row: dict) -> dict:
+    """The paper's reward of a trained model on source-val clips, source labels only: ``R = -lambda_L * L_s -
+    (1 - rho_s)`` with ``L_s`` the mean cross-entropy and ``rho_s`` the mean discard rate at the model's
+    threshold (tau_hat, or the fixed tau); also ``tau``, that threshold (the mean over segments)."""
+    from lmft_core.shards.reader import read_batches
+    from lmft_core.train.artifacts import RESULT_FILE, TrainResult, load_classifier
+    from lmft_core.train.run import prepare
+
+    configured = profile.with_overrides([*overrides, f"train.seed={row['seed']}"])
+    job, _ = prepare(configured, shards, workdir)
+    result = TrainResult.load(workdir / "train" / row["run"] / RESULT_FILE)
+    adapter = load_classifier(job, result.checkpoint)
+    ce = kept = n = 0.0
+    for b in read_batches(ShardSet.open(shards), "source", "val", configured.train.eval_batch_size):
+        out = adapter.predict(b.frames, b.energy)
+        ce += float(-out["probs"].clamp_min(1e-12).log().gather(1, b.label[:, None]).sum())
+        kept, n = kept + float(out["keep_ratio"].sum()), n + len(b)
+    loss, discard = ce / n, 1 - kept / n
+    tau = job.selector.tau if job.selector.tau is not None else float(np.mean(result.tau_hat))
+    return {"source_val_loss": loss, "source_val_discard": discard, "tau": tau,
+            "source_val_reward": -configured.policy.loss_weight * loss - (1 - discard)}
 
 
 def _mean_spread(values: list[float]) -> str:
@@ -248,22 +324,31 @@ def main(argv: list[str] | None = None) -> int:
             prepared[data, energy] = prepare_data(profile, workdir, data, energy)
         return prepared[data, energy]
 
+    def run_setting(group: str, setting: Setting, rows: dict[str, list[dict]], seeds: int) -> None:
+        shards = shards_of(setting.data, setting.energy)
+        overrides = setting.all_overrides(rows)
+        runs = done.setdefault("runs", {})
+        rows[setting.label] = []
+        for seed in range(seeds):
+            key = json.dumps([setting.data, setting.energy, list(args.overrides), list(overrides), seed]
+                             + ([setting.pretrain] if setting.pretrain else []))
+            if key not in runs:
+                runs[key] = train_row(profile, shards, workdir, overrides, seed, setting.pretrain)
+                store.write_text(json.dumps(done, indent=2))
+            if group == "threshold" and "source_val_reward" not in runs[key]:
+                runs[key] |= source_val_reward(profile, shards, workdir, overrides, runs[key])
+                store.write_text(json.dumps(done, indent=2))
+            rows[setting.label].append(runs[key])
+        print(f"[results] {group} / {setting.label}: top-1 {_mean_spread([r['top1'] for r in rows[setting.label]])}",
+              flush=True)
+
     for group in groups:
         rows: dict[str, list[dict]] = {}
         for setting in GROUPS[group]:
-            shards = shards_of(setting.data, setting.energy)
-            overrides = setting.all_overrides(rows)
-            runs = done.setdefault("runs", {})
-            rows[setting.label] = []
-            for seed in range(args.seeds):
-                key = json.dumps([setting.data, setting.energy, list(args.overrides), list(overrides), seed]
-                                 + ([setting.pretrain] if setting.pretrain else []))
-                if key not in runs:
-                    runs[key] = train_row(profile, shards, workdir, overrides, seed, setting.pretrain)
-                    store.write_text(json.dumps(done, indent=2))
-                rows[setting.label].append(runs[key])
-            print(f"[results] {group} / {setting.label}: top-1 {_mean_spread([r['top1'] for r in rows[setting.label]])}",
-                  flush=True)
+            run_setting(group, setting, rows, min(setting.seeds or args.seeds, args.seeds))
+        if group == "threshold":  # the map's best two (by source-val reward, by target top-1) with every seed
+            for label in best_of_map(rows):
+                run_setting(group, next(s for s in GROUPS[group] if s.label == label), rows, args.seeds)
         extra = {}
         if group == "main":
             shards = ShardSet.open(shards_of("static", "diff"))
@@ -276,7 +361,8 @@ def main(argv: list[str] | None = None) -> int:
                 row |= run_metrics(workdir, row)
     store.write_text(json.dumps(done, indent=2))
     print(f"[results] {len(groups)} group(s) in {time.perf_counter() - t0:.0f} s")
-    text = render(done, profile, args.profile)
+    figures = workdir / "figures" if args.no_write else FIGURES
+    text = render(done, profile, args.profile, figures)
     if args.no_write:
         print(text)
     else:
@@ -293,10 +379,212 @@ TITLES = {
     "first": "The first temporal segment",
     "pretrain": "Masked video pretraining on the unlabelled clips before adaptation",
     "adafocus": "AdaFocus (a learned window per segment) against LMFT, full tokens and random at keep 0.25 and 0.5",
+    "self": "Self-training (L_t on) against the same training source-only",
+    "threshold": "A map of the threshold: fixed tau against LMFT, with the reward on source-val",
+    "estimator": "The threshold's estimator: the paper's against rloo, from two starts",
+    "augment": "The recipe's augmentations (flip, colour jitter) against none",
 }
 
 
-def render(done: dict, profile: RunConfig, name: str) -> str:
+def best_of_map(rows: dict[str, list[dict]]) -> list[str]:
+    """The fixed-threshold rows of the map with the highest source-val reward (tau*) and the highest target
+    top-1 (one label when they are the same row)."""
+    fixed = {label: runs for label, runs in rows.items() if label.startswith("fixed threshold")}
+    by_reward = max(fixed, key=lambda label: statistics.mean(r["source_val_reward"] for r in fixed[label]))
+    by_top1 = max(fixed, key=lambda label: statistics.mean(r["top1"] for r in fixed[label]))
+    return list(dict.fromkeys([by_reward, by_top1]))
+
+
+def _mean(runs: list[dict], key: str) -> float:
+    return statistics.mean(r[key] for r in runs)
+
+
+def refresh_table(rows: dict[str, list[dict]]) -> str:
+    """Per self-training row and refresh: the pass rate and the pseudo-labels' accuracy (mean ± sd over seeds)."""
+    out = []
+    for label, runs in rows.items():
+        for i, (epoch, _, _) in enumerate(runs[0].get("refreshes", [])):
+            at = [r["refreshes"][i] for r in runs if len(r.get("refreshes", [])) > i]
+            out.append([label, f"{epoch:.0f}", _mean_spread([a[1] for a in at]),
+                        _mean_spread([a[2] for a in at if not math.isnan(a[2])] or [float("nan")]), len(at)])
+    return markdown_table(["training", "refresh after epoch", "pass rate", "pseudo-label accuracy (monitoring)", "seeds"], out)
+
+
+def self_reading(rows: dict[str, list[dict]]) -> str:
+    """Whether self-training helps, hurts or drifts, from the table: each self-training row against the
+    source-only one (difference against two seed spreads), and its pseudo-label accuracy first -> last refresh."""
+    labels = list(rows)
+    base = _mean(rows[labels[0]], "top1")
+    spread = max((statistics.stdev(r["top1"] for r in runs) for runs in rows.values() if len(runs) > 1), default=0.0)
+    parts = []
+    for label in labels[1:]:
+        runs, diff = rows[label], _mean(rows[label], "top1") - base
+        verdict = "helps" if diff > 2 * spread else "hurts" if diff < -2 * spread else "makes no clear difference"
+        text = f"*{label}* {verdict} ({diff:+.3f} on target against source-only, largest sd {spread:.3f})"
+        refreshes = [r["refreshes"] for r in runs if r.get("refreshes")]
+        rated = [[x for x in seq if not math.isnan(x[2])] for seq in refreshes]  # refreshes that passed any label
+        rated = [seq for seq in rated if seq]
+        if rated:
+            first, last = (statistics.mean(x[i][2] for x in rated) for i in (0, -1))
+            rate = statistics.mean(x[0][1] for x in refreshes)
+            trend = "drifts (falls)" if last < first - 0.02 else "rises" if last > first + 0.02 else "holds"
+            text += (f"; its pass rate at the first refresh is {rate:.2f}, and its pseudo-label accuracy {trend}: "
+                     f"{first:.3f} at the first refresh, {last:.3f} at the last")
+        parts.append(text)
+    return "Reading (computed): " + "; ".join(parts) + "."
+
+
+def threshold_table(rows: dict[str, list[dict]]) -> str:
+    out = [[label, f"{_mean(runs, 'tau'):.3f}", _mean_spread([r["top1"] for r in runs]),
+            _mean_spread([r["source_val_top1"] for r in runs]), f"{_mean(runs, 'discard_rate'):.3f}",
+            f"{_mean(runs, 'source_val_loss'):.3f}", _mean_spread([r["source_val_reward"] for r in runs]), len(runs)]
+           for label, runs in rows.items()]
+    return markdown_table(["training", "tau (tau_hat for LMFT)", "target top-1", "source-val top-1", "target discard rate",
+                           "source-val loss", "reward R on source-val", "seeds"], out)
+
+
+def threshold_reading(rows: dict[str, list[dict]]) -> str:
+    """tau* (the reward optimum of the fixed-tau map, found with source labels only), the accuracy optimum, and
+    where LMFT's tau_hat lands against them."""
+    fixed = {label: runs for label, runs in rows.items() if label.startswith("fixed threshold")}
+    star = max(fixed, key=lambda label: _mean(fixed[label], "source_val_reward"))
+    acc = max(fixed, key=lambda label: _mean(fixed[label], "top1"))
+    spread = max((statistics.stdev(r["top1"] for r in runs) for runs in rows.values() if len(runs) > 1), default=0.0)
+    text = (f"Reading (computed): the reward optimum tau* = {_mean(fixed[star], 'tau'):.3f} (*{star}*, target top-1 "
+            f"{_mean(fixed[star], 'top1'):.3f}); the accuracy optimum tau = {_mean(fixed[acc], 'tau'):.3f} (*{acc}*, "
+            f"{_mean(fixed[acc], 'top1'):.3f}).")
+    best = _mean(fixed[acc], "top1")
+    for label in (x for x in rows if x.startswith("LMFT")):
+        runs = rows[label]
+        meets = _mean(runs, "top1") >= best - spread and _mean(runs, "discard_rate") >= 0.4
+        text += (f" *{label}*: tau_hat {_mean(runs, 'tau'):.3f} ({_mean(runs, 'tau') - _mean(fixed[star], 'tau'):+.3f} from "
+                 f"tau*), target top-1 {_mean(runs, 'top1'):.3f} at discard {_mean(runs, 'discard_rate'):.2f}: it "
+                 f"{'meets' if meets else 'misses'} the target (>= the best fixed row minus one sd, {best - spread:.3f}, "
+                 "at >= 40% of tokens dropped).")
+    return text
+
+
+def threshold_figure(rows: dict[str, list[dict]], path: Path) -> Path:
+    """Target and source-val top-1 and the source-val reward against tau; LMFT's runs marked at their tau_hat."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fixed = sorted((r for label, runs in rows.items() if label.startswith("fixed threshold") for r in runs), key=lambda r: r["tau"])
+    fig, ax = plt.subplots(figsize=(7, 4))
+    taus = [r["tau"] for r in fixed]
+    ax.plot(taus, [r["top1"] for r in fixed], "o-", label="fixed tau: target top-1")
+    ax.plot(taus, [r["source_val_top1"] for r in fixed], "s--", label="fixed tau: source-val top-1")
+    for label, runs in rows.items():
+        if label.startswith("LMFT"):
+            ax.plot([r["tau"] for r in runs], [r["top1"] for r in runs], "*", markersize=12, label=f"{label}: target top-1 at tau_hat")
+    ax.set_xlabel("tau (threshold on motion energy)")
+    ax.set_ylabel("top-1")
+    right = ax.twinx()
+    right.plot(taus, [r["source_val_reward"] for r in fixed], "^:", color="tab:red", label="fixed tau: reward R on source-val")
+    right.set_ylabel("reward R on source-val", color="tab:red")
+    handles = ax.get_legend_handles_labels()[0] + right.get_legend_handles_labels()[0]
+    ax.legend(handles, [h.get_label() for h in handles], fontsize=7, loc="best")
+    ax.set_title("The threshold map")
+    return _save(fig, path)
+
+
+def estimator_table(rows: dict[str, list[dict]]) -> str:
+    out = [[label, _mean_spread([r["tau_hat_history"][-1][1] for r in runs]), _mean_spread([r["top1"] for r in runs]),
+            f"{_mean(runs, 'discard_rate'):.3f}", len(runs)] for label, runs in rows.items()]
+    return markdown_table(["training", "final tau_hat", "target top-1", "target discard rate", "seeds"], out)
+
+
+def estimator_reading(rows: dict[str, list[dict]], tau_star: float | None) -> str:
+    """Per estimator: how far apart its two starts end (target: within 0.05) and how far from tau*."""
+    ends: dict[str, list[float]] = {}
+    for label, runs in rows.items():
+        ends.setdefault(label.split(" estimator")[0], []).append(statistics.mean(r["tau_hat_history"][-1][1] for r in runs))
+    parts = []
+    for est, values in ends.items():
+        gap = max(values) - min(values)
+        text = f"the {est} estimator's starts end {gap:.3f} apart ({'within' if gap <= 0.05 else 'not within'} 0.05)"
+        if tau_star is not None:
+            off = max(abs(v - tau_star) for v in values)
+            text += f", at most {off:.3f} from tau* = {tau_star:.3f} ({'within' if off <= 0.05 else 'not within'} 0.05)"
+        parts.append(text)
+    return "Reading (computed): " + "; ".join(parts) + "."
+
+
+def estimator_figure(rows: dict[str, list[dict]], path: Path, tau_star: float | None) -> Path:
+    """tau_hat over training steps, every run of every row, one colour per row."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for i, (label, runs) in enumerate(rows.items()):
+        for j, r in enumerate(runs):
+            steps, values = zip(*r["tau_hat_history"]) if r["tau_hat_history"] else ((), ())
+            ax.plot(steps, values, color=f"C{i}", linestyle="-" if "rloo" in label else "--", label=label if j == 0 else None)
+    if tau_star is not None:
+        ax.axhline(tau_star, color="k", linewidth=0.8, label="tau* (fixed-tau map, source-val reward)")
+    ax.set_xlabel("step")
+    ax.set_ylabel("tau_hat")
+    ax.legend(fontsize=7)
+    ax.set_title("tau_hat over training, two starts per estimator")
+    return _save(fig, path)
+
+
+def _save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def tau_star_of(done: dict) -> float | None:
+    """tau* from the threshold group, when it was run."""
+    if "threshold" not in done:
+        return None
+    fixed = {label: runs for label, runs in done["threshold"]["rows"].items() if label.startswith("fixed threshold")}
+    return _mean(fixed[max(fixed, key=lambda label: _mean(fixed[label], "source_val_reward"))], "tau")
+
+
+def figure_link(path: Path) -> str:
+    """A markdown image of ``path``, relative to docs/ when it lies there."""
+    try:
+        ref = path.relative_to(RESULTS_MD.parent)
+    except ValueError:
+        ref = path
+    return f"![{path.stem}]({ref})"
+
+
+def group_text(group: str, entry: dict, chance: float, profile: RunConfig, name: str, figures: Path,
+               done: dict) -> list[str]:
+    """The table(s), the computed reading and the figure of one group."""
+    rows = entry["rows"]
+    if group == "threshold":
+        fig = threshold_figure(rows, figures / f"{name}-threshold-map.png")
+        return [threshold_table(rows), "", threshold_reading(rows), "", figure_link(fig), ""]
+    if group == "estimator":
+        tau_star = tau_star_of(done)
+        fig = estimator_figure(rows, figures / f"{name}-estimator-tau-hat.png", tau_star)
+        return [estimator_table(rows), "", estimator_reading(rows, tau_star), "", figure_link(fig), ""]
+    lines = [group_table(rows, entry["extra"]), "", reading(rows, chance), ""]
+    if group in ("self", "pseudo") and any(r.get("refreshes") for runs in rows.values() for r in runs):
+        lines += ["Per refresh (the labels trained on, against the hidden target labels; monitoring only):", "",
+                  refresh_table({k: v for k, v in rows.items() if any(r.get("refreshes") for r in v)}), ""]
+    if group == "self":
+        lines += [self_reading(rows), ""]
+    if group == "pretrain":
+        lines += [pretrain_cost(rows, profile), ""]
+    if group == "adafocus":
+        lines += [focus_reading(rows), ""]
+    return lines
+
+
+def render(done: dict, profile: RunConfig, name: str, figures: Path = FIGURES) -> str:
     demo = profile.demo_data
     train = profile.train
     lines = [
@@ -313,13 +601,8 @@ def render(done: dict, profile: RunConfig, name: str) -> str:
     ]
     chance = 1 / len(demo.classes)
     for group, title in TITLES.items():
-        if group not in done:
-            continue
-        lines += [f"### {title}", "", group_table(done[group]["rows"], done[group]["extra"]), "", reading(done[group]["rows"], chance), ""]
-        if group == "pretrain":
-            lines += [pretrain_cost(done[group]["rows"], profile), ""]
-        if group == "adafocus":
-            lines += [focus_reading(done[group]["rows"]), ""]
+        if group in done:
+            lines += [f"### {title}", "", *group_text(group, done[group], chance, profile, name, figures, done)]
     missing = [g for g in TITLES if g not in done]
     if missing:
         lines += [f"Not run on this profile: {', '.join(f'`{g}`' for g in missing)} "

@@ -5,7 +5,8 @@ either move the energy map with them or leave it unchanged:
 
 - **horizontal flip** (:func:`hflip`): frames along W and energy along N_w together (the energy of a
   flipped clip is the flipped energy map: tested); a flip turns "slide left" into "slide right", so
-  direction-dependent classes need a label map (``train.hflip_label_map``) or no flip;
+  direction-dependent classes need a label map (``train.hflip_label_map``) or no flip, and a training
+  refuses to flip classes whose names say a direction (:func:`check_hflip`) unless the map pairs them;
 - **colour jitter** (:func:`color_jitter`): per clip, one brightness gain, one contrast factor and one
   gain per channel for all frames. A gain scales every tubelet difference by the same factor and the
   per-video min-max normalisation of the energy cancels it; contrast about the clip's mean is a gain
@@ -25,13 +26,19 @@ would cut tokens from the grid that the model's positional table expects.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
 import torch
 from torch import Tensor
 
+from lmft_core.config import ConfigError
 from lmft_core.shards.batch import ClipBatch
+
+# words of a class name that a horizontal flip mirrors ("slide_left" becomes "slide right")
+DIRECTION_WORDS = frozenset({"left", "right", "leftward", "rightward", "leftwards", "rightwards", "clockwise",
+                             "counterclockwise", "anticlockwise", "cw", "ccw", "east", "west"})
 
 
 def hflip(batch: ClipBatch, flip: Tensor, label_map: Tensor | None = None) -> ClipBatch:
@@ -99,3 +106,24 @@ def label_map_tensor(classes: Sequence[str], mirror: Mapping[str, str]) -> Tenso
             raise ValueError(f"train.hflip_label_map: {a!r} -> {b!r} but {b!r} -> {mirror[b]!r}: a flip pairs classes")
         out[index[a]], out[index[b]] = index[b], index[a]
     return out
+
+
+def name_words(name: str) -> list[str]:
+    """The lower-case words of a class name, split at non-letters and camel case: ``"SlideLeft_2"`` ->
+    ``["slide", "left"]``."""
+    return [w.lower() for w in re.findall(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+", name)]
+
+
+def check_hflip(classes: Sequence[str], hflip: bool, mirror: Mapping[str, str], where: str) -> None:
+    """Refuse a horizontal flip that would silently mislabel: with ``hflip`` on, every class whose name has a
+    direction word (:data:`DIRECTION_WORDS`) must be paired in ``mirror`` (``train.hflip_label_map``).
+    ``where`` says where ``classes`` come from (for the message). Raises ConfigError."""
+    if not hflip:
+        return
+    mapped = set(mirror) | set(mirror.values())
+    unpaired = [c for c in classes if DIRECTION_WORDS.intersection(name_words(c)) and c not in mapped]
+    if unpaired:
+        raise ConfigError(f"train.hflip = true, but the classes {unpaired} ({where}) name a direction that a "
+                          "horizontal flip mirrors, and train.hflip_label_map does not pair them: set "
+                          "train.hflip_label_map (e.g. {slide_left = \"slide_right\", slide_right = \"slide_left\"}) "
+                          "or train.hflip = false")

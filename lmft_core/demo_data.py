@@ -9,6 +9,11 @@ shift and the moving tokens carry the class: the situation LMFT is built for.
 Further looks make hard backgrounds for camera compensation (:class:`Appearance`): periodic stripes and
 tilted checkerboards at drawn periods and angles, blocky noise, and a nearly uniform scene.
 
+A second, differently built shift (:data:`DIRECTION_CLASSES`, looks ``source_blocks`` -> ``target_haze``;
+the ``results-directions`` profile): direction-dependent motions (slide left/right, rise/fall, orbit
+clockwise/anticlockwise: a horizontal flip swaps left and right and the two orbits), a blocky source
+scene, and a target of stripes seen through blur and haze (:func:`degrade`) with a blue cast.
+
 Each domain can also have a moving camera (:class:`CameraMotion`: pan, shake, zoom, each optional):
 the frames are then windows onto a larger scene, and the actor moves with the scene as a real camera
 sees it (:func:`camera_path` gives its path per frame). Beside every video, ``<video>.actor.npz`` holds its **actor mask**: a boolean per pixel and
@@ -72,7 +77,36 @@ def _clap(s: float, p: dict) -> tuple[float, float, float]:
     return p["cx"], p["cy"], 1.0 + 0.6 * math.sin(2 * math.pi * p["freq"] * s + p["phase"])
 
 
-MOTIONS: dict[str, Motion] = {"wave": _wave, "jump": _jump, "spin": _spin, "walk": _walk, "clap": _clap}
+def _slide(direction: float) -> Motion:
+    """Across the frame at a constant speed, ``direction`` +1 rightwards, -1 leftwards (a small vertical bob);
+    mid-way at 1.6 s (the middle of the default 48 frames at 15 fps)."""
+    def motion(s: float, p: dict) -> tuple[float, float, float]:
+        return (p["cx"] + direction * 0.18 * p["freq"] * (s - 1.6),
+                p["cy"] + 0.03 * math.sin(2 * math.pi * s + p["phase"]), 1.0)
+    return motion
+
+
+def _lift(direction: float) -> Motion:
+    """Up (``direction`` -1: y decreases) or down the frame at a constant speed, mid-way at 1.6 s."""
+    def motion(s: float, p: dict) -> tuple[float, float, float]:
+        return p["cx"] + 0.03 * math.sin(2 * math.pi * s + p["phase"]), p["cy"] + direction * 0.14 * p["freq"] * (s - 1.6), 1.0
+    return motion
+
+
+def _orbit(direction: float) -> Motion:
+    """Round a circle at 0.5 turns/s, ``direction`` +1 clockwise on screen (y points down), -1 anticlockwise."""
+    def motion(s: float, p: dict) -> tuple[float, float, float]:
+        a = direction * math.pi * p["freq"] * s + p["phase"]
+        return p["cx"] + 0.2 * math.cos(a), p["cy"] + 0.2 * math.sin(a), 1.0
+    return motion
+
+
+MOTIONS: dict[str, Motion] = {"wave": _wave, "jump": _jump, "spin": _spin, "walk": _walk, "clap": _clap,
+                              # direction-dependent classes: a horizontal flip turns left into right, cw into ccw
+                              "slide_left": _slide(-1.0), "slide_right": _slide(1.0), "rise": _lift(-1.0),
+                              "fall": _lift(1.0), "orbit_cw": _orbit(1.0), "orbit_ccw": _orbit(-1.0)}
+# the second generated shift (lmft_core/profiles/results-directions.toml): its classes and looks
+DIRECTION_CLASSES = ("slide_left", "slide_right", "rise", "fall", "orbit_cw", "orbit_ccw")
 
 
 # --- appearances: one per domain ---------------------------------------------------------------
@@ -98,6 +132,8 @@ class Appearance:
     clutter: int  # static shapes in the background
     noise_std: float  # per-frame Gaussian sensor noise, in [0, 1] units
     color_cast: tuple[float, float, float]  # per-channel gain
+    blur: float = 0.0  # optics: Gaussian blur of the whole frame, sigma in pixels (0: none)
+    haze: float = 0.0  # fog: the frame blended towards grey 0.6 with this weight (0: none), before the noise
 
     def __post_init__(self) -> None:
         if self.pattern not in PATTERNS:
@@ -115,7 +151,26 @@ APPEARANCES: dict[str, Appearance] = {
     "tilted_checker": Appearance(pattern="tilted_checker", **_HARD),
     "blocks": Appearance(pattern="blocks", **_HARD),
     "flat": Appearance(pattern="flat", **(_HARD | {"clutter": 0})),
+    # the second shift's looks: a blocky, cool source; a striped, warm-to-blue cast, blurred and hazy target
+    "source_blocks": Appearance(pattern="blocks", brightness=1.0, clutter=3, noise_std=0.01, color_cast=(0.95, 1.0, 1.05)),
+    "target_haze": Appearance(pattern="stripes", brightness=0.75, clutter=6, noise_std=0.04, color_cast=(0.85, 0.95, 1.15),
+                              blur=1.0, haze=0.3),
 }
+
+
+def degrade(frame: np.ndarray, app: Appearance) -> np.ndarray:
+    """Frames (..., H, W, 3) float in [0, 1] through ``app``'s optics: Gaussian blur (separable, per frame,
+    edges repeated), then haze. Unchanged when both are 0."""
+    if app.blur > 0:
+        r = max(1, math.ceil(3 * app.blur))
+        k = np.exp(-np.arange(-r, r + 1) ** 2 / (2 * app.blur**2))
+        k /= k.sum()
+        for axis in (frame.ndim - 3, frame.ndim - 2):
+            pad = np.pad(frame, [(r, r) if a == axis else (0, 0) for a in range(frame.ndim)], mode="edge")
+            frame = sum(k[i] * np.take(pad, range(i, i + frame.shape[axis]), axis=axis) for i in range(2 * r + 1))
+    if app.haze > 0:
+        frame = (1 - app.haze) * frame + app.haze * 0.6
+    return frame
 
 
 @dataclass(frozen=True)
@@ -332,8 +387,13 @@ def render_video_and_mask(cfg: DemoDataConfig, domain: str, label: str, index: i
                     * xx.dtype.type(math.pi)) > 0
     actor = np.broadcast_to(scene, scene_shape)[covered] * (1 - d) + np.where(stripe[:, None], light, dark) * d
     noise = rng.normal(0.0, app.noise_std, scene_shape)  # the same draws, in the same order, as frame by frame
-    frames = noise + scene
-    frames[covered] = actor + noise[covered]
+    if app.blur > 0 or app.haze > 0:  # the optics act on whole frames: the actor blended in, then degraded
+        clean = np.array(np.broadcast_to(scene, scene_shape), dtype=actor.dtype)
+        clean[covered] = actor
+        frames = noise + degrade(clean, app)
+    else:
+        frames = noise + scene
+        frames[covered] = actor + noise[covered]
     frames *= 255.0
     frames += 0.5
     return np.clip(frames, 0, 255, out=frames).astype(np.uint8), masks

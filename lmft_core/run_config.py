@@ -27,6 +27,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from lmft_core.augment import check_hflip
 from lmft_core.config import (
     DEFAULT_PROFILE,
     DERIVED,
@@ -39,7 +40,7 @@ from lmft_core.config import (
 )
 from lmft_core.demo_data import DemoDataConfig
 from lmft_core.energy import EnergyConfig
-from lmft_core.model.policy import PolicyConfig
+from lmft_core.model.policy import ESTIMATORS, PolicyConfig
 from lmft_core.model.selectors import SelectorConfig
 from lmft_core.model.vit import ModelConfig
 from lmft_core.preprocess.config import PreprocessConfig
@@ -222,13 +223,15 @@ class WorkflowConfig:
 class PredictConfig:
     """The ``[predict]`` profile section (:mod:`lmft_core.predict`): ``batch_size`` clips per model call, ``num_actors`` model
     replicas with ``num_cpus`` CPUs and ``num_gpus`` GPUs each (absent: 1 when the cluster has GPUs),
-    ``output_format`` ``parquet`` or ``csv``. Decoding uses the ``[preprocess]`` decode settings."""
+    ``output_format`` ``parquet`` or ``csv``; ``pictures``: also a picture per video of its kept tokens over the frames
+    (``pictures/``, :mod:`lmft_core.predict`). Decoding uses the ``[preprocess]`` decode settings."""
 
     batch_size: int = 16
     num_actors: int = 1
     num_cpus: float = 1.0
     num_gpus: float | None = None
     output_format: str = "parquet"
+    pictures: bool = False
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.num_actors < 1:
@@ -282,9 +285,11 @@ class RunConfig:
             selector.check_grid(clip)  # adafocus: the window and segments fit the token grid
             built["train"].evaluate_for(selector)  # [train] evaluate against the policy kind [selector] builds
             built["pseudo_labels"].check_clip(clip.num_frames)  # CLIP sees at most the clip's frames
+            check_estimator(built["policy"], built["train"], selector)
+            check_hflip(built["demo_data"].classes, built["train"].hflip, built["train"].hflip_label_map, "demo_data.classes")
             built["sweep"].check_space(built, lambda s, k, v: from_dict(
                 section_class(s), {**sections.get(s, {}), k: v}, f"[{s}]"))
-        except ConfigError as e:
+        except (ConfigError, ValueError) as e:
             raise ConfigError(f"{path}: {e}") from None
         return cls(name=name, path=path, sections=sections, **built)
 
@@ -356,6 +361,21 @@ def _toml_value(value: Any) -> str:
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     items = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else dict(value)
     return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in items.items() if v is not None) + " }"
+
+
+def check_estimator(policy: PolicyConfig, train: TrainConfig, selector: SelectorConfig) -> None:
+    """A per-clip estimator (``rloo``) needs at least 2 clip pairs per step for its leave-one-out baseline,
+    and a threshold policy to train: ``adafocus`` trains its window policy with its own gradient instead."""
+    if not ESTIMATORS[policy.estimator].per_clip:
+        return
+    if selector.name == "adafocus":
+        raise ConfigError(f"policy.estimator={policy.estimator!r} estimates the threshold policy's gradient, which "
+                          "selector.name='adafocus' does not use (its window policy has its own gradient); set "
+                          "policy.estimator='paper' or a learned selector (lmft, lmft-segment)")
+    pairs = train.batch_size * train.accum_steps * train.workers
+    if pairs < 2:
+        raise ConfigError(f"policy.estimator={policy.estimator!r} needs >= 2 clip pairs per step for its leave-one-out "
+                          f"baseline; train.batch_size x accum_steps x workers is {pairs}")
 
 
 def section_names() -> tuple[str, ...]:

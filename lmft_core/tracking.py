@@ -8,9 +8,13 @@ with authentication takes the credentials from ``MLFLOW_TRACKING_USERNAME`` /
 ``MLFLOW_TRACKING_PASSWORD`` (or ``MLFLOW_TRACKING_TOKEN``). :func:`check_tracking_server` checks a
 server before any work: MLflow's own client retries an unreachable server for minutes.
 
-Experiments that lmft creates are tagged as model training (:data:`EXPERIMENT_KIND`), so that
-MLflow 3's UI shows them with the runs table, charts and models rather than its GenAI view;
-:func:`experiment_url` links straight to that view.
+Experiments that lmft creates are tagged as model training (:data:`EXPERIMENT_KIND`) and described
+(:data:`EXPERIMENT_DESCRIPTION`, MLflow's ``mlflow.note.content``). MLflow 3.17's UI ignores that tag: it
+shows every experiment in its GenAI view (traces) unless the page's address carries
+``?workflowType=machine_learning`` or the browser's sidebar switch was set to model training once (kept in
+the browser's local storage, ``mlflow.workflowType_v1``); docs/tracking.md says how this was found.
+:func:`experiment_url` links straight to the model-training view, and ``python -m lmft_core.tracking ui``
+serves an embedded store and opens that page (:func:`main`).
 
 Logging uses :class:`mlflow.MlflowClient` with explicit run ids (no per-thread "active run"), so
 a run id can be passed to Ray workers; only rank 0 logs.
@@ -27,8 +31,18 @@ from typing import Any
 
 from lmft_core.config import ConfigError
 
-# MLflow 3's UI opens an experiment in its GenAI view unless the experiment is tagged as model training.
+# What the experiment is; MLflow 3.17's UI does not read it (module docstring), other clients may.
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+NOTE = "mlflow.note.content"  # the description MLflow's UI shows on a run's or experiment's page (Markdown)
+UI_VIEW = "workflowType=machine_learning"  # the address parameter that opens MLflow's model-training view
+EXPERIMENT_DESCRIPTION = (
+    "Runs of lmft (Learnable Motion-Focused Tokenization): one `workflow-...` parent run per `pipelines/full.py` run, "
+    "carrying the headline result (`target_test/*` of the adapted model, `baseline/<selector>/*`) and the "
+    "accuracy-vs-discard figure, with each stage's run nested under it. Every training logs its own selector's "
+    "target-test evaluation under the same names (`target_test/top1`, `target_test/discard_rate`, ...; the selector in "
+    "the tag `lmft.selector`), so the charts overlay adapted and baseline trainings.\n\n"
+    "**This UI opens in its GenAI view (traces)**: switch the sidebar to *Model training* (the browser remembers "
+    f"it), add `?{UI_VIEW}` to the address, or run `python -m lmft_core.tracking ui`, which opens the right page.")
 LOCAL_UI = "http://127.0.0.1:5000"  # where `mlflow ui` serves by default
 PREFLIGHT_TIMEOUT_S = 30.0  # the start-up check of a tracking server: one request, no retries, this long at most
 CREDENTIALS_HELP = ("set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) in the "
@@ -105,21 +119,21 @@ def _timed_out(error: BaseException) -> bool:
     return False
 
 
-def experiment_url(uri: str, experiment_id: str) -> str:
+def experiment_url(uri: str, experiment_id: str, local_ui: str = LOCAL_UI) -> str:
     """Link to the experiment's runs in the MLflow UI's model-training view: on the server for an
-    HTTP(S) tracking URI, else on a local ``mlflow ui`` (:func:`ui_command`)."""
-    base = uri.rstrip("/") if is_server(uri) else LOCAL_UI
-    return f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+    HTTP(S) tracking URI, else on a local ``mlflow ui`` at ``local_ui`` (:func:`ui_command`)."""
+    base = uri.rstrip("/") if is_server(uri) else local_ui
+    return f"{base}/#/experiments/{experiment_id}/runs?{UI_VIEW}"
 
 
-def ui_command(uri: str) -> str | None:
-    """The one-line command that serves the MLflow UI at :data:`LOCAL_UI` for an embedded store
-    (None for a tracking server: it serves its own UI)."""
+def ui_command(uri: str, port: int = 5000) -> str | None:
+    """The one-line command that serves the MLflow UI on ``port`` (default: :data:`LOCAL_UI`) for an embedded
+    store (None for a tracking server: it serves its own UI)."""
     if is_server(uri):
         return None
     import shlex
 
-    return f"mlflow ui --backend-store-uri {shlex.quote(uri)} --port 5000"
+    return f"mlflow ui --backend-store-uri {shlex.quote(uri)} --port {port}"
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -155,13 +169,27 @@ class Run:
         for i in range(0, len(items), 100):
             self.client.log_batch(self.run_id, params=items[i:i + 100])
 
-    def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
+    def log_metrics(self, metrics: Mapping[str, float], step: int = 0, model_id: str | None = None) -> None:
+        """``model_id``: also the metrics of that logged model (MLflow 3 shows them on the model's page)."""
         buffer = MetricBuffer(self.client, self.run_id)
-        buffer.add(metrics, step)
+        buffer.add(metrics, step, model_id)
         buffer.flush()
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
-        self.client.log_artifact(self.run_id, str(path), artifact_path)
+        """A file, or a folder's files under ``artifact_path``."""
+        if Path(path).is_dir():
+            self.client.log_artifacts(self.run_id, str(path), artifact_path)
+        else:
+            self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_table(self, table, artifact_file: str) -> None:
+        """``table`` (a pandas DataFrame or a dict of columns) as an MLflow table artifact (JSON), which the UI
+        shows as a table (the run's Artifacts tab) and lists in the experiment's "Evaluation" view."""
+        self.client.log_table(self.run_id, data=table, artifact_file=artifact_file)
+
+    def describe(self, text: str) -> None:
+        """The run's description (Markdown) on its page in MLflow's UI."""
+        self.client.set_tag(self.run_id, NOTE, text)
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         for key, value in tags.items():
@@ -178,14 +206,15 @@ class MetricBuffer:
         self.client, self.run_id = client, run_id
         self.pending: list = []
 
-    def add(self, metrics: Mapping[str, float], step: int) -> None:
+    def add(self, metrics: Mapping[str, float], step: int, model_id: str | None = None) -> None:
         import math
         import time
 
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        self.pending += [Metric(k, float(v), now, int(step)) for k, v in metrics.items() if math.isfinite(float(v))]
+        self.pending += [Metric(k, float(v), now, int(step), model_id=model_id)
+                         for k, v in metrics.items() if math.isfinite(float(v))]
 
     def flush(self) -> None:
         while self.pending:
@@ -240,9 +269,11 @@ def start_run(cfg: TrackingConfig, workdir: str | Path, run_name: str, parent_ru
     experiment = client.get_experiment_by_name(cfg.experiment)
     if experiment is None:
         experiment_id = client.create_experiment(cfg.experiment, artifact_location=artifact_location(uri, workdir),
-                                                 tags=EXPERIMENT_KIND)
+                                                 tags=EXPERIMENT_KIND | {NOTE: EXPERIMENT_DESCRIPTION})
     else:
         experiment_id = experiment.experiment_id
+        if NOTE not in experiment.tags:  # made by an older lmft
+            client.set_experiment_tag(experiment_id, NOTE, EXPERIMENT_DESCRIPTION)
     run_id = None
     if resume_run_id:
         from mlflow.exceptions import MlflowException
@@ -266,3 +297,63 @@ def start_run(cfg: TrackingConfig, workdir: str | Path, run_name: str, parent_ru
         raise
     finally:
         client.set_terminated(run_id, status=status)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m lmft_core.tracking ui``: serve the MLflow UI of a work directory's embedded store (or point at
+    the tracking server) and open the experiment in the model-training view (see the module docstring)."""
+    import argparse
+    import shlex
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+    import webbrowser
+
+    p = argparse.ArgumentParser(prog="python -m lmft_core.tracking", description=main.__doc__)
+    p.add_argument("command", choices=["ui"])
+    p.add_argument("--workdir", type=Path, default=Path("outputs"), help="the work directory whose store to serve")
+    p.add_argument("--tracking-uri", default="", help="default: MLFLOW_TRACKING_URI, else <workdir>/mlflow.db")
+    p.add_argument("--experiment", default="", help="the experiment to open (default: the newest one)")
+    p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--no-browser", action="store_true", help="print the address only")
+    args = p.parse_args(argv)
+    uri = TrackingConfig(uri=args.tracking_uri).resolve_uri(args.workdir)
+    if not is_server(uri) and not Path(uri.removeprefix("sqlite:///")).is_file():
+        print(f"error: no MLflow store at {uri} (run a pipeline first, or pass --workdir / --tracking-uri)", file=sys.stderr)
+        return 2
+    from mlflow import MlflowClient
+
+    experiments = MlflowClient(tracking_uri=uri).search_experiments(order_by=["creation_time DESC"])
+    chosen = [e for e in experiments if e.name == args.experiment] if args.experiment else experiments[:1]
+    if not chosen:
+        print(f"error: no experiment {args.experiment!r} in {uri}; experiments: {[e.name for e in experiments]}", file=sys.stderr)
+        return 2
+    url = experiment_url(uri, chosen[0].experiment_id, f"http://127.0.0.1:{args.port}")
+    server = None
+    if not is_server(uri):
+        # this Python's MLflow (its `mlflow` script need not be on PATH)
+        server = subprocess.Popen([sys.executable, "-m", "mlflow", *shlex.split(ui_command(uri, args.port))[1:]])
+        for _ in range(120):  # the UI answers within a few seconds
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{args.port}/health", timeout=1)
+                break
+            except OSError:
+                if server.poll() is not None:
+                    return server.returncode or 1
+                time.sleep(0.5)
+    print(f"[lmft] experiment {chosen[0].name!r} in MLflow's model-training view: {url}", flush=True)
+    if not args.no_browser:
+        webbrowser.open(url)
+    if server is not None:
+        try:
+            return server.wait()
+        except KeyboardInterrupt:
+            server.terminate()
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

@@ -25,7 +25,11 @@ The console shows a banner as each stage starts (with the time since the start),
 and last a table of the adapted model against each baseline (:mod:`lmft_core.console`, ``docs/console.md``).
 
 One MLflow parent run per workflow (``workflow-<profile>-<hash>``, reopened by a re-run of the same
-workflow) with each stage's run nested under it. Layout of the work directory (``--workdir``)::
+workflow) with each stage's run nested under it. The parent carries the headline result: the adapted training's
+``target_test/*`` (the names every training logs its own selector's result under, so MLflow's charts overlay the
+adapted and baseline runs: :mod:`lmft_core.train.names`), each baseline's as ``baseline/<selector>/*``, the
+comparison table and ``evaluation/accuracy_vs_discard.png``; every run has a description (MLflow's note).
+Layout of the work directory (``--workdir``)::
 
     data/  shards/  pretrain/  train/  ray_train/  sweeps/  tune/  predictions/  workflow/  mlflow.db  mlartifacts/
 
@@ -41,6 +45,8 @@ import json
 import shutil
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,6 +59,8 @@ from lmft_core.model_store import ModelInfo
 from lmft_core.preprocess.run import PreprocessSummary, run_preprocess
 from lmft_core.run_config import RunConfig
 from lmft_core.tracking import Run, check_tracking_server, experiment_url, start_run, ui_command
+from lmft_core.train.evaluate import headline
+from lmft_core.train.names import result_metric
 from lmft_core.train.run import TrainingRun
 
 
@@ -64,6 +72,7 @@ class FullRunResult:
     preprocess: PreprocessSummary
     run_id: str  # the parent MLflow run
     tracking_uri: str
+    experiment: str  # the MLflow experiment's name
     experiment_url: str
     adapted_run: str  # the MLflow run of the adapted model (training, or the sweep's best trial)
     model_uri: str  # the logged model
@@ -104,6 +113,7 @@ class Flow:
     adapted_evaluation: dict = field(default_factory=dict)  # every selector on target-test (evaluation.json)
     model_uri: str = ""
     comparison: list[dict] = field(default_factory=list)
+    evaluations: list[tuple[str, dict]] = field(default_factory=list)  # (training, its evaluation.json), adapted first
     model: ModelInfo | None = None  # the registered version
     prediction: dict = field(default_factory=dict)
 
@@ -111,9 +121,12 @@ class Flow:
     def shards(self) -> str:
         return self.preprocess.output_dir
 
-    def stage_run(self, name: str):
-        """The MLflow run of stage ``name``, nested under the workflow's."""
-        return start_run(self.profile.tracking, self.workdir, run_name=name, parent_run_id=self.parent.run_id)
+    @contextmanager
+    def stage_run(self, name: str) -> Iterator[Run]:
+        """The MLflow run of stage ``name``, nested under the workflow's, described by its stage's docstring."""
+        with start_run(self.profile.tracking, self.workdir, run_name=name, parent_run_id=self.parent.run_id) as run:
+            run.describe(next(" ".join(s.__doc__.split()) for s in STAGES if s.name == name))
+            yield run
 
 
 class Stage(ABC):
@@ -218,10 +231,12 @@ class Adapt(Stage):
             flow.adapted_run, flow.model_uri = sweep.best_run_id, sweep.model_uri
             flow.adapted = flow.profile.with_overrides(trial_overrides(sweep.best_params))
         else:
-            trained = self.training(flow).run(parent_run_id=flow.parent.run_id, title=f"adapted ({flow.profile.selector.label})")
+            trained = self.training(flow).run(parent_run_id=flow.parent.run_id, role="Adapted",
+                                              title=f"adapted ({flow.profile.selector.label})")
             flow.adapted_run, flow.model_uri, flow.adapted = trained.mlflow_run_id, trained.model_uri, flow.profile
         flow.adapted_evaluation = _evaluation_of(flow.adapted_run, flow.uri)
         flow.comparison = [_comparison_row("adapted", flow.adapted_evaluation, flow.adapted_run, flow.uri)]
+        flow.evaluations = [("adapted", flow.adapted_evaluation)]
 
 
 class Evaluate(Stage):
@@ -249,17 +264,23 @@ class Evaluate(Stage):
         return f"baseline training{'s' if len(names) != 1 else ''} {', '.join(names)}" if names else "no baselines"
 
     def run(self, flow: Flow) -> None:
+        from lmft_core.train import plots
+
         for training in self.trainings(flow):
-            result = training.run(parent_run_id=flow.parent.run_id, title=f"baseline ({training.job.selector.label})")
+            result = training.run(parent_run_id=flow.parent.run_id, role="Baseline",
+                                  title=f"baseline ({training.job.selector.label})")
             flow.comparison.append(_comparison_row("baseline", result.evaluation, result.mlflow_run_id, flow.uri))
+            flow.evaluations.append((f"baseline {headline(result.evaluation)['selector']}", result.evaluation))
+        table = _write_comparison(flow.comparison, flow.state_dir / "comparison.md")
+        figure = plots.save(plots.accuracy_vs_discard(accuracy_points(flow.evaluations)),
+                            flow.state_dir / "accuracy_vs_discard.png")
         with flow.stage_run("evaluate") as run:
             run.set_tags({"lmft.stage": "evaluate"})
-            table = _write_comparison(flow.comparison, flow.state_dir / "comparison.md")
             run.log_artifact(table, "evaluation")
-            for row in flow.comparison:
-                run.log_metrics({f"compare/{row['selector']}/{k}": row[k] for k in (
-                    "top1", "mean_class_accuracy", "discard_rate", "gflops_per_clip", "train_clips_per_s")})
+            run.log_artifact(figure, "evaluation")
         flow.parent.log_artifact(table, "evaluation")
+        flow.parent.log_artifact(figure, "evaluation")
+        flow.parent.log_metrics(headline_metrics(flow.comparison))
 
 
 class Register(Stage):
@@ -301,7 +322,7 @@ class Predict(Stage):
                                                     dataclasses.asdict(flow.profile.predict))]
 
     def run(self, flow: Flow) -> None:
-        from lmft_core.predict import run_predict
+        from lmft_core.predict import read_predictions, run_predict
 
         cfg, [pred_dir] = flow.profile.workflow, self.outputs(flow)
         with flow.stage_run("predict") as run:
@@ -315,6 +336,14 @@ class Predict(Stage):
             run.log_metrics({f"predict/{k}": v for k, v in pred.items() if isinstance(v, (int, float)) and v is not None})
             run.log_artifact(pred_dir / "summary.json", "predict")
             run.log_artifact(pred_dir / "rejects.csv", "predict")
+            if pred["predicted"]:  # a table the UI shows (the run's Artifacts tab; the experiment's Evaluation view)
+                run.log_table(read_predictions(pred["predictions"]).to_pandas(), "predict/predictions.json")
+            if pred.get("pictures"):
+                run.log_artifact(pred["pictures"], "predict/pictures")
+            for warning in pred.get("warnings", []):
+                print(f"[lmft] WARNING: {warning}")
+            if pred.get("warnings"):
+                run.set_tags({"lmft.warning": " ".join(pred["warnings"])})
         flow.prediction = pred
 
 
@@ -370,9 +399,11 @@ def run_full(profile: RunConfig, workdir: str | Path, manifest: str | Path | Non
         parent.log_metrics({f"time/{name}_s": s for name, s in seconds.items()})
         experiment_id = parent.client.get_run(parent.run_id).info.experiment_id
         cfg = profile.workflow
+        parent.describe(workflow_description(flow))
         return FullRunResult(
             manifest=checked.path, preprocess=flow.preprocess, run_id=parent.run_id, tracking_uri=uri,
-            experiment_url=experiment_url(uri, experiment_id), adapted_run=flow.adapted_run, model_uri=flow.model_uri,
+            experiment=profile.tracking.experiment, experiment_url=experiment_url(uri, experiment_id),
+            adapted_run=flow.adapted_run, model_uri=flow.model_uri,
             registered=f"models:/{cfg.model_name}@{cfg.alias}", model_version=flow.model.version,
             comparison=flow.comparison, predictions=flow.prediction["predictions"], prediction_summary=flow.prediction,
             stage_seconds=seconds, elapsed_s=clock.elapsed_s)
@@ -389,12 +420,45 @@ def _evaluation_of(run_id: str, uri: str) -> dict:
 def _comparison_row(training: str, evaluation: dict, run_id: str, uri: str) -> dict:
     from mlflow import MlflowClient
 
-    from lmft_core.train.evaluate import headline
-
     run = MlflowClient(tracking_uri=uri).get_run(run_id)
     wall_s = (run.info.end_time - run.info.start_time) / 1000 if run.info.end_time else float("nan")
     return {"training": training, **headline(evaluation), "train_wall_s": wall_s,
             "train_clips_per_s": run.data.metrics.get("final/train_clips_per_s", float("nan")), "run_id": run_id}
+
+
+HEADLINE_KEYS = ("top1", "mean_class_accuracy", "discard_rate", "gflops_per_clip")
+
+
+def headline_metrics(comparison: list[dict]) -> dict[str, float]:
+    """The parent run's result (``comparison``: the adapted training's row first, then the baselines'): the adapted
+    model's under the names every training logs its own result under (``target_test/top1``, ...) and its training
+    speed (``final/train_clips_per_s``); each baseline's as ``baseline/<selector>/<key>``."""
+    adapted, *baselines = comparison
+    out = {result_metric(k): adapted[k] for k in HEADLINE_KEYS} | {"final/train_clips_per_s": adapted["train_clips_per_s"]}
+    for row in baselines:
+        out |= {f"baseline/{row['selector']}/{k}": row[k] for k in (*HEADLINE_KEYS, "train_clips_per_s")}
+    return out
+
+
+def accuracy_points(evaluations: list[tuple[str, dict]]) -> list[dict]:
+    """The points of :func:`lmft_core.train.plots.accuracy_vs_discard`: every selector each training was evaluated
+    with (its ``evaluation.json``; the first is the selector it trained with)."""
+    return [{"training": training, "selector": sel, "own": i == 0, "discard_rate": r["discard_rate"], "top1": r["top1"]}
+            for training, evaluation in evaluations for i, (sel, r) in enumerate(evaluation.items())]
+
+
+def workflow_description(flow: Flow) -> str:
+    """The parent run's description (Markdown): what ran, the result, where the rest is."""
+    p = flow.profile
+    rows = "\n".join(f"| {r['training']} | `{r['selector']}` | {r['top1']:.3f} | {r['discard_rate']:.3f} | "
+                     f"{r['gflops_per_clip']:.3f} |" for r in flow.comparison)
+    warnings = "".join(f"\n\n**Warning**: {w}" for w in flow.prediction.get("warnings", []))
+    return (f"lmft workflow, profile `{p.name}`: preprocess, adapt ({p.workflow.adapt}), baselines "
+            f"{list(p.workflow.baselines)}, register `{p.workflow.model_name}@{p.workflow.alias}`, predict "
+            f"({flow.prediction.get('predicted', 0)} videos labelled, {flow.prediction.get('rejected', 0)} rejected).\n\n"
+            "| training | trained with | target top-1 | discard rate | GFLOPs/clip |\n|---|---|---|---|---|\n"
+            f"{rows}\n\nMetrics: `target_test/*` (adapted), `baseline/<selector>/*`; figure: "
+            "`evaluation/accuracy_vs_discard.png`; each stage's run is nested below." + warnings)
 
 
 def _write_comparison(rows: list[dict], path: Path) -> Path:
@@ -418,6 +482,8 @@ def comparison_table(rows: list[dict]) -> str:
 def where_everything_is(result: FullRunResult) -> str:
     """The end-of-run message: runs, model version, predictions, how to open MLflow, and last the comparison
     table (:func:`comparison_table`)."""
+    import shlex
+
     ui = ui_command(result.tracking_uri)
     return "\n".join([
         f"[lmft] ── done in {duration(result.elapsed_s)} " + "─" * 50,
@@ -425,7 +491,9 @@ def where_everything_is(result: FullRunResult) -> str:
         f"[lmft] predictions: {result.predictions} ({result.prediction_summary['predicted']} labelled, "
         f"{result.prediction_summary['rejected']} rejected)",
         f"[lmft] MLflow: workflow run {result.run_id}, adapted model's run {result.adapted_run} ({result.tracking_uri})",
-        f"[lmft] open MLflow: {ui}" if ui else f"[lmft] MLflow UI: {result.tracking_uri}",
+        f"[lmft] open MLflow in its model-training view: python -m lmft_core.tracking ui --tracking-uri "
+        f"{shlex.quote(result.tracking_uri)} --experiment {shlex.quote(result.experiment)}  (or: {ui})"
+        if ui else f"[lmft] MLflow UI: {result.tracking_uri}",
         f"[lmft] this workflow's experiment (model-training view): {result.experiment_url}",
         "",
         comparison_table(result.comparison),

@@ -8,7 +8,9 @@
 ``models:/<name>/<version>``, ``models:/m-...``); the tracking store is ``--tracking-uri``, else
 ``MLFLOW_TRACKING_URI``, else the embedded store of ``--workdir``. The model brings its clip geometry,
 energy variant and classes. Writes ``<output>/predictions.parquet`` (or ``.csv``: ``--set
-predict.output_format=csv``), ``rejects.csv`` and ``summary.json``.
+predict.output_format=csv``), ``rejects.csv`` and ``summary.json``; with ``--pictures`` also a picture per video of
+the tokens the model kept over its frames (``<output>/pictures/``). A warning is printed (and kept in the summary)
+when every prediction is one class.
 """
 
 from __future__ import annotations
@@ -32,7 +34,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--output", required=True, type=Path)
     p.add_argument("--tracking-uri", default="", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or the embedded store)")
     p.add_argument("--workdir", type=Path, default=Path("outputs"), help="where the embedded MLflow store is")
+    p.add_argument("--pictures", action="store_true",
+                   help="also write a picture per video: energy heat, kept tokens, prediction (= --set predict.pictures=true)")
     args = p.parse_args(argv)
+    if args.pictures:
+        args.overrides.append("predict.pictures=true")
     try:
         profile = load(args)
         from lmft_core.model_store import resolve  # after --help: torch, Ray and MLflow load only for work
@@ -53,6 +59,11 @@ def main(argv: list[str] | None = None) -> int:
     acc = "" if summary.accuracy is None else f", accuracy {summary.accuracy:.3f} on {summary.labelled} labelled"
     print(f"[lmft] {summary.predicted} of {summary.videos_in} videos labelled ({summary.rejected} rejected{acc}) "
           f"with {summary.model}\n[lmft] predictions: {summary.predictions}\n[lmft] rejects: {summary.rejects}")
+    if summary.pictures:
+        print(f"[lmft] pictures: {summary.pictures} ({summary.pictures_made} made, {summary.pictures_skipped} videos "
+              "without one: rejected)")
+    for warning in summary.warnings:
+        print(f"[lmft] WARNING: {warning}")
     return 0
 
 

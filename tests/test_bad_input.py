@@ -9,7 +9,8 @@ from conftest import entry_main
 
 CASES = {
     "unknown_profile": (["--profile", "papr"],
-                        "unknown profile 'papr'; available: ['demo', 'paper', 'results', 'results-small', 'results-tiny'] or a .toml path"),
+                        "unknown profile 'papr'; available: ['demo', 'paper', 'results', 'results-directions', 'results-small', 'results-tiny'] "
+                        "or a .toml path"),
     "missing_profile_file": (["--profile", "/nonexistent/mine.toml"], "profile file not found: /nonexistent/mine.toml"),
     "unknown_key": (["--set", "clip.num_frame=8"],
                     "--set clip.num_frame=8: [clip]: unknown key(s) ['num_frame']; known: ['image_size', 'num_frames', 'patch', 'tubelet']"),
@@ -31,6 +32,17 @@ CASES = {
     "adafocus_window_over_grid": (["--set", 'selector.name="adafocus"', "--set", "selector.window=[5, 5]"],
                                   '--set selector.name="adafocus", --set selector.window=[5, 5]: selector.window=[5, 5] is '
                                   "larger than the token grid 4 x 4 ([clip] image_size / patch = 64 / 16)"),
+    "rloo_with_adafocus": (["--set", 'selector.name="adafocus"', "--set", "policy.estimator='rloo'"],
+                           "policy.estimator='rloo' estimates the threshold policy's gradient, which "
+                           "selector.name='adafocus' does not use"),
+    "unknown_estimator": (["--set", "policy.estimator='rlo'"], "--set policy.estimator='rlo': [policy]: policy.estimator 'rlo' "
+                          "is not a registered threshold estimator; known: ['paper', 'rloo']"),
+    "unknown_selection_rule": (["--set", "train.self_selection='cbst'"], "train.self_selection 'cbst' is not a registered "
+                               "self-training selection rule; known: ['class_balanced', 'threshold']"),
+    "fraction_outside": (["--set", "train.self_fraction_max=1.2"], "train.self_fraction_max must be in (0, 1]"),
+    "flip_mislabels": (["--profile", "results-directions", "--set", "train.hflip_label_map={}"],
+                       "train.hflip = true, but the classes ['slide_left', 'slide_right', 'orbit_cw', 'orbit_ccw'] "
+                       "(demo_data.classes) name a direction"),
 }
 
 

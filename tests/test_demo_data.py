@@ -14,11 +14,14 @@ import pytest
 from conftest import entry_main
 from lmft_core.config import ConfigError
 from lmft_core.demo_data import (
+    APPEARANCES,
+    DIRECTION_CLASSES,
     MARKER,
     CameraMotion,
     DemoDataConfig,
     _pattern,
     camera_path,
+    degrade,
     generate_demo_data,
     load_actor_mask,
     render_video,
@@ -159,13 +162,21 @@ RENDERED_SHA256 = {
     ("hard2", "source", "clap", 1): "28af1c8efffbb1aec2a988ad094f09ad5203634d8bd0e98a98ff93e390f2d5d4",
     ("hard2", "target", "spin", 0): "bf4fdc51e2576b5a4be8461628b588c564222be0d971e821cd95f72903695975",
     ("static", "target", "jump", 2): "a888f3aa30328866f56a5bd92452a09c8ff3d99deb4c2ca8df3415177773d66e",
+    # the second shift's looks: blocks, and stripes through blur and haze (whole-frame optics), static and moving
+    ("directions", "source", "orbit_cw", 1): "ba5bbd2dd91ff2466cb0ddc4b57cebf94d31743e09d804b25f209a83a81ced77",
+    ("directions", "target", "slide_left", 0): "687c46095cf6c93563ce0ea319e2b5bfa5b65a09a2934c2f67ca2e413925e2de",
+    ("directions_moving", "target", "rise", 1): "3e91d9c0eeb610a2f48769cd1e9e99030b593ad4f5a53ef7eafd8644922bf510",
 }
+DIRS = DemoDataConfig(classes=DIRECTION_CLASSES, videos_per_class=2, num_frames=48, width=64, height=48,
+                      source_appearance="source_blocks", target_appearance="target_haze")  # the second shift
 LOOKS = {
     "camera": dataclasses.replace(CFG, target_camera=CameraMotion(pan_px_per_s=20.0, shake_px=2.0, zoom_per_s=0.1)),
     "hard": dataclasses.replace(CFG, source_appearance="stripes", target_appearance="blocks",
                                 target_camera=CameraMotion(pan_px_per_s=15.0)),
     "hard2": dataclasses.replace(CFG, source_appearance="tilted_checker", target_appearance="flat"),
     "static": CFG,
+    "directions": DIRS,
+    "directions_moving": dataclasses.replace(DIRS, target_camera=CameraMotion(pan_px_per_s=15.0, zoom_per_s=0.1)),
 }
 
 
@@ -323,3 +334,62 @@ def background_texture(cfg: DemoDataConfig) -> float:
     still = np.median(frames.astype(np.float32).mean(-1) / 255, axis=0)
     away = ~mask.any(0)
     return float((np.abs(np.diff(still, axis=0))[:, :-1] + np.abs(np.diff(still, axis=1))[:-1])[away[:-1, :-1] & away[1:, 1:]].mean())
+
+
+# ----------------------------------------------------------------------------- the second shift: directions
+
+
+def test_direction_classes_move_their_way_and_a_flip_mirrors_left_right_and_the_orbits():
+    tracks = {label: centroids(render_video_and_mask(DIRS, "source", label, 0)[1])[:, ::-1] for label in DIRECTION_CLASSES}
+    step = {label: np.diff(t, axis=0).mean(0) for label, t in tracks.items()}  # mean (dx, dy) per frame, pixels
+    assert step["slide_right"][0] > 0.4 > -0.4 > step["slide_left"][0]
+    assert step["fall"][1] > 0.3 > -0.3 > step["rise"][1]  # y points down: rise is upwards on screen
+    assert abs(step["slide_left"][1]) < 0.1 and abs(step["rise"][0]) < 0.1
+
+    def turning(track: np.ndarray) -> float:  # the mean cross product of successive steps: > 0 clockwise on screen
+        d = np.diff(track, axis=0)
+        return float((d[:-1, 0] * d[1:, 1] - d[:-1, 1] * d[1:, 0]).mean())
+
+    assert turning(tracks["orbit_cw"]) > 0 > turning(tracks["orbit_ccw"])
+    mirrored = tracks["orbit_cw"] * [-1, 1]  # a horizontal flip: x -> -x
+    assert turning(mirrored) < 0  # what hflip_label_map = {orbit_cw = "orbit_ccw"} says
+    assert (np.diff(tracks["slide_left"] * [-1, 1], axis=0).mean(0)[0]) > 0.4
+
+
+def test_blur_and_haze_degrade_the_target_and_leave_a_clear_look_alone():
+    frame = np.random.default_rng(0).uniform(0, 1, (24, 32, 3))
+    assert degrade(frame, APPEARANCES["source"]) is frame  # no optics: the very array, so old looks are bit-identical
+    blurred = degrade(frame, dataclasses.replace(APPEARANCES["source"], blur=1.0))
+    np.testing.assert_allclose(blurred.mean(), frame.mean(), atol=0.01)  # a normalised kernel keeps the level
+    assert np.abs(np.diff(blurred, axis=1)).mean() < 0.5 * np.abs(np.diff(frame, axis=1)).mean()
+    # a naive 2-D convolution with the same kernel, away from the edges
+    k = np.exp(-np.arange(-3, 4) ** 2 / 2.0)
+    k2 = np.outer(k, k) / k.sum() ** 2
+    y, x = 10, 12
+    np.testing.assert_allclose(blurred[y, x], (frame[y - 3:y + 4, x - 3:x + 4] * k2[..., None]).sum((0, 1)), rtol=1e-10)
+    hazy = degrade(frame, dataclasses.replace(APPEARANCES["source"], haze=0.3))
+    np.testing.assert_allclose(hazy, 0.7 * frame + 0.18)
+    src, _ = render_video_and_mask(DIRS, "source", "rise", 0)
+    tgt, _ = render_video_and_mask(DIRS, "target", "rise", 0)
+    assert float(tgt.std()) < float(src.std())  # the hazy target has less contrast
+
+
+def test_the_directions_profile_pairs_its_mirrored_classes_and_an_unpaired_flip_is_refused():
+    from lmft_core.augment import check_hflip, label_map_tensor
+
+    profile = load_profile("results-directions")
+    assert profile.demo_data.classes == DIRECTION_CLASSES and profile.train.hflip
+    mirror = label_map_tensor(DIRECTION_CLASSES, profile.train.hflip_label_map)
+    assert [DIRECTION_CLASSES[i] for i in mirror] == ["slide_right", "slide_left", "rise", "fall", "orbit_ccw", "orbit_cw"]
+    with pytest.raises(ConfigError, match=r"--set train.hflip_label_map=\{\}: train.hflip = true, but the classes "
+                                          r"\['slide_left', 'slide_right', 'orbit_cw', 'orbit_ccw'\]"):
+        load_profile("results-directions", ["train.hflip_label_map={}"])
+    load_profile("results-directions", ["train.hflip_label_map={}", "train.hflip=false"])  # no flip: nothing to pair
+    with pytest.raises(ConfigError, match=r"the classes \['orbit_ccw'\] \(demo_data.classes\)"):  # half a pair is no pair
+        load_profile("results-directions", ["train.hflip_label_map={slide_left='slide_right'}",
+                                            "demo_data.classes=['slide_left', 'slide_right', 'orbit_ccw']"])
+    # names split at camel case and separators; words inside others ("bright", "upright") are no direction
+    check_hflip(["Bright", "upright", "TurnAround"], True, {}, "test")
+    for name in ("TurnLeft", "spin-CCW", "walk_west", "RotateClockwise"):
+        with pytest.raises(ConfigError, match=f"the classes \\['{name}'\\] \\(test\\)"):
+            check_hflip([name], True, {}, "test")

@@ -18,6 +18,7 @@ from mlflow import MlflowClient
 from live_servers import TINY_WORKFLOW
 from lmft_core.config import ConfigError
 from lmft_core.run_config import load_profile
+from lmft_core.tracking import NOTE, using_tracking_uri
 from lmft_core.workflow import run_full, where_everything_is
 
 REPO = Path(__file__).resolve().parents[1]
@@ -130,7 +131,34 @@ def test_evaluate_compares_the_adapted_model_with_the_baseline_training(full_run
     assert set(rows) == {"lmft", "full"}
     assert rows["full"]["discard_rate"] == 0.0 and rows["lmft"]["gflops_per_clip"] <= rows["full"]["gflops_per_clip"]
     client = MlflowClient(tracking_uri=result.tracking_uri)
-    assert "evaluation/comparison.md" in {a.path for a in client.list_artifacts(result.run_id, "evaluation")}
+    assert {"evaluation/comparison.md", "evaluation/accuracy_vs_discard.png"} <= \
+        {a.path for a in client.list_artifacts(result.run_id, "evaluation")}
+    # the metric-name contract: each training's own result under the same names; the parent carries the headline
+    parent = client.get_run(result.run_id)
+    adapted, baseline = (client.get_run(rows[s]["run_id"]).data.metrics for s in ("lmft", "full"))
+    for key in ("top1", "mean_class_accuracy", "discard_rate", "gflops_per_clip"):
+        assert adapted[f"target_test/{key}"] == pytest.approx(adapted[f"eval_target/lmft/{key}"])
+        assert baseline[f"target_test/{key}"] == pytest.approx(baseline[f"eval_target/full/{key}"])
+        assert parent.data.metrics[f"target_test/{key}"] == pytest.approx(adapted[f"target_test/{key}"])
+        assert parent.data.metrics[f"baseline/full/{key}"] == pytest.approx(baseline[f"target_test/{key}"])
+    # the full-token baseline logs nothing about a threshold, and no kept-token figure
+    assert not [k for k in baseline if "tau" in k or k.startswith(("policy/", "train/reward", "train/mu"))]
+    assert "final/tau_hat" in adapted and "policy/tau_hat" in adapted
+    assert {a.path for a in client.list_artifacts(rows["full"]["run_id"], "plots")} == {"plots/confusion.png"}
+    assert not client.list_artifacts(rows["full"]["run_id"], "policy")
+    # descriptions, logged models with distinct names, a signature and their result
+    assert "| adapted | `lmft` |" in parent.data.tags[NOTE] and "| baseline | `full` |" in parent.data.tags[NOTE]
+    assert all(NOTE in client.get_run(r["run_id"]).data.tags for r in result.comparison)
+    models = {m.name: m for m in client.search_logged_models([parent.info.experiment_id])}
+    assert {"classifier-lmft", "classifier-full"} <= set(models)
+    on_model = {m.key: m.value for m in models["classifier-lmft"].metrics}
+    assert on_model["target_test/top1"] == pytest.approx(rows["lmft"]["top1"]) and "final/tau_hat" in on_model
+    assert models["classifier-lmft"].params["selector"] == "lmft" and "tau_hat" not in models["classifier-full"].params
+    import mlflow.models
+
+    with using_tracking_uri(result.tracking_uri):
+        info = mlflow.models.get_model_info(result.model_uri)
+    assert info.signature.inputs.input_names() == ["frames", "energy"] and info.saved_input_example_info is not None
 
 
 def test_model_is_registered_with_an_alias_and_predicts_the_held_back_videos(full_run):
@@ -148,6 +176,14 @@ def test_model_is_registered_with_an_alias_and_predicts_the_held_back_videos(ful
     probs = table.column("p_jump").to_numpy() + table.column("p_wave").to_numpy()
     assert abs(probs - 1.0).max() < 1e-5
     assert result.prediction_summary["predicted"] == 2 and result.prediction_summary["rejected"] == 0
+    (predict,) = client.search_runs([client.get_run(result.run_id).info.experiment_id],
+                                    f"tags.lmft.stage = 'predict' and tags.mlflow.parentRunId = '{result.run_id}'")
+    assert '"type": "table"' in predict.data.tags["mlflow.loggedArtifacts"] and NOTE in predict.data.tags
+    with using_tracking_uri(result.tracking_uri):
+        logged = client.load_table(predict.info.experiment_id, "predict/predictions.json", run_ids=[predict.info.run_id])
+    assert sorted(logged["video_id"]) == sorted(table.column("video_id").to_pylist())
+    pictures = {a.path.rsplit("/", 1)[1] for a in client.list_artifacts(predict.info.run_id, "predict/pictures")}
+    assert pictures == set(table.column("picture").to_pylist()) and len(pictures) == 2  # the demo profile draws them
 
 
 def test_rerun_skips_every_finished_stage_and_force_redoes_one(full_run, capsys):

@@ -71,8 +71,9 @@ def test_every_video_of_a_folder_is_predicted_or_rejected(registered, tiny_demo,
     shutil.copy(SHARED_VIDEOS / "moviepy__doc_result_empty_0bytes.webm", folder / "empty.webm")
     (folder / "notes.txt").write_text("not a video")
     code = entry_main("predict")(["--model", info.uri, "--folder", str(folder), "--output", str(tmp_path / "out"),
-                                  "--tracking-uri", result.tracking_uri])
-    assert code == 0, capsys.readouterr().err
+                                  "--tracking-uri", result.tracking_uri, "--pictures"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     table = pq.read_table(summary["predictions"])
     assert sorted(table.column("video_id").to_pylist()) == sorted([r.label for r in demo] + ["sub/real.avi", "sub/real.mp4"])
@@ -84,6 +85,12 @@ def test_every_video_of_a_folder_is_predicted_or_rejected(registered, tiny_demo,
     assert abs(probs - 1).max() < 1e-5 and set(table.column("predicted_label").to_pylist()) <= set(info.classes)
     keep = table.column("keep_ratio").to_numpy()
     assert ((keep >= 0.25 - 1e-6) & (keep <= 1.0)).all()  # at least the first of 4 segments is kept
+    # a picture per predicted video; the rejected one (no frames) is skipped and counted, not an error
+    pictures = sorted(p.name for p in (tmp_path / "out" / "pictures").iterdir())
+    assert pictures == sorted(table.column("picture").to_pylist()) and len(pictures) == 4
+    assert summary["pictures_made"] == 4 and summary["pictures_skipped"] == 1 and "4 made, 1 videos without one" in out
+    assert sum(summary["predicted_classes"].values()) == 4
+    assert bool(summary["warnings"]) == (len(summary["predicted_classes"]) == 1) == ("WARNING: all 4 predictions" in out)
 
 
 def test_manifest_input_csv_output_and_errors(registered, tmp_path):

@@ -90,3 +90,61 @@ def test_the_adafocus_reading_says_where_it_wins_and_loses_against_random_and_lm
     assert "at 0.0500 against 0.0800 GFLOPs per clip" in text
     assert "moving camera, keep 0.25: adafocus 0.460 against random wins, +0.100; against LMFT (keep 0.50) wins, +0.150" in text
     assert "keep 0.5:" not in text  # no 2x4 rows: not compared
+
+
+def test_the_self_training_reading_says_help_hurt_or_drift_from_the_table():
+    script = results_script()
+
+    def run(top1, refreshes):
+        return {"top1": top1, "source_val_top1": 0.6, "refreshes": refreshes}
+
+    rows = {"source-only": [run(0.50, []), run(0.52, []), run(0.51, [])],
+            "self, class-balanced": [run(0.60, [[1, 0.2, 0.7], [2, 0.3, 0.6]]), run(0.61, [[1, 0.2, 0.8], [2, 0.3, 0.6]])],
+            "self, threshold": [run(0.50, [[1, 0.0, float("nan")], [2, 0.1, 0.5]])]}
+    text = script["self_reading"](rows)
+    # +0.095 against a largest sd of 0.01: helps; accuracy 0.75 -> 0.60: drifts
+    assert "*self, class-balanced* helps (+0.095" in text and "pass rate at the first refresh is 0.20" in text
+    assert "drifts (falls): 0.750 at the first refresh, 0.600 at the last" in text
+    assert "*self, threshold* makes no clear difference (-0.010" in text
+    table = script["refresh_table"](rows)
+    assert "| self, class-balanced | 1 | 0.200 ± 0.000 | 0.750 ± 0.071 | 2 |" in table
+    assert "| self, threshold | 2 | 0.100 | 0.500 | 1 |" in table
+
+
+def map_row(tau, top1, reward, discard=0.5, seed=0):
+    return {"seed": seed, "tau": tau, "top1": top1, "source_val_top1": top1 + 0.1, "discard_rate": discard,
+            "source_val_loss": 1.0, "source_val_reward": reward}
+
+
+def test_the_threshold_map_finds_tau_star_and_the_accuracy_optimum_and_judges_lmft(tmp_path):
+    script = results_script()
+    rows = {"fixed threshold, keep 0.10": [map_row(0.8, 0.40, -12.0, 0.9)],
+            "fixed threshold, keep 0.40": [map_row(0.5, 0.55, -9.0, 0.6), map_row(0.5, 0.57, -9.2, 0.6, 1)],
+            "fixed threshold, keep 0.70": [map_row(0.3, 0.60, -10.0, 0.3), map_row(0.3, 0.62, -10.1, 0.3, 1)],
+            "LMFT, paper estimator": [map_row(0.45, 0.52, -9.5, 0.55)],
+            "LMFT, rloo estimator": [map_row(0.49, 0.60, -9.1, 0.58)]}
+    assert script["best_of_map"](rows) == ["fixed threshold, keep 0.40", "fixed threshold, keep 0.70"]
+    text = script["threshold_reading"](rows)
+    assert "the reward optimum tau* = 0.500 (*fixed threshold, keep 0.40*" in text
+    assert "the accuracy optimum tau = 0.300 (*fixed threshold, keep 0.70*, 0.610)" in text
+    # best fixed 0.610 minus the largest sd 0.0141: 0.596; rloo 0.600 at discard 0.58 meets it, the paper's misses
+    assert "*LMFT, rloo estimator*: tau_hat 0.490 (-0.010 from tau*), target top-1 0.600 at discard 0.58: it meets" in text
+    assert "*LMFT, paper estimator*: tau_hat 0.450 (-0.050 from tau*), target top-1 0.520 at discard 0.55: it misses" in text
+    assert script["tau_star_of"]({"threshold": {"rows": rows}}) == 0.5
+    png = script["threshold_figure"](rows, tmp_path / "map.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_estimator_reading_measures_how_far_apart_the_starts_end(tmp_path):
+    script = results_script()
+
+    def run(end):
+        return {"top1": 0.5, "discard_rate": 0.5, "tau_hat_history": [[1, 0.3], [2, end]]}
+
+    rows = {"paper estimator, start tau_hat 0.3": [run(0.31), run(0.33)], "paper estimator, start tau_hat 0.7": [run(0.69)],
+            "rloo estimator, start tau_hat 0.3": [run(0.47), run(0.49)], "rloo estimator, start tau_hat 0.7": [run(0.50)]}
+    text = script["estimator_reading"](rows, 0.5)
+    assert "the paper estimator's starts end 0.370 apart (not within 0.05), at most 0.190 from tau* = 0.500 (not within" in text
+    assert "the rloo estimator's starts end 0.020 apart (within 0.05), at most 0.020 from tau* = 0.500 (within 0.05)" in text
+    assert "| rloo estimator, start tau_hat 0.3 | 0.480 ± 0.014 | 0.500 ± 0.000 | 0.500 | 2 |" in script["estimator_table"](rows)
+    assert script["estimator_figure"](rows, tmp_path / "tau.png", 0.5).is_file()

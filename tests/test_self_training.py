@@ -15,14 +15,25 @@ import torch.nn.functional as F
 from test_train_step import CLIP, K, batch, learner
 
 from conftest import TINY_CLIP_GEOMETRY, TINY_TRAIN
+from lmft_core.config import ConfigError
 from lmft_core.model import ModelConfig, PolicyConfig, SelectorConfig
 from lmft_core.model.classifier import LMFTClassifier
 from lmft_core.registry import Registry
 from lmft_core.run_config import load_profile
 from lmft_core.shards.batch import model_input
 from lmft_core.shards.reader import BATCH_COLUMNS, ShardSet, batch_from_table, video_key
+from lmft_core.train.config import TrainConfig
 from lmft_core.train.dist import Dist
-from lmft_core.train.pseudo import PSEUDO_LABEL_SOURCES, SelfLabels, predict_clips, pseudo_label_report, refresh_self_labels, target_labels
+from lmft_core.train.pseudo import (
+    PSEUDO_LABEL_SOURCES,
+    SELF_SELECTIONS,
+    SelfLabels,
+    predict_clips,
+    pseudo_label_report,
+    refresh_self_labels,
+    self_fraction,
+    target_labels,
+)
 
 
 def naive_rule(source: str, clip_label: int, clip_pass: bool, self_label: int, self_pass: bool) -> int | None:
@@ -145,6 +156,85 @@ def test_target_labels_never_reach_a_loss(source):
     assert all(r == runs[0] for r in runs[1:])
     if source != "clip":
         assert runs[0][1]["pseudo_self_pass_rate"] > 0 and runs[0][1]["loss_target"] > 0
+
+
+# ----------------------------------------------------------------------------- class-balanced selection (CBST)
+
+def naive_class_balanced(labels: list[int], confs: list[float], fraction: float) -> set[int]:
+    """Per predicted class: sort its clips by confidence, highest first (ties: earlier clip first), take
+    ceil(fraction * count) of them."""
+    chosen = set()
+    for k in set(labels):
+        members = sorted((i for i in range(len(labels)) if labels[i] == k), key=lambda i: (-confs[i], i))
+        chosen |= set(members[:math.ceil(round(fraction * len(members), 9))])
+    return chosen
+
+
+def test_class_balanced_selection_against_a_naive_sort_per_class():
+    assert set(SELF_SELECTIONS) == {"threshold", "class_balanced"}
+    g = torch.Generator().manual_seed(3)
+    for trial in range(40):
+        n, k = int(torch.randint(1, 60, (), generator=g)), int(torch.randint(1, 6, (), generator=g))
+        labels = torch.randint(0, k, (n,), generator=g)
+        confs = torch.rand(n, generator=g)
+        if trial % 4 == 0:  # ties in confidence: the earlier clip first
+            confs = (confs * 4).round() / 4
+        for fraction in (0.05, 0.2, 0.3, 0.5, 0.999, 1.0):
+            passed = SELF_SELECTIONS["class_balanced"](labels, confs, 0.9, fraction)
+            expected = naive_class_balanced(labels.tolist(), confs.tolist(), fraction)
+            assert set(passed.nonzero().squeeze(1).tolist()) == expected, (trial, fraction)
+            # by construction every predicted class passes at least one clip: pass rate > 0 at any fraction > 0
+            assert set(labels[passed].tolist()) == set(labels.tolist())
+    # the threshold rule: strictly above self_gamma, the fraction unused
+    confs = torch.tensor([0.5, 0.9, 0.91, 0.2])
+    assert SELF_SELECTIONS["threshold"](torch.zeros(4, dtype=torch.long), confs, 0.9, 0.1).tolist() == [False, False, True, False]
+
+
+def test_the_class_balanced_fraction_grows_per_refresh_up_to_its_maximum():
+    assert [self_fraction(r, 0.2, 0.1, 0.5) for r in range(1, 7)] == pytest.approx([0.2, 0.3, 0.4, 0.5, 0.5, 0.5])
+    assert [self_fraction(r, 0.3, 0.0, 0.3) for r in (1, 5)] == [0.3, 0.3]
+    with pytest.raises(ValueError, match="refreshes count from 1"):
+        self_fraction(0, 0.2, 0.1, 0.5)
+    # the refresh index from completed epochs: every 2nd epoch refreshes, so epoch 2 is the first refresh
+    cfg = TrainConfig(self_selection="class_balanced", self_refresh_epochs=2, self_fraction_start=0.25,
+                      self_fraction_step=0.25, self_fraction_max=0.8)
+    assert [cfg.self_fraction(e) for e in (2, 4, 6, 8)] == pytest.approx([0.25, 0.5, 0.75, 0.8])
+
+
+@pytest.mark.parametrize(("key", "value", "message"), [
+    ("self_selection", "cbst", r"train.self_selection 'cbst' is not a registered self-training selection rule"),
+    ("self_fraction_start", 0.0, r"train.self_fraction_start must be in \(0, 1\]"),
+    ("self_fraction_max", 1.5, r"train.self_fraction_max must be in \(0, 1\]"),
+    ("self_fraction_step", -0.1, r"train.self_fraction_step must be in \[0, 1\]"),
+    ("self_fraction_start", 0.9, r"train.self_fraction_start=0.9 exceeds train.self_fraction_max=0.5"),
+])
+def test_bad_self_selection_settings_fail_at_profile_load_naming_the_key(key, value, message):
+    with pytest.raises(ConfigError, match=message):
+        load_profile("results-tiny", [f"train.{key}={value!r}".replace("'", '"')])
+
+
+def test_a_class_balanced_refresh_passes_labels_from_the_first_refresh_and_the_step_uses_them(tiny_shards):
+    shards = ShardSet.open(tiny_shards)
+    adapter = tiny_adapter(shards.classes)
+    b = batch_from_table(shards.read("target", "train", BATCH_COLUMNS))
+    conf, label = adapter.predict(b.frames, b.energy)["probs"].max(-1)  # independent reference
+    src = PSEUDO_LABEL_SOURCES["self"]
+    # self_gamma 1.0: the threshold rule passes nothing; the class-balanced one passes the top third per class
+    labels, metrics = refresh_self_labels(adapter, shards, Dist(), source=src, gamma_c=1.0, self_gamma=1.0, epoch=1,
+                                          batch_size=4, selection="class_balanced", fraction=1 / 3)
+    expected = naive_class_balanced(label.tolist(), conf.tolist(), 1 / 3)
+    got_label, got_pass = labels.passing(b.key, 1.0)
+    assert torch.equal(got_label, label) and set(got_pass.nonzero().squeeze(1).tolist()) == expected
+    assert metrics["pseudo/self_pass_rate"] == pytest.approx(len(expected) / 6) and metrics["pseudo/self_pass_rate"] > 0
+    assert metrics["pseudo/self_fraction"] == pytest.approx(1 / 3)
+    truth = b.label
+    passing = sorted(expected)
+    assert metrics["pseudo/used_accuracy"] == pytest.approx(float((label[passing] == truth[passing]).double().mean()))
+    # the rule's decision travels in the checkpoint and is what a step trains on
+    restored = SelfLabels.from_state(labels.state_dict())
+    assert torch.equal(restored.passed, labels.passed)
+    tgt = replace(b, pseudo_confidence=torch.zeros(6))
+    assert torch.equal(target_labels(src, tgt, restored, 1.0, 1.0).use, got_pass)
 
 
 # ----------------------------------------------------------------------------- on real shards

@@ -117,6 +117,19 @@ def test_a_run_with_one_threshold_per_segment(tiny_shards, tmp_path):
     assert float(out["keep_ratio"].mean()) == pytest.approx(1.0 - ev["lmft-segment"]["discard_rate"], abs=1e-6)
 
 
+def test_an_adafocus_run_logs_its_glance_and_kept_tokens_and_no_threshold(tiny_shards, tmp_path):
+    """adafocus on Ray Train: the kept-token figure draws its windows from the clips, and the run logs the
+    glance's loss but none of the threshold's metrics, policy file or plot (it draws on no threshold)."""
+    result = run_training(profile('selector.name="adafocus"', "train.epochs=1"), tiny_shards, tmp_path)
+    client = MlflowClient(tracking_uri=result.tracking_uri)
+    plots = {a.path for a in client.list_artifacts(result.mlflow_run_id, "plots")}
+    assert plots == {"plots/confusion.png", "plots/kept_tokens.png"}
+    assert not client.list_artifacts(result.mlflow_run_id, "policy")
+    metrics = client.get_run(result.mlflow_run_id).data.metrics
+    assert "train/glance_loss" in metrics and "target_test/top1" in metrics
+    assert not {"train/tau", "train/tau_hat", "train/reward", "train/baseline", "final/tau_hat"} & set(metrics)
+
+
 def test_checkpoint_holds_everything_and_loads_weights_only(trained):
     _, result = trained
     state = load_checkpoint(result.checkpoint)  # torch.load(weights_only=True) inside

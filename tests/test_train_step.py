@@ -38,11 +38,11 @@ def batch(n: int, seed: int, confidence: float | None = None) -> ClipBatch:
                      clip_probs=torch.rand(n, K, generator=g).softmax(-1), key=torch.arange(n) + 1000 * seed)
 
 
-def learner(selector: str = "lmft", seed: int = 0, dist: Dist = Dist(), **train) -> Learner:
+def learner(selector: str = "lmft", seed: int = 0, dist: Dist = Dist(), estimator: str = "paper", **train) -> Learner:
     cfg = TrainConfig(**({"epochs": 2, "batch_size": 4, "lr": 1e-3, "warmup_epochs": 0.0, "hflip": False,
                           "gamma_c": 0.5} | train))
     torch.manual_seed(seed)
-    adapter = LMFTClassifier.build(model_config(), PolicyConfig(), SelectorConfig(name=selector, drop_rate=0.5),
+    adapter = LMFTClassifier.build(model_config(), PolicyConfig(estimator=estimator), SelectorConfig(name=selector, drop_rate=0.5),
                             [f"c{i}" for i in range(K)])
     return Learner(adapter, cfg, steps_per_epoch=10, dist=dist)
 
@@ -205,6 +205,9 @@ def test_full_and_random_training_modes_leave_the_policy_parameters_alone():
         assert float(lrn.adapter.policy.mu.detach()) == pytest.approx(0.01)
         expected_discard = 0.0 if selector == "full" else round(0.5 * 64) / 64
         assert m["discard_rate_source"] == pytest.approx(expected_discard)
+        # baselines log only what applies to them: no threshold, so no tau, tau_hat or REINFORCE metrics
+        assert not {"tau", "tau_hat", "mu", "sigma", "reward", "advantage", "baseline"} & set(m) and "loss" in m
+    assert {"tau", "tau_hat", "mu", "sigma", "reward", "advantage", "baseline"} <= set(learner().step_once(micro(0)))
 
 
 def test_flip_moves_frames_and_energy_together_and_maps_labels():
@@ -275,13 +278,13 @@ def test_train_config_is_validated():
 
 # ----------------------------------------------------------------------------- two workers (gloo)
 
-def _worker(rank: int, world: int, init_file: str, out: dict, steps: int, selector: str) -> None:
+def _worker(rank: int, world: int, init_file: str, out: dict, steps: int, selector: str, estimator: str) -> None:
     import torch.distributed as dist
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     torch.set_num_threads(1)
     try:
-        lrn = learner(selector=selector, dist=Dist(rank, world), accum_steps=2)
+        lrn = learner(selector=selector, dist=Dist(rank, world), accum_steps=2, estimator=estimator)
         initial = {k: v.clone() for k, v in (lrn.adapter.glance or torch.nn.Module()).state_dict().items()}
         rewards = []
         for step in range(steps):
@@ -293,7 +296,7 @@ def _worker(rank: int, world: int, init_file: str, out: dict, steps: int, select
             # every rank sees different clips
             batches = [(batch(4, 10_000 * rank + 100 * step + 2 * i), batch(4, 10_000 * rank + 100 * step + 2 * i + 1))
                        for i in range(2)]
-            rewards.append(lrn.step_once(batches)["reward"])
+            rewards.append(lrn.step_once(batches).get("reward"))  # none for adafocus (no threshold)
         p = lrn.adapter.policy
         p.inference_tau()
         out[rank] = {**{k: v.tolist() for k, v in p.state_dict().items()},  # every parameter and buffer
@@ -306,14 +309,14 @@ def _worker(rank: int, world: int, init_file: str, out: dict, steps: int, select
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("selector", ["lmft", "lmft-segment"])
-def test_the_policy_is_identical_on_every_worker_after_every_step(tmp_path, selector):
+@pytest.mark.parametrize(("selector", "estimator"), [("lmft", "paper"), ("lmft-segment", "paper"), ("lmft", "rloo")])
+def test_the_policy_is_identical_on_every_worker_after_every_step(tmp_path, selector, estimator):
     import torch.multiprocessing as mp
 
     steps = 5
     with mp.get_context("spawn").Manager() as manager:  # never fork the test process (it may hold a Ray driver)
         out = manager.dict()
-        mp.spawn(_worker, args=(2, str(tmp_path / "pg"), out, steps, selector), nprocs=2, join=True)
+        mp.spawn(_worker, args=(2, str(tmp_path / "pg"), out, steps, selector, estimator), nprocs=2, join=True)
         out = dict(out)
     a, b = out[0], out[1]
     keys = ("mu", "log_sigma", "baseline", "step", "tau_hat", "tau_hat_at")
@@ -332,7 +335,7 @@ def test_the_adafocus_glance_is_identical_on_every_worker_after_every_step(tmp_p
 
     with mp.get_context("spawn").Manager() as manager:
         out = manager.dict()
-        mp.spawn(_worker, args=(2, str(tmp_path / "pg"), out, 3, "adafocus"), nprocs=2, join=True)
+        mp.spawn(_worker, args=(2, str(tmp_path / "pg"), out, 3, "adafocus", "paper"), nprocs=2, join=True)
         out = dict(out)
     a, b = out[0], out[1]
     assert set(a["glance"]) == {"conv1.weight", "conv1.bias", "conv2.weight", "conv2.bias", "score.weight", "score.bias",
@@ -425,3 +428,77 @@ def test_adapter_predict_with_the_segment_selector_uses_tau_hat_per_segment():
     with torch.no_grad():
         logits = adapter.eval().model(model_input(b.frames), keep)
     torch.testing.assert_close(out["probs"], logits.softmax(-1))
+
+
+# ----------------------------------------------------------------------------- the rloo estimator in a step
+
+
+def test_an_rloo_step_draws_a_tau_per_clip_pair_and_follows_the_leave_one_out_gradient(monkeypatch):
+    from lmft_core.model.policy import rloo_advantage
+
+    lrn = learner(estimator="rloo", accum_steps=2, gamma_c=0.0)  # every target clip passes
+    calls = []
+    original = lrn.adapter.selection
+    monkeypatch.setattr(lrn.adapter, "selection", lambda energy, generator=None, selector=None, video=None, tau=None:
+                        calls.append((energy.clone(), tau)) or original(energy, generator, selector, video, tau))
+    forwards = []
+    forward = lrn.model.forward
+    lrn.model.forward = lambda video, keep: forwards.append((video, keep, forward(video, keep))) or forwards[-1][2]
+    policy = lrn.adapter.policy
+    grads = {}
+    for name in ("mu", "log_sigma"):  # the policy's gradient, as back-propagated
+        getattr(policy, name).register_hook(lambda g, name=name: grads.setdefault(name, g.clone()))
+    batches = micro(0, accum=2)
+    draws = policy.sample(step_generator(0, 0), n=8)  # what the step must draw, before it moves the policy
+    m = lrn.step_once(batches)
+    (energy, tau), = calls
+    # 2 micro-batches of 4 pairs: 8 draws of the step's generator, source clip i and target clip i share tau_i
+    assert torch.equal(tau, torch.cat([draws[:4], draws[:4], draws[4:], draws[4:]]))
+    for video, keep, _ in forwards:  # packed attention got each clip's own keep mask
+        assert keep.shape[0] == video.shape[0] == 8
+    torch.testing.assert_close(torch.cat([k for _, k, _ in forwards]), torch.cat(
+        [keep_above(energy[i:i + 1], float(tau[i])) for i in range(16)]))
+    assert m["tau"] == pytest.approx(float(draws.mean()), abs=1e-6)
+    # with every target clip passing, the mean pair reward is the paper's R of the step's means
+    assert m["reward_pair_mean"] == pytest.approx(m["reward"], rel=1e-5)
+    # the policy gradient is the leave-one-out one over the pair rewards rebuilt from the forward's logits:
+    # R_i = -lambda_L (ce_s_i + ce_t_i) - (1 - rho_s_i) - (1 - rho_t_i)
+    rewards = []
+    for (video, keep, logits), (src, tgt) in zip(forwards, batches):
+        ce = F.cross_entropy(logits.detach(), torch.cat([src.label, tgt.pseudo_label]), reduction="none")
+        rho = 1 - keep.flatten(1).float().mean(1)
+        rewards.append(-10.0 * (ce[:4] + ce[4:]) - (1 - rho[:4]) - (1 - rho[4:]))
+    adv = rloo_advantage(torch.cat(rewards)).double()
+    u = torch.logit(draws.double())
+    g_mu, g_ls = grads["mu"], grads["log_sigma"]
+    assert float(g_mu) == pytest.approx(float(-(adv * (u - 0.01) / math.exp(-2.0)).mean()), rel=1e-3, abs=1e-6)
+    assert float(g_ls) == pytest.approx(float(-(adv * ((u - 0.01) ** 2 / math.exp(-2.0) - 1)).mean()), rel=1e-3, abs=1e-6)
+    assert m["advantage"] > 0 and int(policy.step) == 1
+
+
+def test_rloo_needs_two_clip_pairs_per_step_at_profile_load():
+    from lmft_core.run_config import load_profile
+
+    with pytest.raises(ConfigError, match=r"policy.estimator='rloo' needs >= 2 clip pairs per step"):
+        load_profile("results-tiny", ["policy.estimator='rloo'", "train.batch_size=1", "train.workers=1"])
+    assert load_profile("results-tiny", ["policy.estimator='rloo'", "train.accum_steps=2"]).policy.estimator == "rloo"
+    with pytest.raises(ConfigError, match="policy.estimator 'reinforce' is not a registered"):
+        load_profile("results-tiny", ["policy.estimator='reinforce'"])
+    with pytest.raises(ConfigError, match=r"policy.estimator='rloo' .* selector.name='adafocus' does not use"):
+        load_profile("results-tiny", ["policy.estimator='rloo'", "train.accum_steps=2", "selector.name='adafocus'"])
+
+
+def test_rloo_with_a_threshold_per_segment_draws_one_row_of_thresholds_per_pair():
+    lrn = learner(selector="lmft-segment", estimator="rloo")
+    policy = lrn.adapter.policy
+    draws = policy.sample(step_generator(0, 0), n=4)  # (4 pairs, N_t - 1 segments)
+    assert draws.shape == (4, CLIP.grid[0] - 1)
+    batches = micro(0)
+    m = lrn.step_once(batches)
+    energy = torch.cat([batches[0][0].energy, batches[0][1].energy])
+    expected = keep_above(energy, torch.cat([draws, draws]), per_clip=True)
+    rho = 1 - expected.flatten(1).float().mean(1)
+    assert m["discard_rate_source"] == pytest.approx(float(rho[:4].mean()), abs=1e-6)
+    assert m["discard_rate_target"] == pytest.approx(float(rho[4:].mean()), abs=1e-6)
+    assert [m[f"tau/seg{t}"] for t in (1, 2, 3)] == pytest.approx(draws.mean(0).tolist(), abs=1e-6)
+    assert (policy.mu.detach() != 0.01).all()  # every segment learned from the pairs' rewards

@@ -28,7 +28,7 @@ from lmft_core.model.attention import (
     resolve_attention,
 )
 from lmft_core.model.flops import clip_flops, selection_flops
-from lmft_core.model.policy import POLICIES, PolicyConfig, SegmentThresholdPolicy, ThresholdPolicy, flat_metrics, tau_text
+from lmft_core.model.policy import ESTIMATORS, POLICIES, PolicyConfig, SegmentThresholdPolicy, ThresholdPolicy, flat_metrics, tau_text
 from lmft_core.model.pretrained import (
     CheckpointError,
     LoadReport,
@@ -54,6 +54,7 @@ __all__ = [
     "ATTENTION_BACKENDS",
     "FIRST_SEGMENT_RULES",
     "MODEL_SIZES",
+    "ESTIMATORS",
     "POLICIES",
     "SELECTORS",
     "SELECTOR_POLICY",

@@ -49,10 +49,13 @@ class LMFTClassifier(nn.Module):
         return cls(build_model(model), selector.resolve_policy(policy, model.clip).build(), selector, classes, glance)
 
     def selection(self, energy: Tensor, generator: torch.Generator | None = None,
-                  selector: SelectorConfig | None = None, video: Tensor | None = None) -> Selection:
+                  selector: SelectorConfig | None = None, video: Tensor | None = None,
+                  tau: Tensor | None = None) -> Selection:
         """Keep mask of ``energy`` with the adapter's selector (or ``selector``, built on this policy and
-        glance); ``video`` (B, 3, T, S, S) is what ``adafocus`` glances at."""
-        return (selector or self.selector_config).build(self.policy, self.glance)(energy, generator, video)
+        glance); ``video`` (B, 3, T, S, S) is what ``adafocus`` glances at; ``tau`` (B, *policy shape): each
+        clip's own threshold, for a learned selector only."""
+        select = (selector or self.selector_config).build(self.policy, self.glance)
+        return select(energy, generator, video) if tau is None else select(energy, generator, video, tau=tau)
 
     def forward(self, video: Tensor, energy: Tensor, generator: torch.Generator | None = None,
                 selector: SelectorConfig | None = None) -> tuple[Tensor, Selection]:

@@ -21,6 +21,20 @@ Policy variants are registered by name (:data:`POLICIES`, the ``kind``):
   t = 1..N_t-1 (segment 0 is always kept and has none), drawn independently; ``log pi`` of a draw
   is the sum of the segments' log densities, so the same REINFORCE surrogate trains every segment.
 
+How the policy gradient is estimated is ``policy.estimator`` (:data:`ESTIMATORS`):
+
+- ``paper`` (default): one tau per step (shared by every clip of the step, on every rank), one reward R
+  from the step's global mean losses and discard rates, the moving baseline b: ``-(R - b) log pi(tau)``.
+  One noisy scalar per step moves mu; Adam normalises that noise into a steady drift.
+- ``rloo`` (REINFORCE leave-one-out; Kool et al., 2019; Ahmadian et al., 2024): one tau per **clip pair**
+  (source clip i and target clip i of a micro-batch share tau_i), drawn for every pair of the step on every
+  rank from the step's generator; per pair the paper's reward ``R_i = sum_d (-lambda_L * loss_{d,i} -
+  (1 - rho_{d,i}))`` from that pair's own cross-entropies (a target clip whose label does not pass adds no
+  loss) and discard rates; advantage ``A_i = R_i - mean_{j != i} R_j`` over the n pairs of the step (all
+  ranks); surrogate ``-(1/n) sum_i A_i log pi(tau_i)`` (:func:`rloo_advantage`, :meth:`ThresholdPolicy.surrogate`).
+  n draws per step and a baseline that removes the step's common loss level (which every tau shares):
+  far less variance than the paper's one draw. Needs n >= 2 pairs per step (checked at profile load).
+
 The kind is not a profile key: it follows from the selector (``lmft`` draws from a ``scalar`` policy,
 ``lmft-segment`` from a ``segment`` one: :attr:`~lmft_core.model.selectors.SelectorConfig.policy_kind`),
 and ``num_segments`` from the clip geometry (``[clip]``: N_t = num_frames // tubelet), both filled in
@@ -30,7 +44,7 @@ by :meth:`~lmft_core.model.selectors.SelectorConfig.resolve_policy`, so a profil
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -44,10 +58,39 @@ POLICIES: Registry[type[ThresholdPolicy]] = Registry("threshold policy")
 
 
 @dataclass(frozen=True)
+class Estimator:
+    """A policy-gradient estimator (``policy.estimator``): ``per_clip``, one tau and one reward per clip
+    pair (else one per step); ``advantage(policy, rewards)``, the advantages of the step's rewards (a scalar
+    for one reward, (n,) for n)."""
+
+    per_clip: bool
+    advantage: Callable[[ThresholdPolicy, Tensor], Tensor]
+
+
+ESTIMATORS: Registry[Estimator] = Registry("threshold estimator")
+
+
+def rloo_advantage(rewards: Tensor) -> Tensor:
+    """Leave-one-out advantages of rewards (n,), n >= 2: ``A_i = R_i - (sum_j R_j - R_i) / (n - 1)``,
+    detached (n,)."""
+    n = rewards.numel()
+    if rewards.dim() != 1 or n < 2:
+        raise ValueError(f"a leave-one-out baseline needs rewards of shape (n,) with n >= 2, got {tuple(rewards.shape)}")
+    rewards = rewards.detach()
+    return rewards - (rewards.sum() - rewards) / (n - 1)
+
+
+ESTIMATORS.register("paper", Estimator(per_clip=False, advantage=lambda policy, reward: policy.advantage(reward)))
+ESTIMATORS.register("rloo", Estimator(per_clip=True, advantage=lambda policy, rewards: rloo_advantage(rewards)))
+
+
+@dataclass(frozen=True)
 class PolicyConfig:
     """Learned threshold policy (TOML section ``[policy]``); defaults are the paper's.
 
     ``loss_weight`` is lambda_L of the reward; ``tau_hat_samples``/``tau_hat_seed`` fix tau_hat.
+    ``estimator`` (:data:`ESTIMATORS`) is how the policy gradient is estimated: ``paper`` (one tau per
+    step, moving baseline) or ``rloo`` (one tau per clip pair, leave-one-out baseline; module docstring).
     ``mu`` and ``log_sigma`` initialise every segment's parameters alike in a ``segment`` policy.
     ``kind`` (a :data:`POLICIES` name) and ``num_segments`` (N_t) are derived, never profile keys
     (:meth:`~lmft_core.model.selectors.SelectorConfig.resolve_policy`); ``num_segments`` = 0 means unset, which only a ``scalar`` policy accepts.
@@ -59,12 +102,14 @@ class PolicyConfig:
     loss_weight: float = 10.0
     tau_hat_samples: int = 100
     tau_hat_seed: int = 0
+    estimator: str = "paper"
     kind: str = field(default="scalar", metadata={
         DERIVED: "the selector: [selector] name 'lmft-segment' learns a 'segment' policy, any other a 'scalar' one"})
     num_segments: int = field(default=0, metadata={DERIVED: "the profile's [clip] section (num_frames // tubelet)"})
 
     def __post_init__(self) -> None:
         POLICIES.check(self.kind, "policy.kind")
+        ESTIMATORS.check(self.estimator, "policy.estimator")
         if self.num_segments < 0:
             raise ConfigError(f"policy.num_segments must be >= 0, got {self.num_segments}")
         if not 0.0 <= self.baseline_momentum < 1.0:
@@ -122,12 +167,14 @@ class ThresholdPolicy(nn.Module):
     def sigma(self) -> Tensor:
         return self.log_sigma.exp()
 
-    def sample(self, generator: torch.Generator | None = None) -> Tensor:
-        """One threshold draw tau in (0, 1), detached, of shape :attr:`shape` (a scalar here).
+    def sample(self, generator: torch.Generator | None = None, n: int | None = None) -> Tensor:
+        """One threshold draw tau in (0, 1), detached, of shape :attr:`shape` (a scalar here); with ``n``,
+        n independent draws (n, *shape).
 
         In data-parallel training give every rank a generator with the same seed so all share tau.
         """
-        eps = torch.randn(self.shape, generator=generator, device=generator.device if generator else self.mu.device)
+        shape = self.shape if n is None else (n, *self.shape)
+        eps = torch.randn(shape, generator=generator, device=generator.device if generator else self.mu.device)
         eps = eps.to(self.mu.device)
         return torch.sigmoid(self.mu + self.sigma * eps).detach().clamp(1e-6, 1 - 1e-6)  # finite log pi
 
@@ -159,8 +206,9 @@ class ThresholdPolicy(nn.Module):
         return reward - self.baseline
 
     def surrogate(self, tau: Tensor, advantage: Tensor) -> Tensor:
-        """``-(R - b) * log pi(tau)``: its gradient in (mu, log_sigma) is the policy gradient estimate."""
-        return -advantage.detach() * self.log_prob(tau)
+        """``-(R - b) * log pi(tau)``: its gradient in (mu, log_sigma) is the policy gradient estimate. With n
+        draws ``tau`` (n, *shape) and advantages (n,): the mean over draws, ``-(1/n) sum_i A_i log pi(tau_i)``."""
+        return (-advantage.detach() * self.log_prob(tau)).mean()
 
     @torch.no_grad()
     def commit(self, reward: Tensor | float, step: int | None = None) -> bool:

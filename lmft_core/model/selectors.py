@@ -56,7 +56,8 @@ from lmft_core.registry import Registry
 @dataclass
 class Selection:
     """A selector's output: ``keep`` (B, N_t, N_h, N_w) bool and the threshold ``tau`` it used
-    (a scalar tensor for ``lmft`` and ``threshold``, (N_t - 1,) for ``lmft-segment``, else None).
+    (a scalar tensor for ``lmft`` and ``threshold``, (N_t - 1,) for ``lmft-segment``, with a leading (B,) when
+    given per clip, else None).
 
     ``adafocus`` adds ``log_prob`` (B,), the log-probability of its window placements (differentiable in
     the glance), ``glance_logits`` (B, K), ``exited`` (B,) bool (clips answered by the glance alone: no
@@ -248,16 +249,23 @@ def _check_energy(energy: Tensor) -> None:
         raise ValueError(f"energy must be (B, N_t, N_h, N_w), got shape {tuple(energy.shape)}")
 
 
-def keep_above(energy: Tensor, tau: Tensor | float, forced_first: bool = True) -> Tensor:
+def keep_above(energy: Tensor, tau: Tensor | float, forced_first: bool = True, per_clip: bool = False) -> Tensor:
     """Keep tokens with energy > tau: (B, N_t, N_h, N_w) bool. With ``forced_first`` the first temporal
     segment is kept too; without, a clip with no token above tau keeps its highest-energy token.
 
     ``tau`` is one threshold (a float or 0-d tensor) or one per temporal segment: (N_t - 1,) for
     segments 1..N_t-1 (segment 0, when not forced, compares with segment 1's: under the ``next`` rule it
-    carries segment 1's energy).
+    carries segment 1's energy). With ``per_clip``, each clip has its own: ``tau`` (B,) or (B, N_t - 1).
     """
     _check_energy(energy)
-    if isinstance(tau, Tensor) and tau.dim() > 0:
+    if per_clip:
+        b, n_t = energy.shape[:2]
+        if not isinstance(tau, Tensor) or tau.shape[:1] != (b,) or tau.dim() > 2 or (tau.dim() == 2 and tau.shape[1] != n_t - 1):
+            got = tuple(tau.shape) if isinstance(tau, Tensor) else tau
+            raise ValueError(f"per-clip tau must be ({b},) or ({b}, {n_t - 1}) for {b} clips of {n_t} segments, got {got}")
+        tau = tau.to(energy.device)
+        tau = tau.view(b, 1, 1, 1) if tau.dim() == 1 else torch.cat([tau[:, :1], tau], 1).view(b, n_t, 1, 1)
+    elif isinstance(tau, Tensor) and tau.dim() > 0:
         n_t = energy.shape[1]
         if tau.dim() != 1 or tau.numel() != n_t - 1:
             raise ValueError(f"tau of shape {tuple(tau.shape)} for {n_t} temporal segments: give one threshold, "
@@ -333,13 +341,17 @@ def threshold(config: SelectorConfig, policy: ThresholdPolicy | None = None, gla
 @register_selector("lmft-segment", policy="segment")
 def learned(config: SelectorConfig, policy: ThresholdPolicy | None = None, glance: GlanceNet | None = None) -> Selector:
     """keep_above(energy, the policy's threshold) under the first-segment rule: sampled in training,
-    tau_hat in eval; the policy's kind is the one the selector is registered with."""
+    tau_hat in eval, or each clip's own ``tau`` when given; the policy's kind is the one the selector is
+    registered with."""
     name, rule, kind = config.name, FIRST_SEGMENT_RULES[config.first_segment], SELECTOR_POLICY[config.name]
     if policy is None or policy.kind != kind:
         got = "none" if policy is None else f"a {policy.kind!r} one ({type(policy).__name__})"
         raise ValueError(f"the {name!r} selector needs a {POLICIES[kind].__name__} (policy kind {kind!r}), got {got}")
 
-    def select(energy: Tensor, generator: torch.Generator | None = None, video: Tensor | None = None) -> Selection:
+    def select(energy: Tensor, generator: torch.Generator | None = None, video: Tensor | None = None,
+               tau: Tensor | None = None) -> Selection:
+        if tau is not None:  # given per clip, (B, *policy.shape): the rloo estimator's draws
+            return Selection(keep_above(rule.energy(energy), tau, rule.forced, per_clip=True), tau)
         tau = policy.threshold(generator)
         return Selection(keep_above(rule.energy(energy), tau, rule.forced), tau)
 

@@ -7,9 +7,13 @@ Artifacts of a training run (MLflow paths):
   (lists, one entry per temporal segment 1..N_t-1, for ``lmft-segment``; the model's metadata likewise);
 - ``evaluation/evaluation.json`` (every selector on target-test) and ``evaluation/efficiency.md``;
 - ``plots/threshold.png`` (tau and discard rates over training; tau_hat per segment for ``lmft-segment``), ``plots/kept_tokens.png`` (energy and
-  kept tokens over the frames of a few target-test clips), ``plots/confusion.png``;
-- ``model``: the classifier (model and policy, tau_hat inside), ``mlflow.pytorch`` pickle format with the
-  lmft_core package as code, so ``lmft_core.model_store.load_model(uri, tracking_uri)`` gives a module whose
+  kept tokens over the frames of target-test clips of several classes, each with its id, prediction, confidence and
+  keep ratio), ``plots/confusion.png``; a run without a threshold (``full``, ``random`` at a fixed rate) has no
+  policy, tau_hat or threshold plot, and a full-token run no kept-token figure;
+- the logged model ``classifier-<selector>``: the classifier (model and policy, tau_hat inside), ``mlflow.pytorch``
+  pickle format with the lmft_core package as code, a signature (``frames``, ``energy`` -> ``probs``), one target-test
+  clip as input example, its selector and tau_hat as params and its result (``target_test/*``) as its metrics, so
+  ``lmft_core.model_store.load_model(uri, tracking_uri)`` gives a module whose
   ``predict(frames uint8 (B, T, S, S, 3), energy (B, N_t, N_h, N_w))`` returns class probabilities.
 """
 
@@ -63,64 +67,123 @@ def load_classifier(job: TrainJob, checkpoint: str | Path) -> LMFTClassifier:
     return adapter.eval()
 
 
-def log_model(adapter: LMFTClassifier, run_id: str, tracking_uri: str, metadata: dict) -> str:
-    """Log ``adapter`` as the run's ``model``; returns its ``models:/`` URI."""
+def log_model(adapter: LMFTClassifier, run_id: str, tracking_uri: str, metadata: dict, example: dict[str, np.ndarray],
+              params: dict) -> tuple[str, str]:
+    """Log ``adapter`` in run ``run_id`` as the logged model ``classifier-<selector label>`` (distinct per training
+    of a workflow) with a signature and ``example`` (``frames``, ``energy`` of one clip) as its input example and
+    ``params`` shown on its page; returns its ``models:/`` URI and model id. The pytorch flavour's pyfunc serves
+    one array only, so MLflow's check that serves the example at logging fails; its warning is dropped (the model's
+    API is ``predict(frames, energy)``, module docstring)."""
+    import logging
+
     import mlflow
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
 
     from lmft_core.tracking import using_tracking_uri
 
+    signature = ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, *example["frames"].shape[1:]), "frames"),
+                       TensorSpec(np.dtype(np.float32), (-1, *example["energy"].shape[1:]), "energy")]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, len(adapter.classes)), "probs")]))
     reqs = [f"torch=={torch.__version__.split('+')[0]}", f"numpy=={np.__version__}"]
-    with using_tracking_uri(tracking_uri), mlflow.start_run(run_id=run_id):
-        info = mlflow.pytorch.log_model(adapter, name="model", serialization_format="pickle",
-                                        code_paths=[str(Path(lmft_core.__file__).parent)], pip_requirements=reqs,
-                                        metadata=metadata)
-    return info.model_uri
+    serving_check = logging.getLogger("mlflow.models.model")
+    drop = logging.Filter()
+    drop.filter = lambda record: not record.getMessage().startswith("Failed to validate serving input example")
+    serving_check.addFilter(drop)
+    try:
+        with using_tracking_uri(tracking_uri), mlflow.start_run(run_id=run_id):
+            info = mlflow.pytorch.log_model(adapter, name=f"classifier-{adapter.selector_config.label}",
+                                            serialization_format="pickle", code_paths=[str(Path(lmft_core.__file__).parent)],
+                                            pip_requirements=reqs, metadata=metadata, signature=signature,
+                                            input_example=example, params={k: str(v) for k, v in params.items()})
+    finally:
+        serving_check.removeFilter(drop)
+    return info.model_uri, info.model_id
+
+
+def picture_clips(shards: ShardSet, classes: tuple[str, ...], n: int) -> list[str]:
+    """Up to ``n`` target-test video ids covering as many classes as there are: the first clip of each class in
+    turn (unlabelled clips last)."""
+    table = shards.read("target", "test", ["video_id", "label_index"])
+    by_class: dict[int, list[str]] = {}
+    for vid, y in zip(table.column("video_id").to_pylist(), table.column("label_index").to_pylist()):
+        by_class.setdefault(-1 if y is None else int(y), []).append(vid)
+    order = sorted(by_class, key=lambda y: (y < 0, y))
+    chosen: list[str] = []
+    for rank in range(max((len(v) for v in by_class.values()), default=0)):
+        chosen += [by_class[y][rank] for y in order if rank < len(by_class[y])]
+    return chosen[:n]
+
+
+def kept_tokens_figure(adapter: LMFTClassifier, shards: ShardSet, classes: tuple[str, ...], clip, n: int = 6):
+    """The kept-token figure of ``n`` target-test clips of several classes (:func:`picture_clips`), each labelled with
+    its id, the model's prediction and confidence, its keep ratio and true class; also returns one clip as the model's
+    input example (``frames`` uint8 (1, T, S, S, 3), ``energy`` float32 (1, N_t, N_h, N_w))."""
+    from lmft_core.shards.reader import video_key
+    from lmft_core.train import plots
+
+    ids = picture_clips(shards, classes, n)
+    batch = next(read_batches(shards, "target", "test", len(ids), video_ids=ids))
+    by_key = {video_key(v): v for v in ids}
+    with torch.no_grad():
+        out = adapter.predict(batch.frames, batch.energy)
+        keep = adapter.selection(batch.energy.float(), video=batch.video()).keep  # adafocus reads the clips
+    titles = [plots.clip_title(by_key[int(k)], classes[int(p)], float(c[int(p)]), float(r), classes[int(y)] if y >= 0 else None)
+              for k, p, c, r, y in zip(batch.key, out["label"], out["probs"], out["keep_ratio"], batch.label)]
+    fig = plots.kept_tokens(batch.frames.numpy(), batch.energy.numpy(), keep.numpy(), titles, clip.patch, clip.tubelet,
+                            f"Target-test clips: motion energy (heat) and kept tokens (outlined), {adapter.selector_config.label}")
+    return fig, {"frames": batch.frames[:1].numpy(), "energy": batch.energy[:1].numpy().astype(np.float32)}
 
 
 def log_artifacts(job: TrainJob, shards: ShardSet, run, name: str, run_dir: Path, checkpoint: Path, profile_path: Path,
                   elapsed_s: float) -> TrainResult:
-    """Write and log the artifacts of the finished run ``name`` of ``job`` on ``shards`` (opened); returns its result."""
+    """Write and log the artifacts of the finished run ``name`` of ``job`` on ``shards`` (opened); returns its result.
+    A run whose selector draws on no threshold (``full``, ``random`` at a fixed rate) logs no policy, tau_hat or
+    threshold plot, and a full-token run no kept-token figure."""
     from lmft_core.train import plots
 
     adapter = load_classifier(job, checkpoint)
     evaluation = json.loads((checkpoint / EVALUATION_FILE).read_text())
     results = {k: EvalResult(**v) for k, v in evaluation.items()}
     policy = adapter.policy.values()
+    threshold = job.selector.uses_policy
     out = run_dir / "artifacts"
     files = {
         "config": [_write(out / "resolved.json", json.dumps(job.config, indent=2)), profile_path],
-        "policy": [_write(out / "policy.json", json.dumps(policy, indent=2))],
+        "policy": [_write(out / "policy.json", json.dumps(policy, indent=2))] if threshold else [],
         "evaluation": [_write(out / "evaluation.json", json.dumps(evaluation, indent=2)),
                        _write(out / "efficiency.md", efficiency_table(results, _efficiency_note(job)))],
     }
-    tau_hat = flat_metrics({"tau_hat": policy["tau_hat"]})  # tau_hat, or tau_hat/seg<t> per segment
-    per_segment = [k for k in tau_hat if k != "tau_hat"]
-    keys = HISTORY_KEYS + tuple(f"train/{k}" for k in per_segment)
-    history = {k: [(m.step, m.value) for m in run.client.get_metric_history(run.run_id, k)] for k in keys}
-    sample = next(read_batches(shards, "target", "test", 4))
-    with torch.no_grad():
-        keep = adapter.selection(sample.energy, video=sample.video()).keep
-    titles = [f"{job.classes[y]}" if y >= 0 else "?" for y in sample.label.tolist()]
+    tau_hat = flat_metrics({"tau_hat": policy["tau_hat"]}) if threshold else {}  # tau_hat, or tau_hat/seg<t> per segment
     main = results[job.selector.label]
-    files["plots"] = [
-        plots.save(plots.threshold_over_training(history), out / "threshold.png"),
-        plots.save(plots.kept_tokens(sample.frames.numpy(), sample.energy.numpy(), keep.numpy(), titles,
-                                     job.model.clip.patch, job.model.clip.tubelet), out / "kept_tokens.png"),
-        plots.save(plots.confusion(main.confusion, job.classes, f"target-test, {main.selector} (top-1 {main.top1:.3f})"),
-                   out / "confusion.png"),
-    ]
+    figure, example = kept_tokens_figure(adapter, shards, job.classes, job.model.clip)
+    files["plots"] = [plots.save(plots.confusion(main.confusion, job.classes,
+                                                 f"target-test, {main.selector} (top-1 {main.top1:.3f})"), out / "confusion.png")]
+    if job.selector.name != "full":
+        files["plots"].append(plots.save(figure, out / "kept_tokens.png"))
+    else:
+        plots.plt.close(figure)
+    if threshold:
+        keys = HISTORY_KEYS + tuple(f"train/{k}" for k in tau_hat if k != "tau_hat")
+        history = {k: [(m.step, m.value) for m in run.client.get_metric_history(run.run_id, k)] for k in keys}
+        files["plots"].append(plots.save(plots.threshold_over_training(history), out / "threshold.png"))
     for folder, paths in files.items():
         for p in paths:
             run.log_artifact(p, folder)
     epochs = [m.value for m in run.client.get_metric_history(run.run_id, "epoch/clips_per_s")]
     clips_per_s = float(np.mean(epochs)) if epochs else float("nan")
-    run.log_metrics({**{f"final/{k}": v for k, v in tau_hat.items()},
-                     "final/train_clips_per_s": clips_per_s,
-                     **{k: v for r in results.values() for k, v in r.metrics(FINAL_TARGET).items()}}, step=int(policy["step"]))
+    step = int(policy["step"])
+    run.log_metrics({k: v for r in results.values() for k, v in r.metrics(FINAL_TARGET).items()}, step=step)
     metadata = {"classes": list(job.classes), "clip": dataclasses.asdict(job.model.clip), "tau_hat": policy["tau_hat"],
                 "selector": dataclasses.asdict(job.selector), "shards": job.shards,
                 "energy": shards.metadata.get("energy", {"variant": "diff"})}
-    model_uri = log_model(adapter, run.run_id, job.tracking_uri, metadata)
+    model_uri, model_id = log_model(adapter, run.run_id, job.tracking_uri, metadata, example,
+                                    {"selector": job.selector.label, "classes": ", ".join(job.classes), "run": name,
+                                     **({"tau_hat": json.dumps(policy["tau_hat"])} if threshold else {})})
+    # the model's page shows its result: the run's own selector on target-test, tau_hat, training speed
+    run.log_metrics({**main.result_metrics(), **{f"final/{k}": v for k, v in tau_hat.items()},
+                     "final/train_clips_per_s": clips_per_s, "final/train_elapsed_s": elapsed_s}, step=step, model_id=model_id)
     return TrainResult(run_name=name, run_dir=str(run_dir), mlflow_run_id=run.run_id, tracking_uri=job.tracking_uri,
                        checkpoint=str(checkpoint), model_uri=model_uri, tau_hat=policy["tau_hat"], evaluation=evaluation,
                        train_clips_per_s=clips_per_s, elapsed_s=elapsed_s)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 
 from lmft_core.config import ConfigError
 from lmft_core.model.selectors import FOCUS_KEYS, SelectorConfig
-from lmft_core.train.pseudo import PSEUDO_LABEL_SOURCES
+from lmft_core.train.pseudo import PSEUDO_LABEL_SOURCES, SELF_SELECTIONS, self_fraction
 
 PRECISIONS = ("auto", "fp32", "bf16")
 INGESTS = ("auto", "memory", "ray_data")  # how training batches reach the workers (TrainConfig)
@@ -37,8 +37,11 @@ class TrainConfig:
     on the clips whose label passes its threshold (0 when none does). ``label_smoothing`` applies to both.
     Pseudo-labels (:mod:`lmft_core.train.pseudo`): ``pseudo_labels`` names their source: ``clip`` (CLIP's,
     confidence above ``gamma_c``; the paper's), ``self`` (the model's own predictions on target-train,
-    refreshed every ``self_refresh_epochs`` epochs, softmax probability above ``self_gamma``) or
-    ``clip+self`` (either passing; both passing and disagreeing: dropped).
+    refreshed every ``self_refresh_epochs`` epochs) or ``clip+self`` (either passing; both passing and
+    disagreeing: dropped). Which self labels pass is ``self_selection``: ``threshold`` (softmax probability
+    above ``self_gamma``) or ``class_balanced`` (per predicted class the most confident fraction, from
+    ``self_fraction_start`` at the first refresh, ``+ self_fraction_step`` per refresh, at most
+    ``self_fraction_max``; each in (0, 1], the step in [0, 1]).
     Data: ``batch_size`` clips per domain per worker per micro-batch; ``hflip`` flips half the clips
     (frames and energy together); ``color_jitter`` (0 = off) is the strength of the per-clip
     brightness, contrast and channel-gain jitter; ``background_mix`` (0 = off) the largest weight of a
@@ -81,6 +84,10 @@ class TrainConfig:
     pseudo_labels: str = "clip"
     self_gamma: float = 0.9
     self_refresh_epochs: int = 1
+    self_selection: str = "threshold"
+    self_fraction_start: float = 0.2
+    self_fraction_step: float = 0.1
+    self_fraction_max: float = 0.5
     label_smoothing: float = 0.0
     hflip: bool = True
     hflip_label_map: dict[str, str] = field(default_factory=dict)
@@ -121,6 +128,15 @@ class TrainConfig:
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"train.{name} must be in [0, 1], got {getattr(self, name)}")
         PSEUDO_LABEL_SOURCES.check(self.pseudo_labels, "train.pseudo_labels")
+        SELF_SELECTIONS.check(self.self_selection, "train.self_selection")
+        for name in ("self_fraction_start", "self_fraction_max"):
+            if not 0.0 < getattr(self, name) <= 1.0:
+                raise ConfigError(f"train.{name} must be in (0, 1] (a fraction of each class's clips), got {getattr(self, name)}")
+        if not 0.0 <= self.self_fraction_step <= 1.0:
+            raise ConfigError(f"train.self_fraction_step must be in [0, 1], got {self.self_fraction_step}")
+        if self.self_fraction_start > self.self_fraction_max:
+            raise ConfigError(f"train.self_fraction_start={self.self_fraction_start} exceeds "
+                              f"train.self_fraction_max={self.self_fraction_max}")
         for name in ("color_jitter", "background_mix"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"train.{name} must be in [0, 1), got {getattr(self, name)}")
@@ -172,6 +188,12 @@ class TrainConfig:
         if self.ingest != "auto":
             return self
         return replace(self, ingest="memory" if decoded_mb <= self.materialize_max_mb else "ray_data")
+
+    def self_fraction(self, epoch: int) -> float:
+        """The class-balanced fraction of the self-training refresh after ``epoch`` completed epochs (the
+        ``epoch // self_refresh_epochs``-th refresh): :func:`lmft_core.train.pseudo.self_fraction`."""
+        return self_fraction(epoch // self.self_refresh_epochs, self.self_fraction_start, self.self_fraction_step,
+                             self.self_fraction_max)
 
     @property
     def threads(self) -> int:

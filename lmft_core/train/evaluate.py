@@ -23,7 +23,7 @@ import torch
 from lmft_core.model import SelectorConfig, selection_flops
 from lmft_core.model.classifier import LMFTClassifier
 from lmft_core.shards.batch import ClipBatch
-from lmft_core.train.names import EVAL_KEYS, eval_metric
+from lmft_core.train.names import EVAL_KEYS, eval_metric, result_metric
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,10 @@ class EvalResult:
     def metrics(self, prefix: str) -> dict[str, float]:
         """Flat metrics for MLflow, e.g. ``eval_target/lmft/top1``."""
         return {eval_metric(prefix, self.selector, k): float(getattr(self, k)) for k in EVAL_KEYS}
+
+    def result_metrics(self) -> dict[str, float]:
+        """The selector-free names of a run's own selector on target-test, e.g. ``target_test/top1``."""
+        return {result_metric(k): float(getattr(self, k)) for k in EVAL_KEYS}
 
     def as_dict(self) -> dict:
         return asdict(self)

@@ -140,8 +140,9 @@ def run_worker(job: TrainJob, dist: Dist, data: EpochData, checkpoint: dict | No
     start_epoch = resume(learner, checkpoint, dist.rank)
     if checkpoint is None or not dist.is_main:  # per-rank randomness (drop path); rank 0 resumes its saved RNG
         torch.manual_seed(cfg.seed * 7919 + dist.rank * 104729 + learner.step)
+    policy = job.selector.uses_policy  # a run without a threshold (full, random at a fixed rate) logs none
     resumed = {"resumed_from_epoch": float(start_epoch), "resumed_from_step": float(learner.step),
-               **{f"resumed_policy_{k}": v for k, v in flat_metrics(adapter.policy.values()).items()}}
+               **{f"resumed_policy_{k}": v for k, v in flat_metrics(adapter.policy.values()).items() if policy}}
     if learner.pseudo_source.uses_self:  # the epoch whose self labels the checkpoint held (-1: none yet)
         resumed["resumed_self_labels_epoch"] = float(-1 if learner.self_labels is None else learner.self_labels.epoch)
     if checkpoint is not None and dist.is_main and sink is not None:
@@ -152,11 +153,12 @@ def run_worker(job: TrainJob, dist: Dist, data: EpochData, checkpoint: dict | No
         epoch_metrics = _train_epoch(learner, data.pairs(epoch), dist, sink)
         last = epoch == cfg.epochs - 1
         metrics = {"epoch": float(epoch + 1), "step": float(learner.step), **epoch_metrics,
-                   **{f"{POLICY}/{k}": v for k, v in flat_metrics(adapter.policy.values()).items()}}
+                   **{f"{POLICY}/{k}": v for k, v in flat_metrics(adapter.policy.values()).items() if policy}}
         if learner.pseudo_source.uses_self and not last and (epoch + 1) % cfg.self_refresh_epochs == 0:
             learner.self_labels, pseudo = refresh_self_labels(
                 adapter, shards, dist, source=learner.pseudo_source, gamma_c=cfg.gamma_c, self_gamma=cfg.self_gamma,
-                epoch=epoch + 1, batch_size=cfg.eval_batch_size, device=device, amp_dtype=learner.amp_dtype)
+                epoch=epoch + 1, batch_size=cfg.eval_batch_size, device=device, amp_dtype=learner.amp_dtype,
+                selection=cfg.self_selection, fraction=cfg.self_fraction(epoch + 1))
             metrics.update(pseudo)
         if checkpoint is not None and epoch == start_epoch:
             metrics.update(resumed)
@@ -164,6 +166,7 @@ def run_worker(job: TrainJob, dist: Dist, data: EpochData, checkpoint: dict | No
         if dist.is_main and (last or (epoch + 1) % cfg.eval_every_epochs == 0):
             results = _evaluate(adapter, shards, job, device, learner.amp_dtype, final=last)
             metrics.update({k: v for r in results.values() for k, v in r.metrics(EVAL_TARGET).items()})
+            metrics.update(results[job.selector.label].result_metrics())  # the same names in every training
             if shards.counts().get(("source", "val"), 0):
                 val = evaluate(adapter, read_batches(shards, "source", "val", cfg.eval_batch_size), [job.selector],
                                device, learner.amp_dtype)

@@ -56,30 +56,47 @@ def threshold_over_training(history: Mapping[str, Sequence[tuple[int, float]]]):
     return fig
 
 
-def kept_tokens(frames: np.ndarray, energy: np.ndarray, keep: np.ndarray, titles: Sequence[str], patch: int, tubelet: int):
-    """One row per clip, one column per temporal segment: the segment's first frame, the motion energy
-    as a heat overlay, dropped tokens darkened and kept tokens outlined.
+def clip_title(video_id: str, predicted: str, confidence: float, keep_ratio: float, true: str | None = None) -> str:
+    """The label of one clip in a kept-token picture: id, prediction with its confidence, keep ratio (and the
+    true class where known)."""
+    truth = "" if true is None else f"   true: {true}"
+    return f"{video_id}   predicted: {predicted} ({confidence:.2f})   kept {keep_ratio:.0%} of tokens{truth}"
+
+
+def overlay(frame: np.ndarray, keep: np.ndarray, patch: int) -> np.ndarray:
+    """``frame`` uint8 (S, S, 3) as floats in [0, 1] with the dropped tokens' pixels darkened to 35%;
+    ``keep`` bool (N_h, N_w) with N_h * patch = S."""
+    up = np.kron(keep.astype(np.float32), np.ones((patch, patch), np.float32))[..., None]
+    return frame.astype(np.float32) / 255.0 * (0.35 + 0.65 * up)
+
+
+def kept_tokens(frames: np.ndarray, energy: np.ndarray, keep: np.ndarray, titles: Sequence[str], patch: int, tubelet: int,
+                title: str = "Motion energy (heat) and kept tokens (outlined)"):
+    """One row per clip (``titles[i]`` above it: :func:`clip_title`), one column per temporal segment: the
+    segment's first frame, its motion energy as a heat overlay, dropped tokens darkened (:func:`overlay`) and
+    kept tokens outlined in cyan; a colour bar of the energy on the right.
 
     ``frames`` uint8 (B, T, S, S, 3), ``energy`` (B, N_t, N_h, N_w), ``keep`` bool (B, N_t, N_h, N_w).
     """
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
     b, n_t = energy.shape[:2]
-    fig, axes = plt.subplots(b, n_t, figsize=(1.6 * n_t, 1.7 * b), squeeze=False)
+    fig, axes = plt.subplots(b, n_t, figsize=(1.6 * n_t + 1.2, 1.95 * b + 0.5), squeeze=False)
     for i in range(b):
         for t in range(n_t):
             ax = axes[i][t]
-            img = frames[i, t * tubelet].astype(np.float32) / 255.0
-            up = np.kron(keep[i, t].astype(np.float32), np.ones((patch, patch)))[..., None]
-            heat = np.kron(energy[i, t], np.ones((patch, patch)))
-            ax.imshow(img * (0.35 + 0.65 * up))
-            ax.imshow(heat, cmap="inferno", alpha=0.35, vmin=0, vmax=1)
+            ax.imshow(overlay(frames[i, t * tubelet], keep[i, t], patch))
+            ax.imshow(np.kron(energy[i, t], np.ones((patch, patch))), cmap="inferno", alpha=0.35, vmin=0, vmax=1)
             for (h, w) in zip(*np.nonzero(keep[i, t])):
                 ax.add_patch(plt.Rectangle((w * patch - 0.5, h * patch - 0.5), patch, patch, fill=False, ec="cyan", lw=0.6))
             ax.set_xticks([])
             ax.set_yticks([])
-            if i == 0:
-                ax.set_title(f"t={t}", fontsize=8)
-        axes[i][0].set_ylabel(titles[i], fontsize=7)
-    fig.suptitle("Motion energy (heat) and kept tokens (outlined) at τ̂")
+            if i == b - 1:
+                ax.set_xlabel(f"segment {t}", fontsize=7)
+        axes[i][0].text(0, 1.04, titles[i], transform=axes[i][0].transAxes, fontsize=7, ha="left", va="bottom")
+    fig.colorbar(ScalarMappable(Normalize(0, 1), "inferno"), ax=axes, fraction=0.025, pad=0.02, label="motion energy")
+    fig.suptitle(title)
     return fig
 
 
@@ -143,4 +160,28 @@ def sweep_scatter(table: Sequence[Mapping], params: Sequence[str], accuracy_key:
     ax.set_xlabel("discard rate on target-test (τ̂)")
     ax.set_ylabel("target-test top-1 (reading only, not used to select)")
     ax.set_title("Sweep: target accuracy against discard rate (★ selected trial; hollow: stopped early)")
+    return fig
+
+
+def accuracy_vs_discard(points: Sequence[Mapping]):
+    """Target-test top-1 against discard rate. ``points``: ``training`` (the run: ``adapted`` or ``baseline``),
+    ``selector`` (the selector it was evaluated with), ``own`` (whether that is the run's training selector),
+    ``discard_rate``, ``top1``. Each training's own result is a large filled marker; the same model evaluated
+    with other selectors, small hollow ones."""
+    fig, ax = plt.subplots(figsize=(7, 5))
+    colours = {}
+    for p in points:
+        colour = colours.setdefault(p["training"], f"C{len(colours)}")
+        own = p["own"]
+        ax.scatter(p["discard_rate"], p["top1"], s=120 if own else 40, color=colour if own else "none", edgecolors=colour,
+                   marker="o", zorder=3 if own else 2)
+        ax.annotate(p["selector"], (p["discard_rate"], p["top1"]),
+                    fontsize=7 if own else 6, xytext=(4, 4), textcoords="offset points")
+    for training, colour in colours.items():
+        ax.scatter([], [], color=colour, label=f"{training} (filled: trained with; hollow: other selectors at test)")
+    ax.set_xlim(-0.05, 1.0)
+    ax.set_xlabel("discard rate on target-test (fraction of tokens dropped)")
+    ax.set_ylabel("target-test top-1")
+    ax.legend(loc="best", fontsize=7)
+    ax.set_title("Accuracy against discarded tokens, per training of this workflow")
     return fig

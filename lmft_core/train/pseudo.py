@@ -7,8 +7,15 @@
 - ``self`` (self-training): the adapting model's own predictions. At the end of every
   ``train.self_refresh_epochs``-th epoch (never after the last one: nothing would train on them) every
   target-train clip is classified by the current model in eval mode (tau_hat selection, no
-  augmentation, no drop path): per clip the argmax and its softmax probability. A clip is used when
-  that probability exceeds ``train.self_gamma``. Until the first refresh there are no self labels and
+  augmentation, no drop path): per clip the argmax and its softmax probability. Which clips pass is the
+  selection rule ``train.self_selection`` (:data:`SELF_SELECTIONS`), applied once per refresh to the whole
+  table: ``threshold`` (default), that probability exceeds ``train.self_gamma``; ``class_balanced``
+  (CBST, Zou et al., ECCV 2018), per predicted class the most confident fraction p of the clips predicted
+  as that class (``ceil(p * n_k)`` of its n_k, so every predicted class passes at least one clip and the
+  pass rate is > 0 from the first refresh on), p = ``self_fraction_start`` at the first refresh, growing
+  by ``self_fraction_step`` per refresh up to ``self_fraction_max`` (:func:`self_fraction`). The
+  class-balanced rule adapts to the model's calibration (no absolute threshold to pass) and keeps a
+  dominant class from taking every label. Until the first refresh there are no self labels and
   ``L_t`` is exactly 0.
 - ``clip+self``: a clip is used when CLIP passes ``gamma_c`` **or** the model passes ``self_gamma``,
   with the label of the source(s) that pass; where **both** pass and **disagree** the clip is dropped
@@ -57,6 +64,36 @@ if TYPE_CHECKING:
 
 # combine(clip_label, clip_pass, self_label, self_pass) -> (label, use): (B,) int64 and (B,) bool
 Combine = Callable[[Tensor, Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
+# select(label (N,) int64, confidence (N,) float, self_gamma, fraction) -> passed (N,) bool: which self labels pass
+SelfSelect = Callable[[Tensor, Tensor, float, float], Tensor]
+SELF_SELECTIONS: Registry[SelfSelect] = Registry("self-training selection rule")
+
+
+@SELF_SELECTIONS.register("threshold")
+def select_above(label: Tensor, confidence: Tensor, self_gamma: float, fraction: float) -> Tensor:
+    """The model's softmax probability strictly above ``self_gamma`` (``fraction`` unused)."""
+    return confidence > self_gamma
+
+
+@SELF_SELECTIONS.register("class_balanced")
+def select_class_balanced(label: Tensor, confidence: Tensor, self_gamma: float, fraction: float) -> Tensor:
+    """Per predicted class k, the ``ceil(fraction * n_k)`` most confident of its n_k clips (CBST; ties: the
+    earlier clip in table order first); ``self_gamma`` unused. (N,) -> (N,) bool."""
+    passed = torch.zeros_like(label, dtype=torch.bool)
+    for k in label.unique():
+        members = (label == k).nonzero().squeeze(1)
+        take = math.ceil(fraction * len(members) - 1e-9)  # fraction * n exact up to rounding: 0.3 * 10 is 3
+        order = torch.argsort(confidence[members], descending=True, stable=True)
+        passed[members[order[:take]]] = True
+    return passed
+
+
+def self_fraction(refresh: int, start: float, step: float, maximum: float) -> float:
+    """The class-balanced fraction at the ``refresh``-th refresh (1 = the first): ``min(maximum, start +
+    (refresh - 1) * step)``."""
+    if refresh < 1:
+        raise ValueError(f"refreshes count from 1, got {refresh}")
+    return min(maximum, start + (refresh - 1) * step)
 
 
 @dataclass(frozen=True)
@@ -102,12 +139,15 @@ def combine_clip_and_self(clip_label: Tensor, clip_pass: Tensor, self_label: Ten
 class SelfLabels:
     """The model's own labels of every target-train clip: ``keys`` (N,) int64 ascending and unique
     (:func:`~lmft_core.shards.reader.video_key`), ``label`` (N,) int64 argmax, ``confidence`` (N,) float32
-    its softmax probability, predicted after ``epoch`` completed epochs. On the CPU."""
+    its softmax probability, predicted after ``epoch`` completed epochs; ``passed`` (N,) bool, which labels
+    the refresh's selection rule passed (None: a table made without one, e.g. a checkpoint of an earlier
+    version; then the confidence is compared with ``self_gamma``, the ``threshold`` rule). On the CPU."""
 
     keys: Tensor
     label: Tensor
     confidence: Tensor
     epoch: int
+    passed: Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -122,17 +162,27 @@ class SelfLabels:
                            f"clips (e.g. {int(missing[0])}): the batch is not from the target-train split the table was made of")
         return self.label[pos].to(keys.device), self.confidence[pos].to(keys.device)
 
+    def passing(self, keys: Tensor, self_gamma: float) -> tuple[Tensor, Tensor]:
+        """(label, passed) of the clips ``keys`` (B,): ``passed`` as the refresh's rule decided, or, in a table
+        without it, confidence > ``self_gamma``."""
+        label, confidence = self.lookup(keys)
+        if self.passed is None:
+            return label, confidence > self_gamma
+        return label, self.passed[torch.searchsorted(self.keys, keys.cpu())].to(keys.device)
+
     def state_dict(self) -> dict:
         """Tensors and an int: what a checkpoint stores (``torch.load(weights_only=True)`` reads it)."""
-        return {"keys": self.keys.clone(), "label": self.label.clone(), "confidence": self.confidence.clone(),
-                "epoch": int(self.epoch)}
+        state = {"keys": self.keys.clone(), "label": self.label.clone(), "confidence": self.confidence.clone(),
+                 "epoch": int(self.epoch)}
+        return state if self.passed is None else state | {"passed": self.passed.clone()}
 
     @classmethod
     def from_state(cls, state: dict | None) -> SelfLabels | None:
         if state is None:
             return None
+        passed = state.get("passed")
         return cls(keys=state["keys"].long(), label=state["label"].long(), confidence=state["confidence"].float(),
-                   epoch=int(state["epoch"]))
+                   epoch=int(state["epoch"]), passed=None if passed is None else passed.bool())
 
 
 @dataclass
@@ -152,8 +202,7 @@ def target_labels(source: PseudoLabelSource, batch: ClipBatch, table: SelfLabels
     """The training labels of the target ``batch`` under ``source`` (no self labels yet: ``table`` None)."""
     clip_label, clip_pass = batch.pseudo_label, batch.pseudo_confidence > gamma_c
     if source.uses_self and table is not None:
-        self_label, self_conf = table.lookup(batch.key)
-        self_pass = self_conf > self_gamma
+        self_label, self_pass = table.passing(batch.key, self_gamma)
     else:
         self_label, self_pass = torch.zeros_like(clip_label), torch.zeros_like(clip_pass)
     label, use = source.combine(clip_label, clip_pass, self_label, self_pass)
@@ -205,9 +254,10 @@ def sorted_keys(video_ids: list[str]) -> tuple[Tensor, np.ndarray]:
 
 def refresh_self_labels(adapter: LMFTClassifier, shards: ShardSet, dist: Dist, *, source: PseudoLabelSource,
                         gamma_c: float, self_gamma: float, epoch: int, batch_size: int,
-                        device: torch.device | str = "cpu", amp_dtype: torch.dtype | None = None
-                        ) -> tuple[SelfLabels, dict[str, float]]:
-    """Classify every target-train clip with the current model; every rank returns the same table and
+                        device: torch.device | str = "cpu", amp_dtype: torch.dtype | None = None,
+                        selection: str = "threshold", fraction: float = 1.0) -> tuple[SelfLabels, dict[str, float]]:
+    """Classify every target-train clip with the current model and pass labels by the rule ``selection``
+    (:data:`SELF_SELECTIONS`, with ``self_gamma`` or ``fraction``); every rank returns the same table and
     the ``pseudo/*`` metrics of :func:`pseudo_label_report` (module docstring). Call it on every rank."""
     t0 = time.perf_counter()
     device = torch.device(device)
@@ -226,25 +276,30 @@ def refresh_self_labels(adapter: LMFTClassifier, shards: ShardSet, dist: Dist, *
     if not bool((table[2] == 1).all()):
         raise RuntimeError(f"self-training labels: {int((table[2] != 1).sum())} of {n} target-train clips predicted "
                            "by no rank or by several")
-    labels = SelfLabels(keys=keys, label=table[0].round().long(), confidence=table[1].float(), epoch=epoch)
+    label, confidence = table[0].round().long(), table[1].float()
+    passed = SELF_SELECTIONS[selection](label, confidence, self_gamma, fraction)  # on the all-reduced table: rank-free
+    labels = SelfLabels(keys=keys, label=label, confidence=confidence, epoch=epoch, passed=passed)
     clip_label, clip_conf, true_label = label_columns(rows, order)
     metrics = pseudo_label_report(source, clip_label, clip_conf, gamma_c, true_label, labels.label, labels.confidence,
-                                  self_gamma)
+                                  self_gamma, self_pass=passed)
     metrics |= {"pseudo/self_refresh_epoch": float(epoch), "pseudo/self_refresh_s": time.perf_counter() - t0,
                 "pseudo/target_train_clips": float(n)}
+    if selection == "class_balanced":
+        metrics["pseudo/self_fraction"] = float(fraction)
     return labels, metrics
 
 
 def pseudo_label_report(source: PseudoLabelSource, clip_label: Tensor, clip_conf: Tensor, gamma_c: float,
                         true_label: Tensor, self_label: Tensor | None = None, self_conf: Tensor | None = None,
-                        self_gamma: float = 1.0) -> dict[str, float]:
+                        self_gamma: float = 1.0, self_pass: Tensor | None = None) -> dict[str, float]:
     """Monitoring metrics of the pseudo-labels of a set of clips (all arguments (N,), aligned).
 
     Fractions of all N clips: ``pseudo/clip_pass_rate`` (CLIP confidence > gamma_c), and with self labels
     ``pseudo/self_pass_rate`` (> self_gamma), ``pseudo/used_pass_rate`` (used by ``source``),
     ``pseudo/conflict_rate`` (both pass, labels differ), ``pseudo/self_clip_agreement`` (the two argmax
     labels agree, whatever the confidences), ``pseudo/self_mean_confidence``; over the clips where both pass:
-    ``pseudo/self_clip_agreement_confident``. Against ``true_label`` (-1: none), over the labelled clips
+    ``pseudo/self_clip_agreement_confident``. ``self_pass`` (N,) bool: which self labels pass (the refresh's
+    selection rule); None: confidence > ``self_gamma``. Against ``true_label`` (-1: none), over the labelled clips
     only and **for monitoring only**: ``pseudo/labelled_fraction``; ``pseudo/clip_accuracy`` (of the clips
     passing gamma_c) and ``pseudo/clip_accuracy_all`` (argmax of every labelled clip); the same for
     ``self``; ``pseudo/used_accuracy`` (the labels ``source`` trains on). A metric whose denominator is 0
@@ -264,7 +319,7 @@ def pseudo_label_report(source: PseudoLabelSource, clip_label: Tensor, clip_conf
     accuracy("pseudo/clip_accuracy_all", clip_label, torch.ones_like(clip_pass))
     if self_label is None or self_conf is None:
         return out
-    self_pass = self_conf > self_gamma
+    self_pass = self_conf > self_gamma if self_pass is None else self_pass
     label, use = source.combine(clip_label, clip_pass, self_label, self_pass)
     both = clip_pass & self_pass
     out |= {"pseudo/self_pass_rate": _frac(self_pass, n), "pseudo/used_pass_rate": _frac(use, n),

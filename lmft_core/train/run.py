@@ -40,13 +40,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lmft_core.augment import label_map_tensor
+from lmft_core.augment import check_hflip, label_map_tensor
 from lmft_core.model import SelectorConfig
 from lmft_core.model.pretrained import CheckpointError, check_pretrained
 from lmft_core.run_config import RunConfig
 from lmft_core.shards.format import unpack_array
 from lmft_core.shards.reader import ShardError, ShardSet
-from lmft_core.tracking import Run, check_tracking_server, start_run
+from lmft_core.tracking import NOTE, Run, check_tracking_server, start_run
 from lmft_core.train.artifacts import RESULT_FILE, RUN_ID_FILE, TrainResult, log_artifacts
 from lmft_core.train.config import TrainConfig
 from lmft_core.train.loop import TrainJob
@@ -99,6 +99,7 @@ def prepare(profile: RunConfig, shards: str | Path | ShardSet, workdir: str | Pa
             raise TrainError(f"model.pretrained: {e}") from None
     try:
         label_map_tensor(shards.classes, cfg.hflip_label_map)
+        check_hflip(shards.classes, cfg.hflip, cfg.hflip_label_map, "the shards' classes")
         counts = {key: shards.require(*key, what) for key, what in (
             (("source", "train"), "training (L_s)"), (("target", "train"), "training (adaptation)"),
             (("target", "test"), "the evaluation"))}
@@ -216,11 +217,21 @@ class TrainingRun:
         return log_artifacts(self.job, self.shards, run, self.name, self.run_dir, checkpoint, self.profile.path, elapsed_s)
 
 
-    def run(self, parent_run_id: str | None = None, title: str = "") -> TrainResult:
-        """The whole run: the MLflow run (a child of ``parent_run_id``; reopened when the run ran before),
-        the fit (resumed from the last checkpoint; one line per epoch printed under ``title``, default
-        ``train <selector>``), the artifacts and ``result.json``; a finished run (``result.json`` exists) is
-        not trained again and its result is returned."""
+    def description(self, role: str) -> str:
+        """The run's description on its MLflow page (Markdown); ``role`` says what it is for (e.g. "Baseline")."""
+        job = self.job
+        return (f"**{role}**: adaptation training with the `{job.selector.label}` token selector, {job.train.epochs} epochs "
+                f"on {job.train.workers} Ray Train worker(s), shards `{job.shards}`.\n\n"
+                "Its result is `target_test/*`: this selector on target-test, under the names every lmft training uses "
+                "(so charts overlay trainings; the selector is the tag `lmft.selector`). `eval_target/<selector>/*` "
+                "evaluate the same model with other selectors; the model is logged as "
+                f"`classifier-{job.selector.label}`.")
+
+    def run(self, parent_run_id: str | None = None, role: str = "Training", title: str = "") -> TrainResult:
+        """The whole run: the MLflow run (a child of ``parent_run_id``; reopened when the run ran before; ``role``
+        in its tags and description), the fit (resumed from the last checkpoint; one line per epoch printed under
+        ``title``, default ``train <selector>``), the artifacts and ``result.json``; a finished run (``result.json``
+        exists) is not trained again and its result is returned."""
         job, run_dir, shards = self.job, self.run_dir, self.shards
         if (done := finished(run_dir, TrainResult, "training")) is not None:
             return done
@@ -237,7 +248,8 @@ class TrainingRun:
         check_tracking_server(job.tracking_uri)  # an unreachable or refusing server fails here, before any compute
         tags = {"lmft.stage": "train", "lmft.shards": job.shards, "lmft.selector": job.selector.label,
                 "lmft.untrained_clip": shards.metadata.get("untrained_clip", False),
-                "lmft.pretrained": job.model.pretrained or "none (random init)"}
+                "lmft.pretrained": job.model.pretrained or "none (random init)", "lmft.role": role.lower(),
+                NOTE: self.description(role)}
         with self.mlflow_run(parent_run_id=parent_run_id, tags=tags, id_file=run_dir / RUN_ID_FILE) as run:
             if not run.resumed:
                 run.log_metrics({"data/target_train_clips": n_target, "data/target_train_pseudo_pass": passing,

@@ -16,7 +16,12 @@ A step takes ``accum_steps`` micro-batches, each a (source, target) pair of :cla
    true ``label`` is set to -1 first: target labels can never reach a loss;
 3. sums the step's losses and discard rates over micro-batches and ranks (one all-reduce), computes
    the reward ``R = sum_d (-lambda_L * L_d - (1 - rho_d))`` from those global means, identical on
-   every rank, and back-propagates the REINFORCE surrogate ``-(R - b) * log pi(tau)``;
+   every rank, and back-propagates the REINFORCE surrogate ``-(R - b) * log pi(tau)``. Under
+   ``policy.estimator = "rloo"`` instead, step 1 draws one tau per (source, target) clip pair for every
+   rank's pairs from the step's generator (each rank selects with its own slice; packed attention takes
+   each clip's own keep mask as always), each rank's per-pair rewards travel in the same all-reduce (a
+   zero table, one row per rank), and every rank back-propagates the same leave-one-out surrogate over
+   all pairs (:mod:`lmft_core.model.policy`), so the policy gradient is identical on every rank;
 4. clips the model's gradients, takes one optimizer step (model and policy groups), then commits the
    policy's step (baseline update and step count, once per step index: a retried step cannot
    update the baseline twice) and synchronises the policy (below).
@@ -35,7 +40,8 @@ micro-batches, :func:`focus_loss` back-propagates the glance classifier's ``L_s 
 same labels and pseudo-labels as the ViT's) and the windows' policy-gradient surrogate, whose reward is
 each clip's ViT cross-entropy against its domain's mean in the step. The glance's gradients are averaged
 over ranks, it takes the model's learning rate, and rank 0's glance is broadcast after every step like
-the policy. The threshold policy is then unused: its reward and baseline are still logged.
+the policy. The threshold policy is then unused (its reward, baseline and tau are not logged); its
+``policy.estimator`` must be ``paper`` (``rloo`` with ``adafocus`` is refused at profile load).
 
 A step whose losses are not finite on any rank is skipped on all ranks (no optimizer step, no policy
 update; counted in ``skipped_steps``).
@@ -53,7 +59,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lmft_core.augment import background_mix, color_jitter, hflip
-from lmft_core.model import Selection, flat_metrics
+from lmft_core.model import ESTIMATORS, Selection, flat_metrics
 from lmft_core.model.classifier import LMFTClassifier
 from lmft_core.shards.batch import ClipBatch, model_input
 from lmft_core.train.config import TrainConfig
@@ -175,6 +181,7 @@ class Learner:
         self.learns_policy = adapter.selector_config.learns_policy  # lmft, lmft-segment
         self.skipped_steps = 0
         self.pseudo_source = PSEUDO_LABEL_SOURCES[cfg.pseudo_labels]
+        self.estimator = ESTIMATORS[adapter.policy.config.estimator]
         self.self_labels: SelfLabels | None = None  # the model's own target labels, once refreshed (loop)
 
     @property
@@ -199,6 +206,19 @@ class Learner:
         labels = target_labels(self.pseudo_source, tgt, self.self_labels, self.cfg.gamma_c, self.cfg.self_gamma)
         return replace(tgt, label=torch.full_like(tgt.label, -1), pseudo_label=labels.label), labels
 
+    def _pair_taus(self, pairs: Sequence[tuple[ClipBatch, ClipBatch]], generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """rloo's thresholds: (every rank's pair draws (world * n, *shape), rank-major, the same on every rank;
+        this rank's per clip, in the selection's order (micro-batch source, then target), (2n, *shape)).
+        Source clip i and target clip i of a micro-batch are pair i and share its tau."""
+        sizes = [len(src) for src, _ in pairs]
+        if any(len(src) != len(tgt) for src, tgt in pairs):
+            raise ValueError(f"policy.estimator='rloo' pairs source and target clips: a micro-batch has "
+                             f"{[(len(s), len(t)) for s, t in pairs]} (source, target) clips")
+        n = sum(sizes)
+        tau_all = self.adapter.policy.sample(generator, n=self.dist.world_size * n)
+        mine = tau_all[self.dist.rank * n:(self.dist.rank + 1) * n].split(sizes)
+        return tau_all, torch.cat([t for part in mine for t in (part, part)])
+
     def _mix(self, src: ClipBatch, tgt: ClipBatch, i: int) -> tuple[ClipBatch, ClipBatch]:
         """Background mixing of the source clips with the target clips' scenes (``train.background_mix``)."""
         if self.cfg.background_mix > 0:
@@ -218,10 +238,16 @@ class Learner:
         energy = torch.cat([b.energy for pair in pairs for b in pair])
         focus = self.adapter.glance is not None  # adafocus: the selection glances at the clips
         video = torch.cat([model_input(b.frames) for pair in pairs for b in pair]) if focus else None
-        sel = self.adapter.selection(energy, step_generator(cfg.seed, step), video=video)  # one call: one tau for the step
+        per_clip = self.learns_policy and self.estimator.per_clip  # never with adafocus (checked at profile load)
+        if per_clip:  # rloo: a tau per clip pair, every rank's draws from the step's generator
+            tau_all, tau = self._pair_taus(pairs, step_generator(cfg.seed, step))
+            sel = self.adapter.selection(energy, tau=tau)
+        else:  # one call: one tau for the step
+            sel = self.adapter.selection(energy, step_generator(cfg.seed, step), video=video)
         keeps = sel.keep.split([len(b) for pair in pairs for b in pair])
         rho = sel.discard_rate.split([len(b) for pair in pairs for b in pair])
         clip_ce, focus_labels = [], []  # adafocus: per clip in selection order, the ViT's CE and the label it trains on
+        pair_rewards = []  # rloo: per pair, sum_d (-lambda_L * loss_{d,i} - (1 - rho_{d,i}))
 
         # what the step sums over its micro-batches, then over ranks (one all-reduce), by name
         sums: dict[str, Tensor] = {}
@@ -253,6 +279,12 @@ class Learner:
                 clip_ce += [torch.where(labelled, ce_s.detach(), float("nan")),
                             torch.full((len(tgt),), float("nan"), device=self.device).index_put((fwd,), ce_t.detach())]
                 focus_labels += [src.label, torch.where(passing, tgt.pseudo_label, -1)]
+            if per_clip:
+                with torch.no_grad():
+                    ce_pair = ce_s.detach().clone()
+                    ce_pair[fwd] += ce_t.detach()  # a target clip whose label does not pass adds no loss
+                    lam = policy.config.loss_weight
+                    pair_rewards.append(-lam * ce_pair - (1.0 - rho[2 * i]) - (1.0 - rho[2 * i + 1]))
             with torch.no_grad():
                 parts = {"ce_source": ce_s.sum(), "labelled": labelled.sum(), "ce_target": ce_t.sum(),
                          "passing": passing.sum(), "discard_source": rho[2 * i].sum(),
@@ -263,7 +295,13 @@ class Learner:
                 for name, value in parts.items():
                     sums[name] = sums.get(name, 0.0) + value.double().to(self.device)
         names = list(sums)
-        s = dict(zip(names, self.dist.all_reduce_sum(torch.stack([sums[n] for n in names]))))
+        flat = torch.stack([sums[n] for n in names])
+        if per_clip:  # every rank's pair rewards in the same all-reduce: rank r fills row r of a zero table
+            table = torch.zeros(self.dist.world_size, len(tau_all) // self.dist.world_size, dtype=torch.float64, device=self.device)
+            table[self.dist.rank] = torch.cat(pair_rewards).double()
+            flat = torch.cat([flat, table.flatten()])
+        reduced = self.dist.all_reduce_sum(flat)
+        s = dict(zip(names, reduced[:len(names)]))
         loss_s, loss_t = s["ce_source"] / s["labelled"].clamp(min=1), s["ce_target"] / s["passing"].clamp(min=1)
         rho_s, rho_t = s["discard_source"] / s["source_clips"], s["discard_target"] / s["target_clips"]
         metrics = {"loss_source": float(loss_s), "loss_target": float(loss_t),
@@ -280,7 +318,14 @@ class Learner:
 
         reward = policy.reward([loss_s.float(), loss_t.float()], [rho_s.float(), rho_t.float()])
         advantage = policy.advantage(reward)
-        if self.learns_policy:
+        extra: dict[str, float] = {}
+        if per_clip:
+            rewards = reduced[len(names):].float()  # (world * pairs,), rank-major like tau_all
+            advantages = self.estimator.advantage(policy, rewards)
+            policy.surrogate(tau_all, advantages).backward()
+            advantage = advantages.abs().mean()  # logged: the mean |A_i| (the A_i sum to 0)
+            extra = {"reward_pair_mean": float(rewards.mean()), "reward_pair_sd": float(rewards.std())}
+        elif self.learns_policy:
             policy.surrogate(sel.tau, advantage).backward()
         if focus:
             is_target = torch.cat([torch.full((len(b),), d == 1, device=self.device) for pair in pairs for d, b in enumerate(pair)])
@@ -300,12 +345,13 @@ class Learner:
             sync_policy(self.adapter.glance, self.dist)
         # tau, mu, sigma, tau_hat: floats; per segment, their mean and tau/seg1, ... (flat_metrics)
         values = policy.values()
-        tau = float("nan") if sel.tau is None else sel.tau.detach().cpu().tolist()
-        return metrics | {
+        tau = tau_all.mean(0) if per_clip else sel.tau  # rloo: the mean of the step's draws
+        tau = float("nan") if tau is None else tau.detach().cpu().tolist()
+        threshold = {  # only for a selector that draws on the threshold (not full, random at a fixed rate, adafocus)
             "reward": float(reward), "advantage": float(advantage), "baseline": float(policy.baseline),
             **flat_metrics({"tau": tau, "mu": values["mu"], "sigma": values["sigma"], "tau_hat": values["tau_hat"]}),
-            "lr": lr, "grad_norm": float(grad_norm), "skipped_steps": float(self.skipped_steps),
-        }
+        } if self.adapter.selector_config.uses_policy else {}
+        return metrics | extra | threshold | {"lr": lr, "grad_norm": float(grad_norm), "skipped_steps": float(self.skipped_steps)}
 
     def state_dict(self) -> dict:
         """LMFTClassifier (model and policy), optimizer, scheduler, counters and the self-training labels (None
