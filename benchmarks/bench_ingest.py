@@ -181,7 +181,9 @@ def main(argv: list[str] | None = None) -> int:
             "collated), with and without JPEG decoding, against memory ingest (`train.ingest = \"memory\"`: both "
             "splits decoded once, a batch is an index). *Trainings*: the real Ray Train path with either ingest; "
             "*data-wait fraction* is the time a step waits for its batch over the epoch. *Evaluation*: an evaluation "
-            "pass over target-test as training runs it, against its forward alone.",
+            "pass over target-test as training runs it, against its forward alone. With 2 workers each keeps the profile's "
+            "2 torch threads on the 2 cores (4 threads on 2 cores), so their step time says little about compute; those rows "
+            "are there for the data-wait fraction.",
             *blocks]))
     return 0
 

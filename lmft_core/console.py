@@ -149,10 +149,21 @@ def progress_bar(done: int, total: int, width: int = 20) -> str:
     return "[" + "#" * filled + "-" * (width - filled) + "]"
 
 
+PLAIN_EPOCH_LINES = 10  # at most about this many epoch lines per fit when the output is no terminal
+
+
+def plain_epochs(epochs: int) -> list[int]:
+    """The epochs (1-based) of a fit of ``epochs`` that print a line when the output is no terminal: every
+    ``ceil(epochs / PLAIN_EPOCH_LINES)``-th and the last, so a long fit prints about :data:`PLAIN_EPOCH_LINES`."""
+    every = math.ceil(epochs / PLAIN_EPOCH_LINES)
+    return [e for e in range(1, epochs + 1) if e % every == 0 or e == epochs]
+
+
 class EpochPrinter:
     """Prints each epoch report of one fit as :func:`epoch_line`, with an ETA from the wall-clock time between
     reports (the first epoch's includes the workers' start). On a terminal the line is redrawn in place with a
-    :func:`progress_bar` and ends when the last epoch is in; otherwise one plain line per epoch."""
+    :func:`progress_bar` and ends when the last epoch is in; otherwise one plain line for each epoch of
+    :func:`plain_epochs`."""
 
     def __init__(self, title: str, epochs: int, show_tau: bool = True, stream: TextIO | None = None,
                  clock=time.monotonic):
@@ -180,7 +191,7 @@ class EpochPrinter:
             self.open_line = epoch < self.epochs
             if not self.open_line:
                 self.stream.write("\n")
-        else:
+        elif epoch in plain_epochs(self.epochs):
             self.stream.write(line + "\n")
         self.stream.flush()
 

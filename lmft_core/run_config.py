@@ -20,6 +20,7 @@ import dataclasses
 import inspect
 import json
 import math
+import re
 import sys
 import tomllib
 import typing
@@ -360,7 +361,12 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     items = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else dict(value)
-    return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in items.items() if v is not None) + " }"
+    return "{ " + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in items.items() if v is not None) + " }"
+
+
+def _toml_key(key: str) -> str:
+    """A TOML key: bare when it can be (letters, digits, ``_``, ``-``), else quoted (``"train.lambda_t"``)."""
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else json.dumps(key)
 
 
 def check_estimator(policy: PolicyConfig, train: TrainConfig, selector: SelectorConfig) -> None:

@@ -100,7 +100,10 @@ def ray_local():
 TINY_CLIP_GEOMETRY = ["clip.num_frames=8", "clip.image_size=32", "clip.patch=8"]
 TINY_TRAIN = ["model.size='vit_tiny'", "model.embed_dim=48", "model.depth=2", "model.num_heads=3",
               "train.epochs=3", "train.batch_size=2", "train.workers=2", "train.cpus_per_worker=0.5",
-              "train.eval_batch_size=8", "train.warmup_epochs=0.0", "train.gamma_c=0.3"]
+              "train.eval_batch_size=8", "train.warmup_epochs=0.0", "train.gamma_c=0.3",
+              # the tests' own schedule, whatever the demo's: one thread per half-CPU worker, evaluated every epoch,
+              # the paper's first-segment rule (the golden numbers and the selector labels the tests read)
+              "train.threads_per_worker=0", "train.eval_every_epochs=1", "train.lr=1e-3", "selector.first_segment='keep'"]
 
 
 @pytest.fixture(scope="session")

@@ -19,7 +19,10 @@ TINY_WORKFLOW = ["demo_data.classes=['wave', 'jump']", "demo_data.videos_per_cla
                  # 8 frames of 32 px (a 4 x 4 x 4 token grid), a two-block ViT, one epoch on one worker, no baseline
                  "clip.num_frames=8", "clip.image_size=32", "clip.patch=8", "model.size='vit_tiny'", "model.embed_dim=48",
                  "model.depth=2", "model.num_heads=3", "train.epochs=1", "train.batch_size=1", "train.workers=1",
-                 "train.eval_batch_size=8", "workflow.baselines=[]"]
+                 "train.eval_batch_size=8", "workflow.baselines=[]",
+                 # the tests' own schedule, whatever the demo's (as conftest.TINY_TRAIN)
+                 "train.threads_per_worker=0", "train.cpus_per_worker=0.5", "train.eval_every_epochs=1", "train.lr=1e-3",
+                 "selector.first_segment='keep'", "demo_data.target_test_fraction=0.5"]
 
 
 def free_port() -> int:

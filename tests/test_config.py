@@ -127,7 +127,7 @@ def test_the_selector_fixes_the_policy_kind_and_the_clip_its_segments():
     from lmft_core.model import SegmentThresholdPolicy, ThresholdPolicy
     from lmft_core.train.config import TrainConfig
 
-    profile = load_profile("demo", ["selector.name=lmft-segment", "policy.mu=0.2"])
+    profile = load_profile("demo", ["selector.name=lmft-segment", "policy.mu=0.2", "selector.first_segment='keep'"])
     selector, clip = profile.selector, profile.clip
     policy_cfg = profile.policy  # resolved at load
     assert (policy_cfg.kind, policy_cfg.num_segments, policy_cfg.mu) == ("segment", clip.grid[0], 0.2)
@@ -137,7 +137,7 @@ def test_the_selector_fixes_the_policy_kind_and_the_clip_its_segments():
     # the default evaluation's random selector matches the run's learned selector
     labels = [s.label for s in profile.train.evaluate_for(selector)]
     assert "random-match-lmft-segment" in labels and "random-match-lmft" not in labels
-    assert "random-match-lmft" in [s.label for s in TrainConfig().evaluate_for(load_profile("demo").selector)]
+    assert "random-match-lmft.first-next" in [s.label for s in TrainConfig().evaluate_for(load_profile("demo").selector)]
     for key, source in (("kind", "the selector"), ("num_segments", r"the profile's \[clip\]")):
         with pytest.raises(ConfigError, match=rf"\[policy\]: '{key}' is not set in a profile section: it comes from {source}"):
             load_profile("demo", [f"policy.{key}=1"])

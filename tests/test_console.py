@@ -130,3 +130,19 @@ def test_print_config_prints_the_resolved_profile_as_toml_that_loads_back(tmp_pa
         profile = load_profile(name)
         (tmp_path / f"{name}.toml").write_text(profile.to_toml())
         assert load_profile(tmp_path / f"{name}.toml").settings() == profile.settings()
+
+
+def test_a_long_fit_prints_about_ten_plain_lines_and_always_the_last_epoch():
+    from lmft_core.console import PLAIN_EPOCH_LINES, EpochPrinter, plain_epochs
+
+    assert plain_epochs(5) == [1, 2, 3, 4, 5] and plain_epochs(10) == list(range(1, 11))
+    assert plain_epochs(30) == [3, 6, 9, 12, 15, 18, 21, 24, 27, 30]
+    assert plain_epochs(31) == [4, 8, 12, 16, 20, 24, 28, 31]
+    for n in range(1, 200):
+        shown = plain_epochs(n)
+        assert shown[-1] == n and len(shown) <= PLAIN_EPOCH_LINES + 1
+    out = io.StringIO()
+    printer = EpochPrinter("adapted (lmft)", 30, stream=out)
+    for e in range(1, 31):
+        printer.report({"epoch": float(e)})
+    assert [line.split("epoch ")[1].split()[0] for line in out.getvalue().splitlines()] == [f"{e}/30" for e in plain_epochs(30)]
