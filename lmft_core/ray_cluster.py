@@ -125,9 +125,9 @@ def connect(shared_paths: Iterable[str | Path] = ()):
             if not address:
                 raise
             raise _connection_error(address, e) from None
-        wait_for_resource_view(ray)
         print(f"[lmft] Ray: {ray.cluster_resources().get('CPU', 0):g} CPUs; Ray's own logs: "
               f"{ray_logs_dir()} (--verbose shows them here)", flush=True)
+    wait_for_resource_view(ray)  # also later: a finished training's CPUs take a moment to show as free again
     quiet_ray_data()
     for path in shared_paths:
         check_shared_storage(path)

@@ -174,11 +174,11 @@ def test_ctrl_c_in_each_workflow_stage_then_rerun_finishes(tmp_path):
     trainings = [r for r in final if r.info.run_name.startswith("demo-")]
     assert sorted(r.info.run_name.split("-")[1] for r in trainings) == ["full", "lmft"]  # one run each, resumed
     assert {r.info.status for r in trainings} == {"FINISHED"}
-    assert [v.version for v in client.search_model_versions("name='lmft-demo'")] == ["1"]
+    assert [str(v.version) for v in client.search_model_versions("name='lmft-demo'")] == ["1"]
     (pred_dir,) = workdir.glob("predictions/*")
     summary = json.loads((pred_dir / "summary.json").read_text())
     assert summary["predicted"] + summary["rejected"] == summary["videos_in"] > 0
-    assert sorted(p.name for p in pred_dir.iterdir()) == [".lock", "predictions.parquet", "rejects.csv", "summary.json"]
+    assert sorted(p.name for p in pred_dir.iterdir()) == [".lock", "pictures", "predictions.parquet", "rejects.csv", "summary.json"]
 
 
 def _mlflow_server(store: Path, port: int, log: Path) -> subprocess.Popen:

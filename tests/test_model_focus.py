@@ -176,7 +176,8 @@ def test_bad_adafocus_settings_fail_at_profile_load_naming_the_key(override, key
 
 
 def test_adafocus_from_a_profile_evaluates_random_matched_to_it():
-    profile = load_profile("demo", ['selector.name="adafocus"', "selector.window=[2, 4]", "selector.exit_threshold=0.9"])
+    profile = load_profile("demo", ['selector.name="adafocus"', "selector.window=[2, 4]", "selector.exit_threshold=0.9",
+                                    "selector.first_segment='keep'"])
     assert profile.selector.label == "adafocus-w2x4-exit0.9" and profile.selector.window == (2, 4)
     labels = [s.label for s in profile.train.evaluate_for(profile.selector)]
     assert "random-match-adafocus" in labels and "random-match-lmft" not in labels

@@ -138,10 +138,12 @@ def test_job_submit_runs_the_main_job_on_the_cluster(main_job):
 
 
 def test_a_submitted_sweep_fits_its_trials_to_the_cluster(cluster, main_job):
-    """The cluster has 2 CPUs (one per node): with 1 kept for Ray Data, a trial of 2 half-CPU workers (1.1 CPUs)
-    does not fit, so the sweep's trials run with one worker each, say so, and finish with the table."""
+    """The cluster has 2 CPUs (one per node): with 1 kept for Ray Data (the trials ingest through it), a trial of 2
+    half-CPU workers (1.1 CPUs) does not fit, so the sweep's trials run with one worker each, say so, and finish
+    with the table."""
     _, workdir = main_job
-    sweep = [*TINY_WORKFLOW, "train.workers=2", "sweep.num_samples=2", 'sweep.space={"policy.loss_weight" = [1.0, 10.0]}']
+    sweep = [*TINY_WORKFLOW, "train.workers=2", "train.ingest='ray_data'", "sweep.num_samples=2",
+             'sweep.space={"policy.loss_weight" = [1.0, 10.0]}']
     log = _submit(cluster, "sweep.py", ["--shards", str(workdir / "shards"), "--workdir", str(workdir),
                                         *(a for s in sweep for a in ("--set", s))])
     assert ("[lmft] sweep: a trial at train.workers=2 needs 1.1 CPUs (2 workers x 0.5 + 0.1) and 0 GPUs with 1 CPUs kept "
