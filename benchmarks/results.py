@@ -1,14 +1,15 @@
 """Training results on generated demo data, written to ``docs/results.md``.
 
-    python benchmarks/results.py [--profile results] [--workdir outputs/<profile>] [--seeds 3] [--groups main,...] [--no-write]
+    python benchmarks/results.py [--profile results] [--workdir outputs/<profile>] [--seeds 3] [--groups main,...] [--render] [--no-write]
 
 Every number in ``docs/results.md`` comes from this script: it generates the data, preprocesses it,
 runs every training through the product's own path (:func:`lmft_core.train.run.run_training`: Ray
 Train, MLflow, the logged model) with the ``--profile`` (``results``; ``results-small`` is the earlier,
 smaller preset), and writes the tables into that profile's section of ``docs/results.md``. A training that
-finished before is not run again (each row's trainings are stored in ``<workdir>/results.json``, keyed
-by data, energy, overrides and seed; delete it to train again), so an interrupted run of the script
-resumes, and ``--groups`` runs a part.
+finished before is not run again: each training's record (its numbers, a few hundred bytes, keyed by data,
+energy, overrides and seed) is stored in ``benchmarks/records/<profile>.json``, which is committed, so an
+interrupted run of the script resumes, ``--groups`` runs a part, and ``--render`` rewrites the tables from the
+records alone, on any machine, without data or training (delete a record to train it again).
 
 Groups (each a comparison of trainings, ``--seeds`` seeds each, same data and schedule):
 
@@ -73,6 +74,7 @@ from lmft_core.shards.format import unpack_array
 from lmft_core.shards.reader import ShardSet
 
 RESULTS_MD = Path(__file__).resolve().parent.parent / "docs" / "results.md"
+RECORDS = Path(__file__).resolve().parent / "records"  # <profile>.json: every training's record (committed)
 # a new docs/results.md starts with this; in an existing one the script rewrites only its own profile's section,
 # so the hand-written narrative above the sections stays
 RESULTS_HEADER = ("# Results\n\nThe sections below are written by `python benchmarks/results.py`, one per results profile "
@@ -106,6 +108,7 @@ MAP_KEEP = (0.1, 0.25, 0.4, 0.55, 0.7, 0.9)  # the threshold map's keep ratios (
 # policy.mu whose tau_hat (the mean of sigmoid(mu + sigma * eps), sigma = e^-1) is about 0.3 and 0.7
 START_MU = {0.3: -0.8733, 0.7: 0.8733}
 NO_AUGMENT = ("train.hflip=false", "train.color_jitter=0.0")
+NCM = "sanity: nearest class mean of the energy maps (no ViT)"
 FIGURES = RESULTS_MD.parent / "figures"
 
 GROUPS: dict[str, list[Setting]] = {
@@ -152,8 +155,8 @@ GROUPS: dict[str, list[Setting]] = {
         Setting("one threshold per segment", overrides=('selector.name="lmft-segment"',)),
     ],
     "first": [
-        Setting("first segment always kept (paper)"),
-        Setting("first segment scored by the next difference", overrides=('selector.first_segment="next"',)),
+        Setting("first segment always kept (paper)", overrides=('selector.first_segment="keep"',)),
+        Setting("first segment scored by the next difference (the profile's rule: the LMFT row of main)"),
     ],
     "adafocus": [
         *(s for data, where in (("static", "static camera"), ("camera", "moving camera")) for s in (
@@ -222,9 +225,6 @@ def train_row(profile: RunConfig, shards: Path, workdir: Path, overrides: tuple[
             "elapsed_s": result.elapsed_s, "run": result.run_name, "evaluation": result.evaluation, **row}
 
 
-RUN_METRICS = ("source_val_top1", "pseudo_label_rate", "refreshes", "tau_hat_history")
-
-
 def run_metrics(workdir: Path, row: dict) -> dict:
     """From a training's MLflow run: ``source_val_top1``, the training selector's top-1 on source-val at the
     last epoch (how far the ViT fits the source at all; against it the target top-1 reads as transfer),
@@ -250,7 +250,14 @@ def run_metrics(workdir: Path, row: dict) -> dict:
     refreshes = [[epochs[step], rates[step], accuracy.get(step, float("nan"))] for step in sorted(epochs)]
     return {"source_val_top1": metrics.get(f"eval_source_val/{label}/top1", float("nan")),
             "pseudo_label_rate": metrics[used], "refreshes": refreshes,
-            "tau_hat_history": sorted(history("train/tau_hat").items())}
+            "tau_hat_history": thin(sorted(history("train/tau_hat").items()))}
+
+
+def thin(points: list, most: int = 120) -> list:
+    """At most ``most`` of ``points``, evenly spaced, the first and the last among them (a record stays small)."""
+    if len(points) <= most:
+        return points
+    return [points[round(i * (len(points) - 1) / (most - 1))] for i in range(most)]
 
 
 def source_val_reward(profile: RunConfig, shards: Path, workdir: Path, overrides: tuple[str, ...], row: dict) -> dict:
@@ -298,6 +305,27 @@ def group_table(rows: dict[str, list[dict]], extra: dict[str, str] | None = None
     return markdown_table(header, out)
 
 
+def load_records(path: Path) -> dict:
+    """The records file: ``runs`` (a training's key -> its record) and per group its rows, each a list of records
+    (stored as the keys of ``runs``); empty when the file does not exist."""
+    if not path.is_file():
+        return {}
+    done = json.loads(path.read_text())
+    for group in (g for g in GROUPS if g in done):
+        done[group]["rows"] = {label: [done["runs"][k] for k in keys] for label, keys in done[group]["rows"].items()}
+    return done
+
+
+def save_records(done: dict, path: Path) -> None:
+    """Write ``done`` with each group's rows as keys of ``runs`` (each record stored once)."""
+    key_of = {id(record): key for key, record in done.get("runs", {}).items()}
+    out = {g: ({**v, "rows": {label: [key_of[id(r)] for r in runs] for label, runs in v["rows"].items()}}
+               if g in GROUPS else v) for g, v in done.items()}
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(out, indent=1) + "\n")
+    tmp.replace(path)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--profile", default="results", help="the results preset (results, results-small)")
@@ -306,6 +334,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--groups", default=",".join(GROUPS), help=f"comma-separated, of {list(GROUPS)}")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                     help="applied to the results profile (e.g. a shorter schedule to try the script)")
+    ap.add_argument("--records", type=Path, default=None, help="the records file; default: benchmarks/records/<profile>.json")
+    ap.add_argument("--render", action="store_true",
+                    help="train nothing: rewrite the tables of the groups the records hold (no data needed)")
     ap.add_argument("--no-write", action="store_true", help="print, do not write docs/results.md")
     args = ap.parse_args(argv)
     groups = [g for g in args.groups.split(",") if g]
@@ -314,8 +345,11 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"unknown group(s) {unknown}; known: {list(GROUPS)}")
     profile = load_profile(args.profile, args.overrides)
     workdir = (args.workdir or Path("outputs") / args.profile).resolve()
-    store = workdir / "results.json"
-    done: dict = json.loads(store.read_text()) if store.is_file() else {}
+    store = args.records or RECORDS / f"{args.profile}.json"
+    done = load_records(store)
+    store.parent.mkdir(parents=True, exist_ok=True)
+    if args.render:  # the tables of every group the records hold, from the records alone
+        groups = []
     t0 = time.perf_counter()
     prepared: dict[tuple[str, str], Path] = {}
 
@@ -324,8 +358,10 @@ def main(argv: list[str] | None = None) -> int:
             prepared[data, energy] = prepare_data(profile, workdir, data, energy)
         return prepared[data, energy]
 
+    def save() -> None:
+        save_records(done, store)
+
     def run_setting(group: str, setting: Setting, rows: dict[str, list[dict]], seeds: int) -> None:
-        shards = shards_of(setting.data, setting.energy)
         overrides = setting.all_overrides(rows)
         runs = done.setdefault("runs", {})
         rows[setting.label] = []
@@ -333,11 +369,14 @@ def main(argv: list[str] | None = None) -> int:
             key = json.dumps([setting.data, setting.energy, list(args.overrides), list(overrides), seed]
                              + ([setting.pretrain] if setting.pretrain else []))
             if key not in runs:
-                runs[key] = train_row(profile, shards, workdir, overrides, seed, setting.pretrain)
-                store.write_text(json.dumps(done, indent=2))
+                shards = shards_of(setting.data, setting.energy)
+                row = train_row(profile, shards, workdir, overrides, seed, setting.pretrain)
+                runs[key] = row | run_metrics(workdir, row)
+                save()
             if group == "threshold" and "source_val_reward" not in runs[key]:
+                shards = shards_of(setting.data, setting.energy)
                 runs[key] |= source_val_reward(profile, shards, workdir, overrides, runs[key])
-                store.write_text(json.dumps(done, indent=2))
+                save()
             rows[setting.label].append(runs[key])
         print(f"[results] {group} / {setting.label}: top-1 {_mean_spread([r['top1'] for r in rows[setting.label]])}",
               flush=True)
@@ -349,17 +388,11 @@ def main(argv: list[str] | None = None) -> int:
         if group == "threshold":  # the map's best two (by source-val reward, by target top-1) with every seed
             for label in best_of_map(rows):
                 run_setting(group, next(s for s in GROUPS[group] if s.label == label), rows, args.seeds)
-        extra = {}
-        if group == "main":
-            shards = ShardSet.open(shards_of("static", "diff"))
-            extra["sanity: nearest class mean of the energy maps (no ViT)"] = f"{energy_ncm(shards):.3f}"
+        extra = done.get(group, {}).get("extra", {})
+        if group == "main" and NCM not in extra:
+            extra[NCM] = f"{energy_ncm(ShardSet.open(shards_of('static', 'diff'))):.3f}"
         done[group] = {"rows": rows, "extra": extra, "overrides": args.overrides, "seeds": args.seeds}
-        store.write_text(json.dumps(done, indent=2))
-    for group in (g for g in TITLES if g in done):  # rows stored before the run-metric columns existed
-        for row in (r for runs in done[group]["rows"].values() for r in runs):
-            if any(k not in row for k in RUN_METRICS):
-                row |= run_metrics(workdir, row)
-    store.write_text(json.dumps(done, indent=2))
+        save()
     print(f"[results] {len(groups)} group(s) in {time.perf_counter() - t0:.0f} s")
     figures = workdir / "figures" if args.no_write else FIGURES
     text = render(done, profile, args.profile, figures)
@@ -588,7 +621,7 @@ def render(done: dict, profile: RunConfig, name: str, figures: Path = FIGURES) -
     demo = profile.demo_data
     train = profile.train
     lines = [
-        f"## RunConfig `{name}`", "",
+        f"## Profile `{name}`", "",
         f"`python benchmarks/results.py --profile {name}`. Every row is a",
         "training through the product's path (Ray Train, MLflow), evaluated on target-test with tau_hat;",
         "mean ± standard deviation over seeds (`train.seed`: model initialisation, data order, augmentation).",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import runpy
 from pathlib import Path
 
@@ -148,3 +149,40 @@ def test_the_estimator_reading_measures_how_far_apart_the_starts_end(tmp_path):
     assert "the rloo estimator's starts end 0.020 apart (within 0.05), at most 0.020 from tau* = 0.500 (within 0.05)" in text
     assert "| rloo estimator, start tau_hat 0.3 | 0.480 ± 0.014 | 0.500 ± 0.000 | 0.500 | 2 |" in script["estimator_table"](rows)
     assert script["estimator_figure"](rows, tmp_path / "tau.png", 0.5).is_file()
+
+
+def test_records_round_trip_and_render_the_tables_without_data_or_training(tmp_path, capsys):
+    """Each training is stored once (groups hold keys), and ``--render`` rewrites the tables from the records alone."""
+    script = results_script()
+
+    def record(top1, discard, seed):
+        return {"seed": seed, "selector": "lmft", "top1": top1, "mean_class_accuracy": top1, "discard_rate": discard,
+                "gflops_per_clip": 0.1, "train_clips_per_s": 100.0, "elapsed_s": 10.0, "run": f"r{seed}",
+                "evaluation": {}, "source_val_top1": 0.7, "pseudo_label_rate": 0.0, "refreshes": [],
+                "tau_hat_history": [[1, 0.5]]}
+
+    lmft = [record(0.60, 0.8, s) for s in range(2)]
+    full = [record(0.40 + 0.02 * s, 0.0, s) for s in range(2)]
+    runs = {f"lmft{s}": r for s, r in enumerate(lmft)} | {f"full{s}": r for s, r in enumerate(full)}
+    done = {"runs": runs, "main": {"rows": {"LMFT": lmft, "full tokens": full}, "extra": {"sanity": "0.9"},
+                                   "overrides": [], "seeds": 2}}
+    path = tmp_path / "records.json"
+    script["save_records"](done, path)
+    stored = json.loads(path.read_text())
+    assert stored["main"]["rows"] == {"LMFT": ["lmft0", "lmft1"], "full tokens": ["full0", "full1"]}
+    loaded = script["load_records"](path)
+    assert loaded["main"]["rows"]["full tokens"] == full and loaded["main"]["rows"]["LMFT"][1] is loaded["runs"]["lmft1"]
+
+    assert script["main"](["--profile", "results-tiny", "--records", str(path), "--render", "--no-write",
+                           "--workdir", str(tmp_path / "none")]) == 0
+    out = capsys.readouterr().out
+    assert "| LMFT | 0.600 ± 0.000 |" in out and "| full tokens | 0.410 ± 0.014 |" in out and "| sanity | 0.9 |" in out
+    assert not (tmp_path / "none").exists()  # no data generated, nothing trained
+
+
+def test_thin_keeps_the_ends_and_at_most_the_count():
+    thin = results_script()["thin"]
+    points = [[i, i / 1000] for i in range(1000)]
+    kept = thin(points, 50)
+    assert len(kept) == 50 and kept[0] == points[0] and kept[-1] == points[-1]
+    assert thin(points[:10], 50) == points[:10]
