@@ -86,8 +86,6 @@ def quiet_ray_data() -> None:
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = verbose()
     log_once("ray_data_progress_manager_disabled")  # taken: no "Progress bars disabled" warning for what we chose
-    if not verbose():  # taken: Ray Data's "no available CPUs, the job will hang" reads a view that lags a finished
-        log_once("cpu_warning")  # training's release of its CPUs (a false alarm before prediction); --verbose keeps it
     ctx.print_on_execution_start = verbose()
     for handler in logging.getLogger("ray.data").handlers:
         if not isinstance(handler, logging.FileHandler):

@@ -127,7 +127,6 @@ def connect(shared_paths: Iterable[str | Path] = ()):
             raise _connection_error(address, e) from None
         print(f"[lmft] Ray: {ray.cluster_resources().get('CPU', 0):g} CPUs; Ray's own logs: "
               f"{ray_logs_dir()} (--verbose shows them here)", flush=True)
-    wait_for_resource_view(ray)  # also later: a finished training's CPUs take a moment to show as free again
     quiet_ray_data()
     for path in shared_paths:
         check_shared_storage(path)
@@ -144,7 +143,9 @@ def wait_for_resource_view(ray, timeout_s: float = RESOURCE_VIEW_TIMEOUT_S) -> b
     the first Ray Data job 2-5 s after connecting, always preprocessing, found no available CPU in that view in 7
     of 40 sessions; never one started 8 s or more after). Ray Data reads that view when a job starts and then warns
     "The Ray cluster currently does not have any available CPUs. The Dataset job will hang", a false alarm: the job
-    runs. A cluster that is busy for real (a shared one) keeps its CPUs taken: the wait ends after ``timeout_s``."""
+    runs. The view also lags a finished training's release of its CPUs (the workflow's prediction starts right after
+    one). So every Ray Data job of lmft waits for it first (:func:`lmft_core.preprocess.run.decoded_dataset`). A
+    cluster that is busy for real (a shared one) keeps its CPUs taken: the wait ends after ``timeout_s``."""
     import time
 
     deadline = time.monotonic() + timeout_s

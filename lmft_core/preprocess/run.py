@@ -52,7 +52,7 @@ from lmft_core.preprocess.store import (
     shard_stats,
 )
 from lmft_core.pseudo_labels import PseudoLabelConfig
-from lmft_core.ray_cluster import connect
+from lmft_core.ray_cluster import connect, wait_for_resource_view
 from lmft_core.run_config import RunConfig
 from lmft_core.shards.format import FRAMES_JPEG_QUALITY, FRAMES_JPEG_SUBSAMPLING, ROW_SCHEMA, SCHEMA_VERSION, shard_schema
 from lmft_core.stack import library_versions
@@ -139,6 +139,7 @@ def decoded_dataset(todo: pa.Table, clip: ClipConfig, pre: PreprocessConfig, rej
     connect()
     import ray.data  # the module connect() set up
 
+    wait_for_resource_view(ray)  # Ray Data reads it as the job starts: a lagging one is a false "will hang" warning
     blocks = [todo.slice(i, pre.decode_batch_size) for i in range(0, todo.num_rows, pre.decode_batch_size)]
     return ray.data.from_arrow(blocks).map_batches(
         decode_batch, batch_size=pre.decode_batch_size, batch_format="pyarrow", num_cpus=pre.decode_num_cpus,
