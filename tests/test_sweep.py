@@ -214,3 +214,17 @@ def test_the_summary_says_when_the_best_trial_is_not_distinguishable_from_the_se
     assert text.splitlines()[-1].startswith("note: the best trial a ")
     unlabelled = dict(row("c", 0.7), selection_se=None, **{"eval_target/lmft/top1": None})
     assert summary([unlabelled], ["train.lambda_t"], metric, None).splitlines()[2] == "| c | 0.5 | 0.700 | — | 0.300 | 1.23 |"
+
+
+def test_bench_sweep_reads_trials_against_seeds_and_the_selection_against_one_standard_error():
+    import runpy
+
+    verdicts = runpy.run_path(str(Path(__file__).resolve().parents[1] / "benchmarks" / "bench_sweep.py"))["verdicts"]
+    target = "eval_target/lmft/top1"
+    trials = [{"trial": t, target: v} for t, v in (("a", 0.50), ("b", 0.60), ("c", 0.70))]  # sd 0.1
+    # best 0.70 on 100 clips: SE sqrt(0.7 * 0.3 / 100) = 0.0458; the selected b is 0.10 below: not within
+    spread, selection = verdicts(trials, trials[1], [0.60, 0.62, 0.64], target, 100)
+    assert "sd 0.100 (range 0.500–0.700)" in spread and "0.620 ± 0.020 (sd)" in spread and "spread more than seeds" in spread
+    assert "0.700 ± 0.046 (binomial SE over 100 target-test clips)" in selection and "not within one standard error" in selection
+    spread, selection = verdicts(trials, {"trial": "d", target: 0.68}, [0.40, 0.60, 0.80], target, 100)
+    assert "no more than seeds do" in spread and "is within one standard error of the best (0.020 below it)" in selection
