@@ -177,3 +177,22 @@ def test_prediction_pictures_one_file_per_video_with_unique_names(tmp_path):
     with Image.open(tmp_path / names[0]) as im:
         assert im.width > 400 and im.height > 150
     assert math.isclose(float(out["keep_ratio"][0]), 1 - float(adapter.selection(energy[:1]).discard_rate), abs_tol=1e-6)
+
+
+def test_every_selector_label_makes_a_logged_model_name_mlflow_accepts_and_they_stay_distinct():
+    from mlflow.utils.validation import _validate_logged_model_name
+
+    from lmft_core.model.selectors import SelectorConfig
+    from lmft_core.train.artifacts import logged_model_name
+
+    configs = [SelectorConfig(), SelectorConfig(first_segment="next"), SelectorConfig(name="full"),
+               SelectorConfig(name="random", drop_rate=0.75), SelectorConfig(name="threshold", tau=0.3),
+               SelectorConfig(name="threshold", calibrate=True, keep_ratio=0.25, first_segment="next"),
+               SelectorConfig(name="lmft-segment")]
+    labels = [c.label for c in configs]
+    assert "lmft.first-next" in labels and "random-drop0.75" in labels  # the characters MLflow refuses do occur
+    names = [logged_model_name(label) for label in labels]
+    for name in names:
+        _validate_logged_model_name(name)  # raises MlflowException on '/', ':', '.', '%', '"', "'"
+    assert len(set(names)) == len(names) and names[0] == "classifier-lmft"
+    assert logged_model_name("lmft.first-next") == "classifier-lmft-first-next"

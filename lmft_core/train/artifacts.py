@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,13 +94,19 @@ def log_model(adapter: LMFTClassifier, run_id: str, tracking_uri: str, metadata:
     serving_check.addFilter(drop)
     try:
         with using_tracking_uri(tracking_uri), mlflow.start_run(run_id=run_id):
-            info = mlflow.pytorch.log_model(adapter, name=f"classifier-{adapter.selector_config.label}",
+            info = mlflow.pytorch.log_model(adapter, name=logged_model_name(adapter.selector_config.label),
                                             serialization_format="pickle", code_paths=[str(Path(lmft_core.__file__).parent)],
                                             pip_requirements=reqs, metadata=metadata, signature=signature,
                                             input_example=example, params={k: str(v) for k, v in params.items()})
     finally:
         serving_check.removeFilter(drop)
     return info.model_uri, info.model_id
+
+
+def logged_model_name(label: str) -> str:
+    """The logged model's name for a selector ``label``: ``classifier-<label>``, with the characters MLflow refuses in a
+    logged model's name (``/ : . % " '``) as ``-`` (``lmft.first-next`` -> ``classifier-lmft-first-next``)."""
+    return "classifier-" + re.sub(r"[/:.%\"']", "-", label)
 
 
 def picture_clips(shards: ShardSet, classes: tuple[str, ...], n: int) -> list[str]:
