@@ -76,6 +76,22 @@ def ray_init_options() -> dict:
     return {"log_to_driver": verbose(), "logging_level": logging.INFO if verbose() else logging.WARNING}
 
 
+TOKEN_AUTH_NOTICE = "Token authentication is enabled for this Ray cluster"  # Ray's notice on every local start
+
+
+def quiet_ray_notices() -> None:
+    """Before ``ray.init``: Ray's notice that a new local cluster uses token authentication (its secure default,
+    printed on every start) goes unsaid unless ``--verbose``; its warning that authentication is *disabled* stays."""
+    auth = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    for old in [f for f in auth.filters if getattr(f, "lmft", False)]:
+        auth.removeFilter(old)
+    if not verbose():
+        drop = logging.Filter()
+        drop.filter = lambda record: not record.getMessage().startswith(TOKEN_AUTH_NOTICE)
+        drop.lmft = True
+        auth.addFilter(drop)
+
+
 def quiet_ray_data() -> None:
     """The driver's Ray Data output: progress bars (on a terminal) or 10-second status blocks (without one) and
     the ``Starting execution`` lines go to Ray Data's log file (``<session>/logs/ray-data``) only, unless

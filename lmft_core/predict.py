@@ -277,7 +277,7 @@ def _predict_into(model: ModelInfo, tracking_uri: str, inputs: pa.Table, staging
     video into ``pictures`` unless None); every input is in exactly one of them (else RuntimeError)."""
     from lmft_core.preprocess.run import decoded_dataset
     from lmft_core.preprocess.store import read_rejects_csv
-    from lmft_core.ray_cluster import connect, forwarded_env
+    from lmft_core.ray_cluster import connect, forwarded_env, wait_for_resource_view
 
     connect(shared_paths=[staging.parent])
     import ray.data  # the module connect() set up
@@ -292,6 +292,7 @@ def _predict_into(model: ModelInfo, tracking_uri: str, inputs: pa.Table, staging
                                                "num_threads": max(1, int(cfg.num_cpus)),
                                                "pictures_dir": str(pictures or ""), "clip": asdict(model.clip)},
                         **({"runtime_env": {"env_vars": env}} if env else {}))
+    wait_for_resource_view(ray)  # read by Ray Data as the job starts (module ray_cluster: a lagging view warns falsely)
     ds.write_parquet(str(staging / "parts"))
     parts = sorted((staging / "parts").glob("*.parquet"))
     table = pa.concat_tables([pq.read_table(p) for p in parts]) if parts else pa.table({"video_id": pa.array([], pa.string())})

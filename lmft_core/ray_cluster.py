@@ -113,9 +113,10 @@ def connect(shared_paths: Iterable[str | Path] = ()):
     """
     import ray
 
-    from lmft_core.console import quiet_ray_data, ray_init_options
+    from lmft_core.console import quiet_ray_data, quiet_ray_notices, ray_init_options
 
     if not ray.is_initialized():
+        quiet_ray_notices()
         address = cluster_address()
         env = forwarded_env()
         runtime_env = {"env_vars": env} if env else None
@@ -143,9 +144,11 @@ def wait_for_resource_view(ray, timeout_s: float = RESOURCE_VIEW_TIMEOUT_S) -> b
     the first Ray Data job 2-5 s after connecting, always preprocessing, found no available CPU in that view in 7
     of 40 sessions; never one started 8 s or more after). Ray Data reads that view when a job starts and then warns
     "The Ray cluster currently does not have any available CPUs. The Dataset job will hang", a false alarm: the job
-    runs. The view also lags a finished training's release of its CPUs (the workflow's prediction starts right after
-    one). So every Ray Data job of lmft waits for it first (:func:`lmft_core.preprocess.run.decoded_dataset`). A
-    cluster that is busy for real (a shared one) keeps its CPUs taken: the wait ends after ``timeout_s``."""
+    runs. The view also lags the release of CPUs that short tasks just held: a finished training's (the workflow's
+    prediction starts right after one) and Ray Data's own block-metadata tasks of ``from_arrow``, which take every CPU
+    for a moment just before the job starts (seen in the demo's preprocessing). So each Ray Data job of lmft waits for
+    the view right before it executes (preprocessing's write, prediction's write). A cluster that is busy for real (a
+    shared one) keeps its CPUs taken: the wait ends after ``timeout_s``."""
     import time
 
     deadline = time.monotonic() + timeout_s

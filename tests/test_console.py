@@ -146,3 +146,27 @@ def test_a_long_fit_prints_about_ten_plain_lines_and_always_the_last_epoch():
     for e in range(1, 31):
         printer.report({"epoch": float(e)})
     assert [line.split("epoch ")[1].split()[0] for line in out.getvalue().splitlines()] == [f"{e}/30" for e in plain_epochs(30)]
+
+
+def test_rays_token_auth_notice_is_dropped_unless_verbose_and_its_disabled_warning_stays(caplog):
+    import logging
+
+    from lmft_core.console import TOKEN_AUTH_NOTICE, quiet_ray_notices, set_verbose
+
+    auth = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    try:
+        for verbose, shown in ((False, ["Token authentication is disabled for this Ray cluster."]),
+                               (True, [f"{TOKEN_AUTH_NOTICE}. Set RAY_AUTH_MODE=disabled to opt out.",
+                                       "Token authentication is disabled for this Ray cluster."])):
+            set_verbose(verbose)
+            quiet_ray_notices()
+            quiet_ray_notices()  # twice: still one filter
+            caplog.clear()
+            with caplog.at_level(logging.WARNING, logger=auth.name):
+                auth.warning(f"{TOKEN_AUTH_NOTICE}. Set RAY_AUTH_MODE=disabled to opt out.")
+                auth.warning("Token authentication is disabled for this Ray cluster.")
+            assert [r.getMessage() for r in caplog.records] == shown
+            assert len(auth.filters) == (0 if verbose else 1)
+    finally:
+        set_verbose(False)
+        quiet_ray_notices()

@@ -139,7 +139,6 @@ def decoded_dataset(todo: pa.Table, clip: ClipConfig, pre: PreprocessConfig, rej
     connect()
     import ray.data  # the module connect() set up
 
-    wait_for_resource_view(ray)  # Ray Data reads it as the job starts: a lagging one is a false "will hang" warning
     blocks = [todo.slice(i, pre.decode_batch_size) for i in range(0, todo.num_rows, pre.decode_batch_size)]
     return ray.data.from_arrow(blocks).map_batches(
         decode_batch, batch_size=pre.decode_batch_size, batch_format="pyarrow", num_cpus=pre.decode_num_cpus,
@@ -171,6 +170,7 @@ def _run_pipeline(todo: pa.Table, manifest: Manifest, clip: ClipConfig, labels: 
     )
     from lmft_core.preprocess.sink import ShardSink
 
+    wait_for_resource_view(ray)  # read by Ray Data as the job starts (module ray_cluster: a lagging view warns falsely)
     ds.write_datasink(ShardSink(staging / "shards", pre.rows_per_shard))
 
 
