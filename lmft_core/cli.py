@@ -74,10 +74,16 @@ def run_main(work: Callable[[], str]) -> int:
     """Run an entry script's ``work`` (it returns the final message) and return the exit status: 0, 2 for a
     :func:`user_errors` error (printed as one line), :data:`~lmft_core.config.INTERRUPTED_EXIT` on Ctrl-C. Ray is
     shut down before the final message (when the work connected to it), so that nothing of Ray's prints after it."""
+    from lmft_core import interrupt
+
     connected_before = _ray_connected()
+    interrupt.clear()
+    interrupt.install()
     try:
         message = work()
+        interrupt.check()  # a Ctrl-C that library code swallowed still stops the script (lmft_core.interrupt)
     except KeyboardInterrupt:
+        interrupt.clear()
         print(INTERRUPTED, file=sys.stderr)
         return INTERRUPTED_EXIT
     except Exception as e:

@@ -231,6 +231,9 @@ class StageClock:
 
     @contextmanager
     def stage(self, name: str, note: str = ""):
+        from lmft_core import interrupt
+
+        interrupt.check()  # a Ctrl-C swallowed during the last stage stops the workflow before this one
         self.index += 1
         head = f"{PREFIX} ── {self.index}/{self.total} {name}{f': {note}' if note else ''} "
         print(f"{head:─<64} ({duration(self.elapsed_s)} elapsed)", flush=True)

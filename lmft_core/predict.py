@@ -275,6 +275,7 @@ def _predict_into(model: ModelInfo, tracking_uri: str, inputs: pa.Table, staging
                   pre: PreprocessConfig, pictures: Path | None) -> tuple[pa.Table, list[dict]]:
     """The predictions table and the rejects of ``inputs``, the pipeline writing into ``staging`` (and a picture per
     video into ``pictures`` unless None); every input is in exactly one of them (else RuntimeError)."""
+    from lmft_core import interrupt
     from lmft_core.preprocess.run import decoded_dataset
     from lmft_core.preprocess.store import read_rejects_csv
     from lmft_core.ray_cluster import connect, forwarded_env, wait_for_resource_view
@@ -294,6 +295,7 @@ def _predict_into(model: ModelInfo, tracking_uri: str, inputs: pa.Table, staging
                         **({"runtime_env": {"env_vars": env}} if env else {}))
     wait_for_resource_view(ray)  # read by Ray Data as the job starts (module ray_cluster: a lagging view warns falsely)
     ds.write_parquet(str(staging / "parts"))
+    interrupt.check()  # a Ctrl-C during the job that Ray swallowed (lmft_core.interrupt)
     parts = sorted((staging / "parts").glob("*.parquet"))
     table = pa.concat_tables([pq.read_table(p) for p in parts]) if parts else pa.table({"video_id": pa.array([], pa.string())})
     rejects = [r for f in sorted((staging / "rejects").glob("*.csv")) for r in read_rejects_csv(f)]

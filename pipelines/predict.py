@@ -39,6 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.pictures:
         args.overrides.append("predict.pictures=true")
+    from lmft_core import interrupt
+
+    interrupt.install()
     try:
         profile = load(args)
         from lmft_core.model_store import resolve  # after --help: torch, Ray and MLflow load only for work
@@ -50,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         model = resolve(args.model, uri)  # a missing model or alias fails here, before any work
         inputs = read_inputs(args.manifest, args.folder, args.domain, args.split)
         summary = run_predict(model, uri, inputs, args.output, profile.predict, profile.preprocess)
+        interrupt.check()  # a Ctrl-C that library code swallowed (lmft_core.interrupt)
     except (ConfigError, ManifestError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from lmft_core import interrupt
 from lmft_core.config import ClipConfig
 from lmft_core.energy import EnergyConfig
 from lmft_core.files import NoSpaceError, atomic_write, exclusive
@@ -172,6 +173,7 @@ def _run_pipeline(todo: pa.Table, manifest: Manifest, clip: ClipConfig, labels: 
 
     wait_for_resource_view(ray)  # read by Ray Data as the job starts (module ray_cluster: a lagging view warns falsely)
     ds.write_datasink(ShardSink(staging / "shards", pre.rows_per_shard))
+    interrupt.check()  # a Ctrl-C during the job that Ray swallowed (lmft_core.interrupt)
 
 
 def out_of_space_in(error: BaseException) -> NoSpaceError | None:

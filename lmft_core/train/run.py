@@ -362,10 +362,13 @@ def fit_interruptible(trainer, while_waiting=None):
         except BaseException as e:  # noqa: BLE001 - handed to the caller
             outcome["error"] = e
 
+    from lmft_core import interrupt
+
     thread = threading.Thread(target=run, name="ray-train-fit", daemon=True)
     thread.start()
     while thread.is_alive():
         thread.join(0.5)
+        interrupt.check()  # a Ctrl-C swallowed on its way (lmft_core.interrupt)
         if while_waiting is not None:
             while_waiting()
     if "error" in outcome:

@@ -1,0 +1,92 @@
+"""A Ctrl-C is never lost: swallowed on its way, it still stops the script at the next check (lmft_core.interrupt)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+from lmft_core import interrupt
+from lmft_core.cli import run_main
+from lmft_core.config import INTERRUPTED, INTERRUPTED_EXIT
+from lmft_core.console import StageClock
+from lmft_core.train.run import fit_interruptible
+
+
+@pytest.fixture
+def sigint_handler():
+    before = signal.getsignal(signal.SIGINT)
+    interrupt.clear()
+    yield
+    signal.signal(signal.SIGINT, before)
+    interrupt.clear()
+
+
+def swallowing(fn):
+    """Run ``fn`` as a library callback does whose exceptions are only printed: a KeyboardInterrupt is lost."""
+    try:
+        fn()
+    except BaseException:  # noqa: BLE001 - what the library does, on purpose here
+        pass
+
+
+def test_a_real_sigint_is_recorded_even_when_the_code_it_lands_in_swallows_it(sigint_handler):
+    assert interrupt.install() and signal.getsignal(signal.SIGINT) is interrupt.handler
+    swallowing(lambda: (os.kill(os.getpid(), signal.SIGINT), time.sleep(1)))  # the handler runs inside the callback
+    assert interrupt.pending()
+    with pytest.raises(KeyboardInterrupt):
+        interrupt.check()
+    interrupt.clear()
+    interrupt.check()  # handled: no second stop
+
+
+def test_run_main_stops_with_the_interrupted_exit_after_a_swallowed_ctrl_c(sigint_handler, capsys):
+    def work() -> str:
+        swallowing(lambda: os.kill(os.getpid(), signal.SIGINT) or time.sleep(1))
+        return "finished"  # the work went on to its end, as it did in the faults test under load
+
+    assert run_main(work) == INTERRUPTED_EXIT
+    captured = capsys.readouterr()
+    assert INTERRUPTED in captured.err and "finished" not in captured.out and not interrupt.pending()
+    assert run_main(lambda: "again") == 0  # the next run in this process is not stopped by the old one
+
+
+def test_the_next_stage_and_a_running_fit_stop_on_a_recorded_ctrl_c(sigint_handler):
+    swallowing(interrupt.handler)
+    clock = StageClock(2)
+    with pytest.raises(KeyboardInterrupt):
+        with clock.stage("adapt"):
+            pass
+    assert clock.index == 0  # no banner for a stage that does not run
+
+    class SlowFit:
+        done = threading.Event()
+
+        def fit(self):
+            self.done.wait(5)
+            return "result"
+
+    trainer = SlowFit()
+    t0 = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        fit_interruptible(trainer)
+    assert time.monotonic() - t0 < 1.5  # at the wait's next half second, not the fit's end
+    trainer.done.set()
+    interrupt.clear()
+    assert fit_interruptible(SlowFit()) == "result"
+
+
+def test_a_handler_someone_set_on_purpose_is_left_alone(sigint_handler):
+    def mine(signum, frame):
+        pass
+
+    signal.signal(signal.SIGINT, mine)
+    assert not interrupt.install() and signal.getsignal(signal.SIGINT) is mine
+    result = []
+    worker = threading.Thread(target=lambda: result.append(interrupt.install()))
+    worker.start()
+    worker.join()
+    assert result == [False]
