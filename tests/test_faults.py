@@ -153,7 +153,7 @@ def test_ctrl_c_in_each_workflow_stage_then_rerun_finishes(tmp_path):
         code = _reap(proc, timeout_s=900 if stage == "register" else 120)  # register: after the baseline's training
         text = log.read_text()
         times[stage] = time.monotonic() - t0
-        assert code == INTERRUPTED_EXIT, f"{stage}: exit {code}\n{text[-3000:]}"
+        assert code == INTERRUPTED_EXIT, f"{stage}: exit {code}\n{_tail(text)}"
         assert text.count(INTERRUPTED) == 1, f"{stage}:\n{text[-3000:]}"
         assert not [line for line in _driver_lines(text) if "Traceback" in line], f"{stage}:\n{text[-3000:]}"
         now = runs()
