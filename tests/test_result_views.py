@@ -196,3 +196,4 @@ def test_every_selector_label_makes_a_logged_model_name_mlflow_accepts_and_they_
         _validate_logged_model_name(name)  # raises MlflowException on '/', ':', '.', '%', '"', "'"
     assert len(set(names)) == len(names) and names[0] == "classifier-lmft"
     assert logged_model_name("lmft.first-next") == "classifier-lmft-first-next"
+    assert SelectorConfig(name="full", first_segment="next").label == "full"  # the rule does not touch full tokens

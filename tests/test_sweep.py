@@ -177,8 +177,8 @@ def test_an_adafocus_sweep_selects_on_its_own_selector_label():
     from lmft_core.run_config import load_profile
 
     profile = load_profile("demo", ['selector.name="adafocus"', "selector.window=[2, 4]"])
-    assert profile.selector.label == "adafocus-w2x4.first-next"  # the demo's first-segment rule is part of the label
-    assert profile.sweep.metric_for(profile.selector.label) == ("eval_source_val/adafocus-w2x4.first-next/top1", "max")
+    assert profile.selector.label == "adafocus-w2x4"  # the demo's first-segment rule does not touch adafocus' window
+    assert profile.sweep.metric_for(profile.selector.label) == ("eval_source_val/adafocus-w2x4/top1", "max")
     assert SweepConfig(select_on_target_labels=True).metric_for("adafocus-w2x2") == ("eval_target/adafocus-w2x2/top1", "max")
     assert SweepConfig(metric="train/loss", mode="min").metric_for("adafocus-w2x2") == ("train/loss", "min")
     assert SweepConfig().metric_for("lmft") == SweepConfig().selection_metric

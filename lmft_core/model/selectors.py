@@ -151,7 +151,8 @@ class SelectorConfig:
         """A short name for tables, metric names and run names: ``lmft``, ``lmft-segment``, ``random-match-lmft``,
         ``random-drop0.50``, ``threshold-tau0.3``, ``threshold-keep0.50`` (to calibrate), ``topk-keep0.50``,
         ``adafocus-w2x2`` (``-seg4`` with 4 segments kept, ``-exit0.9`` with an early exit);
-        ``.first-next`` appended under the ``next`` first-segment rule."""
+        ``.first-next`` appended under the ``next`` first-segment rule (not to ``full`` and ``adafocus``: the rule
+        does not touch them)."""
         base = self.name
         if self.name == "random":
             base = f"random-match-{self.match}" if self.match else f"random-drop{self.drop_rate:.2f}"
@@ -162,7 +163,8 @@ class SelectorConfig:
         elif self.name == "adafocus":
             base = f"adafocus-w{self.window[0]}x{self.window[1]}" + (f"-seg{self.segments}" if self.segments else "") + (
                 f"-exit{self.exit_threshold:g}" if self.exit_threshold else "")
-        return base + ("" if self.first_segment == "keep" else f".first-{self.first_segment}")
+        untouched = self.first_segment == "keep" or self.name in ("full", "adafocus")  # they take no first-segment rule
+        return base + ("" if untouched else f".first-{self.first_segment}")
 
     @property
     def learns_policy(self) -> bool:
