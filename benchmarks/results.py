@@ -241,7 +241,7 @@ def run_metrics(workdir: Path, row: dict) -> dict:
     label = next(iter(row["evaluation"]))
     client = MlflowClient(tracking_uri=result.tracking_uri)
     metrics = client.get_run(result.mlflow_run_id).data.metrics
-    used = "pseudo/used_pass_rate" if "pseudo/used_pass_rate" in metrics else "data/target_train_pseudo_pass_rate"
+    used = "pseudo/used_pass_rate" if "pseudo/used_pass_rate" in metrics else "setup/target_train_pseudo_pass_rate"
 
     def history(key: str) -> dict[int, float]:
         return {m.step: m.value for m in client.get_metric_history(result.mlflow_run_id, key)}

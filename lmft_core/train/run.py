@@ -252,9 +252,9 @@ class TrainingRun:
                 NOTE: self.description(role)}
         with self.mlflow_run(parent_run_id=parent_run_id, tags=tags, id_file=run_dir / RUN_ID_FILE) as run:
             if not run.resumed:
-                run.log_metrics({"data/target_train_clips": n_target, "data/target_train_pseudo_pass": passing,
-                                 "data/target_train_pseudo_pass_rate": passing / n_target,
-                                 "data/steps_per_epoch": job.steps_per_epoch, **clip_report})
+                run.log_metrics({"setup/target_train_clips": n_target, "setup/target_train_pseudo_pass": passing,
+                                 "setup/target_train_pseudo_pass_rate": passing / n_target,
+                                 "setup/steps_per_epoch": job.steps_per_epoch, **clip_report})
             checkpoint = Path(self.fit(title=title or f"train {job.selector.label}").checkpoint.path)
             result = self.log_artifacts(run, checkpoint, time.perf_counter() - self.started)
         result.save(run_dir / RESULT_FILE)
