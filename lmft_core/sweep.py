@@ -51,6 +51,10 @@ from lmft_core.train.config import TrainConfig
 from lmft_core.train.names import EVAL_SOURCE_VAL, EVAL_TARGET, TAU_HAT, eval_metric
 
 TRIAL_DRIVER_CPUS = 0.1  # the Tune function itself only waits for its TorchTrainer
+# Every trial evaluates each epoch: Tune checks that each report holds the selection metric, and ASHA compares trials
+# on it at its rungs. The baseline selectors (train.evaluate) are left out of a trial: a sweep selects among trainings
+# of one selector (the workflow's evaluate stage trains the baselines).
+TRIAL_EVALUATION = ("train.eval_every_epochs=1", "train.evaluate=[]")
 
 
 class SweepError(RuntimeError):
@@ -225,6 +229,11 @@ def run_sweep(profile: RunConfig, shards_path: str | Path, workdir: str | Path, 
     fit = fit_trials(cfg, job.train, resources)
     if fit.note:
         print(f"[lmft] sweep: {fit.note}", flush=True)
+    fixed = [*fit.overrides, *TRIAL_EVALUATION]  # what every trial sets besides its sampled settings
+    if job.train.eval_every_epochs != 1 or job.train.evaluate:
+        print(f"[lmft] sweep: trials evaluate every epoch (train.eval_every_epochs={job.train.eval_every_epochs} in the "
+              "profile), the trained selector only: Tune and ASHA read the selection metric from each epoch's report",
+              flush=True)
     gpus = worker_gpus(job.train, resources)
     check_tracking_server(job.tracking_uri)
     with start_run(profile.tracking, workdir, run_name=name, parent_run_id=parent_run_id) as parent:
@@ -240,7 +249,7 @@ def run_sweep(profile: RunConfig, shards_path: str | Path, workdir: str | Path, 
         scheduler = ASHAScheduler(time_attr="training_iteration", max_t=job.train.epochs, grace_period=cfg.grace_period,
                                   reduction_factor=cfg.reduction_factor) if cfg.asha else None
         ctx = {"profile": profile, "shards": job.shards, "workdir": str(workdir), "name": name,
-               "parent_run_id": parent.run_id, "gpus": gpus, "space": list(cfg.space), "fit": fit.overrides}
+               "parent_run_id": parent.run_id, "gpus": gpus, "space": list(cfg.space), "fit": fixed}
         tuner = tune.Tuner(
             tune.with_resources(_trial, {"cpu": TRIAL_DRIVER_CPUS}),
             param_space=param_space(cfg) | {"ctx": ctx},
@@ -271,7 +280,7 @@ def run_sweep(profile: RunConfig, shards_path: str | Path, workdir: str | Path, 
             parent.log_artifact(artifact, "sweep")
         parent.log_params({f"best.{k}": best[k] for k in cfg.space} | {"best.trial": best["trial"]})
         parent.log_metrics({f"best/{k}": v for k, v in best.items() if isinstance(v, float)})  # best/selection_se too
-        model_uri = _log_best(profile, fit.overrides + trial_overrides({k: best[k] for k in cfg.space}), best, job.shards,
+        model_uri = _log_best(profile, fixed + trial_overrides({k: best[k] for k in cfg.space}), best, job.shards,
                               workdir, name)
     if not model_uri:
         raise TrainError(f"the best trial {best['trial']} left no checkpoint")

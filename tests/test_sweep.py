@@ -22,7 +22,8 @@ from lmft_core.train.config import TrainConfig
 
 SPACE = '{"train.gamma_c" = [0.2, 0.9], "policy.loss_weight" = [1.0, 10.0], "train.lambda_t" = [0.5]}'
 SWEEP = ["sweep.search='random'", "sweep.num_samples=3", f"sweep.space={SPACE}", "sweep.grace_period=1", "train.epochs=2",
-         "train.workers=1", "train.batch_size=2"]
+         "train.workers=1", "train.batch_size=2",
+         "train.eval_every_epochs=2"]  # as the demo evaluates once, at the end: trials must still report the metric every epoch
 # 4 CPUs: a trial (one worker, 0.5 CPU, and the Tune function) fits 5 times beside the CPU kept for Ray Data,
 # so the 3 trials run at once
 
@@ -58,6 +59,9 @@ def test_trials_parent_and_child_runs_and_the_best_model(swept, tiny_shards):
     assert parent.data.params["best.trial"] == result.best_trial
     children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{result.parent_run_id}'")
     assert len(children) == 3 and all(c.data.tags["lmft.stage"] == "sweep-trial" for c in children)
+    for row in result.table:  # evaluated after every epoch it reached, whatever the profile's schedule (TRIAL_EVALUATION)
+        history = client.get_metric_history(row["run_id"], "eval_source_val/lmft/top1")
+        assert row["epochs"] >= 1 and len(history) == row["epochs"], (row, history)
     trial_runs = {c.info.run_id: c for c in children}
     best = trial_runs[result.best_run_id]
     assert float(best.data.params["train.gamma_c"]) == result.best_params["train.gamma_c"]
