@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
 
         from lmft_core.run_config import TARGET_METRIC, metric_of
         from lmft_core.shards.reader import ShardSet
-        from lmft_core.sweep import TRIAL_EVALUATION, fit_trials, run_sweep, trial_overrides
+        from lmft_core.sweep import run_sweep, trial_overrides
 
         root = Path(tmp)
         shards = args.shards or prepare_shards(profile, root)
@@ -91,9 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         result = run_sweep(profile, shards, root)
         sweep_s = time.perf_counter() - t0
-        fit = fit_trials(profile.sweep, profile.train, ray.cluster_resources())
-        load = os.getloadavg()[0]
-        overrides = [*fit.overrides, *TRIAL_EVALUATION, *trial_overrides(result.best_params)]  # as the trial trained
+        fit, load = result.fit, os.getloadavg()[0]
+        overrides = [*result.fixed, *trial_overrides(result.best_params)]  # the selected trial's training
         seed_top1 = [result.best_metrics[metric_of(TARGET_METRIC, "lmft")],
                      *seed_runs(profile, shards, root, overrides, range(1, args.seeds))]
         ray.shutdown()

@@ -44,7 +44,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from lmft_core.console import verbose
+from lmft_core.console import PREFIX, verbose
 from lmft_core.files import atomic_write
 from lmft_core.run_config import TARGET_METRIC, RunConfig, SweepConfig, metric_of
 from lmft_core.train.config import TrainConfig
@@ -160,16 +160,19 @@ class SweepResult:
     results_csv: str
     elapsed_s: float
     summary: str  # the top trials as a markdown table, and the notes (:func:`summary`)
+    fit: TrialFit  # how the trials fitted the cluster
+    fixed: tuple[str, ...]  # the overrides every trial had besides its sampled settings (workers, evaluation schedule)
 
 
-def _trial(config: dict) -> None:
-    """The Tune function of one trial: its training run, fitted with a report to Tune (module docstring)."""
+def _trial(config: dict, ctx: dict) -> None:
+    """The Tune function of one trial: its training run, fitted with a report to Tune (module docstring). ``config``:
+    the trial's sampled settings; ``ctx``: what every trial shares (``tune.with_parameters``: not in the config, so
+    Tune neither prints nor stores the profile per trial)."""
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from lmft_core.train.run import TrainingRun
 
-    ctx = config["ctx"]
     params = {k: config[k] for k in ctx["space"]}
     trial_id = tune.get_context().get_trial_id()
     profile = ctx["profile"].with_overrides(ctx["fit"] + trial_overrides(params))
@@ -180,8 +183,9 @@ def _trial(config: dict) -> None:
         training.fit(ctx["gpus"], callbacks=[TuneReportCallback()])
 
 
-def _release_callback(storage: Path):
-    """A Tune callback that frees a finished or failed trial's Train worker placement group.
+def _trial_end_callback(storage: Path, space: list[str], metric: str, target: str, trials: int):
+    """A Tune callback for each trial's end: it prints one line (the trial's settings, how many epochs it reached and
+    its selection metric, target top-1 for reading) and frees the trial's Train worker placement group.
 
     Tune stops a trial's actor as soon as the trial reports its last epoch (or ASHA stops it), before
     Train's controller inside it has shut its worker group down, so the group's CPUs stay reserved
@@ -193,14 +197,27 @@ def _release_callback(storage: Path):
 
     from lmft_core.train.ray_train import release_placement_group
 
-    class ReleaseTrialPlacementGroup(tune.Callback):
+    ended: list[str] = []
+
+    def say(trial, outcome: str) -> None:
+        ended.append(trial.trial_id)
+        settings = "  ".join(f"{k.split('.')[-1]} {trial.config[k]:g}" if isinstance(trial.config[k], float)
+                             else f"{k.split('.')[-1]} {trial.config[k]}" for k in space)
+        print(f"{PREFIX} trial {len(ended)}/{trials} {trial.trial_id}  {settings}  {outcome}", flush=True)
+
+    class TrialEnd(tune.Callback):
         def on_trial_complete(self, iteration, trials, trial, **info):
             release_placement_group(storage / trial.trial_id)
+            r = trial.last_result or {}
+            value, reading = r.get(metric), r.get(target)
+            say(trial, f"epochs {int(r.get('epoch', 0))}: {metric.split('/')[0]} top-1 "
+                       + ("-" if value is None else f"{value:.3f}") + ("" if reading is None else f", target {reading:.3f}"))
 
         def on_trial_error(self, iteration, trials, trial, **info):
             release_placement_group(storage / trial.trial_id)
+            say(trial, "failed (its MLflow run and the Tune folder have the error)")
 
-    return ReleaseTrialPlacementGroup()
+    return TrialEnd()
 
 
 def run_sweep(profile: RunConfig, shards_path: str | Path, workdir: str | Path, parent_run_id: str | None = None) -> SweepResult:
@@ -250,13 +267,17 @@ def run_sweep(profile: RunConfig, shards_path: str | Path, workdir: str | Path, 
                                   reduction_factor=cfg.reduction_factor) if cfg.asha else None
         ctx = {"profile": profile, "shards": job.shards, "workdir": str(workdir), "name": name,
                "parent_run_id": parent.run_id, "gpus": gpus, "space": list(cfg.space), "fit": fixed}
+        print(f"{PREFIX} sweep {name}: {cfg.trials()} trials ({cfg.search}), {fit.concurrent} at a time, selected by {metric}"
+              + (" (ASHA stops poor trials early)" if cfg.asha else ""), flush=True)
         tuner = tune.Tuner(
-            tune.with_resources(_trial, {"cpu": TRIAL_DRIVER_CPUS}),
-            param_space=param_space(cfg) | {"ctx": ctx},
+            tune.with_resources(tune.with_parameters(_trial, ctx=ctx), {"cpu": TRIAL_DRIVER_CPUS}),
+            param_space=param_space(cfg),
             tune_config=tune.TuneConfig(metric=metric, mode=mode, num_samples=1 if cfg.search == "grid" else cfg.num_samples,
                                         search_alg=searcher, scheduler=scheduler, max_concurrent_trials=fit.concurrent),
-            run_config=tune.RunConfig(name=name, storage_path=str(workdir / "tune"), verbose=2 if verbose() else 1,
-                                      callbacks=[_release_callback(workdir / "sweeps" / name)]),
+            run_config=tune.RunConfig(name=name, storage_path=str(workdir / "tune"), verbose=2 if verbose() else 0,
+                                      callbacks=[_trial_end_callback(workdir / "sweeps" / name, list(cfg.space), metric,
+                                                                     metric_of(TARGET_METRIC, job.selector.label),
+                                                                     cfg.trials())]),
         )
         grid = tuner.fit()
         label = job.selector.label
@@ -287,7 +308,7 @@ def run_sweep(profile: RunConfig, shards_path: str | Path, workdir: str | Path, 
     return SweepResult(name=name, parent_run_id=parent.run_id, best_trial=best["trial"],
                        best_params={k: best[k] for k in cfg.space}, best_metrics={k: v for k, v in best.items() if isinstance(v, float)},
                        best_run_id=best["run_id"], model_uri=model_uri, table=table, results_csv=str(results_csv),
-                       elapsed_s=time.perf_counter() - t0, summary=text)
+                       elapsed_s=time.perf_counter() - t0, summary=text, fit=fit, fixed=tuple(fixed))
 
 
 def summary(rows: list[dict], params: list[str], metric: str, clips: int | None, target: str = TARGET_METRIC) -> str:
