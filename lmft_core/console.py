@@ -92,6 +92,25 @@ def quiet_ray_notices() -> None:
         auth.addFilter(drop)
 
 
+@contextmanager
+def quiet_tune():
+    """Within it, Ray Tune prints nothing of its own unless ``--verbose``: its new output engine prints the experiment's
+    header box and result paths at every verbosity (``ray/tune/experimental/output.py``), so the legacy reporter,
+    which honours ``verbose=0``, is chosen (``RAY_AIR_NEW_OUTPUT=0``, read as a Tuner starts)."""
+    if verbose():
+        yield
+        return
+    before = os.environ.get("RAY_AIR_NEW_OUTPUT")
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("RAY_AIR_NEW_OUTPUT", None)
+        else:
+            os.environ["RAY_AIR_NEW_OUTPUT"] = before
+
+
 def quiet_ray_data() -> None:
     """The driver's Ray Data output: progress bars (on a terminal) or 10-second status blocks (without one) and
     the ``Starting execution`` lines go to Ray Data's log file (``<session>/logs/ray-data``) only, unless

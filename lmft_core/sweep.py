@@ -44,7 +44,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from lmft_core.console import PREFIX, verbose
+from lmft_core.console import PREFIX, quiet_tune, verbose
 from lmft_core.files import atomic_write
 from lmft_core.run_config import TARGET_METRIC, RunConfig, SweepConfig, metric_of
 from lmft_core.train.config import TrainConfig
@@ -279,7 +279,8 @@ def run_sweep(profile: RunConfig, shards_path: str | Path, workdir: str | Path, 
                                                                      metric_of(TARGET_METRIC, job.selector.label),
                                                                      cfg.trials())]),
         )
-        grid = tuner.fit()
+        with quiet_tune():
+            grid = tuner.fit()
         label = job.selector.label
         target = metric_of(TARGET_METRIC, label)
         table = _results_table(grid, cfg, metric, job.train.epochs, parent, name, label)

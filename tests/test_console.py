@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -170,3 +171,20 @@ def test_rays_token_auth_notice_is_dropped_unless_verbose_and_its_disabled_warni
     finally:
         set_verbose(False)
         quiet_ray_notices()
+
+
+def test_tune_prints_nothing_of_its_own_unless_verbose(monkeypatch):
+    from ray.tune.experimental.output import get_air_verbosity
+
+    from lmft_core.console import quiet_tune, set_verbose
+
+    monkeypatch.delenv("RAY_AIR_NEW_OUTPUT", raising=False)
+    try:
+        with quiet_tune():
+            assert get_air_verbosity(0) is None  # Tune's legacy reporter, which prints nothing at verbose=0
+        assert "RAY_AIR_NEW_OUTPUT" not in os.environ and get_air_verbosity(0) is not None  # restored
+        set_verbose(True)
+        with quiet_tune():
+            assert get_air_verbosity(2) is not None  # --verbose: Tune's own output as it is
+    finally:
+        set_verbose(False)
