@@ -93,10 +93,10 @@ def main(argv: list[str] | None = None) -> int:
         sweep_s = time.perf_counter() - t0
         fit, load = result.fit, os.getloadavg()[0]
         overrides = [*result.fixed, *trial_overrides(result.best_params)]  # the selected trial's training
-        seed_top1 = [result.best_metrics[metric_of(TARGET_METRIC, "lmft")],
+        seed_top1 = [result.best_metrics[metric_of(TARGET_METRIC, profile.selector.label)],
                      *seed_runs(profile, shards, root, overrides, range(1, args.seeds))]
         ray.shutdown()
-    target = metric_of(TARGET_METRIC, "lmft")
+    target = metric_of(TARGET_METRIC, profile.selector.label)
     finished = [r for r in result.table if r.get(target) is not None and r["status"] == "completed"]
     selected = next(r for r in result.table if r["trial"] == result.best_trial)
     lines = ["## The demo sweep: wall-clock, and trials against seeds (`benchmarks/bench_sweep.py`)", "",
