@@ -72,6 +72,8 @@ def ray_throughput(datasets: list[tuple[str, Path, list[str], bool]], workers: i
     for each data set (label, manifest, profile overrides, whether to run the whole stage)."""
     import ray
 
+    from lmft_core.ray_cluster import wait_for_resource_view
+
     ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
     rows = []
     try:
@@ -84,6 +86,7 @@ def ray_throughput(datasets: list[tuple[str, Path, list[str], bool]], workers: i
 
             def decode(energy: bool) -> None:
                 ds = decoded_dataset(todo, profile.clip, pre, rejects_dir=None, energy=energy)
+                wait_for_resource_view(ray)  # as preprocessing does before its job (no false "will hang" warning)
                 assert ds.materialize().count() == n
 
             row = [workers, label, n / best_time_s(lambda: decode(False), repeats=3, warmup=1),

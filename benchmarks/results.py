@@ -9,7 +9,8 @@ smaller preset), and writes the tables into that profile's section of ``docs/res
 finished before is not run again: each training's record (its numbers, a few hundred bytes, keyed by data,
 energy, overrides and seed) is stored in ``benchmarks/records/<profile>.json``, which is committed, so an
 interrupted run of the script resumes, ``--groups`` runs a part, and ``--render`` rewrites the tables from the
-records alone, on any machine, without data or training (delete a record to train it again).
+records alone, on any machine, without data or training (delete a record to train it again). The file also holds a
+digest of what the profile's files state: trainings of another version of the profile are refused, not reused.
 
 Groups (each a comparison of trainings, ``--seeds`` seeds each, same data and schedule):
 
@@ -57,6 +58,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import math
 import statistics
@@ -156,7 +158,7 @@ GROUPS: dict[str, list[Setting]] = {
     ],
     "first": [
         Setting("first segment always kept (paper)", overrides=('selector.first_segment="keep"',)),
-        Setting("first segment scored by the next difference (the profile's rule: the LMFT row of main)"),
+        Setting("first segment scored by the next difference", overrides=('selector.first_segment="next"',)),
     ],
     "adafocus": [
         *(s for data, where in (("static", "static camera"), ("camera", "moving camera")) for s in (
@@ -241,7 +243,8 @@ def run_metrics(workdir: Path, row: dict) -> dict:
     label = next(iter(row["evaluation"]))
     client = MlflowClient(tracking_uri=result.tracking_uri)
     metrics = client.get_run(result.mlflow_run_id).data.metrics
-    used = "pseudo/used_pass_rate" if "pseudo/used_pass_rate" in metrics else "setup/target_train_pseudo_pass_rate"
+    used = next(k for k in ("pseudo/used_pass_rate", "setup/target_train_pseudo_pass_rate",
+                            "data/target_train_pseudo_pass_rate") if k in metrics)  # data/*: runs before the rename
 
     def history(key: str) -> dict[int, float]:
         return {m.step: m.value for m in client.get_metric_history(result.mlflow_run_id, key)}
@@ -348,8 +351,17 @@ def main(argv: list[str] | None = None) -> int:
     store = args.records or RECORDS / f"{args.profile}.json"
     done = load_records(store)
     store.parent.mkdir(parents=True, exist_ok=True)
+    # what the profile's files state (its base chain merged), not the code's defaults: a record stays valid when a key
+    # with a default is added, and a changed profile file does not silently reuse trainings of the old one
+    digest = hashlib.sha256(json.dumps(load_profile(args.profile).sections, sort_keys=True, default=str).encode()).hexdigest()[:16]
     if args.render:  # the tables of every group the records hold, from the records alone
+        if not done:
+            ap.error(f"--render: no records at {store} (run the groups first)")
         groups = []
+    elif done.get("profile_digest", digest) != digest:
+        ap.error(f"{store} holds trainings of another version of profile {args.profile!r} (digest "
+                 f"{done['profile_digest']}, now {digest}): move it away to train again, or --render it as it is")
+    done["profile_digest"] = digest
     t0 = time.perf_counter()
     prepared: dict[tuple[str, str], Path] = {}
 
@@ -362,7 +374,9 @@ def main(argv: list[str] | None = None) -> int:
         save_records(done, store)
 
     def run_setting(group: str, setting: Setting, rows: dict[str, list[dict]], seeds: int) -> None:
-        overrides = setting.all_overrides(rows)
+        # an override the profile already has changes nothing: left out of the key, so that training is shared
+        # (the first group's "next" row on results is main's LMFT row)
+        overrides = tuple(o for o in setting.all_overrides(rows) if profile.with_overrides([o]).to_toml() != profile.to_toml())
         runs = done.setdefault("runs", {})
         rows[setting.label] = []
         for seed in range(seeds):

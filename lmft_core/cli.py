@@ -74,23 +74,31 @@ def run_main(work: Callable[[], str]) -> int:
     """Run an entry script's ``work`` (it returns the final message) and return the exit status: 0, 2 for a
     :func:`user_errors` error (printed as one line), :data:`~lmft_core.config.INTERRUPTED_EXIT` on Ctrl-C. Ray is
     shut down before the final message (when the work connected to it), so that nothing of Ray's prints after it."""
+    import signal
+
     from lmft_core import interrupt
 
     connected_before = _ray_connected()
+    handler_before = signal.getsignal(signal.SIGINT)  # put back at the end (a test calls run_main in-process)
     interrupt.clear()
     interrupt.install()
     try:
         message = work()
         interrupt.check()  # a Ctrl-C that library code swallowed still stops the script (lmft_core.interrupt)
     except KeyboardInterrupt:
-        interrupt.clear()
         print(INTERRUPTED, file=sys.stderr)
         return INTERRUPTED_EXIT
     except Exception as e:
+        if interrupt.pending():  # the error came from stopping (e.g. a fit torn down by the Ctrl-C)
+            print(INTERRUPTED, file=sys.stderr)
+            return INTERRUPTED_EXIT
         if not isinstance(e, user_errors()):
             raise
         print(f"error: {e}", file=sys.stderr)
         return 2
+    finally:
+        interrupt.clear()
+        interrupt.restore(handler_before)
     if _ray_connected() and not connected_before:
         import ray
 

@@ -1,10 +1,11 @@
 """Ctrl-C that is never lost.
 
-Python's own SIGINT handler raises ``KeyboardInterrupt`` wherever the main thread happens to be. Under load that
-can be inside library code that swallows it: a callback from C whose exception is only printed ("Exception
-ignored in ..."), or Ray's ``DeferSigint`` (it holds back SIGINT around argument deserialisation and drops it when
-an exception leaves that block). Seen here: on a loaded machine, 2 of 4 Ctrl-Cs in one test session left the
-driver running to the end with exit status 0.
+Python's own SIGINT handler raises ``KeyboardInterrupt`` wherever the main thread happens to be. That can be inside
+library code that swallows it, e.g. a callback from C whose exception is only printed ("Exception ignored in ...").
+Seen here: on a loaded machine, 2 of 4 Ctrl-Cs in one test session left the driver running to the end with exit
+status 0 (where each was lost was not captured). And a library may put its own handler in place: Ray Tune's
+``fit`` in the main thread installs one that ends the sweep quietly and stays installed after it
+(:func:`keep_handler` prevents that).
 
 So the entry scripts install :func:`handler` (:func:`install`, from :func:`lmft_core.cli.run_main`): it records
 the interrupt, then raises ``KeyboardInterrupt`` as Python's does. The places the driver passes often call
@@ -14,8 +15,10 @@ second), each workflow stage's start, and the end of each Ray Data job. :func:`c
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
+from contextlib import contextmanager
 
 _pending = False
 
@@ -38,6 +41,12 @@ def install() -> bool:
     return True
 
 
+def restore(previous) -> None:
+    """Put ``previous`` (a handler :func:`signal.getsignal` returned) back as the SIGINT handler (main thread only)."""
+    if previous is not None and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, previous)
+
+
 def check() -> None:
     """Raise ``KeyboardInterrupt`` when a Ctrl-C was recorded and not yet handled (:func:`clear`)."""
     if _pending:
@@ -52,3 +61,20 @@ def clear() -> None:
     """The recorded Ctrl-C was handled (the script stops, or a test goes on)."""
     global _pending
     _pending = False
+
+
+@contextmanager
+def keep_handler():
+    """Within it, Ray Tune leaves the SIGINT handler alone (``TUNE_DISABLE_SIGINT_HANDLER``: its own would end a
+    sweep as if it had finished and stay installed after it); after it, the handler in place before is put back."""
+    before_handler = signal.getsignal(signal.SIGINT) if threading.current_thread() is threading.main_thread() else None
+    before_env = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    try:
+        yield
+    finally:
+        if before_env is None:
+            os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
+        else:
+            os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = before_env
+        restore(before_handler)

@@ -44,6 +44,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from lmft_core import interrupt
 from lmft_core.console import PREFIX, quiet_tune, verbose
 from lmft_core.files import atomic_write
 from lmft_core.run_config import TARGET_METRIC, RunConfig, SweepConfig, metric_of
@@ -200,15 +201,19 @@ def _trial_end_callback(storage: Path, space: list[str], metric: str, target: st
     ended: list[str] = []
 
     def say(trial, outcome: str) -> None:
-        ended.append(trial.trial_id)
-        settings = "  ".join(f"{k.split('.')[-1]} {trial.config[k]:g}" if isinstance(trial.config[k], float)
-                             else f"{k.split('.')[-1]} {trial.config[k]}" for k in space)
-        print(f"{PREFIX} trial {len(ended)}/{trials} {trial.trial_id}  {settings}  {outcome}", flush=True)
+        try:  # Tune marks a trial failed when a callback raises: a line must never cost a finished trial
+            ended.append(trial.trial_id)
+            settings = "  ".join(f"{k.split('.')[-1]} {trial.config.get(k)}" for k in space)
+            print(f"{PREFIX} trial {len(ended)}/{trials} {trial.trial_id}  {settings}  {outcome}", flush=True)
+        except Exception:  # noqa: BLE001 - the line is only a report
+            pass
 
     class TrialEnd(tune.Callback):
         def on_trial_complete(self, iteration, trials, trial, **info):
             release_placement_group(storage / trial.trial_id)
             r = trial.last_result or {}
+            if not r:  # never started (the sweep was stopped)
+                return
             value, reading = r.get(metric), r.get(target)
             say(trial, f"epochs {int(r.get('epoch', 0))}: {metric.split('/')[0]} top-1 "
                        + ("-" if value is None else f"{value:.3f}") + ("" if reading is None else f", target {reading:.3f}"))
@@ -279,8 +284,9 @@ def run_sweep(profile: RunConfig, shards_path: str | Path, workdir: str | Path, 
                                                                      metric_of(TARGET_METRIC, job.selector.label),
                                                                      cfg.trials())]),
         )
-        with quiet_tune():
+        with quiet_tune(), interrupt.keep_handler():
             grid = tuner.fit()
+        interrupt.check()  # a Ctrl-C during the sweep stops it here (lmft_core.interrupt)
         label = job.selector.label
         target = metric_of(TARGET_METRIC, label)
         table = _results_table(grid, cfg, metric, job.train.epochs, parent, name, label)
@@ -302,7 +308,8 @@ def run_sweep(profile: RunConfig, shards_path: str | Path, workdir: str | Path, 
             parent.log_artifact(artifact, "sweep")
         parent.log_params({f"best.{k}": best[k] for k in cfg.space} | {"best.trial": best["trial"]})
         parent.log_metrics({f"best/{k}": v for k, v in best.items() if isinstance(v, float)})  # best/selection_se too
-        model_uri = _log_best(profile, fixed + trial_overrides({k: best[k] for k in cfg.space}), best, job.shards,
+        # the best model evaluated as a single training is, with the baseline selectors (not the trials' schedule)
+        model_uri = _log_best(profile, fit.overrides + trial_overrides({k: best[k] for k in cfg.space}), best, job.shards,
                               workdir, name)
     if not model_uri:
         raise TrainError(f"the best trial {best['trial']} left no checkpoint")

@@ -39,8 +39,12 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.pictures:
         args.overrides.append("predict.pictures=true")
+    import signal
+
     from lmft_core import interrupt
 
+    handler_before = signal.getsignal(signal.SIGINT)
+    interrupt.clear()
     interrupt.install()
     try:
         profile = load(args)
@@ -60,6 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(INTERRUPTED, file=sys.stderr)
         return INTERRUPTED_EXIT
+    finally:
+        interrupt.clear()
+        interrupt.restore(handler_before)
     acc = "" if summary.accuracy is None else f", accuracy {summary.accuracy:.3f} on {summary.labelled} labelled"
     print(f"[lmft] {summary.predicted} of {summary.videos_in} videos labelled ({summary.rejected} rejected{acc}) "
           f"with {summary.model}\n[lmft] predictions: {summary.predictions}\n[lmft] rejects: {summary.rejects}")

@@ -90,3 +90,32 @@ def test_a_handler_someone_set_on_purpose_is_left_alone(sigint_handler):
     worker.start()
     worker.join()
     assert result == [False]
+
+
+def test_ray_tune_leaves_the_handler_alone_within_keep_handler_and_it_is_put_back_after(sigint_handler):
+    from ray.tune.tune import _setup_signal_catching
+
+    interrupt.install()
+    with interrupt.keep_handler():
+        _setup_signal_catching()  # what Tuner.fit does first in the main thread
+        assert signal.getsignal(signal.SIGINT) is interrupt.handler
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # whatever a library leaves behind
+    assert signal.getsignal(signal.SIGINT) is interrupt.handler and "TUNE_DISABLE_SIGINT_HANDLER" not in os.environ
+    _setup_signal_catching()  # outside it, Tune takes SIGINT over (and keeps it until one arrives)
+    assert signal.getsignal(signal.SIGINT) is not interrupt.handler
+
+
+def test_run_main_puts_the_callers_handler_back_and_an_error_after_a_ctrl_c_counts_as_the_stop(sigint_handler, capsys):
+    def mine(signum, frame):
+        pass
+
+    signal.signal(signal.SIGINT, mine)
+    assert run_main(lambda: "done") == 0 and signal.getsignal(signal.SIGINT) is mine
+
+    def torn_down() -> str:
+        swallowing(interrupt.handler)
+        raise RuntimeError("the fit's workers went away")  # what stopping caused, not a failure to report
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    assert run_main(torn_down) == INTERRUPTED_EXIT and not interrupt.pending()
+    assert INTERRUPTED in capsys.readouterr().err

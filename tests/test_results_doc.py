@@ -186,3 +186,17 @@ def test_thin_keeps_the_ends_and_at_most_the_count():
     kept = thin(points, 50)
     assert len(kept) == 50 and kept[0] == points[0] and kept[-1] == points[-1]
     assert thin(points[:10], 50) == points[:10]
+
+
+def test_records_of_another_version_of_the_profile_are_refused_and_render_needs_records(tmp_path, capsys):
+    import pytest
+
+    script = results_script()
+    path = tmp_path / "records.json"
+    path.write_text(json.dumps({"profile_digest": "0123456789abcdef", "runs": {}}))
+    with pytest.raises(SystemExit):  # no training reused silently after results.toml changed
+        script["main"](["--profile", "results-tiny", "--records", str(path), "--groups", "main", "--workdir", str(tmp_path)])
+    assert "another version of profile 'results-tiny'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        script["main"](["--profile", "results-tiny", "--records", str(tmp_path / "none.json"), "--render"])
+    assert "--render: no records at" in capsys.readouterr().err

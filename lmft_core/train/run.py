@@ -47,7 +47,7 @@ from lmft_core.run_config import RunConfig
 from lmft_core.shards.format import unpack_array
 from lmft_core.shards.reader import ShardError, ShardSet
 from lmft_core.tracking import NOTE, Run, check_tracking_server, start_run
-from lmft_core.train.artifacts import RESULT_FILE, RUN_ID_FILE, TrainResult, log_artifacts
+from lmft_core.train.artifacts import RESULT_FILE, RUN_ID_FILE, TrainResult, log_artifacts, logged_model_name
 from lmft_core.train.config import TrainConfig
 from lmft_core.train.loop import TrainJob
 from lmft_core.train.names import checkpoint_dir
@@ -225,7 +225,7 @@ class TrainingRun:
                 "Its result is `target_test/*`: this selector on target-test, under the names every lmft training uses "
                 "(so charts overlay trainings; the selector is the tag `lmft.selector`). `eval_target/<selector>/*` "
                 "evaluate the same model with other selectors; the model is logged as "
-                f"`classifier-{job.selector.label}`.")
+                f"`{logged_model_name(job.selector.label)}`.")
 
     def run(self, parent_run_id: str | None = None, role: str = "Training", title: str = "") -> TrainResult:
         """The whole run: the MLflow run (a child of ``parent_run_id``; reopened when the run ran before; ``role``
