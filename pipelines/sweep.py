@@ -26,9 +26,10 @@ def main(argv: list[str] | None = None) -> int:
         from lmft_core.sweep import run_sweep
 
         result = run_sweep(load(args), args.shards, args.workdir)
-        return (f"{result.summary}\n[lmft] sweep {result.name}: {len(result.table)} trials in {result.elapsed_s:.0f} s; "
+        return (f"[lmft] sweep {result.name}: {len(result.table)} trials in {result.elapsed_s:.0f} s; "
                 f"selected {result.best_trial} {result.best_params}\n[lmft] results: {result.results_csv}\n"
-                f"[lmft] best model: {result.model_uri} (MLflow run {result.best_run_id}); sweep run {result.parent_run_id}")
+                f"[lmft] best model: {result.model_uri} (MLflow run {result.best_run_id}); sweep run {result.parent_run_id}\n\n"
+                f"{result.summary}")  # the table of the top trials comes last
 
     return run_main(work)
 
