@@ -166,10 +166,12 @@ def test_a_profile_with_a_base_replaces_the_bases_keys_one_by_one(tmp_path):
 
 
 def test_results_small_is_results_with_less_data_and_a_shorter_schedule():
+    """... and the paper's first-segment rule, with which its recorded tables were made."""
     small, results = load_profile("results-small").sections, load_profile("results").sections
     differs = {(s, k) for s in results for k in results[s] if small[s][k] != results[s][k]}
     assert differs == {("demo_data", "videos_per_class"), ("train", "epochs"), ("train", "batch_size"),
-                       ("train", "eval_every_epochs")}
+                       ("train", "eval_every_epochs"), ("selector", "first_segment")}
+    assert (small["selector"]["first_segment"], results["selector"]["first_segment"]) == ("keep", "next")
     assert small["demo_data"]["videos_per_class"] == 80 and small.keys() == results.keys()
 
 

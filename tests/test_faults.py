@@ -101,17 +101,22 @@ def test_driver_killed_then_interrupted_then_rerun_finishes_in_one_mlflow_run(ti
         assert sorted(m.step for m in client.get_metric_history(run_id, key)) == list(range(1, 7)), key
 
 
-# Runs pipelines/full.py with Ctrl-C (SIGINT to the whole process group, as a terminal sends it) as the register
-# stage calls lmft_core.model_store.register: that stage is a few MLflow calls, too short to hit from outside.
-INTERRUPT_AT_REGISTER = """
-import os, runpy, signal, sys
-import lmft_core.model_store as store
-register = store.register
+# Runs pipelines/full.py with Ctrl-C (SIGINT to the whole process group, as a terminal sends it) as the driver calls
+# MODULE.NAME: the register stage's lmft_core.model_store.register (a few MLflow calls, too short to hit from outside),
+# and preprocessing's commit of its staged shards once a shard is staged (watched from outside, a starved test
+# process could miss the few seconds they stay staged: seen under a load average of 10).
+INTERRUPT_AT = """
+import importlib, os, runpy, signal, sys
+from pathlib import Path
+module, name, when = sys.argv[1:4]
+mod = importlib.import_module(module)
+original = getattr(mod, name)
 def interrupted(*args, **kwargs):
-    os.killpg(0, signal.SIGINT)
-    return register(*args, **kwargs)
-store.register = interrupted
-sys.argv = sys.argv[1:]
+    if when == "always" or any(Path(args[0]).glob("_staging/*/shards/*.parquet")):
+        os.killpg(0, signal.SIGINT)
+    return original(*args, **kwargs)
+setattr(mod, name, interrupted)
+sys.argv = sys.argv[4:]
 runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
@@ -133,9 +138,9 @@ def test_ctrl_c_in_each_workflow_stage_then_rerun_finishes(tmp_path):
                *[a for s in TINY_WORKFLOW + ["workflow.baselines=['full']", "preprocess.rows_per_shard=2",
                                              "preprocess.decode_batch_size=2", "preprocess.labeler_batch_size=2"]
                  for a in ("--set", s)]]
-    ready = {"preprocess": lambda: any(workdir.glob("shards/*/_staging/*/shards/*.parquet")),
-             "evaluate": lambda: any(workdir.glob("ray_train/demo-full-*")),
+    ready = {"evaluate": lambda: any(workdir.glob("ray_train/demo-full-*")),
              "predict": lambda: any(workdir.glob("predictions/*/_staging"))}
+    at = {"preprocess": ["lmft_core.preprocess.run", "commit", "staged"], "register": ["lmft_core.model_store", "register", "always"]}
     client = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}")
 
     def runs() -> list:
@@ -145,8 +150,8 @@ def test_ctrl_c_in_each_workflow_stage_then_rerun_finishes(tmp_path):
     killed, times, workflow = {}, {}, None
     for stage in ("preprocess", "evaluate", "register", "predict"):
         t0, log, before = time.monotonic(), tmp_path / f"{stage}.log", {r.info.run_id for r in runs()}
-        if stage == "register":
-            proc = _start([sys.executable, "-c", INTERRUPT_AT_REGISTER, *command[1:]], log)
+        if stage in at:
+            proc = _start([sys.executable, "-c", INTERRUPT_AT, *at[stage], *command[1:]], log)
         else:
             proc = _start(command, log)
             _signal_when(proc, ready[stage], signal.SIGINT)
