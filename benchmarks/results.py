@@ -363,6 +363,7 @@ def main(argv: list[str] | None = None) -> int:
                  f"{done['profile_digest']}, now {digest}): move it away to train again, or --render it as it is")
     done["profile_digest"] = digest
     t0 = time.perf_counter()
+    profile_toml = profile.to_toml()  # an override that leaves it unchanged is left out of a training's key
     prepared: dict[tuple[str, str], Path] = {}
 
     def shards_of(data: str, energy: str) -> Path:
@@ -376,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     def run_setting(group: str, setting: Setting, rows: dict[str, list[dict]], seeds: int) -> None:
         # an override the profile already has changes nothing: left out of the key, so that training is shared
         # (the first group's "next" row on results is main's LMFT row)
-        overrides = tuple(o for o in setting.all_overrides(rows) if profile.with_overrides([o]).to_toml() != profile.to_toml())
+        overrides = tuple(o for o in setting.all_overrides(rows) if profile.with_overrides([o]).to_toml() != profile_toml)
         runs = done.setdefault("runs", {})
         rows[setting.label] = []
         for seed in range(seeds):
