@@ -415,7 +415,10 @@ def write_mp4(frames: np.ndarray, path: Path, fps: int) -> None:
         stream.options = {"crf": "12", "preset": "veryfast"}
         stream.codec_context.thread_count = 1
         for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+            # converted here, not by the encoder: its own conversion gives bytes that vary with where the frame's
+            # buffer lies in memory (measured), this one the same bytes in every process
+            picture = av.VideoFrame.from_ndarray(frame, format="rgb24").reformat(format="yuv420p")
+            for packet in stream.encode(picture):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
@@ -464,9 +467,7 @@ def generate_demo_data(cfg: DemoDataConfig, output: str | Path, workers: int | N
     output made with the same config is reused as it is; one made with another config is replaced.
     ``workers``: processes rendering and encoding videos in parallel (None: one per usable core when there
     are at least :data:`POOL_MIN_PIXELS` to render, else 1). Every video depends only on ``cfg`` and its
-    place in the set, so the rendered frames and the masks are the same whatever the number of workers (the
-    H.264 bytes may differ from one process to another, as they did before the pool, within the codec's
-    rounding). The workers are spawned processes: a script that calls this with more than one must guard its
+    place in the set, so the files are byte for byte the same whatever the number of workers. The workers are spawned processes: a script that calls this with more than one must guard its
     entry point (``if __name__ == "__main__":``), as ``pipelines/`` and ``benchmarks/`` do.
     """
     output = Path(output)
