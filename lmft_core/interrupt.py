@@ -2,8 +2,7 @@
 
 Python's own SIGINT handler raises ``KeyboardInterrupt`` wherever the main thread happens to be. That can be inside
 library code that swallows it, e.g. a callback from C whose exception is only printed ("Exception ignored in ...").
-Seen here: on a loaded machine, 2 of 4 Ctrl-Cs in one test session left the driver running to the end with exit
-status 0 (where each was lost was not captured). And a library may put its own handler in place: Ray Tune's
+And a library may put its own handler in place: Ray Tune's
 ``fit`` in the main thread installs one that ends the sweep quietly and stays installed after it
 (:func:`keep_handler` prevents that).
 
@@ -32,7 +31,8 @@ def handler(signum=signal.SIGINT, frame=None) -> None:
 
 def install() -> bool:
     """Make :func:`handler` this process's SIGINT handler (only the main thread can; returns whether it did). A
-    handler someone else set on purpose (not Python's default) is left alone."""
+    handler someone else set on purpose (not Python's default) is left alone, and so is an ignored SIGINT: a
+    script started with ``nohup`` or as a background job of a non-interactive shell is meant not to stop on it."""
     if threading.current_thread() is not threading.main_thread():
         return False
     if signal.getsignal(signal.SIGINT) not in (signal.default_int_handler, handler):

@@ -31,8 +31,15 @@ def _train_command(shards: Path, workdir: Path, *extra: str) -> list[str]:
 
 
 def _start(command: list[str], log: Path) -> subprocess.Popen:
+    """``command`` in a new process group, with SIGINT's default disposition as a terminal's foreground job has it,
+    also when these tests run as a background job of a non-interactive shell, whose SIGINT is ignored and would be
+    inherited (the scripts leave an ignored SIGINT alone: ``lmft_core.interrupt.install``)."""
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")} | {"RAY_AUTH_MODE": "disabled"}
-    return subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)  # a handler: the child gets SIG_DFL at exec
+    try:
+        return subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    finally:
+        signal.signal(signal.SIGINT, inherited)
 
 
 def _signal_when(proc: subprocess.Popen, ready: Path | Callable[[], bool], sig: int, timeout_s: float = 600) -> None:

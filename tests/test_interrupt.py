@@ -18,7 +18,7 @@ from lmft_core.train.run import fit_interruptible
 
 @pytest.fixture
 def sigint_handler():
-    before = signal.getsignal(signal.SIGINT)
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal (not a background job's SIG_IGN)
     interrupt.clear()
     yield
     signal.signal(signal.SIGINT, before)
@@ -85,6 +85,8 @@ def test_a_handler_someone_set_on_purpose_is_left_alone(sigint_handler):
 
     signal.signal(signal.SIGINT, mine)
     assert not interrupt.install() and signal.getsignal(signal.SIGINT) is mine
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # nohup, or a non-interactive shell's background job
+    assert not interrupt.install() and signal.getsignal(signal.SIGINT) is signal.SIG_IGN
     result = []
     worker = threading.Thread(target=lambda: result.append(interrupt.install()))
     worker.start()
