@@ -287,8 +287,8 @@ def fault_run() -> str:
     return "\n\n".join([
         "## Faults and bad inputs",
         f"Written by `python benchmarks/reliability.py --faults`: each row is one test run in a single pytest session "
-        f"({total_s:.0f} s in all) on {machine_description()}, shared with other work (durations are wall-clock under "
-        "that load, setup of shared fixtures included in the first test that needs them). *what the product does* and "
+        f"({total_s:.0f} s in all) on {machine_description()} (durations are wall-clock, with whatever else ran on the "
+        "machine, setup of shared fixtures included in the first test that needs them). *what the product does* and "
         "*what is lost* are what the test asserts; *result* is that test's outcome in this run.",
         markdown_table(["fault or bad input", "what the product does", "what is lost", "test", "result", "s"], rows),
         "Not tried yet: Ctrl-C in the pretraining stage (it fits through the same interruptible Ray Train fit as "
