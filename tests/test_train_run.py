@@ -107,7 +107,14 @@ def test_a_run_with_one_threshold_per_segment(tiny_shards, tmp_path):
     info = resolve(result.model_uri, result.tracking_uri)
     assert info.tau_hat == pytest.approx(tuple(result.tau_hat)) and json.loads(info.tags()["lmft.tau_hat"]) == \
         pytest.approx(result.tau_hat, abs=1e-6)
-    from lmft_core.tracking import using_tracking_uri
+    from lmft_core.tracking import NOTE, using_tracking_uri
+
+    # the model's page in MLflow describes it: its result, its thresholds, and the command that uses it
+    description = client.get_logged_model(result.model_uri.removeprefix("models:/")).tags[NOTE]
+    own = ev["lmft-segment"]
+    assert f"top-1 **{own['top1']:.3f}**" in description and f"{own['discard_rate']:.1%} of tokens discarded" in description
+    assert json.dumps(result.tau_hat) in description and "`lmft-segment`" in description
+    assert f"--model {result.model_uri} --tracking-uri {result.tracking_uri} --folder" in description
 
     with using_tracking_uri(result.tracking_uri):
         model = mlflow.pytorch.load_model(result.model_uri)
@@ -128,6 +135,9 @@ def test_an_adafocus_run_logs_its_glance_and_kept_tokens_and_no_threshold(tiny_s
     metrics = client.get_run(result.mlflow_run_id).data.metrics
     assert "train/glance_loss" in metrics and "target_test/top1" in metrics
     assert not {"train/tau", "train/tau_hat", "train/reward", "train/baseline", "final/tau_hat"} & set(metrics)
+    from lmft_core.tracking import NOTE
+
+    assert "threshold" not in client.get_logged_model(result.model_uri.removeprefix("models:/")).tags[NOTE]
 
 
 def test_checkpoint_holds_everything_and_loads_weights_only(trained):

@@ -36,6 +36,7 @@ from lmft_core.shards.reader import ShardSet, read_batches
 from lmft_core.train.checkpoint import load_checkpoint
 from lmft_core.train.evaluate import EvalResult, efficiency_table
 from lmft_core.train.loop import EVALUATION_FILE, TrainJob
+from lmft_core.tracking import NOTE
 from lmft_core.train.names import FINAL_TARGET
 
 RESULT_FILE = "result.json"  # a finished run's TrainResult, in its run folder
@@ -191,9 +192,22 @@ def log_artifacts(job: TrainJob, shards: ShardSet, run, name: str, run_dir: Path
     # the model's page shows its result: the run's own selector on target-test, tau_hat, training speed
     run.log_metrics({**main.result_metrics(), **{f"final/{k}": v for k, v in tau_hat.items()},
                      "final/train_clips_per_s": clips_per_s, "final/train_elapsed_s": elapsed_s}, step=step, model_id=model_id)
+    run.client.set_logged_model_tags(model_id, {NOTE: model_description(main, policy["tau_hat"] if threshold else None,
+                                                                        name, job.classes, model_uri, job.tracking_uri)})
     return TrainResult(run_name=name, run_dir=str(run_dir), mlflow_run_id=run.run_id, tracking_uri=job.tracking_uri,
                        checkpoint=str(checkpoint), model_uri=model_uri, tau_hat=policy["tau_hat"], evaluation=evaluation,
                        train_clips_per_s=clips_per_s, elapsed_s=elapsed_s)
+
+
+def model_description(main: EvalResult, tau_hat, run_name: str, classes: tuple[str, ...], model_uri: str,
+                      tracking_uri: str) -> str:
+    """The logged model's description on its page in MLflow's UI (Markdown): what it is, its result, how to use it."""
+    tau = "" if tau_hat is None else f", learned threshold τ̂ {json.dumps(tau_hat)}"
+    return (f"Video classifier of {len(classes)} classes ({', '.join(classes)}), token selector `{main.selector}`, "
+            f"trained in run `{run_name}`.\n\nTarget-test top-1 **{main.top1:.3f}** (mean class accuracy "
+            f"{main.mean_class_accuracy:.3f}) with {main.discard_rate:.1%} of tokens discarded{tau}, "
+            f"{main.gflops_per_clip:.3f} GFLOPs/clip.\n\nPredict on a folder of videos: "
+            f"`python pipelines/predict.py --model {model_uri} --tracking-uri {tracking_uri} --folder VIDEOS --output OUT`")
 
 
 def _efficiency_note(job: TrainJob) -> str:
