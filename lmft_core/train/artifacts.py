@@ -33,10 +33,10 @@ from lmft_core.files import JsonRecord
 from lmft_core.model import flat_metrics
 from lmft_core.model.classifier import LMFTClassifier
 from lmft_core.shards.reader import ShardSet, read_batches
+from lmft_core.tracking import NOTE
 from lmft_core.train.checkpoint import load_checkpoint
 from lmft_core.train.evaluate import EvalResult, efficiency_table
 from lmft_core.train.loop import EVALUATION_FILE, TrainJob
-from lmft_core.tracking import NOTE
 from lmft_core.train.names import FINAL_TARGET
 
 RESULT_FILE = "result.json"  # a finished run's TrainResult, in its run folder
