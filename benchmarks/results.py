@@ -70,6 +70,7 @@ from pathlib import Path
 import numpy as np
 
 from lmft_core.benchmarking import machine_description, markdown_table, write_section
+from lmft_core.config import ConfigError
 from lmft_core.demo_data import CameraMotion, generate_demo_data
 from lmft_core.run_config import RunConfig, load_profile
 from lmft_core.shards.format import unpack_array
@@ -308,6 +309,41 @@ def group_table(rows: dict[str, list[dict]], extra: dict[str, str] | None = None
     return markdown_table(header, out)
 
 
+def setting_overrides(setting: Setting, rows: dict[str, list[dict]], profile: RunConfig, profile_toml: str) -> tuple[str, ...]:
+    """The overrides a setting's trainings apply. One the profile already has changes nothing and is left out, so
+    that training is shared (the ``first`` group's ``next`` row on ``results`` is ``main``'s LMFT row). One that is
+    refused alone (valid only with the setting's others, e.g. ``selector.name="threshold"`` without its ``keep_ratio``)
+    changes the profile, so it stays."""
+    def changes(override: str) -> bool:
+        try:
+            return profile.with_overrides([override]).to_toml() != profile_toml
+        except ConfigError:
+            return True
+
+    return tuple(o for o in setting.all_overrides(rows) if changes(o))
+
+
+def training_key(setting: Setting, overrides: tuple[str, ...], script_overrides: list[str], seed: int) -> str:
+    """A training's key in the records: its data, energy, the script's ``--set``, its overrides, seed (and pretraining)."""
+    return json.dumps([setting.data, setting.energy, list(script_overrides), list(overrides), seed]
+                      + ([setting.pretrain] if setting.pretrain else []))
+
+
+def recorded_rows(done: dict, group: str, profile: RunConfig, script_overrides: list[str], seeds: int) -> dict[str, list[dict]]:
+    """The rows of a group that is not complete, as far as the records hold them: per setting (in the group's order)
+    its recorded seeds below ``seeds``. A setting placed at LMFT's mean discard rate counts once LMFT's row has all
+    its seeds (its overrides are known only then)."""
+    runs, profile_toml, rows = done.get("runs", {}), profile.to_toml(), {}
+    for setting in GROUPS[group]:
+        if setting.from_lmft and len(rows.get("LMFT", [])) < seeds:
+            continue
+        overrides = setting_overrides(setting, rows, profile, profile_toml)
+        found = [runs[k] for seed in range(seeds) if (k := training_key(setting, overrides, script_overrides, seed)) in runs]
+        if found:
+            rows[setting.label] = found
+    return rows
+
+
 def load_records(path: Path) -> dict:
     """The records file: ``runs`` (a training's key -> its record) and per group its rows, each a list of records
     (stored as the keys of ``runs``); empty when the file does not exist."""
@@ -375,14 +411,11 @@ def main(argv: list[str] | None = None) -> int:
         save_records(done, store)
 
     def run_setting(group: str, setting: Setting, rows: dict[str, list[dict]], seeds: int) -> None:
-        # an override the profile already has changes nothing: left out of the key, so that training is shared
-        # (the first group's "next" row on results is main's LMFT row)
-        overrides = tuple(o for o in setting.all_overrides(rows) if profile.with_overrides([o]).to_toml() != profile_toml)
+        overrides = setting_overrides(setting, rows, profile, profile_toml)
         runs = done.setdefault("runs", {})
         rows[setting.label] = []
         for seed in range(seeds):
-            key = json.dumps([setting.data, setting.energy, list(args.overrides), list(overrides), seed]
-                             + ([setting.pretrain] if setting.pretrain else []))
+            key = training_key(setting, overrides, args.overrides, seed)
             if key not in runs:
                 shards = shards_of(setting.data, setting.energy)
                 row = train_row(profile, shards, workdir, overrides, seed, setting.pretrain)
@@ -410,7 +443,7 @@ def main(argv: list[str] | None = None) -> int:
         save()
     print(f"[results] {len(groups)} group(s) in {time.perf_counter() - t0:.0f} s")
     figures = workdir / "figures" if args.no_write else FIGURES
-    text = render(done, profile, args.profile, figures)
+    text = render(done, profile, args.profile, figures, args.overrides, args.seeds)
     if args.no_write:
         print(text)
     else:
@@ -632,7 +665,8 @@ def group_text(group: str, entry: dict, chance: float, profile: RunConfig, name:
     return lines
 
 
-def render(done: dict, profile: RunConfig, name: str, figures: Path = FIGURES) -> str:
+def render(done: dict, profile: RunConfig, name: str, figures: Path = FIGURES, script_overrides: list[str] = (),
+           seeds: int = 3) -> str:
     demo = profile.demo_data
     train = profile.train
     lines = [
@@ -651,7 +685,20 @@ def render(done: dict, profile: RunConfig, name: str, figures: Path = FIGURES) -
     for group, title in TITLES.items():
         if group in done:
             lines += [f"### {title}", "", *group_text(group, done[group], chance, profile, name, figures, done)]
-    missing = [g for g in TITLES if g not in done]
+    partial, shown = {}, {id(r) for g in done if g in TITLES for runs in done[g]["rows"].values() for r in runs}
+    for group in (g for g in TITLES if g not in done):  # those with a training not shown above (not only shared rows)
+        rows = recorded_rows(done, group, profile, list(script_overrides), seeds)
+        if {id(r) for runs in rows.values() for r in runs} - shown:
+            partial[group] = rows
+            shown |= {id(r) for runs in rows.values() for r in runs}
+    if partial:
+        lines += ["### Groups in progress: the trainings recorded so far", "",
+                  "Groups whose trainings are not all run yet; each row holds the seeds its records have (*seeds*), "
+                  "so its mean may move. The group's reading and figures come when it is complete.", ""]
+        for group, rows in partial.items():
+            lines += [f"**{TITLES[group]}** (`{group}`, {sum(map(len, rows.values()))} trainings so far)", "",
+                      group_table(rows), ""]
+    missing = [g for g in TITLES if g not in done and g not in partial]
     if missing:
         lines += [f"Not run on this profile: {', '.join(f'`{g}`' for g in missing)} "
                   f"(`python benchmarks/results.py --profile {name} --groups {','.join(missing)}` adds them).", ""]

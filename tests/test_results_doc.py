@@ -200,3 +200,37 @@ def test_records_of_another_version_of_the_profile_are_refused_and_render_needs_
     with pytest.raises(SystemExit):
         script["main"](["--profile", "results-tiny", "--records", str(tmp_path / "none.json"), "--render"])
     assert "--render: no records at" in capsys.readouterr().err
+
+
+def test_groups_in_progress_show_their_recorded_trainings_under_the_keys_the_runs_store(tmp_path, capsys):
+    """A group not complete yet is tabled from the trainings its records hold, found under the keys written out here
+    by hand (data, energy, --set, overrides, seed); a row at LMFT's mean discard rate counts once LMFT has every
+    seed, and a group holding only trainings shown above (the shared LMFT row) is left out."""
+    script = results_script()
+
+    def record(top1, discard, seed):
+        return {"seed": seed, "selector": "s", "top1": top1, "mean_class_accuracy": top1, "discard_rate": discard,
+                "gflops_per_clip": 0.1, "train_clips_per_s": 100.0, "elapsed_s": 10.0, "run": "r", "evaluation": {},
+                "source_val_top1": 0.7, "pseudo_label_rate": 0.0, "refreshes": [], "tau_hat_history": [[1, 0.5]]}
+
+    def key(overrides, seed):
+        return json.dumps(["static", "diff", [], overrides, seed])
+
+    runs = {key([], 0): record(0.70, 0.7, 0), key([], 1): record(0.74, 0.9, 1),  # LMFT: mean discard rate 0.8
+            key(['selector.name="full"'], 0): record(0.45, 0.0, 0),
+            key(['selector.name="random"', "selector.drop_rate=0.800"], 1): record(0.25, 0.8, 1)}
+    path = tmp_path / "records.json"
+    script["save_records"]({"runs": runs}, path)
+    assert script["main"](["--profile", "results-tiny", "--records", str(path), "--render", "--no-write", "--seeds", "2",
+                           "--workdir", str(tmp_path / "none")]) == 0
+    out = capsys.readouterr().out
+    assert "(`main`, 4 trainings so far)" in out
+    assert "| LMFT | 0.720 ± 0.028 |" in out and "| full tokens | 0.450 |" in out
+    assert "| random drop at LMFT's rate | 0.250 |" in out
+    assert "(`first`" not in out and "(`pseudo`" not in out  # only main's LMFT row recorded there
+    # a fixed threshold's overrides are valid only together: none is dropped as "the profile's own"
+    profile = script["load_profile"]("results-tiny")
+    fixed = script["GROUPS"]["main"][3]
+    lmft = {"LMFT": [record(0.7, 0.75, 0)]}
+    assert script["setting_overrides"](fixed, lmft, profile, profile.to_toml()) == (
+        'selector.name="threshold"', "selector.calibrate=true", "selector.keep_ratio=0.250")
