@@ -481,10 +481,14 @@ def _mean(runs: list[dict], key: str) -> float:
 
 
 def refresh_table(rows: dict[str, list[dict]]) -> str:
-    """Per self-training row and refresh: the pass rate and the pseudo-labels' accuracy (mean ± sd over seeds)."""
+    """Per self-training row and refresh: the pass rate and the pseudo-labels' accuracy (mean ± sd over seeds), at
+    the first five refreshes, every fifth after them and the last (the figure has every one)."""
     out = []
     for label, runs in rows.items():
+        count = len(runs[0].get("refreshes", []))
         for i, (epoch, _, _) in enumerate(runs[0].get("refreshes", [])):
+            if not (i < 5 or (i + 1) % 5 == 0 or i == count - 1):
+                continue
             at = [r["refreshes"][i] for r in runs if len(r.get("refreshes", [])) > i]
             out.append([label, f"{epoch:.0f}", _mean_spread([a[1] for a in at]),
                         _mean_spread([a[2] for a in at if not math.isnan(a[2])] or [float("nan")]), len(at)])
@@ -614,6 +618,33 @@ def estimator_figure(rows: dict[str, list[dict]], path: Path, tau_star: float | 
     return _save(fig, path)
 
 
+def refresh_figure(rows: dict[str, list[dict]], path: Path) -> Path:
+    """Per self-training row, over its refreshes: the pass rate and the pseudo-labels' accuracy against the hidden
+    target labels, each seed a thin line, the mean over seeds a thick one."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (rate, accuracy) = plt.subplots(1, 2, figsize=(10, 3.8), sharex=True)
+    for i, (label, runs) in enumerate(rows.items()):
+        per_seed = [np.array(r["refreshes"], dtype=float) for r in runs if r.get("refreshes")]
+        for j, (ax, column) in enumerate(((rate, 1), (accuracy, 2))):
+            for a in per_seed:
+                ax.plot(a[:, 0], a[:, column], color=f"C{i}", linewidth=0.6, alpha=0.5)
+            n = min(len(a) for a in per_seed)
+            mean = np.nanmean(np.stack([a[:n, column] for a in per_seed]), axis=0)
+            ax.plot(per_seed[0][:n, 0], mean, color=f"C{i}", linewidth=2, label=label if j == 0 else None)
+    rate.set_ylabel("pass rate (target-train clips labelled)")
+    accuracy.set_ylabel("pseudo-label accuracy (hidden labels)")
+    for ax in (rate, accuracy):
+        ax.set_xlabel("refresh after epoch")
+        ax.set_ylim(0, 1)
+    rate.legend(fontsize=7)
+    fig.suptitle("Self-training: what it labels and how well, per refresh (thin: seeds, thick: mean)")
+    return _save(fig, path)
+
+
 def _save(fig, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
@@ -654,8 +685,10 @@ def group_text(group: str, entry: dict, chance: float, profile: RunConfig, name:
         return [estimator_table(rows), "", estimator_reading(rows, tau_star), "", figure_link(fig), ""]
     lines = [group_table(rows, entry["extra"]), "", reading(rows, chance), ""]
     if group in ("self", "pseudo") and any(r.get("refreshes") for runs in rows.values() for r in runs):
+        refreshing = {k: v for k, v in rows.items() if any(r.get("refreshes") for r in v)}
+        fig = refresh_figure(refreshing, figures / f"{name}-{group}-refreshes.png")
         lines += ["Per refresh (the labels trained on, against the hidden target labels; monitoring only):", "",
-                  refresh_table({k: v for k, v in rows.items() if any(r.get("refreshes") for r in v)}), ""]
+                  refresh_table(refreshing), "", figure_link(fig), ""]
     if group == "self":
         lines += [self_reading(rows), ""]
     if group == "pretrain":

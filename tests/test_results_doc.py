@@ -110,6 +110,10 @@ def test_the_self_training_reading_says_help_hurt_or_drift_from_the_table():
     table = script["refresh_table"](rows)
     assert "| self, class-balanced | 1 | 0.200 ± 0.000 | 0.750 ± 0.071 | 2 |" in table
     assert "| self, threshold | 2 | 0.100 | 0.500 | 1 |" in table
+    # 29 refreshes: the first five, every fifth and the last in the table
+    long = {"self": [run(0.6, [[e, 0.5, 0.5 + e / 100] for e in range(1, 30)])]}
+    epochs = [line.split("|")[2].strip() for line in script["refresh_table"](long).splitlines()[2:]]
+    assert epochs == ["1", "2", "3", "4", "5", "10", "15", "20", "25", "29"]
 
 
 def map_row(tau, top1, reward, discard=0.5, seed=0):
