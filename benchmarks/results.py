@@ -535,9 +535,14 @@ def threshold_reading(rows: dict[str, list[dict]]) -> str:
     star = max(fixed, key=lambda label: _mean(fixed[label], "source_val_reward"))
     acc = max(fixed, key=lambda label: _mean(fixed[label], "top1"))
     spread = max((statistics.stdev(r["top1"] for r in runs) for runs in rows.values() if len(runs) > 1), default=0.0)
+    ends = {min(fixed, key=lambda label: _mean(fixed[label], "tau")), max(fixed, key=lambda label: _mean(fixed[label], "tau"))}
+
+    def edge(label: str) -> str:
+        return ", at the edge of the map: the optimum may lie beyond it" if label in ends else ""
+
     text = (f"Reading (computed): the reward optimum tau* = {_mean(fixed[star], 'tau'):.3f} (*{star}*, target top-1 "
-            f"{_mean(fixed[star], 'top1'):.3f}); the accuracy optimum tau = {_mean(fixed[acc], 'tau'):.3f} (*{acc}*, "
-            f"{_mean(fixed[acc], 'top1'):.3f}).")
+            f"{_mean(fixed[star], 'top1'):.3f}{edge(star)}); the accuracy optimum tau = {_mean(fixed[acc], 'tau'):.3f} "
+            f"(*{acc}*, {_mean(fixed[acc], 'top1'):.3f}{edge(acc)}).")
     best = _mean(fixed[acc], "top1")
     for label in (x for x in rows if x.startswith("LMFT")):
         runs = rows[label]

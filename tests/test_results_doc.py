@@ -131,7 +131,8 @@ def test_the_threshold_map_finds_tau_star_and_the_accuracy_optimum_and_judges_lm
     assert script["best_of_map"](rows) == ["fixed threshold, keep 0.40", "fixed threshold, keep 0.70"]
     text = script["threshold_reading"](rows)
     assert "the reward optimum tau* = 0.500 (*fixed threshold, keep 0.40*" in text
-    assert "the accuracy optimum tau = 0.300 (*fixed threshold, keep 0.70*, 0.610)" in text
+    assert "the accuracy optimum tau = 0.300 (*fixed threshold, keep 0.70*, 0.610, at the edge of the map: the " \
+        "optimum may lie beyond it)" in text and "keep 0.40*, target top-1 0.560);" in text  # tau* inside the map
     # best fixed 0.610 minus the largest sd 0.0141: 0.596; rloo 0.600 at discard 0.58 meets it, the paper's misses
     assert "*LMFT, rloo estimator*: tau_hat 0.490 (-0.010 from tau*), target top-1 0.600 at discard 0.58: it meets" in text
     assert "*LMFT, paper estimator*: tau_hat 0.450 (-0.050 from tau*), target top-1 0.520 at discard 0.55: it misses" in text
