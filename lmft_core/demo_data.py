@@ -407,7 +407,9 @@ def render_video(cfg: DemoDataConfig, domain: str, label: str, index: int) -> np
 def write_mp4(frames: np.ndarray, path: Path, fps: int) -> None:
     """Encode uint8 frames (T, H, W, 3) as an H.264 mp4 (yuv420p, near-lossless)."""
     import av
+    from av.video.reformatter import Interpolation
 
+    bit_exact = Interpolation.BILINEAR | Interpolation.ACCURATE_RND | Interpolation.BITEXACT
     with atomic_write(path, "wb") as f, av.open(f, mode="w", format="mp4") as container:
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height = frames.shape[2], frames.shape[1]
@@ -415,9 +417,12 @@ def write_mp4(frames: np.ndarray, path: Path, fps: int) -> None:
         stream.options = {"crf": "12", "preset": "veryfast"}
         stream.codec_context.thread_count = 1
         for frame in frames:
-            # converted here, not by the encoder: its own conversion gives bytes that vary with where the frame's
-            # buffer lies in memory (measured), this one the same bytes in every process
-            picture = av.VideoFrame.from_ndarray(frame, format="rgb24").reformat(format="yuv420p")
+            # converted here, bit-exact, not by the encoder: its own conversion gave bytes that varied with where the
+            # frame's buffer lies in memory (2-3 different files from 13 offsets). The encoded bytes can still differ
+            # in rare runs (measured: 1 encode in 60, 0.35 grey levels apart on average), so the files are the same
+            # video within the codec's rounding, not byte for byte.
+            picture = av.VideoFrame.from_ndarray(frame, format="rgb24").reformat(format="yuv420p", threads=1,
+                                                                                 interpolation=bit_exact)
             for packet in stream.encode(picture):
                 container.mux(packet)
         for packet in stream.encode():
@@ -467,7 +472,8 @@ def generate_demo_data(cfg: DemoDataConfig, output: str | Path, workers: int | N
     output made with the same config is reused as it is; one made with another config is replaced.
     ``workers``: processes rendering and encoding videos in parallel (None: one per usable core when there
     are at least :data:`POOL_MIN_PIXELS` to render, else 1). Every video depends only on ``cfg`` and its
-    place in the set, so the files are byte for byte the same whatever the number of workers. The workers
+    place in the set, so the frames, masks and manifest are the same whatever the number of workers (the videos
+    within the codec's rounding: :func:`write_mp4`). The workers
     are spawned processes: a script that calls this with more than one must guard its entry point
     (``if __name__ == "__main__":``), as ``pipelines/`` and ``benchmarks/`` do.
     """
