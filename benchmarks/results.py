@@ -742,8 +742,8 @@ def render(done: dict, profile: RunConfig, name: str, figures: Path = FIGURES, s
                   "Groups whose trainings are not all run yet; each row holds the seeds its records have (*seeds*), "
                   "so its mean may move. The group's reading and figures come when it is complete.", ""]
         for group, rows in partial.items():
-            lines += [f"**{TITLES[group]}** (`{group}`, {sum(map(len, rows.values()))} trainings so far)", "",
-                      group_table(rows), ""]
+            table = estimator_table(rows) if group == "estimator" else group_table(rows)  # the estimator's: final tau_hat
+            lines += [f"**{TITLES[group]}** (`{group}`, {sum(map(len, rows.values()))} trainings so far)", "", table, ""]
     missing = [g for g in TITLES if g not in done and g not in partial]
     if missing:
         lines += [f"Not run on this profile: {', '.join(f'`{g}`' for g in missing)} "
