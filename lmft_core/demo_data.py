@@ -473,9 +473,9 @@ def generate_demo_data(cfg: DemoDataConfig, output: str | Path, workers: int | N
     ``workers``: processes rendering and encoding videos in parallel (None: one per usable core when there
     are at least :data:`POOL_MIN_PIXELS` to render, else 1). Every video depends only on ``cfg`` and its
     place in the set, so the frames, masks and manifest are the same whatever the number of workers (the videos
-    within the codec's rounding: :func:`write_mp4`). The workers
-    are spawned processes: a script that calls this with more than one must guard its entry point
-    (``if __name__ == "__main__":``), as ``pipelines/`` and ``benchmarks/`` do.
+    within the codec's rounding: :func:`write_mp4`). The workers are spawned processes: a script that calls this
+    with more than one must guard its entry point (``if __name__ == "__main__":``), as ``pipelines/`` and
+    ``benchmarks/`` do.
     """
     output = Path(output)
     marker = output / MARKER

@@ -2,9 +2,8 @@
 
 Python's own SIGINT handler raises ``KeyboardInterrupt`` wherever the main thread happens to be. That can be inside
 library code that swallows it, e.g. a callback from C whose exception is only printed ("Exception ignored in ...").
-And a library may put its own handler in place: Ray Tune's
-``fit`` in the main thread installs one that ends the sweep quietly and stays installed after it
-(:func:`keep_handler` prevents that).
+And a library may put its own handler in place: Ray Tune's ``fit`` in the main thread installs one that ends the
+sweep quietly and stays installed after it (:func:`keep_handler` prevents that).
 
 So the entry scripts install :func:`handler` (:func:`install`, from :func:`lmft_core.cli.run_main`): it records
 the interrupt, then raises ``KeyboardInterrupt`` as Python's does. The places the driver passes often call
