@@ -595,17 +595,27 @@ def estimator_table(rows: dict[str, list[dict]]) -> str:
 
 
 def estimator_reading(rows: dict[str, list[dict]], tau_star: float | None) -> str:
-    """Per estimator: how far apart its two starts end (target: within 0.05) and how far from tau*."""
-    ends: dict[str, list[float]] = {}
+    """Per estimator: how far apart its two starts end (target: within 0.05) and how far from tau*; then whether
+    the starts' ends differ in what the reward sees (keep ratio, target top-1 against its seed spread)."""
+    ends: dict[str, list[tuple[float, float, float, float]]] = {}
     for label, runs in rows.items():
-        ends.setdefault(label.split(" estimator")[0], []).append(statistics.mean(r["tau_hat_history"][-1][1] for r in runs))
+        tops = [r["top1"] for r in runs]
+        ends.setdefault(label.split(" estimator")[0], []).append((
+            statistics.mean(r["tau_hat_history"][-1][1] for r in runs), _mean(runs, "discard_rate"),
+            statistics.mean(tops), statistics.stdev(tops) if len(tops) > 1 else 0.0))
     parts = []
     for est, values in ends.items():
-        gap = max(values) - min(values)
-        text = f"the {est} estimator's starts end {gap:.3f} apart ({'within' if gap <= 0.05 else 'not within'} 0.05)"
+        taus = [v[0] for v in values]
+        gap = max(taus) - min(taus)
+        text = f"the {est} estimator's starts end {gap:.3f} apart in tau_hat ({'within' if gap <= 0.05 else 'not within'} 0.05)"
         if tau_star is not None:
-            off = max(abs(v - tau_star) for v in values)
+            off = max(abs(v - tau_star) for v in taus)
             text += f", at most {off:.3f} from tau* = {tau_star:.3f} ({'within' if off <= 0.05 else 'not within'} 0.05)"
+        discards = [v[1] for v in values]
+        tops, sds = [v[2] for v in values], [v[3] for v in values]
+        diff = max(tops) - min(tops)
+        text += (f"; {max(discards) - min(discards):.3f} apart in discard rate, {diff:.3f} apart in target top-1 "
+                 f"({'within' if diff <= max(sds) else 'beyond'} one seed sd, {max(sds):.3f})")
         parts.append(text)
     return "Reading (computed): " + "; ".join(parts) + "."
 
@@ -646,7 +656,9 @@ def refresh_figure(rows: dict[str, list[dict]], path: Path) -> Path:
             for a in per_seed:
                 ax.plot(a[:, 0], a[:, column], color=f"C{i}", linewidth=0.6, alpha=0.5)
             n = min(len(a) for a in per_seed)
-            mean = np.nanmean(np.stack([a[:n, column] for a in per_seed]), axis=0)
+            stacked = np.stack([a[:n, column] for a in per_seed])  # accuracy is NaN where a refresh labelled nothing
+            counts = (~np.isnan(stacked)).sum(axis=0)
+            mean = np.where(counts > 0, np.nansum(stacked, axis=0) / np.maximum(counts, 1), np.nan)
             ax.plot(per_seed[0][:n, 0], mean, color=f"C{i}", linewidth=2, label=label if j == 0 else None)
     rate.set_ylabel("pass rate (target-train clips labelled)")
     accuracy.set_ylabel("pseudo-label accuracy (hidden labels)")

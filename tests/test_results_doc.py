@@ -144,14 +144,17 @@ def test_the_threshold_map_finds_tau_star_and_the_accuracy_optimum_and_judges_lm
 def test_the_estimator_reading_measures_how_far_apart_the_starts_end(tmp_path):
     script = results_script()
 
-    def run(end):
-        return {"top1": 0.5, "discard_rate": 0.5, "tau_hat_history": [[1, 0.3], [2, end]]}
+    def run(end, top1=0.5, discard=0.5):
+        return {"top1": top1, "discard_rate": discard, "tau_hat_history": [[1, 0.3], [2, end]]}
 
-    rows = {"paper estimator, start tau_hat 0.3": [run(0.31), run(0.33)], "paper estimator, start tau_hat 0.7": [run(0.69)],
-            "rloo estimator, start tau_hat 0.3": [run(0.47), run(0.49)], "rloo estimator, start tau_hat 0.7": [run(0.50)]}
+    rows = {"paper estimator, start tau_hat 0.3": [run(0.31, 0.6), run(0.33, 0.8)],  # top-1 0.7 ± 0.1414
+            "paper estimator, start tau_hat 0.7": [run(0.69, 0.5, 0.9)],
+            "rloo estimator, start tau_hat 0.3": [run(0.47), run(0.49)], "rloo estimator, start tau_hat 0.7": [run(0.50, 0.9)]}
     text = script["estimator_reading"](rows, 0.5)
-    assert "the paper estimator's starts end 0.370 apart (not within 0.05), at most 0.190 from tau* = 0.500 (not within" in text
-    assert "the rloo estimator's starts end 0.020 apart (within 0.05), at most 0.020 from tau* = 0.500 (within 0.05)" in text
+    assert "the paper estimator's starts end 0.370 apart in tau_hat (not within 0.05), at most 0.190 from tau* = 0.500 " \
+        "(not within 0.05); 0.400 apart in discard rate, 0.200 apart in target top-1 (beyond one seed sd, 0.141)" in text
+    assert "the rloo estimator's starts end 0.020 apart in tau_hat (within 0.05), at most 0.020 from tau* = 0.500 " \
+        "(within 0.05); 0.000 apart in discard rate, 0.400 apart in target top-1 (beyond one seed sd, 0.000)" in text
     assert "| rloo estimator, start tau_hat 0.3 | 0.480 ± 0.014 | 0.500 ± 0.000 | 0.500 | 2 |" in script["estimator_table"](rows)
     assert script["estimator_figure"](rows, tmp_path / "tau.png", 0.5).is_file()
 
