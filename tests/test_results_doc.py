@@ -129,6 +129,11 @@ def test_the_threshold_map_finds_tau_star_and_the_accuracy_optimum_and_judges_lm
             "LMFT, paper estimator": [map_row(0.45, 0.52, -9.5, 0.55)],
             "LMFT, rloo estimator": [map_row(0.49, 0.60, -9.1, 0.58)]}
     assert script["best_of_map"](rows) == ["fixed threshold, keep 0.40", "fixed threshold, keep 0.70"]
+    # one row best on both counts: it and the runner-up on target top-1
+    same = {**rows, "fixed threshold, keep 0.70": [map_row(0.3, 0.50, -10.0, 0.3)]}
+    assert script["best_of_map"](same) == ["fixed threshold, keep 0.40", "fixed threshold, keep 0.70"]
+    same["fixed threshold, keep 0.10"] = [map_row(0.8, 0.52, -12.0, 0.9)]
+    assert script["best_of_map"](same) == ["fixed threshold, keep 0.40", "fixed threshold, keep 0.10"]
     text = script["threshold_reading"](rows)
     assert "the reward optimum tau* = 0.500 (*fixed threshold, keep 0.40*" in text
     assert "the accuracy optimum tau = 0.300 (*fixed threshold, keep 0.70*, 0.610, at the edge of the map: the " \
