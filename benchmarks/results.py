@@ -40,6 +40,9 @@ Groups (each a comparison of trainings, ``--seeds`` seeds each, same data and sc
   about 0.3 and 0.7 (``policy.mu``), 2 seeds each (at most ``--seeds``); tau_hat over training in one figure.
 - ``augment``: the recipe's augmentations (flip, colour jitter) against none, for LMFT and full tokens; run it
   on ``results`` and on the second generated shift (``--profile results-directions --groups main,augment``).
+- ``fit``: why full tokens fit the source or not (on ``results-directions`` their loss stays at ln 6): full tokens
+  at the recipe's learning rate against a third of it, and a fixed threshold keeping half the tokens (the
+  actor's and half the scene's), one seed each beside LMFT.
 - ``pretrain``: adaptation from scratch against adaptation from an encoder pretrained by masked video
   modelling on the unlabelled source and target clips (``pipelines/pretrain.py``, mask ratio 0.9) with
   ``tube``, ``motion`` and ``learned`` masking; full tokens and LMFT. Each pretraining runs once per seed
@@ -160,6 +163,13 @@ GROUPS: dict[str, list[Setting]] = {
     "first": [
         Setting("first segment always kept (paper)", overrides=('selector.first_segment="keep"',)),
         Setting("first segment scored by the next difference", overrides=('selector.first_segment="next"',)),
+    ],
+    "fit": [  # one seed per diagnostic row: whether full tokens fit at all is far from the seed spread
+        Setting("LMFT"),
+        Setting("full tokens, lr 1e-3 (the recipe)", overrides=('selector.name="full"',)),
+        Setting("full tokens, lr 3e-4", overrides=('selector.name="full"', "train.lr=3e-4"), seeds=1),
+        Setting("fixed threshold, keep 0.5 (half the scene's tokens)", overrides=(
+            'selector.name="threshold"', "selector.calibrate=true", "selector.keep_ratio=0.5"), seeds=1),
     ],
     "adafocus": [
         *(s for data, where in (("static", "static camera"), ("camera", "moving camera")) for s in (
@@ -464,6 +474,7 @@ TITLES = {
     "threshold": "A map of the threshold: fixed tau against LMFT, with the reward on source-val",
     "estimator": "The threshold's estimator: the paper's against rloo, from two starts",
     "augment": "The recipe's augmentations (flip, colour jitter) against none",
+    "fit": "Why full tokens fit the source or not: the learning rate, and half the scene's tokens",
 }
 
 
