@@ -33,9 +33,10 @@ Groups (each a comparison of trainings, ``--seeds`` seeds each, same data and sc
   under the class-balanced rule (CBST) and under the fixed threshold; per refresh the pass rate and the
   pseudo-labels' accuracy against the hidden target labels (monitoring only).
 - ``threshold``: a map of fixed thresholds (the ``threshold`` selector calibrated on source-train to keep
-  ratios 0.05 to 0.9, one seed each; the best by source-val reward and the best by target top-1, or when that is
-  one row the runner-up by target top-1, then with ``--seeds`` seeds), with the paper's reward on source-val
-  clips, ``R = -lambda_L * L_s - (1 - rho_s)`` (source labels only), beside LMFT with each estimator; a figure of accuracy and reward against tau.
+  ratios 0.05 to 0.9, one seed each; the best by source-val reward and the best by target top-1, or when that
+  is one row the runner-up by target top-1, then with ``--seeds`` seeds), with the paper's reward on source-val
+  clips, ``R = -lambda_L * L_s - (1 - rho_s)`` (source labels only), beside LMFT with each estimator; a figure
+  of accuracy and reward against tau.
 - ``estimator``: the paper's estimator against ``rloo`` (``policy.estimator``) from two starts, tau_hat
   about 0.3 and 0.7 (``policy.mu``), 2 seeds each (at most ``--seeds``); tau_hat over training in one figure.
 - ``augment``: the recipe's augmentations (flip, colour jitter) against none, for LMFT and full tokens; run it
@@ -484,8 +485,7 @@ def best_of_map(rows: dict[str, list[dict]]) -> list[str]:
     fixed = {label: runs for label, runs in rows.items() if label.startswith("fixed threshold")}
     by_reward = max(fixed, key=lambda label: statistics.mean(r["source_val_reward"] for r in fixed[label]))
     by_top1 = sorted(fixed, key=lambda label: -statistics.mean(r["top1"] for r in fixed[label]))
-    return [by_reward, next(label for label in by_top1 if label != by_reward)] if by_top1[0] == by_reward \
-        else [by_reward, by_top1[0]]
+    return [by_reward, next(label for label in by_top1 if label != by_reward)]
 
 
 def _mean(runs: list[dict], key: str) -> float:
