@@ -367,12 +367,20 @@ def load_records(path: Path) -> dict:
 
 
 def save_records(done: dict, path: Path) -> None:
-    """Write ``done`` with each group's rows as keys of ``runs`` (each record stored once)."""
+    """Write ``done`` with each group's rows as keys of ``runs`` (each record stored once), one entry per line,
+    each compact: a training's record is one line of the diff, and the file stays small enough to commit."""
     key_of = {id(record): key for key, record in done.get("runs", {}).items()}
     out = {g: ({**v, "rows": {label: [key_of[id(r)] for r in runs] for label, runs in v["rows"].items()}}
                if g in GROUPS else v) for g, v in done.items()}
+
+    def line(key: str, value) -> str:
+        return f"{json.dumps(key)}: {json.dumps(value, separators=(',', ':'))}"
+
+    entries = [" " + line(k, v) for k, v in out.items() if k != "runs"]
+    if "runs" in out:
+        entries.append(' "runs": {\n' + ",\n".join("  " + line(k, v) for k, v in out["runs"].items()) + "\n }")
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(out, indent=1) + "\n")
+    tmp.write_text("{\n" + ",\n".join(entries) + "\n}\n")
     tmp.replace(path)
 
 
@@ -502,8 +510,9 @@ def refresh_table(rows: dict[str, list[dict]]) -> str:
             if not (i < 5 or (i + 1) % 5 == 0 or i == count - 1):
                 continue
             at = [r["refreshes"][i] for r in runs if len(r.get("refreshes", [])) > i]
+            labelled = [a[2] for a in at if not math.isnan(a[2])]  # nan: no clip passed, no accuracy to measure
             out.append([label, f"{epoch:.0f}", _mean_spread([a[1] for a in at]),
-                        _mean_spread([a[2] for a in at if not math.isnan(a[2])] or [float("nan")]), len(at)])
+                        _mean_spread(labelled) if labelled else "— (none passed)", len(at)])
     return markdown_table(["training", "refresh after epoch", "pass rate", "pseudo-label accuracy (monitoring)", "seeds"], out)
 
 

@@ -110,6 +110,7 @@ def test_the_self_training_reading_says_help_hurt_or_drift_from_the_table():
     table = script["refresh_table"](rows)
     assert "| self, class-balanced | 1 | 0.200 ± 0.000 | 0.750 ± 0.071 | 2 |" in table
     assert "| self, threshold | 2 | 0.100 | 0.500 | 1 |" in table
+    assert "| self, threshold | 1 | 0.000 | — (none passed) | 1 |" in table
     # 29 refreshes: the first five, every fifth and the last in the table
     long = {"self": [run(0.6, [[e, 0.5, 0.5 + e / 100] for e in range(1, 30)])]}
     epochs = [line.split("|")[2].strip() for line in script["refresh_table"](long).splitlines()[2:]]
@@ -183,6 +184,8 @@ def test_records_round_trip_and_render_the_tables_without_data_or_training(tmp_p
     script["save_records"](done, path)
     stored = json.loads(path.read_text())
     assert stored["main"]["rows"] == {"LMFT": ["lmft0", "lmft1"], "full tokens": ["full0", "full1"]}
+    assert stored["runs"] == runs  # every record whole, each on its own line
+    assert sum(line.startswith('  "lmft') or line.startswith('  "full') for line in path.read_text().splitlines()) == 4
     loaded = script["load_records"](path)
     assert loaded["main"]["rows"]["full tokens"] == full and loaded["main"]["rows"]["LMFT"][1] is loaded["runs"]["lmft1"]
 
