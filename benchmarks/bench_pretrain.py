@@ -113,10 +113,11 @@ def main(argv: list[str] | None = None) -> int:
         write_section("pretrain", "\n\n".join([
             "## Pretraining cost against the mask ratio (`benchmarks/bench_pretrain.py`)",
             f"`python benchmarks/bench_pretrain.py --setup {' '.join(args.setup)}` on {machine_description()}. "
-            f"The machine was shared with other jobs while this ran (load average {load:.1f} at the end, on "
-            f"{os.cpu_count()} cores); configurations were timed in turn, so all of them saw the same contention, but at a "
-            "load far above the core count the step times are dominated by waiting for a core and say little. The "
-            "activation memory does not depend on the load. *step s*: one whole pretraining step (masking, encoder on the visible tokens, "
+            f"Load average {load:.1f} at the end, on {os.cpu_count()} cores; configurations were timed in turn, so all of "
+            "them saw the same contention"
+            + (": at a load far above the core count the step times are dominated by waiting for a core and say little. "
+               if load > 2 * os.cpu_count() else ". ")
+            + "The activation memory does not depend on the load. *step s*: one whole pretraining step (masking, encoder on the visible tokens, "
             "decoder on all, loss on the masked ones, backward, AdamW). *activation MB*: tensors saved for backward in "
             "one step. Peak process memory of real runs is logged per epoch (`epoch/peak_memory_mb`).",
             *parts]))

@@ -738,7 +738,7 @@ def group_text(group: str, entry: dict, chance: float, profile: RunConfig, name:
     if group == "self":
         lines += [self_reading(rows), ""]
     if group == "pretrain":
-        lines += [pretrain_cost(rows, profile), ""]
+        lines += [pretrain_reading(rows, chance), "", pretrain_cost(rows, profile), ""]
     if group == "adafocus":
         lines += [focus_reading(rows), ""]
     return lines
@@ -804,6 +804,41 @@ def pretrain_cost(rows: dict[str, list[dict]], profile: RunConfig) -> str:
     return (f"Pretraining ({cfg.epochs} epochs of batch {cfg.batch_size}, mask ratio {cfg.mask_ratio:g}, on source and "
             "target train clips; the wall-clock includes Ray Train's start and the figure, and the machine was shared):\n\n"
             + markdown_table(["masking", "final loss", "wall-clock s", "clips/s", "peak memory MB (rank 0 process)", "seeds"], table))
+
+
+def pretrain_reading(rows: dict[str, list[dict]], chance: float) -> str:
+    """The ``pretrain`` group's two targets, computed: does a pretrained initialisation lift full-token target
+    top-1 above twice chance, and at the profile's mask ratio is ``motion`` or ``learned`` at least ``tube``?
+    Differences are set against twice the largest seed spread; LMFT's pretrained row against its own scratch."""
+    means = {label: statistics.mean(r["top1"] for r in runs) for label, runs in rows.items() if runs}
+    spread = max((statistics.stdev(r["top1"] for r in runs) for runs in rows.values() if len(runs) > 1), default=0.0)
+
+    def versus(a: str, b: str) -> str:
+        d = means[a] - means[b]
+        return f"{'higher' if d > 2 * spread else 'lower' if d < -2 * spread else 'no clear difference'}, {d:+.3f}"
+
+    scratch, parts = "full tokens, from scratch", []
+    pretrained = [m for m in ("tube", "motion", "learned") if f"full tokens, pretrained ({m})" in means]
+    if scratch in means:
+        parts.append(f"full tokens from scratch reach {means[scratch]:.3f} (twice chance is {2 * chance:.2f})")
+        for m in pretrained:
+            label = f"full tokens, pretrained ({m})"
+            bar = "above" if means[label] > 2 * chance else "not above"
+            parts.append(f"pretrained with `{m}` {means[label]:.3f}, {bar} twice chance ({versus(label, scratch)} against "
+                         "scratch)")
+    if "tube" in pretrained and len(pretrained) > 1:
+        best = max((m for m in pretrained if m != "tube"), key=lambda m: means[f"full tokens, pretrained ({m})"])
+        met = means[f"full tokens, pretrained ({best})"] >= means["full tokens, pretrained (tube)"]
+        parts.append(f"the better of `motion` and `learned` is `{best}`: {'at least' if met else 'below'} `tube` "
+                     f"({versus(f'full tokens, pretrained ({best})', 'full tokens, pretrained (tube)')}), target "
+                     f"{'met' if met else 'missed'}")
+    if {"LMFT, from scratch", "LMFT, pretrained (motion)"} <= means.keys():
+        parts.append(f"LMFT pretrained with `motion` {means['LMFT, pretrained (motion)']:.3f} against "
+                     f"{means['LMFT, from scratch']:.3f} from scratch ({versus('LMFT, pretrained (motion)', 'LMFT, from scratch')})")
+    if not parts:
+        return ""
+    return (f"Reading (computed; a difference counts when larger than twice the largest seed spread, {2 * spread:.3f}): "
+            + "; ".join(parts) + ".")
 
 
 def focus_reading(rows: dict[str, list[dict]]) -> str:

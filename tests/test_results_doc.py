@@ -74,6 +74,29 @@ def test_the_pretrain_group_tables_each_pretraining_once_per_strategy_and_seed()
     assert "10 epochs of batch 8, mask ratio 0.9" in text
 
 
+def test_the_pretrain_reading_checks_both_targets_against_the_spread():
+    pretrain_reading = results_script()["pretrain_reading"]
+
+    def runs(*top1):
+        return [{"top1": t} for t in top1]
+
+    rows = {"full tokens, from scratch": runs(0.28, 0.30),
+            "full tokens, pretrained (tube)": runs(0.50, 0.52),
+            "full tokens, pretrained (motion)": runs(0.51, 0.53),
+            "full tokens, pretrained (learned)": runs(0.38, 0.40),
+            "LMFT, from scratch": runs(0.30, 0.32),
+            "LMFT, pretrained (motion)": runs(0.31, 0.33)}
+    text = pretrain_reading(rows, 0.2)  # every sd is 0.014: a difference counts beyond 0.028
+    assert "full tokens from scratch reach 0.290 (twice chance is 0.40)" in text
+    assert "pretrained with `tube` 0.510, above twice chance (higher, +0.220 against scratch)" in text
+    assert "pretrained with `learned` 0.390, not above twice chance (higher, +0.100 against scratch)" in text
+    assert "the better of `motion` and `learned` is `motion`: at least `tube` (no clear difference, +0.010), target met" in text
+    assert "LMFT pretrained with `motion` 0.320 against 0.310 from scratch (no clear difference, +0.010)" in text
+    rows["full tokens, pretrained (motion)"] = runs(0.40, 0.42)
+    assert "is `motion`: below `tube` (lower, -0.100), target missed" in pretrain_reading(rows, 0.2)
+    assert pretrain_reading({"LMFT, from scratch": runs(0.3)}, 0.2) == ""
+
+
 def test_the_adafocus_reading_says_where_it_wins_and_loses_against_random_and_lmft():
     focus_reading = results_script()["focus_reading"]
 
