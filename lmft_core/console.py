@@ -168,16 +168,20 @@ def epoch_line(title: str, epoch: int, epochs: int, metrics: dict[str, float], e
         [lmft] adapted (lmft)   epoch  3/10  loss 0.693  τ̂ 0.412  discard 38.2%  24.1 clips/s  data-wait 4%  ETA 1:05
 
     ``metrics``: rank 0's epoch report (:data:`EPOCH_KEYS`); ``show_tau``: whether the selector uses the learned
-    threshold (a full-token baseline has none to show); ``eta_s``: None or NaN prints ``-``, 0 ``done``."""
+    threshold (a full-token baseline has none to show); ``eta_s``: None or NaN prints ``-``, 0 ``done``. A figure
+    the report lacks is left out (pretraining has no discard rate); one reported as NaN prints ``-``."""
     get = lambda key: metrics.get(EPOCH_KEYS[key])  # noqa: E731
     width = len(str(epochs))
     discard, wait = get("discard"), get("data_wait")
     parts = [f"{PREFIX} {title:<16}", f"epoch {epoch:>{width}}/{epochs}", f"loss {_num(get('loss'), '.3f')}"]
     if show_tau:
         parts.append(f"τ̂ {_num(get('tau'), '.3f')}")
-    parts += [f"discard {_num(None if discard is None else 100 * discard, '.1f')}%",
-              f"{_num(get('clips_per_s'), '.1f')} clips/s", f"data-wait {_num(None if wait is None else 100 * wait, '.0f')}%",
-              "done" if eta_s == 0 else f"ETA {duration(eta_s if eta_s is not None else float('nan'))}"]
+    if discard is not None:
+        parts.append(f"discard {_num(100 * discard, '.1f')}%")
+    parts.append(f"{_num(get('clips_per_s'), '.1f')} clips/s")
+    if wait is not None:
+        parts.append(f"data-wait {_num(100 * wait, '.0f')}%")
+    parts.append("done" if eta_s == 0 else f"ETA {duration(eta_s if eta_s is not None else float('nan'))}")
     return "  ".join(parts)
 
 

@@ -166,13 +166,15 @@ def test_a_profile_with_a_base_replaces_the_bases_keys_one_by_one(tmp_path):
 
 
 def test_results_small_is_results_with_less_data_and_a_shorter_schedule():
-    """... and the paper's first-segment rule, with which its recorded tables were made."""
+    """... the paper's first-segment rule, with which its recorded tables were made, and more pretraining epochs
+    (a tenth of the clips needs more passes before the reconstruction loss leaves its trivial value)."""
     small, results = load_profile("results-small").sections, load_profile("results").sections
-    differs = {(s, k) for s in results for k in results[s] if small[s][k] != results[s][k]}
+    differs = {(s, k) for s in small.keys() | results.keys() for k in small.get(s, {}).keys() | results.get(s, {}).keys()
+               if small.get(s, {}).get(k) != results.get(s, {}).get(k)}
     assert differs == {("demo_data", "videos_per_class"), ("train", "epochs"), ("train", "batch_size"),
-                       ("train", "eval_every_epochs"), ("selector", "first_segment")}
+                       ("train", "eval_every_epochs"), ("selector", "first_segment"), ("pretrain", "epochs")}
     assert (small["selector"]["first_segment"], results["selector"]["first_segment"]) == ("keep", "next")
-    assert small["demo_data"]["videos_per_class"] == 80 and small.keys() == results.keys()
+    assert small["demo_data"]["videos_per_class"] == 80 and small["pretrain"]["epochs"] == 50
 
 
 def test_the_configuration_reference_is_generated_from_the_dataclasses_and_current():

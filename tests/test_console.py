@@ -40,7 +40,9 @@ def test_epoch_line_states_every_figure_rounded():
     baseline = epoch_line("baseline (full)", 10, 10, {**METRICS, "epoch/discard_rate": 0.0}, 0.0, show_tau=False)
     assert "τ̂" not in baseline and "discard 0.0%" in baseline and baseline.endswith("done")
     missing = epoch_line("pretrain", 1, 2, {"epoch/loss": float("nan")}, None, show_tau=False)
-    assert "loss -" in missing and "discard -%" in missing and "ETA -" in missing
+    assert missing == "[lmft] pretrain          epoch 1/2  loss -  - clips/s  ETA -"  # no discard, no data wait
+    nan = epoch_line("x", 1, 2, {"epoch/discard_rate": float("nan")}, 1.0, show_tau=False)
+    assert "discard -%" in nan and "data-wait" not in nan
 
 
 @pytest.mark.parametrize(("seconds", "text"), [(0.4, "0 s"), (59.4, "59 s"), (65, "1:05"), (3727, "1:02:07"),
