@@ -71,7 +71,7 @@ def test_the_pretrain_group_tables_each_pretraining_once_per_strategy_and_seed()
     text = cost(rows, load_profile("results-tiny"))
     assert "| motion | 0.6000 | 110 | 10.0 | 1000 | 2 |" in text  # two seeds, not four runs
     assert "| tube | 0.8000 | 90 | 10.0 | 800 | 1 |" in text
-    assert "10 epochs of batch 8, mask ratio 0.9" in text
+    assert "50 epochs of batch 8, mask ratio 0.9" in text  # results-small's, which results-tiny inherits
 
 
 def test_the_pretrain_reading_checks_both_targets_against_the_spread():
