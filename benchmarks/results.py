@@ -516,12 +516,18 @@ def refresh_table(rows: dict[str, list[dict]]) -> str:
     return markdown_table(["training", "refresh after epoch", "pass rate", "pseudo-label accuracy (monitoring)", "seeds"], out)
 
 
+def largest_spread(rows: dict[str, list[dict]]) -> float:
+    """The largest standard deviation of target top-1 over seeds among ``rows`` (0 when no row has two seeds):
+    every computed reading counts a difference only when it is larger than twice this."""
+    return max((statistics.stdev(r["top1"] for r in runs) for runs in rows.values() if len(runs) > 1), default=0.0)
+
+
 def self_reading(rows: dict[str, list[dict]]) -> str:
     """Whether self-training helps, hurts or drifts, from the table: each self-training row against the
     source-only one (difference against two seed spreads), and its pseudo-label accuracy first -> last refresh."""
     labels = list(rows)
     base = _mean(rows[labels[0]], "top1")
-    spread = max((statistics.stdev(r["top1"] for r in runs) for runs in rows.values() if len(runs) > 1), default=0.0)
+    spread = largest_spread(rows)
     parts = []
     for label in labels[1:]:
         runs, diff = rows[label], _mean(rows[label], "top1") - base
@@ -555,7 +561,7 @@ def threshold_reading(rows: dict[str, list[dict]]) -> str:
     fixed = {label: runs for label, runs in rows.items() if label.startswith("fixed threshold")}
     star = max(fixed, key=lambda label: _mean(fixed[label], "source_val_reward"))
     acc = max(fixed, key=lambda label: _mean(fixed[label], "top1"))
-    spread = max((statistics.stdev(r["top1"] for r in runs) for runs in rows.values() if len(runs) > 1), default=0.0)
+    spread = largest_spread(rows)
     ends = {min(fixed, key=lambda label: _mean(fixed[label], "tau")), max(fixed, key=lambda label: _mean(fixed[label], "tau"))}
 
     def edge(label: str) -> str:
@@ -811,7 +817,7 @@ def pretrain_reading(rows: dict[str, list[dict]], chance: float) -> str:
     top-1 above twice chance, and at the profile's mask ratio is ``motion`` or ``learned`` at least ``tube``?
     Differences are set against twice the largest seed spread; LMFT's pretrained row against its own scratch."""
     means = {label: statistics.mean(r["top1"] for r in runs) for label, runs in rows.items() if runs}
-    spread = max((statistics.stdev(r["top1"] for r in runs) for runs in rows.values() if len(runs) > 1), default=0.0)
+    spread = largest_spread(rows)
 
     def versus(a: str, b: str) -> str:
         d = means[a] - means[b]
@@ -848,7 +854,7 @@ def focus_reading(rows: dict[str, list[dict]]) -> str:
     def mean(label: str, key: str = "top1") -> float | None:
         return statistics.mean(r[key] for r in rows[label]) if rows.get(label) else None
 
-    spread = max((statistics.stdev(r["top1"] for r in runs) for runs in rows.values() if len(runs) > 1), default=0.0)
+    spread = largest_spread(rows)
 
     def versus(a: float, b: float) -> str:
         d = a - b
@@ -876,7 +882,7 @@ def focus_reading(rows: dict[str, list[dict]]) -> str:
 def reading(rows: dict[str, list[dict]], chance: float) -> str:
     """What the table supports, computed from it: transfer against chance, differences against the spread."""
     means = {label: statistics.mean(r["top1"] for r in runs) for label, runs in rows.items()}
-    spread = max((statistics.stdev(r["top1"] for r in runs) for runs in rows.values() if len(runs) > 1), default=0.0)
+    spread = largest_spread(rows)
     best, worst = max(means, key=means.get), min(means, key=means.get)
     text = (f"Reading (computed): the best row is *{best}* ({means[best]:.3f}), the worst *{worst}* ({means[worst]:.3f}); "
             f"their difference {means[best] - means[worst]:.3f} against a largest seed spread (sd) of {spread:.3f}")
