@@ -522,6 +522,11 @@ def largest_spread(rows: dict[str, list[dict]]) -> float:
     return max((statistics.stdev(r["top1"] for r in runs) for runs in rows.values() if len(runs) > 1), default=0.0)
 
 
+def verdict(diff: float, spread: float, higher: str, lower: str, within: str) -> str:
+    """``higher`` when ``diff`` is above twice ``spread``, ``lower`` when below minus twice it, else ``within``."""
+    return higher if diff > 2 * spread else lower if diff < -2 * spread else within
+
+
 def self_reading(rows: dict[str, list[dict]]) -> str:
     """Whether self-training helps, hurts or drifts, from the table: each self-training row against the
     source-only one (difference against two seed spreads), and its pseudo-label accuracy first -> last refresh."""
@@ -531,8 +536,8 @@ def self_reading(rows: dict[str, list[dict]]) -> str:
     parts = []
     for label in labels[1:]:
         runs, diff = rows[label], _mean(rows[label], "top1") - base
-        verdict = "helps" if diff > 2 * spread else "hurts" if diff < -2 * spread else "makes no clear difference"
-        text = f"*{label}* {verdict} ({diff:+.3f} on target against source-only, largest sd {spread:.3f})"
+        effect = verdict(diff, spread, "helps", "hurts", "makes no clear difference")
+        text = f"*{label}* {effect} ({diff:+.3f} on target against source-only, largest sd {spread:.3f})"
         refreshes = [r["refreshes"] for r in runs if r.get("refreshes")]
         rated = [[x for x in seq if not math.isnan(x[2])] for seq in refreshes]  # refreshes that passed any label
         rated = [seq for seq in rated if seq]
@@ -821,7 +826,7 @@ def pretrain_reading(rows: dict[str, list[dict]], chance: float) -> str:
 
     def versus(a: str, b: str) -> str:
         d = means[a] - means[b]
-        return f"{'higher' if d > 2 * spread else 'lower' if d < -2 * spread else 'no clear difference'}, {d:+.3f}"
+        return f"{verdict(d, spread, 'higher', 'lower', 'no clear difference')}, {d:+.3f}"
 
     scratch, parts = "full tokens, from scratch", []
     pretrained = [m for m in ("tube", "motion", "learned") if f"full tokens, pretrained ({m})" in means]
@@ -858,8 +863,7 @@ def focus_reading(rows: dict[str, list[dict]]) -> str:
 
     def versus(a: float, b: float) -> str:
         d = a - b
-        verdict = "wins" if d > 2 * spread else "loses" if d < -2 * spread else "ties (within two seed spreads)"
-        return f"{verdict}, {d:+.3f}"
+        return f"{verdict(d, spread, 'wins', 'loses', 'ties (within two seed spreads)')}, {d:+.3f}"
 
     parts = []
     for where in ("static camera", "moving camera"):
