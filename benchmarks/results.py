@@ -28,6 +28,9 @@ Groups (each a comparison of trainings, ``--seeds`` seeds each, same data and sc
   4x4 token grid), on the static-camera data and on the moving-camera target of ``camera``; on static data also
   its temporal selection alone (the whole grid in the 2 of 8 segments the glance is surest of: keep 0.25) and
   its early exit (2x2, exit at glance confidence 0.9). GFLOPs per clip include the glance network.
+- ``size``: the same comparison at keep 0.25 (LMFT, full tokens, random, a 2x2 ``adafocus`` window) for a small
+  actor (the profile's ``demo_data.actor_radius``, the static-camera rows of ``adafocus``) against a large one
+  (radius ``LARGE_ACTOR`` of the frame height: about two tokens across on the 4x4 grid), static camera.
 - ``self``: self-training against the same training source-only: LMFT whose untrained CLIP passes no target
   clip (L_t = 0: the LMFT row of ``main``) against the model's own labels (``train.pseudo_labels = "self"``)
   under the class-balanced rule (CBST) and under the fixed threshold; per refresh the pass rate and the
@@ -87,6 +90,7 @@ RECORDS = Path(__file__).resolve().parent / "records"  # <profile>.json: every t
 RESULTS_HEADER = ("# Results\n\nThe sections below are written by `python benchmarks/results.py`, one per results profile "
                   "(`--profile`); do not edit them by hand (text above them is kept).\n")
 CAMERA = CameraMotion(pan_px_per_s=20.0, shake_px=3.0, zoom_per_s=0.1)  # the camera group's target domain
+LARGE_ACTOR = 0.25  # the size group's large actor: its disc's radius as a fraction of the frame height
 
 
 @dataclass(frozen=True)
@@ -95,7 +99,7 @@ class Setting:
     more override, formatted with the group's LMFT row's mean discard rate ``d`` (its keep ratio ``k = 1 - d``)."""
 
     label: str
-    data: str = "static"  # "static" or "camera"
+    data: str = "static"  # "static", "camera" (a moving target camera) or "large" (static, a large actor)
     energy: str = "diff"
     overrides: tuple[str, ...] = ()
     from_lmft: str = ""
@@ -184,6 +188,13 @@ GROUPS: dict[str, list[Setting]] = {
                 overrides=(*FOCUS, "selector.window=[4, 4]", "selector.segments=2")),
         Setting("static camera: adafocus 2x2, exit at 0.9", overrides=(*FOCUS, "selector.window=[2, 2]", "selector.exit_threshold=0.9")),
     ],
+    "size": [
+        *(s for data, where in (("static", "small actor"), ("large", "large actor")) for s in (
+            Setting(f"{where}: LMFT", data=data),
+            Setting(f"{where}: full tokens", data=data, overrides=('selector.name="full"',)),
+            Setting(f"{where}: random, keep 0.25", data=data, overrides=('selector.name="random"', "selector.drop_rate=0.75")),
+            Setting(f"{where}: adafocus 2x2, keep 0.25", data=data, overrides=(*FOCUS, "selector.window=[2, 2]")))),
+    ],
     "pretrain": [
         Setting("full tokens, from scratch", overrides=('selector.name="full"',)),
         *(Setting(f"full tokens, pretrained ({m})", overrides=('selector.name="full"',), pretrain=m)
@@ -201,6 +212,10 @@ def prepare_data(profile: RunConfig, workdir: Path, data: str, energy: str) -> P
     demo = profile.demo_data
     if data == "camera":
         demo = dataclasses.replace(demo, target_camera=CAMERA)
+    elif data == "large":
+        demo = dataclasses.replace(demo, actor_radius=LARGE_ACTOR)
+    elif data != "static":
+        raise ValueError(f"unknown data {data!r}: static, camera or large")
     manifest = generate_demo_data(demo, workdir / f"data-{data}")
     pre = profile.with_overrides([f'energy.variant="{energy}"'])
     summary = run_preprocess(manifest, workdir / f"shards-{data}-{energy}", pre)
@@ -479,6 +494,7 @@ TITLES = {
     "first": "The first temporal segment",
     "pretrain": "Masked video pretraining on the unlabelled clips before adaptation",
     "adafocus": "AdaFocus (a learned window per segment) against LMFT, full tokens and random at keep 0.25 and 0.5",
+    "size": f"AdaFocus against LMFT by actor size: the profile's small actor against a large one (radius {LARGE_ACTOR})",
     "self": "Self-training (L_t on) against the same training source-only",
     "threshold": "A map of the threshold: fixed tau against LMFT, with the reward on source-val",
     "estimator": "The threshold's estimator: the paper's against rloo, from two starts",
@@ -750,7 +766,7 @@ def group_text(group: str, entry: dict, chance: float, profile: RunConfig, name:
         lines += [self_reading(rows), ""]
     if group == "pretrain":
         lines += [pretrain_reading(rows, chance), "", pretrain_cost(rows, profile), ""]
-    if group == "adafocus":
+    if group in ("adafocus", "size"):
         lines += [focus_reading(rows), ""]
     return lines
 
@@ -853,9 +869,10 @@ def pretrain_reading(rows: dict[str, list[dict]], chance: float) -> str:
 
 
 def focus_reading(rows: dict[str, list[dict]]) -> str:
-    """Where adafocus wins and loses in the ``adafocus`` group, computed: per camera setting, adafocus against
-    random drop at the same keep ratio (does the learned window beat chance placement?) and against LMFT
-    (with its own keep ratio and GFLOPs), differences set against twice the largest seed spread."""
+    """Where adafocus wins and loses in the ``adafocus`` and ``size`` groups, computed: per data (camera or actor
+    size) and keep ratio, adafocus against random drop at the same keep ratio (does the learned window beat
+    chance placement?) and against LMFT (with its own keep ratio and GFLOPs), differences set against twice the
+    largest seed spread."""
     def mean(label: str, key: str = "top1") -> float | None:
         return statistics.mean(r[key] for r in rows[label]) if rows.get(label) else None
 
@@ -866,7 +883,7 @@ def focus_reading(rows: dict[str, list[dict]]) -> str:
         return f"{verdict(d, spread, 'wins', 'loses', 'ties (within two seed spreads)')}, {d:+.3f}"
 
     parts = []
-    for where in ("static camera", "moving camera"):
+    for where in ("static camera", "moving camera", "small actor", "large actor"):
         for keep, window in (("0.25", "2x2"), ("0.5", "2x4")):
             focus, rand = mean(f"{where}: adafocus {window}, keep {keep}"), mean(f"{where}: random, keep {keep}")
             lmft = mean(f"{where}: LMFT")
@@ -879,8 +896,7 @@ def focus_reading(rows: dict[str, list[dict]]) -> str:
     if not parts:
         return ""
     return ("Where adafocus wins and loses (computed; a difference counts when larger than twice the largest seed "
-            f"spread, {2 * spread:.3f}): " + "; ".join(parts) + ". The demo generator has one actor size, so small "
-            "against large actors is not compared here.")
+            f"spread, {2 * spread:.3f}): " + "; ".join(parts) + ".")
 
 
 def reading(rows: dict[str, list[dict]], chance: float) -> str:

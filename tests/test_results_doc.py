@@ -6,6 +6,8 @@ import json
 import runpy
 from pathlib import Path
 
+import pytest
+
 from lmft_core.benchmarking import write_section
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -114,6 +116,32 @@ def test_the_adafocus_reading_says_where_it_wins_and_loses_against_random_and_lm
     assert "at 0.0500 against 0.0800 GFLOPs per clip" in text
     assert "moving camera, keep 0.25: adafocus 0.460 against random wins, +0.100; against LMFT (keep 0.50) wins, +0.150" in text
     assert "keep 0.5:" not in text  # no 2x4 rows: not compared
+    sized = {"small actor: LMFT": runs(0.70, 0.72, discard=0.8), "small actor: random, keep 0.25": runs(0.25, 0.27),
+             "small actor: adafocus 2x2, keep 0.25": runs(0.35, 0.37),
+             "large actor: LMFT": runs(0.60, 0.62, discard=0.5), "large actor: random, keep 0.25": runs(0.40, 0.42),
+             "large actor: adafocus 2x2, keep 0.25": runs(0.65, 0.67)}
+    text = focus_reading(sized)
+    assert "small actor, keep 0.25: adafocus 0.360 against random wins, +0.100; against LMFT (keep 0.20) loses, -0.350" in text
+    assert "large actor, keep 0.25: adafocus 0.660 against random wins, +0.250; against LMFT (keep 0.50) wins, +0.050" in text
+
+
+def test_the_size_group_reuses_the_static_adafocus_trainings_and_trains_the_large_actor_on_its_own_data(tmp_path):
+    script = results_script()
+    profile = script["load_profile"]("results-tiny")
+    toml = profile.to_toml()
+
+    def keys(group: str, where: str) -> dict[str, str]:
+        return {s.label.split(": ", 1)[1]: script["training_key"](s, script["setting_overrides"](s, {}, profile, toml), [], 0)
+                for s in script["GROUPS"][group] if s.label.startswith(where)}
+
+    small, large, static = keys("size", "small actor"), keys("size", "large actor"), keys("adafocus", "static camera")
+    assert small.keys() == large.keys() == {"LMFT", "full tokens", "random, keep 0.25", "adafocus 2x2, keep 0.25"}
+    assert all(small[label] == static[label] for label in small)  # the same trainings: recorded once, reused
+    assert all(json.loads(large[label])[0] == "large" and large[label] != small[label] for label in large)
+    assert 0 < profile.demo_data.actor_radius < script["LARGE_ACTOR"] <= 0.5
+    with pytest.raises(ValueError, match="unknown data 'huge'"):
+        script["prepare_data"](profile, tmp_path, "huge", "diff")
+    assert not any(tmp_path.iterdir())  # refused before anything is generated
 
 
 def test_the_self_training_reading_says_help_hurt_or_drift_from_the_table():
