@@ -122,6 +122,19 @@ NO_AUGMENT = ("train.hflip=false", "train.color_jitter=0.0")
 NCM = "sanity: nearest class mean of the energy maps (no ViT)"
 FIGURES = RESULTS_MD.parent / "figures"
 
+
+FOCUS_WINDOW = {0.25: (2, 2), 0.5: (2, 4)}  # an adafocus window holding that share of the 4x4 token grid
+
+
+def focus_settings(data: str, where: str, keeps: tuple[float, ...]) -> list[Setting]:
+    """The adafocus comparison on ``data``: LMFT, full tokens, and per keep ratio random drop and an adafocus
+    window of that share of the token grid (``FOCUS_WINDOW``), labelled ``"<where>: ..."``."""
+    return [Setting(f"{where}: LMFT", data=data), Setting(f"{where}: full tokens", data=data, overrides=('selector.name="full"',)),
+            *(Setting(f"{where}: random, keep {k:g}", data=data, overrides=('selector.name="random"', f"selector.drop_rate={1 - k:g}"))
+              for k in keeps),
+            *(Setting(f"{where}: adafocus {FOCUS_WINDOW[k][0]}x{FOCUS_WINDOW[k][1]}, keep {k:g}", data=data,
+                      overrides=(*FOCUS, f"selector.window=[{FOCUS_WINDOW[k][0]}, {FOCUS_WINDOW[k][1]}]")) for k in keeps)]
+
 GROUPS: dict[str, list[Setting]] = {
     "main": [
         Setting("LMFT"),
@@ -177,23 +190,13 @@ GROUPS: dict[str, list[Setting]] = {
             'selector.name="threshold"', "selector.calibrate=true", "selector.keep_ratio=0.5"), seeds=1),
     ],
     "adafocus": [
-        *(s for data, where in (("static", "static camera"), ("camera", "moving camera")) for s in (
-            Setting(f"{where}: LMFT", data=data),
-            Setting(f"{where}: full tokens", data=data, overrides=('selector.name="full"',)),
-            Setting(f"{where}: random, keep 0.25", data=data, overrides=('selector.name="random"', "selector.drop_rate=0.75")),
-            Setting(f"{where}: random, keep 0.5", data=data, overrides=('selector.name="random"', "selector.drop_rate=0.5")),
-            Setting(f"{where}: adafocus 2x2, keep 0.25", data=data, overrides=(*FOCUS, "selector.window=[2, 2]")),
-            Setting(f"{where}: adafocus 2x4, keep 0.5", data=data, overrides=(*FOCUS, "selector.window=[2, 4]")))),
+        *focus_settings("static", "static camera", (0.25, 0.5)), *focus_settings("camera", "moving camera", (0.25, 0.5)),
         Setting("static camera: adafocus 4x4 in 2 of 8 segments, keep 0.25",
                 overrides=(*FOCUS, "selector.window=[4, 4]", "selector.segments=2")),
         Setting("static camera: adafocus 2x2, exit at 0.9", overrides=(*FOCUS, "selector.window=[2, 2]", "selector.exit_threshold=0.9")),
     ],
     "size": [
-        *(s for data, where in (("static", "small actor"), ("large", "large actor")) for s in (
-            Setting(f"{where}: LMFT", data=data),
-            Setting(f"{where}: full tokens", data=data, overrides=('selector.name="full"',)),
-            Setting(f"{where}: random, keep 0.25", data=data, overrides=('selector.name="random"', "selector.drop_rate=0.75")),
-            Setting(f"{where}: adafocus 2x2, keep 0.25", data=data, overrides=(*FOCUS, "selector.window=[2, 2]")))),
+        *focus_settings("static", "small actor", (0.25,)), *focus_settings("large", "large actor", (0.25,)),
     ],
     "pretrain": [
         Setting("full tokens, from scratch", overrides=('selector.name="full"',)),
