@@ -126,13 +126,23 @@ FIGURES = RESULTS_MD.parent / "figures"
 FOCUS_WINDOW = {0.25: (2, 2), 0.5: (2, 4)}  # an adafocus window holding that share of the 4x4 token grid
 
 
+def focus_label(where: str, keep: float) -> str:
+    """The label of the adafocus row with ``FOCUS_WINDOW[keep]`` on ``where``."""
+    return f"{where}: adafocus {FOCUS_WINDOW[keep][0]}x{FOCUS_WINDOW[keep][1]}, keep {keep:g}"
+
+
+def random_label(where: str, keep: float) -> str:
+    """The label of the random-drop row at ``keep`` on ``where``."""
+    return f"{where}: random, keep {keep:g}"
+
+
 def focus_settings(data: str, where: str, keeps: tuple[float, ...]) -> list[Setting]:
     """The adafocus comparison on ``data``: LMFT, full tokens, and per keep ratio random drop and an adafocus
     window of that share of the token grid (``FOCUS_WINDOW``), labelled ``"<where>: ..."``."""
     return [Setting(f"{where}: LMFT", data=data), Setting(f"{where}: full tokens", data=data, overrides=('selector.name="full"',)),
-            *(Setting(f"{where}: random, keep {k:g}", data=data, overrides=('selector.name="random"', f"selector.drop_rate={1 - k:g}"))
+            *(Setting(random_label(where, k), data=data, overrides=('selector.name="random"', f"selector.drop_rate={1 - k:g}"))
               for k in keeps),
-            *(Setting(f"{where}: adafocus {FOCUS_WINDOW[k][0]}x{FOCUS_WINDOW[k][1]}, keep {k:g}", data=data,
+            *(Setting(focus_label(where, k), data=data,
                       overrides=(*FOCUS, f"selector.window=[{FOCUS_WINDOW[k][0]}, {FOCUS_WINDOW[k][1]}]")) for k in keeps)]
 
 GROUPS: dict[str, list[Setting]] = {
@@ -887,14 +897,14 @@ def focus_reading(rows: dict[str, list[dict]]) -> str:
 
     parts = []
     for where in ("static camera", "moving camera", "small actor", "large actor"):
-        for keep, window in (("0.25", "2x2"), ("0.5", "2x4")):
-            focus, rand = mean(f"{where}: adafocus {window}, keep {keep}"), mean(f"{where}: random, keep {keep}")
+        for keep in FOCUS_WINDOW:
+            focus, rand = mean(focus_label(where, keep)), mean(random_label(where, keep))
             lmft = mean(f"{where}: LMFT")
             if focus is None or rand is None or lmft is None:
                 continue
-            parts.append(f"{where}, keep {keep}: adafocus {focus:.3f} against random {versus(focus, rand)}; against LMFT "
+            parts.append(f"{where}, keep {keep:g}: adafocus {focus:.3f} against random {versus(focus, rand)}; against LMFT "
                          f"(keep {1 - mean(f'{where}: LMFT', 'discard_rate'):.2f}) {versus(focus, lmft)} at "
-                         f"{mean(f'{where}: adafocus {window}, keep {keep}', 'gflops_per_clip'):.4f} against "
+                         f"{mean(focus_label(where, keep), 'gflops_per_clip'):.4f} against "
                          f"{mean(f'{where}: LMFT', 'gflops_per_clip'):.4f} GFLOPs per clip")
     if not parts:
         return ""
