@@ -27,7 +27,11 @@ Groups (each a comparison of trainings, ``--seeds`` seeds each, same data and sc
   against LMFT, full tokens and random drop at matched keep ratios 0.25 and 0.5 (a 2x2 and a 2x4 window of the
   4x4 token grid), on the static-camera data and on the moving-camera target of ``camera``; on static data also
   its temporal selection alone (the whole grid in the 2 of 8 segments the glance is surest of: keep 0.25) and
-  its early exit (2x2, exit at glance confidence 0.9). GFLOPs per clip include the glance network.
+  its early exit (2x2, exit at glance confidence 0.9; the exit acts only at evaluation, so each of these trained
+  models is also evaluated at every threshold of ``EXIT_CURVE``: accuracy against GFLOPs with the exit rate, a
+  table and a figure). GFLOPs per clip include the glance network.
+- ``adafocus-static``: the static-camera rows of ``adafocus`` alone (the same trainings: on ``results`` it trains
+  nothing new); the second generator's comparison (``--profile results-directions --groups adafocus-static``).
 - ``size``: the same comparison at keep 0.25 (LMFT, full tokens, random, a 2x2 ``adafocus`` window) for a small
   actor (the profile's ``demo_data.actor_radius``, the static-camera rows of ``adafocus``) against a large one
   (radius ``LARGE_ACTOR`` of the frame height: about two tokens across on the 4x4 grid), static camera.
@@ -105,6 +109,7 @@ class Setting:
     from_lmft: str = ""
     pretrain: str = ""  # a masking strategy: adapt from the encoder it pretrains (per seed); empty: from scratch
     seeds: int = 0  # at most this many seeds (0: --seeds)
+    exit_curve: tuple[float, ...] = ()  # adafocus: after training, target-test at each of these exit thresholds
 
     def all_overrides(self, rows: dict[str, list[dict]]) -> tuple[str, ...]:
         if not self.from_lmft:
@@ -124,6 +129,9 @@ FIGURES = RESULTS_MD.parent / "figures"
 
 
 FOCUS_WINDOW = {0.25: (2, 2), 0.5: (2, 4)}  # an adafocus window holding that share of the 4x4 token grid
+# the early exit's thresholds on the glance's confidence (its top softmax probability, at least 1 / classes: at 0.2
+# every clip of 5 classes exits, the glance alone; at 1.0 next to none does)
+EXIT_CURVE = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
 
 def focus_label(where: str, keep: float) -> str:
@@ -203,11 +211,13 @@ GROUPS: dict[str, list[Setting]] = {
         *focus_settings("static", "static camera", (0.25, 0.5)), *focus_settings("camera", "moving camera", (0.25, 0.5)),
         Setting("static camera: adafocus 4x4 in 2 of 8 segments, keep 0.25",
                 overrides=(*FOCUS, "selector.window=[4, 4]", "selector.segments=2")),
-        Setting("static camera: adafocus 2x2, exit at 0.9", overrides=(*FOCUS, "selector.window=[2, 2]", "selector.exit_threshold=0.9")),
+        Setting("static camera: adafocus 2x2, exit at 0.9", overrides=(*FOCUS, "selector.window=[2, 2]", "selector.exit_threshold=0.9"),
+                exit_curve=EXIT_CURVE),
     ],
     "size": [
         *focus_settings("static", "small actor", (0.25,)), *focus_settings("large", "large actor", (0.25,)),
     ],
+    "adafocus-static": focus_settings("static", "static camera", (0.25, 0.5)),
     "pretrain": [
         Setting("full tokens, from scratch", overrides=('selector.name="full"',)),
         *(Setting(f"full tokens, pretrained ({m})", overrides=('selector.name="full"',), pretrain=m)
@@ -324,6 +334,24 @@ def source_val_reward(profile: RunConfig, shards: Path, workdir: Path, overrides
     tau = job.selector.tau if job.selector.tau is not None else float(np.mean(result.tau_hat))
     return {"source_val_loss": loss, "source_val_discard": discard, "tau": tau,
             "source_val_reward": -configured.policy.loss_weight * loss - (1 - discard)}
+
+
+def exit_curve(profile: RunConfig, shards: Path, workdir: Path, overrides: tuple[str, ...], row: dict,
+               thresholds: tuple[float, ...]) -> dict:
+    """The early exit's accuracy against compute, from one trained ``adafocus`` model on target-test: the exit acts
+    only at evaluation, so one training serves every threshold. ``exit_curve``: per threshold (``selector.exit_threshold``)
+    ``[threshold, top-1, exit rate, GFLOPs per clip]``, the product's evaluation (:func:`lmft_core.train.evaluate.evaluate`)."""
+    from lmft_core.shards.reader import read_batches
+    from lmft_core.train.artifacts import RESULT_FILE, TrainResult, load_classifier
+    from lmft_core.train.evaluate import evaluate
+    from lmft_core.train.run import prepare
+
+    configured = profile.with_overrides([*overrides, f"train.seed={row['seed']}"])
+    job, _ = prepare(configured, shards, workdir)
+    adapter = load_classifier(job, TrainResult.load(workdir / "train" / row["run"] / RESULT_FILE).checkpoint)
+    selectors = [dataclasses.replace(job.selector, exit_threshold=t) for t in thresholds]
+    results = evaluate(adapter, read_batches(ShardSet.open(shards), "target", "test", configured.train.eval_batch_size), selectors)
+    return {"exit_curve": [[t, r.top1, r.exit_rate, r.gflops_per_clip] for t, r in zip(thresholds, results.values())]}
 
 
 def _mean_spread(values: list[float]) -> str:
@@ -472,6 +500,10 @@ def main(argv: list[str] | None = None) -> int:
                 shards = shards_of(setting.data, setting.energy)
                 runs[key] |= source_val_reward(profile, shards, workdir, overrides, runs[key])
                 save()
+            if setting.exit_curve and [p[0] for p in runs[key].get("exit_curve", [])] != list(setting.exit_curve):
+                shards = shards_of(setting.data, setting.energy)
+                runs[key] |= exit_curve(profile, shards, workdir, overrides, runs[key], setting.exit_curve)
+                save()
             rows[setting.label].append(runs[key])
         print(f"[results] {group} / {setting.label}: top-1 {_mean_spread([r['top1'] for r in rows[setting.label]])}",
               flush=True)
@@ -507,6 +539,7 @@ TITLES = {
     "first": "The first temporal segment",
     "pretrain": "Masked video pretraining on the unlabelled clips before adaptation",
     "adafocus": "AdaFocus (a learned window per segment) against LMFT, full tokens and random at keep 0.25 and 0.5",
+    "adafocus-static": "AdaFocus against LMFT, full tokens and random at keep 0.25 and 0.5, static camera",
     "size": f"AdaFocus against LMFT by actor size: the profile's small actor against a large one (radius {LARGE_ACTOR})",
     "self": "Self-training (L_t on) against the same training source-only",
     "threshold": "A map of the threshold: fixed tau against LMFT, with the reward on source-val",
@@ -781,6 +814,10 @@ def group_text(group: str, entry: dict, chance: float, profile: RunConfig, name:
         lines += [pretrain_reading(rows, chance), "", pretrain_cost(rows, profile), ""]
     if group in ("adafocus", "size"):
         lines += [focus_reading(rows), ""]
+    for label, runs in rows.items():
+        if all("exit_curve" in r for r in runs):
+            fig = exit_figure(rows, label, figures / f"{name}-{group}-exit-curve.png")
+            lines += [exit_table(label, runs), "", exit_reading(runs, largest_spread(rows)), "", figure_link(fig), ""]
     return lines
 
 
@@ -817,7 +854,10 @@ def render(done: dict, profile: RunConfig, name: str, figures: Path = FIGURES, s
         for group, rows in partial.items():
             table = estimator_table(rows) if group == "estimator" else group_table(rows)  # the estimator's: final tau_hat
             lines += [f"**{TITLES[group]}** (`{group}`, {sum(map(len, rows.values()))} trainings so far)", "", table, ""]
-    missing = [g for g in TITLES if g not in done and g not in partial]
+    covered = [g for g in TITLES if g not in done and g not in partial  # every training recorded under other groups
+               and all(len(recorded_rows(done, g, profile, list(script_overrides), seeds).get(s.label, [])) == min(s.seeds or seeds, seeds)
+                       for s in GROUPS[g])]
+    missing = [g for g in TITLES if g not in done and g not in partial and g not in covered]
     if missing:
         lines += [f"Not run on this profile: {', '.join(f'`{g}`' for g in missing)} "
                   f"(`python benchmarks/results.py --profile {name} --groups {','.join(missing)}` adds them).", ""]
@@ -910,6 +950,67 @@ def focus_reading(rows: dict[str, list[dict]]) -> str:
         return ""
     return ("Where adafocus wins and loses (computed; a difference counts when larger than twice the largest seed "
             f"spread, {2 * spread:.3f}): " + "; ".join(parts) + ".")
+
+
+def exit_points(runs: list[dict]) -> list[dict]:
+    """Per exit threshold of the runs' ``exit_curve`` (the same thresholds in every run): ``threshold``, the mean and
+    sd over runs of ``top1``, and the means of ``exit_rate`` and ``gflops``."""
+    points = []
+    for i, threshold in enumerate(r[0] for r in runs[0]["exit_curve"]):
+        top1 = [r["exit_curve"][i][1] for r in runs]
+        points.append({"threshold": threshold, "top1": statistics.mean(top1),
+                       "top1_sd": statistics.stdev(top1) if len(top1) > 1 else 0.0,
+                       "exit_rate": statistics.mean(r["exit_curve"][i][2] for r in runs),
+                       "gflops": statistics.mean(r["exit_curve"][i][3] for r in runs)})
+    return points
+
+
+def exit_table(label: str, runs: list[dict]) -> str:
+    out = [[f"{p['threshold']:g}", f"{p['top1']:.3f} ± {p['top1_sd']:.3f}" if len(runs) > 1 else f"{p['top1']:.3f}",
+            f"{p['exit_rate']:.3f}", f"{p['gflops']:.4f}"] for p in exit_points(runs)]
+    return (f"The early exit of *{label}* over exit thresholds: each seed's trained model evaluated on target-test at "
+            f"every threshold ({len(runs)} seeds; the exit acts only at evaluation, so no training per threshold).\n\n"
+            + markdown_table(["exit threshold (glance confidence)", "target top-1", "exit rate", "GFLOPs / clip"], out))
+
+
+def exit_reading(runs: list[dict], spread: float) -> str:
+    """The two ends of the exit curve (every clip exits: the glance alone; none does) and its cheapest point within
+    two seed spreads of no exit."""
+    points = exit_points(runs)
+    none = max(points, key=lambda p: p["threshold"])
+    near = [p for p in points if p["top1"] >= none["top1"] - 2 * spread]
+    cheap = min(near, key=lambda p: p["gflops"])
+    glance = min(points, key=lambda p: p["threshold"])
+    return (f"Reading (computed): exit threshold {glance['threshold']:g}: {glance['exit_rate']:.0%} of clips exit "
+            f"(the glance alone), top-1 {glance['top1']:.3f} at {glance['gflops']:.4f} GFLOPs per clip; exit threshold "
+            f"{none['threshold']:g}: {none['exit_rate']:.0%} exit, {none['top1']:.3f} at {none['gflops']:.4f}. The cheapest "
+            f"threshold within two seed spreads ({2 * spread:.3f}) of that is {cheap['threshold']:g}: {cheap['top1']:.3f} at "
+            f"{cheap['gflops']:.4f} GFLOPs ({cheap['gflops'] / none['gflops']:.2f}x), {cheap['exit_rate']:.0%} of clips exiting.")
+
+
+def exit_figure(rows: dict[str, list[dict]], label: str, path: Path) -> Path:
+    """Target top-1 against GFLOPs per clip: the exit curve of ``label`` (mean ± sd over seeds, each point marked
+    with its threshold) beside the group's other rows on the same data (mean over seeds)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = exit_points(rows[label])
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    ax.errorbar([p["gflops"] for p in points], [p["top1"] for p in points], yerr=[p["top1_sd"] for p in points],
+                fmt="o-", capsize=3, label=f"{label}: exit threshold")
+    for p in points:
+        ax.annotate(f"{p['threshold']:g}", (p["gflops"], p["top1"]), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    where = label.split(":")[0]
+    for i, (other, runs) in enumerate(((k, v) for k, v in rows.items() if k.startswith(where + ":") and k != label), start=1):
+        ax.plot(_mean(runs, "gflops_per_clip"), _mean(runs, "top1"), "*^sDvP"[i % 6], color=f"C{i}", markersize=9, label=other)
+    ax.set_xscale("log")
+    ax.set_xlabel("GFLOPs per clip (forward, glance included; log scale)")
+    ax.set_ylabel("target top-1")
+    ax.legend(fontsize=7, loc="lower right")
+    ax.set_title("The early exit: accuracy against compute (target-test)")
+    return _save(fig, path)
 
 
 def reading(rows: dict[str, list[dict]], chance: float) -> str:

@@ -216,3 +216,37 @@ def test_evaluation_counts_the_glance_in_gflops_per_clip():
     assert focus.gflops_per_clip == pytest.approx((vit + glance_flops(CLIP, K, 16)) / 1e9)
     full = float(selection_flops(ad.model.config, torch.ones(1, 4, 4, 4, dtype=torch.bool))[0])
     assert results["full"].gflops_per_clip == pytest.approx(full / 1e9)  # no glance for the full-token selector
+
+
+def test_evaluation_over_exit_thresholds_equals_the_glance_and_the_vit_combined_by_hand():
+    """The early exit's accuracy-against-compute curve (benchmarks/results.py, ``exit_curve``) from the product's
+    evaluation at each threshold, against one pass of the glance and one of the ViT (no exit) combined per threshold."""
+    from dataclasses import replace
+
+    from lmft_core.shards.batch import ClipBatch
+    from lmft_core.train.evaluate import evaluate
+
+    ad = adapter(window=(2, 2)).eval()
+    frames, energy = clips(12, seed=5)
+    labels = torch.arange(12) % K
+    batches = [ClipBatch(frames=frames[i:i + 5], energy=energy[i:i + 5], label=labels[i:i + 5],
+                         pseudo_label=torch.zeros(len(labels[i:i + 5]), dtype=torch.long),
+                         pseudo_confidence=torch.ones(len(labels[i:i + 5])),
+                         clip_probs=torch.full((len(labels[i:i + 5]), K), 1 / K), key=torch.arange(i, i + len(labels[i:i + 5])))
+               for i in range(0, 12, 5)]  # batches of 5, 5 and 2
+    with torch.no_grad():
+        vit_logits, sel = ad(model_input(frames), energy)  # no exit configured: every clip runs the ViT
+    confidence = sel.glance_logits.softmax(-1).amax(-1)
+    thresholds = [1 / K, *sorted(confidence.tolist())[3:10:3], 1.0]  # all exit, some, none
+    results = evaluate(ad, batches, [replace(ad.selector_config, exit_threshold=t) for t in thresholds])
+    vit, glance = float(selection_flops(ad.model.config, sel.keep)[0]), glance_flops(CLIP, K, 16)
+    rates = []
+    for t, r in zip(thresholds, results.values()):
+        exited = confidence >= t
+        pred = torch.where(exited, sel.glance_logits.argmax(-1), vit_logits.argmax(-1))
+        assert r.top1 == pytest.approx(float((pred == labels).double().mean()))
+        assert r.exit_rate == pytest.approx(float(exited.double().mean()))
+        assert r.gflops_per_clip == pytest.approx((glance + vit * (1 - r.exit_rate)) / 1e9)
+        rates.append(r.exit_rate)
+    assert rates[0] == 1.0 and rates[-1] == 0.0 and 0 < rates[1] < 1  # the curve spans every clip exiting to none
+    assert rates == sorted(rates, reverse=True)

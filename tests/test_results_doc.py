@@ -137,6 +137,8 @@ def test_the_size_group_reuses_the_static_adafocus_trainings_and_trains_the_larg
     small, large, static = keys("size", "small actor"), keys("size", "large actor"), keys("adafocus", "static camera")
     assert small.keys() == large.keys() == {"LMFT", "full tokens", "random, keep 0.25", "adafocus 2x2, keep 0.25"}
     assert all(small[label] == static[label] for label in small)  # the same trainings: recorded once, reused
+    alone = keys("adafocus-static", "static camera")  # the second generator's comparison: adafocus' static rows
+    assert alone == {label: key for label, key in static.items() if label in alone} and len(alone) == 6
     assert all(json.loads(large[label])[0] == "large" and large[label] != small[label] for label in large)
     assert 0 < profile.demo_data.actor_radius < script["LARGE_ACTOR"] <= 0.5
     with pytest.raises(ValueError, match="unknown data 'huge'"):
@@ -301,3 +303,43 @@ def test_groups_in_progress_show_their_recorded_trainings_under_the_keys_the_run
     lmft = {"LMFT": [record(0.7, 0.75, 0)]}
     assert script["setting_overrides"](fixed, lmft, profile, profile.to_toml()) == (
         'selector.name="threshold"', "selector.calibrate=true", "selector.keep_ratio=0.250")
+
+
+def test_the_exit_curve_is_tabled_per_threshold_over_seeds_and_read_from_its_ends():
+    script = results_script()
+
+    def run(points):  # [threshold, top1, exit rate, gflops]
+        return {"top1": points[-1][1], "exit_curve": points}
+
+    runs = [run([[0.2, 0.30, 1.0, 0.01], [0.5, 0.40, 0.5, 0.08], [0.9, 0.44, 0.1, 0.14], [1.0, 0.46, 0.0, 0.15]]),
+            run([[0.2, 0.32, 1.0, 0.01], [0.5, 0.44, 0.3, 0.10], [0.9, 0.46, 0.1, 0.14], [1.0, 0.48, 0.0, 0.15]])]
+    points = script["exit_points"](runs)
+    assert [p["threshold"] for p in points] == [0.2, 0.5, 0.9, 1.0]
+    assert points[1]["top1"] == pytest.approx(0.42) and points[1]["top1_sd"] == pytest.approx(0.02 * 2 ** 0.5)
+    assert points[1]["exit_rate"] == pytest.approx(0.4) and points[1]["gflops"] == pytest.approx(0.09)
+    table = script["exit_table"]("static camera: adafocus 2x2", runs)
+    assert "| 0.5 | 0.420 ± 0.028 | 0.400 | 0.0900 |" in table and "(2 seeds;" in table
+    text = script["exit_reading"](runs, spread=0.02)  # within 0.04 of no exit (0.47): 0.9 (0.45) and 1.0, not 0.5 (0.42)
+    assert "exit threshold 0.2: 100% of clips exit (the glance alone), top-1 0.310 at 0.0100 GFLOPs" in text
+    assert "exit threshold 1: 0% exit, 0.470 at 0.1500." in text
+    assert "The cheapest threshold within two seed spreads (0.040) of that is 0.9: 0.450 at 0.1400 GFLOPs (0.93x), 10%" in text
+
+
+def test_a_group_whose_trainings_all_sit_in_other_groups_is_not_listed_as_not_run(tmp_path, capsys):
+    """``adafocus-static`` holds the static rows of ``adafocus``: with those recorded it has nothing to run."""
+    script = results_script()
+    profile = script["load_profile"]("results-tiny")
+    toml = profile.to_toml()
+    record = {"seed": 0, "selector": "s", "top1": 0.5, "mean_class_accuracy": 0.5, "discard_rate": 0.5, "gflops_per_clip": 0.1,
+              "train_clips_per_s": 100.0, "elapsed_s": 10.0, "run": "r", "evaluation": {}, "source_val_top1": 0.7,
+              "pseudo_label_rate": 0.0, "refreshes": [], "tau_hat_history": [[1, 0.5]]}
+    static = [s for s in script["GROUPS"]["adafocus"] if s in script["GROUPS"]["adafocus-static"]]
+    runs = {script["training_key"](s, script["setting_overrides"](s, {}, profile, toml), [], 0): dict(record) for s in static}
+    path = tmp_path / "records.json"
+    script["save_records"]({"runs": runs, "adafocus": {"rows": {s.label: [runs[k]] for s, k in zip(static, runs)},
+                                                       "extra": {}, "overrides": [], "seeds": 1}}, path)
+    assert len(static) == 6
+    assert script["main"](["--profile", "results-tiny", "--records", str(path), "--render", "--no-write", "--seeds", "1",
+                           "--workdir", str(tmp_path / "none")]) == 0
+    not_run = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("Not run on this profile"))
+    assert "`size`" in not_run and "`adafocus-static`" not in not_run  # size's large actor is not recorded

@@ -39,6 +39,7 @@ class EvalResult:
     clips_per_s: float
     entropy_nats: float
     confusion: list[list[int]]
+    exit_rate: float = 0.0  # the fraction of clips answered by the glance alone (adafocus' early exit; 0 without one)
 
     def metrics(self, prefix: str) -> dict[str, float]:
         """Flat metrics for MLflow, e.g. ``eval_target/lmft/top1``."""
@@ -77,7 +78,7 @@ def evaluate(adapter: LMFTClassifier, batches: Iterable[ClipBatch], selectors: S
     if len(set(labels)) != len(labels):
         raise ValueError(f"selectors to evaluate must differ, got {labels}")
     acc = {lab: {"confusion": torch.zeros(k, k, dtype=torch.int64), "discard": 0.0, "flops": 0.0, "seconds": 0.0,
-                 "clips": 0, "entropy": 0.0} for lab in labels}
+                 "clips": 0, "entropy": 0.0, "exited": 0} for lab in labels}
     generator = torch.Generator().manual_seed(0)  # random selectors: the same draws on every evaluation
     try:
         for batch in batches:
@@ -102,6 +103,7 @@ def evaluate(adapter: LMFTClassifier, batches: Iterable[ClipBatch], selectors: S
                 p = logits.softmax(-1)
                 a["entropy"] += float(-(p * p.clamp_min(1e-12).log()).sum(-1).sum())
                 a["clips"] += len(batch)
+                a["exited"] += int(sel.exited.sum()) if sel.exited is not None else 0
     finally:
         adapter.train(was_training)
     out = {}
@@ -113,7 +115,8 @@ def evaluate(adapter: LMFTClassifier, batches: Iterable[ClipBatch], selectors: S
             mean_class_accuracy=mean_class_accuracy(conf), discard_rate=a["discard"] / n if n else float("nan"),
             gflops_per_clip=a["flops"] / n / 1e9 if n else float("nan"),
             clips_per_s=n / a["seconds"] if a["seconds"] > 0 else float("nan"),
-            entropy_nats=a["entropy"] / n if n else float("nan"), confusion=conf.tolist())
+            entropy_nats=a["entropy"] / n if n else float("nan"), confusion=conf.tolist(),
+            exit_rate=a["exited"] / n if n else float("nan"))
     return out
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 EVAL_TARGET = "eval_target"
 EVAL_SOURCE_VAL = "eval_source_val"
 FINAL_TARGET = "final/target"
-EVAL_KEYS = ("top1", "mean_class_accuracy", "discard_rate", "gflops_per_clip", "clips_per_s", "entropy_nats")
+EVAL_KEYS = ("top1", "mean_class_accuracy", "discard_rate", "gflops_per_clip", "clips_per_s", "entropy_nats", "exit_rate")
 RESULT = "target_test"  # the run's own selector on target-test: the same names in every training
 POLICY = "policy"  # the learned threshold's values after each epoch: policy/mu, policy/tau_hat, ...
 TAU_HAT = f"{POLICY}/tau_hat"
