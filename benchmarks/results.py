@@ -817,7 +817,7 @@ def group_text(group: str, entry: dict, chance: float, profile: RunConfig, name:
     for label, runs in rows.items():
         if all("exit_curve" in r for r in runs):
             fig = exit_figure(rows, label, figures / f"{name}-{group}-exit-curve.png")
-            lines += [exit_table(label, runs), "", exit_reading(runs, largest_spread(rows)), "", figure_link(fig), ""]
+            lines += [exit_table(label, runs), "", exit_reading(runs), "", figure_link(fig), ""]
     return lines
 
 
@@ -953,39 +953,46 @@ def focus_reading(rows: dict[str, list[dict]]) -> str:
 
 
 def exit_points(runs: list[dict]) -> list[dict]:
-    """Per exit threshold of the runs' ``exit_curve`` (the same thresholds in every run): ``threshold``, the mean and
-    sd over runs of ``top1``, and the means of ``exit_rate`` and ``gflops``."""
+    """Per exit threshold of the runs' ``exit_curve`` (the same thresholds in every run, the highest last): ``threshold``,
+    the mean and sd over runs of ``top1`` and of ``drop``, each run's top-1 at the highest threshold (next to no exit)
+    minus its top-1 here (paired: the same model, so the seeds' own spread cancels), and the means of ``exit_rate``
+    and ``gflops``."""
+    def mean_sd(values: list[float]) -> tuple[float, float]:
+        return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
     points = []
     for i, threshold in enumerate(r[0] for r in runs[0]["exit_curve"]):
-        top1 = [r["exit_curve"][i][1] for r in runs]
-        points.append({"threshold": threshold, "top1": statistics.mean(top1),
-                       "top1_sd": statistics.stdev(top1) if len(top1) > 1 else 0.0,
+        top1, top1_sd = mean_sd([r["exit_curve"][i][1] for r in runs])
+        drop, drop_sd = mean_sd([r["exit_curve"][-1][1] - r["exit_curve"][i][1] for r in runs])
+        points.append({"threshold": threshold, "top1": top1, "top1_sd": top1_sd, "drop": drop, "drop_sd": drop_sd,
                        "exit_rate": statistics.mean(r["exit_curve"][i][2] for r in runs),
                        "gflops": statistics.mean(r["exit_curve"][i][3] for r in runs)})
     return points
 
 
 def exit_table(label: str, runs: list[dict]) -> str:
-    out = [[f"{p['threshold']:g}", f"{p['top1']:.3f} ± {p['top1_sd']:.3f}" if len(runs) > 1 else f"{p['top1']:.3f}",
-            f"{p['exit_rate']:.3f}", f"{p['gflops']:.4f}"] for p in exit_points(runs)]
+    out = [[f"{p['threshold']:g}", _mean_spread([r["exit_curve"][i][1] for r in runs]),
+            _mean_spread([r["exit_curve"][-1][1] - r["exit_curve"][i][1] for r in runs]), f"{p['exit_rate']:.3f}",
+            f"{p['gflops']:.4f}"] for i, p in enumerate(exit_points(runs))]
     return (f"The early exit of *{label}* over exit thresholds: each seed's trained model evaluated on target-test at "
-            f"every threshold ({len(runs)} seeds; the exit acts only at evaluation, so no training per threshold).\n\n"
-            + markdown_table(["exit threshold (glance confidence)", "target top-1", "exit rate", "GFLOPs / clip"], out))
+            f"every threshold ({len(runs)} seeds; the exit acts only at evaluation, so no training per threshold). "
+            "*drop* is each model's top-1 at the highest threshold minus its top-1 at this one (paired).\n\n"
+            + markdown_table(["exit threshold (glance confidence)", "target top-1", "drop (paired)", "exit rate",
+                              "GFLOPs / clip"], out))
 
 
-def exit_reading(runs: list[dict], spread: float) -> str:
-    """The two ends of the exit curve (every clip exits: the glance alone; none does) and its cheapest point within
-    two seed spreads of no exit."""
+def exit_reading(runs: list[dict]) -> str:
+    """The two ends of the exit curve (every clip exits: the glance alone; none does) and its cheapest point whose
+    paired drop is within two of its own sds."""
     points = exit_points(runs)
-    none = max(points, key=lambda p: p["threshold"])
-    near = [p for p in points if p["top1"] >= none["top1"] - 2 * spread]
-    cheap = min(near, key=lambda p: p["gflops"])
-    glance = min(points, key=lambda p: p["threshold"])
+    none, glance = points[-1], min(points, key=lambda p: p["threshold"])
+    cheap = min((p for p in points if p["drop"] <= 2 * p["drop_sd"]), key=lambda p: p["gflops"])
     return (f"Reading (computed): exit threshold {glance['threshold']:g}: {glance['exit_rate']:.0%} of clips exit "
             f"(the glance alone), top-1 {glance['top1']:.3f} at {glance['gflops']:.4f} GFLOPs per clip; exit threshold "
             f"{none['threshold']:g}: {none['exit_rate']:.0%} exit, {none['top1']:.3f} at {none['gflops']:.4f}. The cheapest "
-            f"threshold within two seed spreads ({2 * spread:.3f}) of that is {cheap['threshold']:g}: {cheap['top1']:.3f} at "
-            f"{cheap['gflops']:.4f} GFLOPs ({cheap['gflops'] / none['gflops']:.2f}x), {cheap['exit_rate']:.0%} of clips exiting.")
+            f"threshold whose paired drop is within two of its sds (no clear loss) is {cheap['threshold']:g}: drop "
+            f"{cheap['drop']:.3f} ± {cheap['drop_sd']:.3f}, {cheap['top1']:.3f} at {cheap['gflops']:.4f} GFLOPs "
+            f"({cheap['gflops'] / none['gflops']:.2f}x), {cheap['exit_rate']:.0%} of clips exiting.")
 
 
 def exit_figure(rows: dict[str, list[dict]], label: str, path: Path) -> Path:
@@ -996,20 +1003,33 @@ def exit_figure(rows: dict[str, list[dict]], label: str, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
     points = exit_points(rows[label])
-    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    fig, ax = plt.subplots(figsize=(8, 6))
     ax.errorbar([p["gflops"] for p in points], [p["top1"] for p in points], yerr=[p["top1_sd"] for p in points],
-                fmt="o-", capsize=3, label=f"{label}: exit threshold")
-    for p in points:
-        ax.annotate(f"{p['threshold']:g}", (p["gflops"], p["top1"]), textcoords="offset points", xytext=(4, 4), fontsize=7)
+                fmt="o-", capsize=3, label=f"{label}: exit threshold (mean ± sd)")
+    clusters: list[list[dict]] = []  # thresholds whose points lie within 4% in GFLOPs share one label
+    for p in sorted(points, key=lambda p: -p["threshold"]):
+        if clusters and abs(p["gflops"] / clusters[-1][0]["gflops"] - 1) < 0.04:
+            clusters[-1].append(p)
+        else:
+            clusters.append([p])
+    for i, c in enumerate(clusters):  # labels alternate below and above the curve
+        name = f"{c[-1]['threshold']:g}" + (f"–{c[0]['threshold']:g}" if len(c) > 1 else "")
+        ax.annotate(name, (c[0]["gflops"], c[0]["top1"]), textcoords="offset points", xytext=(6, 10 if i % 2 else -14), fontsize=8)
     where = label.split(":")[0]
     for i, (other, runs) in enumerate(((k, v) for k, v in rows.items() if k.startswith(where + ":") and k != label), start=1):
         ax.plot(_mean(runs, "gflops_per_clip"), _mean(runs, "top1"), "*^sDvP"[i % 6], color=f"C{i}", markersize=9, label=other)
     ax.set_xscale("log")
+    low, high = ax.get_xlim()
+    ax.set_xticks([t for t in (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500) if low <= t <= high])
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("GFLOPs per clip (forward, glance included; log scale)")
     ax.set_ylabel("target top-1")
-    ax.legend(fontsize=7, loc="lower right")
-    ax.set_title("The early exit: accuracy against compute (target-test)")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2)
+    ax.set_title("The early exit: accuracy against compute (target-test)\nother rows of the group: mean over seeds")
     return _save(fig, path)
 
 

@@ -312,17 +312,20 @@ def test_the_exit_curve_is_tabled_per_threshold_over_seeds_and_read_from_its_end
         return {"top1": points[-1][1], "exit_curve": points}
 
     runs = [run([[0.2, 0.30, 1.0, 0.01], [0.5, 0.40, 0.5, 0.08], [0.9, 0.44, 0.1, 0.14], [1.0, 0.46, 0.0, 0.15]]),
-            run([[0.2, 0.32, 1.0, 0.01], [0.5, 0.44, 0.3, 0.10], [0.9, 0.46, 0.1, 0.14], [1.0, 0.48, 0.0, 0.15]])]
+            run([[0.2, 0.32, 1.0, 0.01], [0.5, 0.44, 0.3, 0.10], [0.9, 0.48, 0.1, 0.14], [1.0, 0.48, 0.0, 0.15]])]
     points = script["exit_points"](runs)
     assert [p["threshold"] for p in points] == [0.2, 0.5, 0.9, 1.0]
     assert points[1]["top1"] == pytest.approx(0.42) and points[1]["top1_sd"] == pytest.approx(0.02 * 2 ** 0.5)
     assert points[1]["exit_rate"] == pytest.approx(0.4) and points[1]["gflops"] == pytest.approx(0.09)
+    # paired drops against each run's own top-1 at 1.0: 0.5 -> 0.06 and 0.04; 0.9 -> 0.02 and 0.00
+    assert points[1]["drop"] == pytest.approx(0.05) and points[1]["drop_sd"] == pytest.approx(0.01 * 2 ** 0.5)
+    assert points[2]["drop"] == pytest.approx(0.01) and points[3]["drop"] == 0 == points[3]["drop_sd"]
     table = script["exit_table"]("static camera: adafocus 2x2", runs)
-    assert "| 0.5 | 0.420 ± 0.028 | 0.400 | 0.0900 |" in table and "(2 seeds;" in table
-    text = script["exit_reading"](runs, spread=0.02)  # within 0.04 of no exit (0.47): 0.9 (0.45) and 1.0, not 0.5 (0.42)
+    assert "| 0.5 | 0.420 ± 0.028 | 0.050 ± 0.014 | 0.400 | 0.0900 |" in table and "(2 seeds;" in table
+    text = script["exit_reading"](runs)  # 0.9: drop 0.01 within 2 x 0.014; 0.5: 0.05 beyond 2 x 0.014
     assert "exit threshold 0.2: 100% of clips exit (the glance alone), top-1 0.310 at 0.0100 GFLOPs" in text
     assert "exit threshold 1: 0% exit, 0.470 at 0.1500." in text
-    assert "The cheapest threshold within two seed spreads (0.040) of that is 0.9: 0.450 at 0.1400 GFLOPs (0.93x), 10%" in text
+    assert "(no clear loss) is 0.9: drop 0.010 ± 0.014, 0.460 at 0.1400 GFLOPs (0.93x), 10% of clips exiting." in text
 
 
 def test_a_group_whose_trainings_all_sit_in_other_groups_is_not_listed_as_not_run(tmp_path, capsys):
