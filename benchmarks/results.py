@@ -1002,7 +1002,6 @@ def exit_figure(rows: dict[str, list[dict]], label: str, path: Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
     from matplotlib.ticker import NullFormatter, ScalarFormatter
 
     points = exit_points(rows[label])
