@@ -109,7 +109,7 @@ class Setting:
     from_lmft: str = ""
     pretrain: str = ""  # a masking strategy: adapt from the encoder it pretrains (per seed); empty: from scratch
     seeds: int = 0  # at most this many seeds (0: --seeds)
-    exit_curve: tuple[float, ...] = ()  # adafocus: after training, target-test at each of these exit thresholds
+    exit_curve: tuple[float | None, ...] = ()  # adafocus: after training, target-test at each exit threshold (None: no exit)
 
     def all_overrides(self, rows: dict[str, list[dict]]) -> tuple[str, ...]:
         if not self.from_lmft:
@@ -130,8 +130,8 @@ FIGURES = RESULTS_MD.parent / "figures"
 
 FOCUS_WINDOW = {0.25: (2, 2), 0.5: (2, 4)}  # an adafocus window holding that share of the 4x4 token grid
 # the early exit's thresholds on the glance's confidence (its top softmax probability, at least 1 / classes: at 0.2
-# every clip of 5 classes exits, the glance alone; at 1.0 next to none does)
-EXIT_CURVE = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+# every clip of 5 classes exits, the glance alone), and None: no exit, the reference of the others
+EXIT_CURVE = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, None)
 
 
 def focus_label(where: str, keep: float) -> str:
@@ -337,10 +337,11 @@ def source_val_reward(profile: RunConfig, shards: Path, workdir: Path, overrides
 
 
 def exit_curve(profile: RunConfig, shards: Path, workdir: Path, overrides: tuple[str, ...], row: dict,
-               thresholds: tuple[float, ...]) -> dict:
+               thresholds: tuple[float | None, ...]) -> dict:
     """The early exit's accuracy against compute, from one trained ``adafocus`` model on target-test: the exit acts
-    only at evaluation, so one training serves every threshold. ``exit_curve``: per threshold (``selector.exit_threshold``)
-    ``[threshold, top-1, exit rate, GFLOPs per clip]``, the product's evaluation (:func:`lmft_core.train.evaluate.evaluate`)."""
+    only at evaluation, so one training serves every threshold. ``exit_curve``: per threshold (``selector.exit_threshold``;
+    None: no exit) ``[threshold, top-1, exit rate, GFLOPs per clip]``, the product's evaluation
+    (:func:`lmft_core.train.evaluate.evaluate`)."""
     from lmft_core.shards.reader import read_batches
     from lmft_core.train.artifacts import RESULT_FILE, TrainResult, load_classifier
     from lmft_core.train.evaluate import evaluate
@@ -348,7 +349,12 @@ def exit_curve(profile: RunConfig, shards: Path, workdir: Path, overrides: tuple
 
     configured = profile.with_overrides([*overrides, f"train.seed={row['seed']}"])
     job, _ = prepare(configured, shards, workdir)
-    adapter = load_classifier(job, TrainResult.load(workdir / "train" / row["run"] / RESULT_FILE).checkpoint)
+    result_file = workdir / "train" / row["run"] / RESULT_FILE
+    if not result_file.is_file():
+        raise FileNotFoundError(f"the exit curve of training {row['run']} needs its trained model, and {result_file} does "
+                                "not exist (trained in another work directory or on another machine): delete its record "
+                                "to train it again")
+    adapter = load_classifier(job, TrainResult.load(result_file).checkpoint)
     selectors = [dataclasses.replace(job.selector, exit_threshold=t) for t in thresholds]
     results = evaluate(adapter, read_batches(ShardSet.open(shards), "target", "test", configured.train.eval_batch_size), selectors)
     return {"exit_curve": [[t, r.top1, r.exit_rate, r.gflops_per_clip] for t, r in zip(thresholds, results.values())]}
@@ -854,9 +860,11 @@ def render(done: dict, profile: RunConfig, name: str, figures: Path = FIGURES, s
         for group, rows in partial.items():
             table = estimator_table(rows) if group == "estimator" else group_table(rows)  # the estimator's: final tau_hat
             lines += [f"**{TITLES[group]}** (`{group}`, {sum(map(len, rows.values()))} trainings so far)", "", table, ""]
-    covered = [g for g in TITLES if g not in done and g not in partial  # every training recorded under other groups
-               and all(len(recorded_rows(done, g, profile, list(script_overrides), seeds).get(s.label, [])) == min(s.seeds or seeds, seeds)
-                       for s in GROUPS[g])]
+    covered = []  # groups whose every training is recorded under other groups
+    for group in (g for g in TITLES if g not in done and g not in partial):
+        rows = recorded_rows(done, group, profile, list(script_overrides), seeds)
+        if all(len(rows.get(s.label, [])) >= min(s.seeds or seeds, seeds) for s in GROUPS[group]):
+            covered.append(group)
     missing = [g for g in TITLES if g not in done and g not in partial and g not in covered]
     if missing:
         lines += [f"Not run on this profile: {', '.join(f'`{g}`' for g in missing)} "
@@ -952,47 +960,71 @@ def focus_reading(rows: dict[str, list[dict]]) -> str:
             f"spread, {2 * spread:.3f}): " + "; ".join(parts) + ".")
 
 
+def _threshold(t: float | None) -> str:
+    return "none (no exit)" if t is None else f"{t:g}"
+
+
 def exit_points(runs: list[dict]) -> list[dict]:
-    """Per exit threshold of the runs' ``exit_curve`` (the same thresholds in every run, the highest last): ``threshold``,
-    the mean and sd over runs of ``top1`` and of ``drop``, each run's top-1 at the highest threshold (next to no exit)
-    minus its top-1 here (paired: the same model, so the seeds' own spread cancels), and the means of ``exit_rate``
-    and ``gflops``."""
+    """Per exit threshold of the runs' ``exit_curve`` (the same thresholds in every run, None among them: no exit):
+    ``threshold``; the mean and sd over runs of ``top1`` and of ``drop``, each run's top-1 without exit minus its
+    top-1 here (paired: the same model, so the seeds' own spread cancels); ``within_se``, whether every run's drop
+    is at most the binomial standard error of its top-1 without exit (sqrt(p (1 - p) / clips): a drop the test set
+    cannot tell from none); the mean, min and max over runs of ``exit_rate``; the mean of ``gflops``."""
+    thresholds = [p[0] for p in runs[0]["exit_curve"]]
+    if any([p[0] for p in r["exit_curve"]] != thresholds for r in runs) or None not in thresholds:
+        raise ValueError(f"exit curves must share their thresholds, no exit (None) among them; got "
+                         f"{[[p[0] for p in r['exit_curve']] for r in runs]}")
+    ref = thresholds.index(None)
+
     def mean_sd(values: list[float]) -> tuple[float, float]:
         return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
+    def se(r: dict) -> float:
+        p, clips = r["exit_curve"][ref][1], next(iter(r["evaluation"].values()))["clips"]
+        return math.sqrt(p * (1 - p) / clips)
+
     points = []
-    for i, threshold in enumerate(r[0] for r in runs[0]["exit_curve"]):
+    for i, threshold in enumerate(thresholds):
+        drops = [r["exit_curve"][ref][1] - r["exit_curve"][i][1] for r in runs]
+        rates = [r["exit_curve"][i][2] for r in runs]
         top1, top1_sd = mean_sd([r["exit_curve"][i][1] for r in runs])
-        drop, drop_sd = mean_sd([r["exit_curve"][-1][1] - r["exit_curve"][i][1] for r in runs])
+        drop, drop_sd = mean_sd(drops)
         points.append({"threshold": threshold, "top1": top1, "top1_sd": top1_sd, "drop": drop, "drop_sd": drop_sd,
-                       "exit_rate": statistics.mean(r["exit_curve"][i][2] for r in runs),
+                       "within_se": all(d <= se(r) for d, r in zip(drops, runs)), "exit_rate": statistics.mean(rates),
+                       "exit_min": min(rates), "exit_max": max(rates),
                        "gflops": statistics.mean(r["exit_curve"][i][3] for r in runs)})
     return points
 
 
 def exit_table(label: str, runs: list[dict]) -> str:
-    out = [[f"{p['threshold']:g}", _mean_spread([r["exit_curve"][i][1] for r in runs]),
-            _mean_spread([r["exit_curve"][-1][1] - r["exit_curve"][i][1] for r in runs]), f"{p['exit_rate']:.3f}",
-            f"{p['gflops']:.4f}"] for i, p in enumerate(exit_points(runs))]
+    def spread(mean: float, sd: float) -> str:
+        return f"{mean:.3f} ± {sd:.3f}" if len(runs) > 1 else f"{mean:.3f}"
+
+    out = [[_threshold(p["threshold"]), spread(p["top1"], p["top1_sd"]), spread(p["drop"], p["drop_sd"]),
+            f"{p['exit_rate']:.3f} ({p['exit_min']:.3f}–{p['exit_max']:.3f})", f"{p['gflops']:.4f}"]
+           for p in exit_points(runs)]
     return (f"The early exit of *{label}* over exit thresholds: each seed's trained model evaluated on target-test at "
-            f"every threshold ({len(runs)} seeds; the exit acts only at evaluation, so no training per threshold). "
-            "*drop* is each model's top-1 at the highest threshold minus its top-1 at this one (paired).\n\n"
-            + markdown_table(["exit threshold (glance confidence)", "target top-1", "drop (paired)", "exit rate",
-                              "GFLOPs / clip"], out))
+            f"every threshold ({len(runs)} seeds; the exit acts only at evaluation, so no training per threshold).\n\n"
+            + markdown_table(["exit threshold (glance confidence)", "target top-1", "top-1 drop against no exit (paired)",
+                              "exit rate: mean (min–max over seeds)", "GFLOPs / clip"], out))
 
 
 def exit_reading(runs: list[dict]) -> str:
-    """The two ends of the exit curve (every clip exits: the glance alone; none does) and its cheapest point whose
-    paired drop is within two of its own sds."""
+    """The two ends of the exit curve (the lowest threshold; no exit) and its cheapest point whose every model
+    loses at most one standard error of its top-1 (``within_se``)."""
     points = exit_points(runs)
-    none, glance = points[-1], min(points, key=lambda p: p["threshold"])
-    cheap = min((p for p in points if p["drop"] <= 2 * p["drop_sd"]), key=lambda p: p["gflops"])
-    return (f"Reading (computed): exit threshold {glance['threshold']:g}: {glance['exit_rate']:.0%} of clips exit "
-            f"(the glance alone), top-1 {glance['top1']:.3f} at {glance['gflops']:.4f} GFLOPs per clip; exit threshold "
-            f"{none['threshold']:g}: {none['exit_rate']:.0%} exit, {none['top1']:.3f} at {none['gflops']:.4f}. The cheapest "
-            f"threshold whose paired drop is within two of its sds (no clear loss) is {cheap['threshold']:g}: drop "
-            f"{cheap['drop']:.3f} ± {cheap['drop_sd']:.3f}, {cheap['top1']:.3f} at {cheap['gflops']:.4f} GFLOPs "
-            f"({cheap['gflops'] / none['gflops']:.2f}x), {cheap['exit_rate']:.0%} of clips exiting.")
+    none = next(p for p in points if p["threshold"] is None)
+    low = min((p for p in points if p["threshold"] is not None), key=lambda p: p["threshold"])
+    cheap = min((p for p in points if p["within_se"]), key=lambda p: p["gflops"])
+    text = (f"Reading (computed): without exit, top-1 {none['top1']:.3f} at {none['gflops']:.4f} GFLOPs per clip; at exit "
+            f"threshold {_threshold(low['threshold'])} {low['exit_rate']:.0%} of clips exit, top-1 {low['top1']:.3f} (a drop "
+            f"of {low['drop']:.3f}) at {low['gflops']:.4f} GFLOPs. ")
+    if cheap is none:
+        return text + "At every threshold some model loses more than one standard error of its top-1: no exit is free."
+    return text + (f"The cheapest threshold at which no model loses more than one standard error of its top-1 (binomial, "
+                   f"on target-test) is {_threshold(cheap['threshold'])}: {cheap['exit_rate']:.0%} of clips exit "
+                   f"({cheap['exit_min']:.0%}–{cheap['exit_max']:.0%} by model), {cheap['gflops'] / none['gflops']:.2f}x "
+                   f"the GFLOPs, top-1 drop {cheap['drop']:.3f} ± {cheap['drop_sd']:.3f}.")
 
 
 def exit_figure(rows: dict[str, list[dict]], label: str, path: Path) -> Path:
@@ -1009,13 +1041,15 @@ def exit_figure(rows: dict[str, list[dict]], label: str, path: Path) -> Path:
     ax.errorbar([p["gflops"] for p in points], [p["top1"] for p in points], yerr=[p["top1_sd"] for p in points],
                 fmt="o-", capsize=3, label=f"{label}: exit threshold (mean ± sd)")
     clusters: list[list[dict]] = []  # thresholds whose points lie within 4% in GFLOPs share one label
-    for p in sorted(points, key=lambda p: -p["threshold"]):
+    for p in sorted(points, key=lambda p: -2 if p["threshold"] is None else -p["threshold"]):  # no exit first
         if clusters and abs(p["gflops"] / clusters[-1][0]["gflops"] - 1) < 0.04:
             clusters[-1].append(p)
         else:
             clusters.append([p])
     for i, c in enumerate(clusters):  # labels alternate below and above the curve
-        name = f"{c[-1]['threshold']:g}" + (f"–{c[0]['threshold']:g}" if len(c) > 1 else "")
+        numbers = [p["threshold"] for p in c if p["threshold"] is not None]
+        name = ", ".join(([f"{min(numbers):g}" + (f"–{max(numbers):g}" if len(numbers) > 1 else "")] if numbers else [])
+                         + (["no exit"] if len(numbers) < len(c) else []))
         ax.annotate(name, (c[0]["gflops"], c[0]["top1"]), textcoords="offset points", xytext=(6, 10 if i % 2 else -14), fontsize=8)
     where = label.split(":")[0]
     for i, (other, runs) in enumerate(((k, v) for k, v in rows.items() if k.startswith(where + ":") and k != label), start=1):

@@ -305,27 +305,54 @@ def test_groups_in_progress_show_their_recorded_trainings_under_the_keys_the_run
         'selector.name="threshold"', "selector.calibrate=true", "selector.keep_ratio=0.250")
 
 
-def test_the_exit_curve_is_tabled_per_threshold_over_seeds_and_read_from_its_ends():
+def exit_runs() -> list[dict]:
+    """Two models' exit curves, ``[threshold, top1, exit rate, gflops]`` (None: no exit), on 100 target clips."""
+    def run(points):
+        return {"top1": points[-1][1], "exit_curve": points, "evaluation": {"adafocus-w2x2": {"clips": 100}}}
+
+    return [run([[0.2, 0.30, 1.0, 0.01], [0.5, 0.40, 0.5, 0.08], [0.9, 0.44, 0.1, 0.14], [None, 0.46, 0.0, 0.15]]),
+            run([[0.2, 0.32, 1.0, 0.01], [0.5, 0.44, 0.3, 0.10], [0.9, 0.48, 0.1, 0.14], [None, 0.48, 0.0, 0.15]])]
+
+
+def test_the_exit_curve_is_tabled_per_threshold_over_seeds_and_read_against_no_exit():
     script = results_script()
-
-    def run(points):  # [threshold, top1, exit rate, gflops]
-        return {"top1": points[-1][1], "exit_curve": points}
-
-    runs = [run([[0.2, 0.30, 1.0, 0.01], [0.5, 0.40, 0.5, 0.08], [0.9, 0.44, 0.1, 0.14], [1.0, 0.46, 0.0, 0.15]]),
-            run([[0.2, 0.32, 1.0, 0.01], [0.5, 0.44, 0.3, 0.10], [0.9, 0.48, 0.1, 0.14], [1.0, 0.48, 0.0, 0.15]])]
+    runs = exit_runs()
     points = script["exit_points"](runs)
-    assert [p["threshold"] for p in points] == [0.2, 0.5, 0.9, 1.0]
+    assert [p["threshold"] for p in points] == [0.2, 0.5, 0.9, None]
     assert points[1]["top1"] == pytest.approx(0.42) and points[1]["top1_sd"] == pytest.approx(0.02 * 2 ** 0.5)
     assert points[1]["exit_rate"] == pytest.approx(0.4) and points[1]["gflops"] == pytest.approx(0.09)
-    # paired drops against each run's own top-1 at 1.0: 0.5 -> 0.06 and 0.04; 0.9 -> 0.02 and 0.00
+    assert (points[1]["exit_min"], points[1]["exit_max"]) == (0.3, 0.5)
+    # paired drops against each run's own top-1 without exit: 0.5 -> 0.06 and 0.04; 0.9 -> 0.02 and 0.00
     assert points[1]["drop"] == pytest.approx(0.05) and points[1]["drop_sd"] == pytest.approx(0.01 * 2 ** 0.5)
     assert points[2]["drop"] == pytest.approx(0.01) and points[3]["drop"] == 0 == points[3]["drop_sd"]
+    # one binomial standard error on 100 clips: sqrt(0.46 * 0.54 / 100) = 0.0498 and sqrt(0.48 * 0.52 / 100) = 0.0500
+    assert [p["within_se"] for p in points] == [False, False, True, True]  # 0.5: the first model's drop 0.06 > 0.0498
     table = script["exit_table"]("static camera: adafocus 2x2", runs)
-    assert "| 0.5 | 0.420 ± 0.028 | 0.050 ± 0.014 | 0.400 | 0.0900 |" in table and "(2 seeds;" in table
-    text = script["exit_reading"](runs)  # 0.9: drop 0.01 within 2 x 0.014; 0.5: 0.05 beyond 2 x 0.014
-    assert "exit threshold 0.2: 100% of clips exit (the glance alone), top-1 0.310 at 0.0100 GFLOPs" in text
-    assert "exit threshold 1: 0% exit, 0.470 at 0.1500." in text
-    assert "(no clear loss) is 0.9: drop 0.010 ± 0.014, 0.460 at 0.1400 GFLOPs (0.93x), 10% of clips exiting." in text
+    assert "| 0.5 | 0.420 ± 0.028 | 0.050 ± 0.014 | 0.400 (0.300–0.500) | 0.0900 |" in table and "(2 seeds;" in table
+    assert "| none (no exit) | 0.470 ± 0.014 | 0.000 ± 0.000 | 0.000 (0.000–0.000) | 0.1500 |" in table
+    text = script["exit_reading"](runs)
+    assert "without exit, top-1 0.470 at 0.1500 GFLOPs per clip; at exit threshold 0.2 100% of clips exit" in text
+    assert "top-1 0.310 (a drop of 0.160) at 0.0100 GFLOPs." in text
+    assert "is 0.9: 10% of clips exit (10%–10% by model), 0.93x the GFLOPs, top-1 drop 0.010 ± 0.014." in text
+    costly = [{**r, "exit_curve": [[t, top1 - 0.1 * (t is not None), rate, g] for t, top1, rate, g in r["exit_curve"]]}
+              for r in runs]  # every exit loses 0.1
+    assert "no exit is free" in script["exit_reading"](costly)
+    with pytest.raises(ValueError, match="must share their thresholds"):
+        script["exit_points"]([runs[0], {**runs[1], "exit_curve": runs[1]["exit_curve"][1:]}])
+
+
+def test_a_group_with_an_exit_curve_renders_its_table_reading_and_figure(tmp_path):
+    script = results_script()
+    profile = script["load_profile"]("results-tiny")
+    label = "static camera: adafocus 2x2, exit at 0.9"
+    rows = {"static camera: LMFT": [{"top1": 0.6, "gflops_per_clip": 0.07, "source_val_top1": 0.7, "pseudo_label_rate": 0.0,
+                                     "mean_class_accuracy": 0.6, "discard_rate": 0.8, "train_clips_per_s": 100.0}],
+            label: [{**r, "gflops_per_clip": 0.15, "source_val_top1": 0.7, "pseudo_label_rate": 0.0, "mean_class_accuracy": 0.5,
+                     "discard_rate": 0.75, "train_clips_per_s": 100.0} for r in exit_runs()]}
+    text = "\n".join(script["group_text"]("adafocus", {"rows": rows, "extra": {}}, 0.2, profile, "tiny", tmp_path, {}))
+    assert f"The early exit of *{label}*" in text and "| none (no exit) |" in text and "Reading (computed): without exit" in text
+    figure = tmp_path / "tiny-adafocus-exit-curve.png"
+    assert figure.stat().st_size > 10_000 and "![tiny-adafocus-exit-curve](" in text
 
 
 def test_a_group_whose_trainings_all_sit_in_other_groups_is_not_listed_as_not_run(tmp_path, capsys):

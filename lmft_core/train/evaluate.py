@@ -6,8 +6,9 @@ to LMFT's per-clip discard (``match = "lmft"``), ``threshold`` (a tau, or a keep
 source-train energies: :meth:`SelectorConfig.calibrated`), ``topk``. Per selector it reports top-1,
 mean class accuracy (the mean of per-class recalls over classes present), the mean discard rate,
 forward GFLOPs per clip (the model core's analytic count for each clip's kept tokens, plus the
-``adafocus`` glance network's and none of the ViT's for clips that exit after the glance), clips/s of the
-forward (selection + model, data loading excluded) and the confusion matrix. Also computable without
+``adafocus`` glance network's and none of the ViT's for clips that exit after the glance), the exit rate (the
+fraction of clips answered by that glance alone; 0 without an early exit), clips/s of the forward (selection +
+model, data loading excluded) and the confusion matrix. Also computable without
 labels: the mean entropy of the predicted class distribution (nats).
 """
 
@@ -121,12 +122,12 @@ def evaluate(adapter: LMFTClassifier, batches: Iterable[ClipBatch], selectors: S
 
 
 def efficiency_table(results: dict[str, EvalResult], classes_note: str = "") -> str:
-    """Markdown table of selectors: top-1, mean class accuracy, discard rate, GFLOPs/clip, clips/s."""
-    lines = ["| selector | clips | top-1 | mean class acc. | discard rate | GFLOPs/clip (fwd) | clips/s (fwd) |",
-             "|---|---|---|---|---|---|---|"]
+    """Markdown table of selectors: top-1, mean class accuracy, discard rate, exit rate, GFLOPs/clip, clips/s."""
+    lines = ["| selector | clips | top-1 | mean class acc. | discard rate | exit rate | GFLOPs/clip (fwd) | clips/s (fwd) |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in results.values():
         lines.append(f"| {r.selector} | {r.clips} | {r.top1:.3f} | {r.mean_class_accuracy:.3f} | {r.discard_rate:.3f} | "
-                     f"{r.gflops_per_clip:.3f} | {r.clips_per_s:.1f} |")
+                     f"{r.exit_rate:.3f} | {r.gflops_per_clip:.3f} | {r.clips_per_s:.1f} |")
     return "\n".join(lines) + (f"\n\n{classes_note}" if classes_note else "")
 
 
