@@ -818,7 +818,7 @@ def group_text(group: str, entry: dict, chance: float, profile: RunConfig, name:
         lines += [self_reading(rows), ""]
     if group == "pretrain":
         lines += [pretrain_reading(rows, chance), "", pretrain_cost(rows, profile), ""]
-    if group in ("adafocus", "size"):
+    if group in ("adafocus", "adafocus-static", "size"):
         lines += [focus_reading(rows), ""]
     for label, runs in rows.items():
         if all("exit_curve" in r for r in runs):
