@@ -313,18 +313,30 @@ def thin(points: list, most: int = 120) -> list:
     return [points[round(i * (len(points) - 1) / (most - 1))] for i in range(most)]
 
 
-def source_val_reward(profile: RunConfig, shards: Path, workdir: Path, overrides: tuple[str, ...], row: dict) -> dict:
-    """The paper's reward of a trained model on source-val clips, source labels only: ``R = -lambda_L * L_s -
-    (1 - rho_s)`` with ``L_s`` the mean cross-entropy and ``rho_s`` the mean discard rate at the model's
-    threshold (tau_hat, or the fixed tau); also ``tau``, that threshold (the mean over segments)."""
-    from lmft_core.shards.reader import read_batches
+def trained_model(profile: RunConfig, shards: Path, workdir: Path, overrides: tuple[str, ...], row: dict):
+    """The trained model of a record's training, as the product loads it: ``(configured, job, result, adapter)``,
+    its run configuration, training job, :class:`TrainResult` and classifier."""
     from lmft_core.train.artifacts import RESULT_FILE, TrainResult, load_classifier
     from lmft_core.train.run import prepare
 
     configured = profile.with_overrides([*overrides, f"train.seed={row['seed']}"])
     job, _ = prepare(configured, shards, workdir)
-    result = TrainResult.load(workdir / "train" / row["run"] / RESULT_FILE)
-    adapter = load_classifier(job, result.checkpoint)
+    result_file = workdir / "train" / row["run"] / RESULT_FILE
+    if not result_file.is_file():
+        raise FileNotFoundError(f"training {row['run']}'s trained model is needed, and {result_file} does not exist "
+                                "(trained in another work directory or on another machine): delete its record to train "
+                                "it again")
+    result = TrainResult.load(result_file)
+    return configured, job, result, load_classifier(job, result.checkpoint)
+
+
+def source_val_reward(profile: RunConfig, shards: Path, workdir: Path, overrides: tuple[str, ...], row: dict) -> dict:
+    """The paper's reward of a trained model on source-val clips, source labels only: ``R = -lambda_L * L_s -
+    (1 - rho_s)`` with ``L_s`` the mean cross-entropy and ``rho_s`` the mean discard rate at the model's
+    threshold (tau_hat, or the fixed tau); also ``tau``, that threshold (the mean over segments)."""
+    from lmft_core.shards.reader import read_batches
+
+    configured, job, result, adapter = trained_model(profile, shards, workdir, overrides, row)
     ce = kept = n = 0.0
     for b in read_batches(ShardSet.open(shards), "source", "val", configured.train.eval_batch_size):
         out = adapter.predict(b.frames, b.energy)
@@ -343,18 +355,9 @@ def exit_curve(profile: RunConfig, shards: Path, workdir: Path, overrides: tuple
     None: no exit) ``[threshold, top-1, exit rate, GFLOPs per clip]``, the product's evaluation
     (:func:`lmft_core.train.evaluate.evaluate`)."""
     from lmft_core.shards.reader import read_batches
-    from lmft_core.train.artifacts import RESULT_FILE, TrainResult, load_classifier
     from lmft_core.train.evaluate import evaluate
-    from lmft_core.train.run import prepare
 
-    configured = profile.with_overrides([*overrides, f"train.seed={row['seed']}"])
-    job, _ = prepare(configured, shards, workdir)
-    result_file = workdir / "train" / row["run"] / RESULT_FILE
-    if not result_file.is_file():
-        raise FileNotFoundError(f"the exit curve of training {row['run']} needs its trained model, and {result_file} does "
-                                "not exist (trained in another work directory or on another machine): delete its record "
-                                "to train it again")
-    adapter = load_classifier(job, TrainResult.load(result_file).checkpoint)
+    configured, job, _, adapter = trained_model(profile, shards, workdir, overrides, row)
     selectors = [dataclasses.replace(job.selector, exit_threshold=t) for t in thresholds]
     results = evaluate(adapter, read_batches(ShardSet.open(shards), "target", "test", configured.train.eval_batch_size), selectors)
     return {"exit_curve": [[t, r.top1, r.exit_rate, r.gflops_per_clip] for t, r in zip(thresholds, results.values())]}
@@ -997,7 +1000,7 @@ def exit_points(runs: list[dict]) -> list[dict]:
 
 
 def exit_table(label: str, runs: list[dict]) -> str:
-    def spread(mean: float, sd: float) -> str:
+    def spread(mean: float, sd: float) -> str:  # as _mean_spread writes it, from exit_points' mean and sd
         return f"{mean:.3f} ± {sd:.3f}" if len(runs) > 1 else f"{mean:.3f}"
 
     out = [[_threshold(p["threshold"]), spread(p["top1"], p["top1_sd"]), spread(p["drop"], p["drop_sd"]),
