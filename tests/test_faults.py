@@ -102,7 +102,11 @@ def test_driver_killed_then_interrupted_then_rerun_finishes_in_one_mlflow_run(ti
     assert run.info.status == "FINISHED"
     assert len(client.search_runs([run.info.experiment_id], "tags.mlflow.runName = 'faults'")) == 1  # one run, not three
     resumed = [int(m.value) for m in client.get_metric_history(run_id, "train/resumed_from_epoch")]
-    assert len(resumed) == 2 and 1 <= resumed[0] < resumed[1], resumed  # each re-run from a later checkpoint
+    # The last run resumed from a checkpoint. The interrupted run's resume is in the history only if Ray registered
+    # its first checkpoint before Ctrl-C: an epoch here is one step, so registration can lag a whole epoch, and the
+    # metrics of an unregistered checkpoint are never sent (its steps are re-run, and the last run resumes from the
+    # same checkpoint). Seen both ways: [1, 2] and [2].
+    assert 1 <= len(resumed) <= 2 and resumed[0] >= 1 and resumed == sorted(set(resumed)), resumed
     assert load_checkpoint(checkpoints / "epoch_0006")["epoch"] == 6
     for key in ("train/tau", "train/loss", "epoch/steps"):
         assert sorted(m.step for m in client.get_metric_history(run_id, key)) == list(range(1, 7)), key
