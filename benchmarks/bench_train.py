@@ -1,6 +1,6 @@
 """Training throughput: whole training steps with full tokens against LMFT at keep ratios near 0.75/0.5/0.25.
 
-    python benchmarks/bench_train.py [--setup cpu tiny | gpu] [--epochs 4] [--steps 6] [--no-write]
+    python benchmarks/bench_train.py [--setup cpu tiny | gpu] [--epochs 4] [--steps 6] [--no-ray] [--no-write]
 
 Writes section ``train`` (``train-gpu``) of docs/benchmarks.md. For each setup and each configuration it runs
 the real training path, a Ray Train fit (``lmft_core.train.run.TrainingRun.fit``: Ray Data ingest from Parquet shards,
@@ -12,7 +12,9 @@ random energies; sigma ~0.007, policy learning rate 0, so the update runs but ta
 is what a training at that keep ratio costs. Target: LMFT clips/s >= full clips/s / (keep ratio + 0.05).
 
 A second table times the step alone (``Learner.step_once``, no Ray, no data loading), every configuration in
-turn for several rounds (best round), to separate compute from ingest.
+turn for several rounds (best round), to separate compute from ingest; on a GPU it also gives the model FLOPs
+utilisation of the step (the model's forward and backward FLOPs over the GPU's bf16 peak). ``--no-ray`` measures
+that table alone (a machine without Ray).
 
 Setups: ``cpu`` ViT-S/16 at 16x112x112 (compute dominates on CPU), ``tiny`` the demo's vit_tiny at 16x64x64
 (per-step overhead dominates), ``gpu`` ViT-B/16 at 16x224x224 in bf16 (needs a CUDA device).
@@ -32,7 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lmft_core.benchmarking import machine_description, markdown_table, write_section
+from lmft_core.benchmarking import machine_description, markdown_table, model_flops_utilisation, write_section
 from lmft_core.config import ClipConfig
 from lmft_core.run_config import load_profile
 from lmft_core.shards.synthetic import write_synthetic_shards
@@ -95,10 +97,12 @@ def ray_throughput(shards: Path, workdir: Path, setup: Setup, keep: float | None
             "step_s": statistics.median(later["epoch/step_time_s"])}
 
 
-def step_only(shards: Path, setup: Setup, configs: list[float | None], rounds: int) -> dict:
-    """Best step time per configuration, configurations in turn each round, no Ray."""
+def step_only(shards: Path, setup: Setup, configs: list[float | None], rounds: int) -> tuple[dict, dict]:
+    """Best step time per configuration, configurations in turn each round, no Ray; and the model FLOPs of a
+    full-token step (forward and backward: 3x the forward FLOPs of every clip it forwarded)."""
     import torch
 
+    from lmft_core.model import clip_flops
     from lmft_core.shards.reader import ShardSet
     from lmft_core.train.loop import MemoryEpochData
     from lmft_core.train.run import prepare
@@ -113,49 +117,64 @@ def step_only(shards: Path, setup: Setup, configs: list[float | None], rounds: i
         learners[keep] = Learner(job.build_classifier(), job.train, job.steps_per_epoch, device=device)
         if pairs is None:
             pairs = list(MemoryEpochData(ShardSet.open(shards), setup.batch_size, 0).pairs(0))
-    best = {k: float("inf") for k in configs}
+    best, flops = {k: float("inf") for k in configs}, {}
     for r in range(rounds + 1):  # round 0 warms up
         for keep, learner in learners.items():
             if device == "cuda":
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
-            learner.step_once([pairs[r % len(pairs)]])
+            m = learner.step_once([pairs[r % len(pairs)]])
             if device == "cuda":
                 torch.cuda.synchronize()
             if r:
                 best[keep] = min(best[keep], time.perf_counter() - t0)
-    return best
+            if keep is None:
+                config = learner.adapter.model.config
+                flops[keep] = 3 * m["clips"] * clip_flops(config, config.clip.num_tokens)
+    return best, flops
 
 
-def run_setup(name: str, setup: Setup, epochs: int, steps: int, rounds: int, root: Path) -> str:
-    import ray
-
-    from lmft_core.ray_cluster import connect
+def run_setup(name: str, setup: Setup, epochs: int, steps: int, rounds: int, root: Path, use_ray: bool = True) -> str:
+    import torch
 
     clip = ClipConfig(num_frames=16, image_size=setup.image_size)
     n = steps * setup.batch_size
     shards = write_synthetic_shards(root / f"shards-{name}", clip, CLASSES,
                                     {("source", "train"): n, ("target", "train"): n, ("target", "test"): 4})
     configs: list[float | None] = [None, *KEEPS]
-    connect()
-    ray_rows = {keep: ray_throughput(shards, root / f"work-{name}", setup, keep, epochs, steps) for keep in configs}
-    ray.shutdown()
-    step_rows = step_only(shards, setup, configs, rounds)
-    full, full_step = ray_rows[None]["clips_per_s"], step_rows[None]
+    ray_rows = {}
+    if use_ray:
+        import ray
+
+        from lmft_core.ray_cluster import connect
+
+        connect()
+        ray_rows = {keep: ray_throughput(shards, root / f"work-{name}", setup, keep, epochs, steps) for keep in configs}
+        ray.shutdown()
+    step_rows, flops = step_only(shards, setup, configs, rounds)
+    full_step = step_rows[None]
+    gpu = torch.cuda.get_device_name(0) if setup.gpus_per_worker else ""
+    mfu = model_flops_utilisation(flops[None], full_step, gpu) if gpu else None
     rows = []
     for keep in configs:
-        r = ray_rows[keep]
         target = "" if keep is None else f">= {1 / (keep + 0.05):.2f}"
-        rows.append(["full" if keep is None else f"lmft, keep {keep:.2f}", f"{r['clips_per_s']:.2f}",
-                     f"{r['clips_per_s'] / full:.2f}", target, f"{r['data_wait']:.2f}", f"{step_rows[keep]:.3f}",
-                     f"{full_step / step_rows[keep]:.2f}"])
+        row = ["full" if keep is None else f"lmft, keep {keep:.2f}"]
+        if use_ray:
+            r, full = ray_rows[keep], ray_rows[None]["clips_per_s"]
+            row += [f"{r['clips_per_s']:.2f}", f"{r['clips_per_s'] / full:.2f}", target, f"{r['data_wait']:.2f}"]
+        row += [f"{step_rows[keep]:.3f}", f"{2 * setup.batch_size / step_rows[keep]:.1f}", f"{full_step / step_rows[keep]:.2f}"]
+        row += [] if use_ray else [target]
+        row += [f"{mfu:.0%}" if keep is None and mfu is not None else "-"] if gpu else []
+        rows.append(row)
         print(name, rows[-1], flush=True)
-    header = ["configuration", "clips/s (whole step)", "speed-up vs full", "target", "data-wait fraction",
-              "step only s (no Ray)", "step-only speed-up"]
+    header = (["configuration"] + (["clips/s (whole step)", "speed-up vs full", "target", "data-wait fraction"] if use_ray else [])
+              + ["step only s (no Ray)", "step-only clips/s", "step-only speed-up"] + ([] if use_ray else ["target"])
+              + (["MFU"] if gpu else []))
+    epochs_text = f"{epochs} epochs of {steps} steps, median of epochs 2-{epochs}; " if use_ray else ""
     return (f"**{name}**: {setup.model}, 16x{setup.image_size}x{setup.image_size}, batch {setup.batch_size} source + "
             f"{setup.batch_size} target clips per step, 1 worker ({setup.threads} threads"
-            f"{', 1 GPU' if setup.gpus_per_worker else ''}), {setup.precision}; {epochs} epochs of {steps} steps, "
-            f"median of epochs 2-{epochs}; step only: best of {rounds} rounds\n\n" + markdown_table(header, rows))
+            f"{', 1 GPU' if setup.gpus_per_worker else ''}), {setup.precision}; {epochs_text}"
+            f"step only: best of {rounds} rounds\n\n" + markdown_table(header, rows))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -164,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--no-ray", action="store_true", help="only the step-only table (no Ray Train fit)")
     p.add_argument("--no-write", action="store_true")
     args = p.parse_args(argv)
     if "gpu" in args.setup:
@@ -173,18 +193,22 @@ def main(argv: list[str] | None = None) -> int:
             print("error: --setup gpu needs a CUDA device", file=sys.stderr)
             return 2
     with tempfile.TemporaryDirectory(prefix="lmft-bench-train-") as tmp:
-        parts = [run_setup(s, SETUPS[s], args.epochs, args.steps, args.rounds, Path(tmp)) for s in args.setup]
+        parts = [run_setup(s, SETUPS[s], args.epochs, args.steps, args.rounds, Path(tmp), not args.no_ray) for s in args.setup]
     if not args.no_write:
         section = "train-gpu" if args.setup == ["gpu"] else "train"
         write_section(section, "\n\n".join([
             "## Training throughput: whole steps, full tokens against LMFT (`benchmarks/bench_train.py`)",
-            f"`python benchmarks/bench_train.py --setup {' '.join(args.setup)}` on {machine_description()}.",
+            f"`python benchmarks/bench_train.py --setup {' '.join(args.setup)}{' --no-ray' if args.no_ray else ''}` "
+            f"on {machine_description()}.",
+            *(["Without Ray (`--no-ray`): the step alone, no Ray Train fit and no ingest."] if args.no_ray else []),
             "*clips/s (whole step)*: source + target clips per second of a Ray Train epoch (data wait + step), on "
             "synthetic shards at the setup's geometry, every target clip pseudo-labelled (`gamma_c` 0), so every step "
             "forwards all its source and target clips. *data-wait fraction*: time blocked on the next batch over the "
             "epoch. LMFT's policy is pinned near the threshold that keeps the stated share of tokens; the REINFORCE "
             "update still runs. *target*: the speed-up LMFT must reach, 1 / (keep ratio + 0.05). *step only*: "
-            "`Learner.step_once` alone (no Ray, no data), configurations in turn, best round.",
+            "`Learner.step_once` alone (no Ray, no data), configurations in turn, best round; its clips/s counts source "
+            "and target clips. *MFU* (GPU): a full-token step's model FLOPs (3x the analytic forward FLOPs of every "
+            "clip it forwards) per second over the GPU's dense bf16 peak (`lmft_core.benchmarking.BF16_PEAK_TFLOPS`).",
             *parts]))
     return 0
 

@@ -22,6 +22,23 @@ def machine_description() -> str:
     return f"{platform.machine()}, {os.cpu_count()} CPU cores, {gpu}, torch {torch.__version__}"
 
 
+# Dense bf16 tensor-core peaks from the vendors' data sheets, TFLOP/s (no sparsity), by a substring of
+# ``torch.cuda.get_device_name``; the first match wins, so the more specific names come first.
+BF16_PEAK_TFLOPS = (("H100 PCIe", 756.0), ("H100", 989.4), ("H200", 989.4), ("A100", 312.0), ("L40S", 362.0))
+
+
+def bf16_peak_tflops(device_name: str) -> float | None:
+    """The dense bf16 peak of the GPU called ``device_name`` (None: not in :data:`BF16_PEAK_TFLOPS`)."""
+    return next((peak for key, peak in BF16_PEAK_TFLOPS if key in device_name), None)
+
+
+def model_flops_utilisation(flops: float, seconds: float, device_name: str) -> float | None:
+    """Achieved FLOP/s (``flops`` done in ``seconds``) over the bf16 peak of ``device_name`` (None: peak unknown).
+    For a training step ``flops`` is 3x the forward FLOPs (backward: 2x), the convention of MFU."""
+    peak = bf16_peak_tflops(device_name)
+    return None if peak is None else flops / seconds / (peak * 1e12)
+
+
 def best_time_s(fn: Callable[[], object], repeats: int = 3, warmup: int = 1,
                 clock: Callable[[], float] = time.perf_counter) -> float:
     """Best seconds of ``fn()`` over ``repeats`` runs after ``warmup`` runs, by ``clock`` (wall clock by

@@ -11,6 +11,8 @@ Terms used across lmft (defined here once):
 - **threshold** (tau): a token is kept when its motion energy is > tau.
 - **keep ratio**: kept tokens / all tokens of a clip; **discard rate** = 1 - keep ratio.
 
+- **precision**: ``fp32``, ``bf16`` (autocast) or ``auto`` (bf16 on a GPU, fp32 on a CPU): :func:`autocast_dtype`.
+
 Each component owns the dataclass of its profile section; :mod:`lmft_core.run_config` joins them into
 the run configuration a profile builds. Here: the terms, the clip geometry, and :func:`from_dict`, which
 builds a dataclass from a TOML table with errors naming the file, section and key.
@@ -49,6 +51,18 @@ class ConfigError(ValueError):
 INTERRUPTED = ("[lmft] interrupted (Ctrl-C): stopped; nothing half-written is visible. Re-running the same command "
                "continues where it stopped (finished stages and shards are kept, a training resumes from its last checkpoint).")
 INTERRUPTED_EXIT = 130
+
+PRECISIONS = ("auto", "fp32", "bf16")  # how a model computes (train.precision, predict.precision): autocast_dtype
+
+
+def autocast_dtype(precision: str, device):
+    """The autocast dtype of a ``precision`` (:data:`PRECISIONS`) on ``device`` (a ``torch.device``): bf16 for
+    ``bf16``, and for ``auto`` on a GPU; None (fp32, no autocast) otherwise."""
+    import torch
+
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return None
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lmft_core.config import ConfigError
+from lmft_core.config import ConfigError, autocast_dtype
 from lmft_core.files import atomic_write, exclusive
 from lmft_core.manifest import ManifestError, default_video_id
 from lmft_core.model_store import ModelInfo, load_model
@@ -141,11 +141,12 @@ class Predictor:
     ``pictures_dir``, a kept-token picture per row there (module docstring; ``clip``: the model's geometry)."""
 
     def __init__(self, uri: str, tracking_uri: str, classes: Sequence[str], num_threads: int = 1, pictures_dir: str = "",
-                 clip: dict | None = None):
+                 clip: dict | None = None, precision: str = "auto"):
         import torch
 
         torch.set_num_threads(max(1, num_threads))
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.amp_dtype = autocast_dtype(precision, torch.device(self.device))
         self.model = load_model(uri, tracking_uri, self.device)
         self.classes = list(classes)
         self.pictures_dir, self.clip = pictures_dir, clip or {}
@@ -158,7 +159,7 @@ class Predictor:
             frames = torch.from_numpy(unpack_array(batch, "frames", np.uint8))
             energy = torch.from_numpy(np.array(unpack_array(batch, "energy", np.float32)))
             out = {k: v.float().cpu().numpy() if v.is_floating_point() else v.cpu().numpy()
-                   for k, v in self.model.predict(frames, energy).items()}
+                   for k, v in self.model.predict(frames, energy, amp_dtype=self.amp_dtype).items()}
         else:
             out = {"probs": np.zeros((0, len(self.classes)), np.float32), "label": np.zeros(0, np.int64),
                    "keep_ratio": np.zeros(0, np.float32)}
@@ -291,7 +292,8 @@ def _predict_into(model: ModelInfo, tracking_uri: str, inputs: pa.Table, staging
                         compute=ray.data.ActorPoolStrategy(size=cfg.num_actors), num_cpus=cfg.num_cpus, num_gpus=num_gpus,
                         fn_constructor_kwargs={"uri": model.uri, "tracking_uri": tracking_uri, "classes": model.classes,
                                                "num_threads": max(1, int(cfg.num_cpus)),
-                                               "pictures_dir": str(pictures or ""), "clip": asdict(model.clip)},
+                                               "pictures_dir": str(pictures or ""), "clip": asdict(model.clip),
+                                               "precision": cfg.precision},
                         **({"runtime_env": {"env_vars": env}} if env else {}))
     wait_for_resource_view(ray)  # read by Ray Data as the job starts (module ray_cluster: a lagging view warns falsely)
     ds.write_parquet(str(staging / "parts"))

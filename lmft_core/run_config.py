@@ -32,6 +32,7 @@ from lmft_core.augment import check_hflip
 from lmft_core.config import (
     DEFAULT_PROFILE,
     DERIVED,
+    PRECISIONS,
     PROFILE_DIR,
     ClipConfig,
     ConfigError,
@@ -225,7 +226,9 @@ class PredictConfig:
     """The ``[predict]`` profile section (:mod:`lmft_core.predict`): ``batch_size`` clips per model call, ``num_actors`` model
     replicas with ``num_cpus`` CPUs and ``num_gpus`` GPUs each (absent: 1 when the cluster has GPUs),
     ``output_format`` ``parquet`` or ``csv``; ``pictures``: also a picture per video of its kept tokens over the frames
-    (``pictures/``, :mod:`lmft_core.predict`). Decoding uses the ``[preprocess]`` decode settings."""
+    (``pictures/``, :mod:`lmft_core.predict`); ``precision`` of the model's forward (:data:`~lmft_core.config.PRECISIONS`:
+    ``auto`` is bf16 autocast on a GPU, fp32 on a CPU; docs/benchmarks.md "Inference" measures both). Decoding uses the
+    ``[preprocess]`` decode settings."""
 
     batch_size: int = 16
     num_actors: int = 1
@@ -233,10 +236,13 @@ class PredictConfig:
     num_gpus: float | None = None
     output_format: str = "parquet"
     pictures: bool = False
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.num_actors < 1:
             raise ConfigError("predict.batch_size and predict.num_actors must be >= 1")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"predict.precision must be one of {list(PRECISIONS)}, got {self.precision!r}")
         if self.output_format not in OUTPUT_FORMATS:
             raise ConfigError(f"predict.output_format must be one of {list(OUTPUT_FORMATS)}, got {self.output_format!r}")
 

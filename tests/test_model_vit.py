@@ -97,6 +97,24 @@ def test_packed_equals_per_video_loop(backend):
     torch.testing.assert_close(packed, loop, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("backend", ["auto", "varlen", "flex", "sdpa_nested", "sdpa_split", "padded"])
+def test_on_a_gpu_under_bf16_packed_equals_the_cpu_per_video_loop(backend):
+    """The model on a GPU under bf16 autocast (``auto``: varlen where the GPU has it) against the per-video loop on
+    the CPU in fp32: equal to bf16's precision, with kept lengths that differ."""
+    from lmft_core.model import ATTENTION_BACKENDS
+
+    if backend != "auto" and ATTENTION_BACKENDS[backend].unavailable(torch.device("cuda")):
+        pytest.skip(ATTENTION_BACKENDS[backend].unavailable(torch.device("cuda")))
+    model, x, keep = make(), videos(4), random_keep_mask(4, seed=3)
+    with torch.no_grad():
+        loop = torch.cat([model(x[i : i + 1], keep[i : i + 1], attention="padded") for i in range(4)])
+        gpu = make().cuda()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out = gpu(x.cuda(), keep.cuda(), attention=backend)
+    torch.testing.assert_close(out.float().cpu(), loop, atol=5e-2, rtol=5e-2)
+
+
 @pytest.mark.parametrize("backend", PACKED)
 def test_packed_without_the_first_segment_and_with_single_tokens(backend):
     """Masks of the ``next`` first-segment rule: segment 0 partly dropped, a clip down to one token."""

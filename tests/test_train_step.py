@@ -38,13 +38,14 @@ def batch(n: int, seed: int, confidence: float | None = None) -> ClipBatch:
                      clip_probs=torch.rand(n, K, generator=g).softmax(-1), key=torch.arange(n) + 1000 * seed)
 
 
-def learner(selector: str = "lmft", seed: int = 0, dist: Dist = Dist(), estimator: str = "paper", **train) -> Learner:
+def learner(selector: str = "lmft", seed: int = 0, dist: Dist = Dist(), estimator: str = "paper", device: str = "cpu",
+            **train) -> Learner:
     cfg = TrainConfig(**({"epochs": 2, "batch_size": 4, "lr": 1e-3, "warmup_epochs": 0.0, "hflip": False,
                           "gamma_c": 0.5} | train))
     torch.manual_seed(seed)
     adapter = LMFTClassifier.build(model_config(), PolicyConfig(estimator=estimator), SelectorConfig(name=selector, drop_rate=0.5),
                             [f"c{i}" for i in range(K)])
-    return Learner(adapter, cfg, steps_per_epoch=10, dist=dist)
+    return Learner(adapter, cfg, steps_per_epoch=10, dist=dist, device=device)
 
 
 def micro(step: int, accum: int = 1, **kw) -> list[tuple[ClipBatch, ClipBatch]]:
@@ -195,6 +196,24 @@ def test_golden_first_losses_of_a_tiny_seeded_run():
     assert losses[0]["loss_target"] == pytest.approx(math.log(K), abs=2e-3)
     golden = [1.38628, 1.4056, 1.38893, 1.4268]  # recorded from this seeded run (deterministic on CPU)
     assert [round(m["loss_source"], 4) for m in losses] == pytest.approx(golden, abs=2e-3)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize(("precision", "tol"), [("fp32", 2e-3), ("bf16", 3e-2)])
+def test_training_steps_on_a_gpu_give_the_cpu_steps_losses(precision, tol):
+    """The same seeded run on the GPU (fp32: flex attention, TF32 convolutions; bf16: autocast, varlen where the GPU
+    has it) and on the CPU in fp32: the same first threshold and kept tokens (the draws come from CPU generators), and
+    the same losses to the precision's tolerance over 4 steps of updates (the policy's updates, from rewards that
+    differ by that tolerance, move later thresholds a little)."""
+    cpu, gpu = learner(gamma_c=0.3), learner(gamma_c=0.3, device="cuda", precision=precision)
+    for step in range(4):
+        want, got = cpu.step_once(micro(step)), gpu.step_once(micro(step))
+        assert got["tau"] == pytest.approx(want["tau"], abs=1e-6 if step == 0 else 1e-2), step
+        if step == 0:
+            for key in ("discard_rate_source", "discard_rate_target"):
+                assert got[key] == want[key], key
+        for key in ("loss_source", "loss_target"):
+            assert got[key] == pytest.approx(want[key], abs=tol), (step, key, got[key], want[key])
 
 
 def test_full_and_random_training_modes_leave_the_policy_parameters_alone():

@@ -29,12 +29,13 @@ from contextlib import nullcontext
 import torch
 from torch import nn
 
+from lmft_core.config import autocast_dtype
 from lmft_core.pretrain.config import PretrainConfig, visible_count
 from lmft_core.pretrain.mae import MaskedAutoencoder, patch_targets
 from lmft_core.pretrain.masking import MASKINGS, MaskDraw, MaskInput, TokenSampler
 from lmft_core.shards.batch import ClipBatch
 from lmft_core.train.dist import Dist
-from lmft_core.train.step import autocast_dtype, decay_groups, lr_factor, step_generator
+from lmft_core.train.step import decay_groups, lr_factor, step_generator
 
 
 def rloo_surrogate(reward: torch.Tensor, log_prob: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -10,11 +10,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 
-from lmft_core.config import ConfigError
+from lmft_core.config import PRECISIONS, ConfigError
 from lmft_core.model.selectors import FOCUS_KEYS, SelectorConfig
 from lmft_core.train.pseudo import PSEUDO_LABEL_SOURCES, SELF_SELECTIONS, self_fraction
 
-PRECISIONS = ("auto", "fp32", "bf16")
 INGESTS = ("auto", "memory", "ray_data")  # how training batches reach the workers (TrainConfig)
 
 DEFAULT_EVALUATE = (

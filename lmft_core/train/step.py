@@ -59,6 +59,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lmft_core.augment import background_mix, color_jitter, hflip
+from lmft_core.config import autocast_dtype
 from lmft_core.model import ESTIMATORS, Selection, flat_metrics
 from lmft_core.model.classifier import LMFTClassifier
 from lmft_core.shards.batch import ClipBatch, model_input
@@ -70,13 +71,6 @@ from lmft_core.train.pseudo import PSEUDO_LABEL_SOURCES, SelfLabels, TargetLabel
 def step_generator(seed: int, step: int, stream: int = 0) -> torch.Generator:
     """A CPU generator that is a function of ``(seed, step, stream)`` only (resume-safe, rank-free)."""
     return torch.Generator().manual_seed((seed * 1_000_003 + step) * 7919 + stream)
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype of ``train.precision`` on ``device`` (None: fp32, no autocast)."""
-    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
-        return torch.bfloat16
-    return None
 
 
 def decay_groups(module: torch.nn.Module, lr: float, weight_decay: float) -> list[dict]:
