@@ -32,6 +32,8 @@ Groups (each a comparison of trainings, ``--seeds`` seeds each, same data and sc
   table and a figure). GFLOPs per clip include the glance network.
 - ``adafocus-static``: the static-camera rows of ``adafocus`` alone (the same trainings: on ``results`` it trains
   nothing new); the second generator's comparison (``--profile results-directions --groups adafocus-static``).
+- ``adafocus-moving``: the moving-camera rows of ``adafocus`` at keep 0.25 alone (on ``results`` the same trainings);
+  the second generator's moving-camera comparison (``--profile results-directions --groups adafocus-moving``).
 - ``size``: the same comparison at keep 0.25 (LMFT, full tokens, random, a 2x2 ``adafocus`` window) for a small
   actor (the profile's ``demo_data.actor_radius``, the static-camera rows of ``adafocus``) against a large one
   (radius ``LARGE_ACTOR`` of the frame height: about two tokens across on the 4x4 grid), static camera.
@@ -218,6 +220,7 @@ GROUPS: dict[str, list[Setting]] = {
         *focus_settings("static", "small actor", (0.25,)), *focus_settings("large", "large actor", (0.25,)),
     ],
     "adafocus-static": focus_settings("static", "static camera", (0.25, 0.5)),
+    "adafocus-moving": focus_settings("camera", "moving camera", (0.25,)),
     "pretrain": [
         Setting("full tokens, from scratch", overrides=('selector.name="full"',)),
         *(Setting(f"full tokens, pretrained ({m})", overrides=('selector.name="full"',), pretrain=m)
@@ -549,6 +552,7 @@ TITLES = {
     "pretrain": "Masked video pretraining on the unlabelled clips before adaptation",
     "adafocus": "AdaFocus (a learned window per segment) against LMFT, full tokens and random at keep 0.25 and 0.5",
     "adafocus-static": "AdaFocus against LMFT, full tokens and random at keep 0.25 and 0.5, static camera",
+    "adafocus-moving": "AdaFocus against LMFT, full tokens and random at keep 0.25, moving camera",
     "size": f"AdaFocus against LMFT by actor size: the profile's small actor against a large one (radius {LARGE_ACTOR})",
     "self": "Self-training (L_t on) against the same training source-only",
     "threshold": "A map of the threshold: fixed tau against LMFT, with the reward on source-val",
@@ -821,7 +825,7 @@ def group_text(group: str, entry: dict, chance: float, profile: RunConfig, name:
         lines += [self_reading(rows), ""]
     if group == "pretrain":
         lines += [pretrain_reading(rows, chance), "", pretrain_cost(rows, profile), ""]
-    if group in ("adafocus", "adafocus-static", "size"):
+    if group in ("adafocus", "adafocus-static", "adafocus-moving", "size"):
         lines += [focus_reading(rows), ""]
     for label, runs in rows.items():
         if all("exit_curve" in r for r in runs):

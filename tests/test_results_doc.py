@@ -139,6 +139,9 @@ def test_the_size_group_reuses_the_static_adafocus_trainings_and_trains_the_larg
     assert all(small[label] == static[label] for label in small)  # the same trainings: recorded once, reused
     alone = keys("adafocus-static", "static camera")  # the second generator's comparison: adafocus' static rows
     assert alone == {label: key for label, key in static.items() if label in alone} and len(alone) == 6
+    moving = keys("adafocus-moving", "moving camera")  # and its moving-camera rows at keep 0.25
+    assert moving == {label: key for label, key in keys("adafocus", "moving camera").items() if label in moving}
+    assert moving.keys() == small.keys() and all(json.loads(key)[0] == "camera" for key in moving.values())
     assert all(json.loads(large[label])[0] == "large" and large[label] != small[label] for label in large)
     assert 0 < profile.demo_data.actor_radius < script["LARGE_ACTOR"] <= 0.5
     with pytest.raises(ValueError, match="unknown data 'huge'"):
@@ -356,20 +359,21 @@ def test_a_group_with_an_exit_curve_renders_its_table_reading_and_figure(tmp_pat
 
 
 def test_a_group_whose_trainings_all_sit_in_other_groups_is_not_listed_as_not_run(tmp_path, capsys):
-    """``adafocus-static`` holds the static rows of ``adafocus``: with those recorded it has nothing to run."""
+    """``adafocus-static`` and ``adafocus-moving`` hold rows of ``adafocus``: with those recorded they have nothing
+    to run."""
     script = results_script()
     profile = script["load_profile"]("results-tiny")
     toml = profile.to_toml()
     record = {"seed": 0, "selector": "s", "top1": 0.5, "mean_class_accuracy": 0.5, "discard_rate": 0.5, "gflops_per_clip": 0.1,
               "train_clips_per_s": 100.0, "elapsed_s": 10.0, "run": "r", "evaluation": {}, "source_val_top1": 0.7,
               "pseudo_label_rate": 0.0, "refreshes": [], "tau_hat_history": [[1, 0.5]]}
-    static = [s for s in script["GROUPS"]["adafocus"] if s in script["GROUPS"]["adafocus-static"]]
+    static = [s for s in script["GROUPS"]["adafocus"] if s in script["GROUPS"]["adafocus-static"] + script["GROUPS"]["adafocus-moving"]]
     runs = {script["training_key"](s, script["setting_overrides"](s, {}, profile, toml), [], 0): dict(record) for s in static}
     path = tmp_path / "records.json"
     script["save_records"]({"runs": runs, "adafocus": {"rows": {s.label: [runs[k]] for s, k in zip(static, runs)},
                                                        "extra": {}, "overrides": [], "seeds": 1}}, path)
-    assert len(static) == 6
+    assert len(static) == 10  # 6 static rows, 4 moving-camera rows
     assert script["main"](["--profile", "results-tiny", "--records", str(path), "--render", "--no-write", "--seeds", "1",
                            "--workdir", str(tmp_path / "none")]) == 0
     not_run = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("Not run on this profile"))
-    assert "`size`" in not_run and "`adafocus-static`" not in not_run  # size's large actor is not recorded
+    assert "`size`" in not_run and "`adafocus-static`" not in not_run and "`adafocus-moving`" not in not_run  # size's large actor is not recorded
