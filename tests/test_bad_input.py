@@ -24,6 +24,8 @@ CASES = {
                                      "demo_data.source_val_fraction=0.9 holds back 3 of demo_data.videos_per_class=3 videos per "
                                      "class, leaving none for training"),
     "unknown_ingest": (["--set", "train.ingest='disk'"], "train.ingest must be one of ['auto', 'memory', 'ray_data'], got 'disk'"),
+    "unknown_predict_precision": (["--set", "predict.precision='fp16'"],
+                                  "predict.precision must be one of ['auto', 'fp32', 'bf16'], got 'fp16'"),
     "labeller_sees_no_frames": (["--set", "pseudo_labels.num_frames=0"],
                                 "--set pseudo_labels.num_frames=0: [pseudo_labels]: pseudo_labels.num_frames must be >= 1"),
     "labeller_sees_more_than_the_clip": (["--set", "pseudo_labels.num_frames=32"],

@@ -230,3 +230,15 @@ def test_profiles_state_only_what_differs_from_the_defaults():
             default = getattr(below, section)
             same = [k for k, v in values.items() if getattr(default, k) == (tuple(v) if isinstance(v, list) else v)]
             assert not same, f"{path.name} [{section}] restates what its base or the defaults have: {same}"
+
+
+def test_precision_auto_is_bf16_on_a_gpu_and_fp32_on_a_cpu():
+    """One rule for ``train.precision`` and ``predict.precision`` (what autocast each computes under)."""
+    import torch
+
+    from lmft_core.config import PRECISIONS, autocast_dtype
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    table = {(p, d.type): autocast_dtype(p, d) for p in PRECISIONS for d in (cpu, gpu)}
+    assert table == {("auto", "cpu"): None, ("auto", "cuda"): torch.bfloat16, ("fp32", "cpu"): None,
+                     ("fp32", "cuda"): None, ("bf16", "cpu"): torch.bfloat16, ("bf16", "cuda"): torch.bfloat16}

@@ -96,3 +96,16 @@ def test_vit_b16_full_clip_closed_form():
     # halve (only kept tubelets are embedded) and attention, quadratic, falls to a quarter
     head = 2 * d * 400
     assert clip_flops(cfg, n // 2) - head < 0.5 * (expected - head)
+
+
+def test_model_flops_utilisation_over_the_data_sheet_peak():
+    """MFU = FLOPs / seconds / the GPU's dense bf16 peak, the peak looked up by the device's name (the more
+    specific name first: an H100 PCIe is not an SXM H100)."""
+    from lmft_core.benchmarking import bf16_peak_tflops, model_flops_utilisation
+
+    assert bf16_peak_tflops("NVIDIA H100 80GB HBM3") == bf16_peak_tflops("NVIDIA H200") == 989.4
+    assert bf16_peak_tflops("NVIDIA H100 PCIe") == 756.0
+    assert bf16_peak_tflops("NVIDIA A100-SXM4-80GB") == 312.0
+    assert bf16_peak_tflops("a GPU nobody listed") is None
+    assert model_flops_utilisation(2 * 989.4e12, 4.0, "NVIDIA H100 80GB HBM3") == 0.5
+    assert model_flops_utilisation(1e12, 1.0, "a GPU nobody listed") is None
