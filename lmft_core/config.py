@@ -10,7 +10,6 @@ Terms used across lmft (defined here once):
   section chooses its variant).
 - **threshold** (tau): a token is kept when its motion energy is > tau.
 - **keep ratio**: kept tokens / all tokens of a clip; **discard rate** = 1 - keep ratio.
-
 - **precision**: ``fp32``, ``bf16`` (autocast) or ``auto`` (bf16 on a GPU, fp32 on a CPU): :func:`autocast_dtype`.
 
 Each component owns the dataclass of its profile section; :mod:`lmft_core.run_config` joins them into
